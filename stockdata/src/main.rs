@@ -1,0 +1,43 @@
+//! The `stockdata` binary: flags, logging, bind, serve until SIGINT or SIGTERM.
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use std::io::IsTerminal as _;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = stockdata::Config::try_from(stockdata::Args::parse())?;
+    init_tracing();
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (--listen / STOCKDATA_LISTEN)",
+                config.listen
+            )
+        })?;
+    stockdata::run(config, listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// `RUST_LOG` wins; otherwise `info` for this crate and `warn` for the rest.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,stockdata=info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+/// Completes on the first SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("a signal handler can be installed at start-up");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}

@@ -1,0 +1,101 @@
+//! In-process StockData replicas for tests, here and in other crates
+//! (feature `test-util`), and a deadline-bounded wait.
+
+use crate::{Config, Faults};
+use std::{future::Future, net::SocketAddr, time::Duration};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+
+/// A replica serving on `127.0.0.1` at an ephemeral port. Dropping it stops
+/// the server.
+#[derive(Debug)]
+pub struct Replica {
+    pub addr: SocketAddr,
+    pub server_id: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), crate::ServeError>>,
+}
+
+/// Starts a replica with no faults.
+pub async fn spawn_replica(server_id: &str) -> Replica {
+    spawn_replica_with(server_id, Faults::default()).await
+}
+
+/// Starts a replica with the given demo faults.
+pub async fn spawn_replica_with(server_id: &str, faults: Faults) -> Replica {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("loopback has a free port");
+    let addr = listener.local_addr().expect("a bound listener has an address");
+    let config = Config {
+        listen: addr,
+        server_id: server_id.to_owned(),
+        faults,
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(crate::run(config, listener, async {
+        let _ = stopped.await;
+    }));
+    Replica {
+        addr,
+        server_id: server_id.to_owned(),
+        stop: Some(stop),
+        task,
+    }
+}
+
+impl Replica {
+    /// `http://127.0.0.1:PORT`, as a channel takes it.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting, drains, and waits for the server to return.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let task = &mut self.task;
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("replica drains within 10 s")
+            .expect("replica task did not panic")
+            .expect("replica served without error");
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        // A replica dropped without `shutdown` is aborted outright, closing
+        // its connections the way a killed process would.
+        self.task.abort();
+    }
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, or panics after
+/// `deadline` with `what` in the message.
+pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let give_up = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Connects one channel to `http://ADDR`, as a tonic client takes it.
+pub async fn connect(addr: impl std::fmt::Display) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("an http URL from a socket address is valid")
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"))
+}
