@@ -2,10 +2,22 @@
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use std::io::IsTerminal as _;
+use std::{io::IsTerminal as _, process::ExitCode};
+
+/// Fatal errors print as one line (with their causes), never as a panic or
+/// a backtrace: they are for the person who started the process.
+fn main() -> ExitCode {
+    match serve() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("stockdata: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn serve() -> anyhow::Result<()> {
     let config = stockdata::Config::try_from(stockdata::Args::parse())?;
     init_tracing();
 
