@@ -155,7 +155,7 @@ mod tests {
 
     #[test]
     fn every_id_of_the_sample_resolves() {
-        assert!(LEN >= 101);
+        const { assert!(LEN >= 101) };
         for id in 1..=101 {
             let stock = lookup(id).expect("sample ids resolve");
             assert_eq!(stock.id, id);
@@ -188,7 +188,10 @@ mod tests {
 
     #[test]
     fn ids_past_the_end_are_not_found() {
-        assert_eq!(lookup(LEN as i32 + 1), Err(LookupError::NotFound(LEN as i32 + 1)));
+        assert_eq!(
+            lookup(LEN as i32 + 1),
+            Err(LookupError::NotFound(LEN as i32 + 1))
+        );
         assert_eq!(lookup(i32::MAX), Err(LookupError::NotFound(i32::MAX)));
     }
 

@@ -18,11 +18,21 @@ pub struct Args {
     pub server_id: Option<String>,
 
     /// Demo fault: wait this many milliseconds before answering each call.
-    #[arg(long = "delay", env = "STOCKDATA_DELAY_MS", default_value_t = 0, value_name = "MS")]
+    #[arg(
+        long = "delay",
+        env = "STOCKDATA_DELAY_MS",
+        default_value_t = 0,
+        value_name = "MS"
+    )]
     pub delay_ms: u64,
 
     /// Demo fault: fail this share of calls (0.0 to 1.0) with UNAVAILABLE.
-    #[arg(long, env = "STOCKDATA_FAIL_RATE", default_value_t = 0.0, value_name = "F")]
+    #[arg(
+        long,
+        env = "STOCKDATA_FAIL_RATE",
+        default_value_t = 0.0,
+        value_name = "F"
+    )]
     pub fail_rate: f64,
 }
 
@@ -87,7 +97,11 @@ fn is_valid_server_id(id: &str) -> bool {
 pub fn default_server_id() -> String {
     let host = gethostname::gethostname().to_string_lossy().into_owned();
     let host: String = host.chars().filter(|c| c.is_ascii_graphic()).collect();
-    let host = if host.is_empty() { "stockdata".to_owned() } else { host };
+    let host = if host.is_empty() {
+        "stockdata".to_owned()
+    } else {
+        host
+    };
     let suffix: String = std::iter::repeat_with(fastrand::alphanumeric)
         .take(4)
         .map(|c| c.to_ascii_lowercase())
@@ -111,7 +125,11 @@ mod tests {
         let config = parse(&[]).unwrap();
         assert_eq!(config.listen, "0.0.0.0:80".parse().unwrap());
         assert_eq!(config.faults, Faults::default());
-        assert!(is_valid_server_id(&config.server_id), "{}", config.server_id);
+        assert!(
+            is_valid_server_id(&config.server_id),
+            "{}",
+            config.server_id
+        );
     }
 
     #[test]

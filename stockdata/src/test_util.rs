@@ -25,7 +25,9 @@ pub async fn spawn_replica_with(server_id: &str, faults: Faults) -> Replica {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("loopback has a free port");
-    let addr = listener.local_addr().expect("a bound listener has an address");
+    let addr = listener
+        .local_addr()
+        .expect("a bound listener has an address");
     let config = Config {
         listen: addr,
         server_id: server_id.to_owned(),

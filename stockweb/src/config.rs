@@ -77,11 +77,21 @@ fn parse_address(value: &str) -> Result<http::Uri, ConfigError> {
         value: value.to_owned(),
         reason: reason.to_owned(),
     };
-    let uri: http::Uri = value.parse().map_err(|e: http::uri::InvalidUri| refuse(&e.to_string()))?;
+    let uri: http::Uri = value
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| refuse(&e.to_string()))?;
     match uri.scheme_str() {
         Some("http") => {}
-        Some(other) => return Err(refuse(&format!("scheme {other:?} is not supported, use http://"))),
-        None => return Err(refuse("it needs a scheme and a host, like http://stockdata:80")),
+        Some(other) => {
+            return Err(refuse(&format!(
+                "scheme {other:?} is not supported, use http://"
+            )));
+        }
+        None => {
+            return Err(refuse(
+                "it needs a scheme and a host, like http://stockdata:80",
+            ));
+        }
     }
     match uri.authority() {
         Some(authority) if !authority.host().is_empty() => {}

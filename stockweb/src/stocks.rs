@@ -137,7 +137,11 @@ fn row_for(
                 symbol: None,
                 name: None,
                 server: server_id(status.metadata()),
-                error: Some(format!("{}: {}", code_name(status.code()), status.message())),
+                error: Some(format!(
+                    "{}: {}",
+                    code_name(status.code()),
+                    status.message()
+                )),
             }
         }
     }

@@ -31,7 +31,10 @@ async fn address_in_use_is_a_clear_error() {
     let output = run_to_exit(&["--listen", &addr, "--server-id", "x"]).await;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stderr}");
-    assert!(stderr.contains(&format!("cannot listen on {addr}")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")),
+        "{stderr}"
+    );
     assert!(stderr.contains("STOCKDATA_LISTEN"), "{stderr}");
     assert!(stderr.contains("in use"), "{stderr}");
 }
@@ -131,9 +134,15 @@ impl Running {
 
 #[tokio::test]
 async fn sigterm_drains_in_flight_calls_and_exits_zero() {
-    let (mut server, addr) =
-        Running::start(&["--listen", "127.0.0.1:0", "--server-id", "draining", "--delay", "400"])
-            .await;
+    let (mut server, addr) = Running::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--server-id",
+        "draining",
+        "--delay",
+        "400",
+    ])
+    .await;
     let client = StocksClient::new(stockdata::test_util::connect(&addr).await);
 
     let calls: Vec<_> = (1..=5)
@@ -149,7 +158,10 @@ async fn sigterm_drains_in_flight_calls_and_exits_zero() {
     server.signal("-TERM");
 
     for call in calls {
-        let response = call.await.unwrap().expect("in-flight call completes during drain");
+        let response = call
+            .await
+            .unwrap()
+            .expect("in-flight call completes during drain");
         assert!(response.into_inner().stock.is_some());
     }
     let status = tokio::time::timeout(Duration::from_secs(20), server.child.wait())

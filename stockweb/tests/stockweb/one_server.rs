@@ -20,7 +20,11 @@ async fn every_call_over_one_channel_reaches_the_same_replica() {
     assert_eq!(rows.len(), 100);
     assert!(rows.iter().all(|r| r.get("error").is_none()), "{first}");
     let servers = first["servers"].as_object().unwrap();
-    assert_eq!(servers.len(), 1, "one server answered everything: {servers:?}");
+    assert_eq!(
+        servers.len(),
+        1,
+        "one server answered everything: {servers:?}"
+    );
     let (server, count) = servers.iter().next().unwrap();
     assert_eq!(count, 100);
     assert!(["replica-a", "replica-b"].contains(&server.as_str()));
@@ -31,7 +35,10 @@ async fn every_call_over_one_channel_reaches_the_same_replica() {
     let mut sorted = symbols.clone();
     sorted.sort_unstable();
     assert_eq!(symbols, sorted);
-    assert!(rows.iter().any(|r| r["symbol"] == "AAPL" && r["name"] == "Apple Inc." && r["id"] == 1));
+    assert!(
+        rows.iter()
+            .any(|r| r["symbol"] == "AAPL" && r["name"] == "Apple Inc." && r["id"] == 1)
+    );
 
     // The page renders the same story, and a second load reuses the channel.
     let page = get(web.addr, "/").await;
@@ -43,13 +50,22 @@ async fn every_call_over_one_channel_reaches_the_same_replica() {
     assert_eq!(page.body.matches("<tr>").count(), 101, "header + 100 rows");
     let second = get_json(web.addr).await;
     assert_eq!(second["servers"], first["servers"]);
-    assert_eq!(service.counts().iter().sum::<usize>(), 1, "one connection for all loads");
+    assert_eq!(
+        service.counts().iter().sum::<usize>(),
+        1,
+        "one connection for all loads"
+    );
 
     // The Service does balance: a new connection lands on the other replica.
     // The problem is the single connection, not the Service.
     let mut other = StocksClient::new(connect(service.addr).await);
     let response = other.get(GetRequest { id: 1 }).await.unwrap();
-    let other_server = response.metadata().get(SERVER_ID).unwrap().to_str().unwrap();
+    let other_server = response
+        .metadata()
+        .get(SERVER_ID)
+        .unwrap()
+        .to_str()
+        .unwrap();
     assert_ne!(other_server, server);
     assert_eq!(service.counts(), [1, 1]);
 }
@@ -64,7 +80,11 @@ async fn health_endpoint_answers_and_the_stylesheet_is_served() {
 
     let css = get(web.addr, "/assets/site.css").await;
     assert_eq!(css.status, 200);
-    assert!(css.content_type.starts_with("text/css"), "{}", css.content_type);
+    assert!(
+        css.content_type.starts_with("text/css"),
+        "{}",
+        css.content_type
+    );
 
     assert_eq!(get(web.addr, "/nope").await.status, 404);
     assert_eq!(get(web.addr, "/assets/../Cargo.toml").await.status, 404);

@@ -38,10 +38,22 @@ async fn an_unparsable_stockdata_address_is_a_clear_error() {
 async fn address_in_use_is_a_clear_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let output = run_to_exit(&["--listen", &addr, "--stockdata-address", "http://127.0.0.1:1"], &[]).await;
+    let output = run_to_exit(
+        &[
+            "--listen",
+            &addr,
+            "--stockdata-address",
+            "http://127.0.0.1:1",
+        ],
+        &[],
+    )
+    .await;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stderr}");
-    assert!(stderr.contains(&format!("cannot listen on {addr}")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")),
+        "{stderr}"
+    );
     assert!(stderr.contains("in use"), "{stderr}");
 }
 

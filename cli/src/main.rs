@@ -1,0 +1,48 @@
+//! `meshctl`, the StockKube Mesh command line.
+//!
+//! - `demo` (also what a bare `meshctl` or `cargo run --release` does): runs
+//!   the StockKube sample on this machine.
+//!
+//! Every service runs as a child process of `meshctl`, exactly as it would
+//! run anywhere else; `meshctl` only starts, watches and stops them.
+
+mod demo;
+mod process;
+mod service_vip;
+
+use clap::Parser as _;
+use std::process::ExitCode;
+
+/// StockKube Mesh: per-request gRPC load balancing for Kubernetes.
+#[derive(Debug, clap::Parser)]
+#[command(name = "meshctl", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Run the StockKube sample on this machine: StockData replicas behind a
+    /// connection-balancing address, and StockWeb (the default command).
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    // A bare `meshctl` (as `cargo run --release` gives) means `meshctl demo`
+    // with its defaults and environment.
+    let command = Cli::parse()
+        .command
+        .or_else(|| Cli::parse_from(["meshctl", "demo"]).command)
+        .expect("`meshctl demo` parses with defaults");
+    let result = match command {
+        Command::Demo(args) => demo::main(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("meshctl: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

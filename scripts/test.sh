@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The one command that runs every test, as CI does: `scripts/test.sh`.
+#
+# It installs what the tests need when it is missing:
+#   - a Python venv with grpcio and grpcio-tools (interop tests), at
+#     target/interop-venv.
+# With CI=true a prerequisite that cannot be installed is a failure, and the
+# formatting and lint checks run too.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ci=${CI:-false}
+venv=${CARGO_TARGET_DIR:-target}/interop-venv
+python=${PYTHON:-python3}
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "interop venv ($venv)"
+if ! "$venv/bin/python" -c 'import grpc, grpc_tools' 2>/dev/null; then
+  if ! "$python" -c 'import venv, ensurepip' 2>/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      apt-get update -qq && apt-get install -y -qq python3 python3-venv >/dev/null
+      python=python3
+    fi
+  fi
+  "$python" -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check 'grpcio>=1.60' 'grpcio-tools>=1.60'
+fi
+"$venv/bin/python" -c 'import grpc; print("grpcio", grpc.__version__)'
+export STOCKKUBE_PYTHON="$PWD/$venv/bin/python"
+
+if [ "$ci" = true ]; then
+  step "cargo fmt --check"
+  cargo fmt --all --check
+  step "cargo clippy"
+  cargo clippy --workspace --all-targets --locked -- -D warnings
+fi
+
+step "cargo test"
+cargo test --workspace --locked
