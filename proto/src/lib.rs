@@ -3,6 +3,7 @@
 //! - [`stockdata`]: the StockData API (`package StockData; service Stocks`),
 //!   generated from `proto/stocks.proto` by `build.rs`, with its encoded
 //!   descriptor set for server reflection.
+//! - [`mesh`]: the mesh's control APIs (`Destination`, `Registry`).
 //! - [`headers`]: names of the metadata headers the apps and the mesh agree on.
 //!
 //! Nothing here does I/O; the crates above decide how the contracts are served.
@@ -20,11 +21,26 @@ pub mod stockdata {
     pub const SERVICE_NAME: &str = "StockData.Stocks";
 }
 
+/// The mesh's control APIs: `Destination` (discovery) and `Registry` (the
+/// local backend's write side), package `stockkube.mesh.v1`.
+pub mod mesh {
+    #![allow(clippy::all, missing_docs, rust_2018_idioms)]
+    tonic::include_proto!("stockkube.mesh.v1");
+
+    /// Encoded `FileDescriptorSet` of `mesh.proto`, for gRPC server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/mesh_descriptor.bin"));
+}
+
 /// Metadata header names.
 pub mod headers {
     /// Response header naming the replica that answered a StockData call.
     /// Stable for the life of one process.
     pub const SERVER_ID: &str = "server-id";
+
+    /// Response header the outbound proxy adds: the endpoint (address) that
+    /// served the request, so any client can see the balancing.
+    pub const MESH_ENDPOINT: &str = "x-mesh-endpoint";
 }
 
 #[cfg(test)]

@@ -1,0 +1,162 @@
+//! Response bodies the proxy sends: an upstream body observed for metrics,
+//! or a small body the proxy made itself (an error).
+//!
+//! Metrics are recorded once per response, when its stream ends (reading
+//! `grpc-status` from trailers) or when it is dropped unfinished (a client
+//! that went away, an upstream that reset).
+
+use crate::metrics::{Metrics, RouteLabels};
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use std::{
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Instant,
+};
+
+/// Records one response's outcome when it is finished or dropped.
+#[derive(Debug)]
+pub struct Recorder {
+    metrics: Arc<Metrics>,
+    route: RouteLabels,
+    started: Instant,
+    status_code: u16,
+    grpc_status: Option<u8>,
+}
+
+impl Recorder {
+    pub fn new(metrics: Arc<Metrics>, route: RouteLabels, started: Instant) -> Self {
+        metrics.request(&route);
+        Self {
+            metrics,
+            route,
+            started,
+            status_code: 0,
+            grpc_status: None,
+        }
+    }
+
+    /// Notes the response head; a trailers-only gRPC response carries its
+    /// status here.
+    pub fn head(&mut self, status: http::StatusCode, headers: &http::HeaderMap) {
+        self.status_code = status.as_u16();
+        if let Some(code) = grpc_status(headers) {
+            self.grpc_status = Some(code);
+        }
+    }
+
+    fn trailers(&mut self, trailers: &http::HeaderMap) {
+        if let Some(code) = grpc_status(trailers) {
+            self.grpc_status = Some(code);
+        }
+    }
+
+    pub fn finish(self, complete: bool) {
+        self.metrics.response(
+            &self.route,
+            self.status_code,
+            self.grpc_status,
+            complete,
+            self.started.elapsed().as_secs_f64(),
+        );
+    }
+}
+
+fn grpc_status(headers: &http::HeaderMap) -> Option<u8> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+pin_project_lite::pin_project! {
+    /// The body of every response the proxy returns.
+    #[project = ProxyBodyProj]
+    pub enum ProxyBody {
+        Upstream { #[pin] inner: Incoming, recorder: Option<Recorder> },
+        Local { data: Option<Bytes> },
+    }
+
+    impl PinnedDrop for ProxyBody {
+        fn drop(this: Pin<&mut Self>) {
+            if let ProxyBodyProj::Upstream { recorder, .. } = this.project() {
+                if let Some(recorder) = recorder.take() {
+                    recorder.finish(false);
+                }
+            }
+        }
+    }
+}
+
+impl ProxyBody {
+    pub fn upstream(inner: Incoming, recorder: Recorder) -> Self {
+        ProxyBody::Upstream {
+            inner,
+            recorder: Some(recorder),
+        }
+    }
+
+    pub fn local(data: impl Into<Bytes>) -> Self {
+        let data: Bytes = data.into();
+        ProxyBody::Local {
+            data: (!data.is_empty()).then_some(data),
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.project() {
+            ProxyBodyProj::Local { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            ProxyBodyProj::Upstream { inner, recorder } => {
+                let polled = inner.poll_frame(cx);
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let (Some(trailers), Some(recorder)) =
+                            (frame.trailers_ref(), recorder.as_mut())
+                        {
+                            recorder.trailers(trailers);
+                        }
+                    }
+                    Poll::Ready(None) => {
+                        if let Some(recorder) = recorder.take() {
+                            recorder.finish(true);
+                        }
+                    }
+                    Poll::Ready(Some(Err(_))) => {
+                        if let Some(recorder) = recorder.take() {
+                            recorder.finish(false);
+                        }
+                    }
+                    Poll::Pending => {}
+                }
+                polled
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Local { data } => data.is_none(),
+            // Let the stream end through poll_frame, so the recorder sees it.
+            ProxyBody::Upstream { .. } => false,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Local { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            ProxyBody::Upstream { inner, .. } => inner.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,437 @@
+//! Flags and environment (`MESH_PROXY_*`) of `mesh-proxy`, parsed into a
+//! checked [`Config`]. Every bad value names its flag before anything binds.
+
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+
+/// mesh-proxy: the StockKube Mesh sidecar. Balances every HTTP/2 (gRPC) and
+/// HTTP/1 request across a service's endpoints; forwards anything else as
+/// opaque TCP.
+#[derive(Debug, clap::Parser)]
+#[command(name = "mesh-proxy", version)]
+pub struct Args {
+    /// Outbound listeners, SERVICE=ADDR: the local app connects to ADDR to
+    /// reach SERVICE (like a Consul upstream). Repeat, or comma-separate in
+    /// the variable.
+    #[arg(
+        long = "outbound",
+        env = "MESH_PROXY_OUTBOUND",
+        value_delimiter = ',',
+        value_name = "SERVICE=ADDR"
+    )]
+    pub outbound: Vec<String>,
+
+    /// Inbound listener: other proxies connect here to reach the local app.
+    #[arg(
+        long,
+        env = "MESH_PROXY_INBOUND",
+        value_name = "ADDR",
+        requires = "app"
+    )]
+    pub inbound: Option<SocketAddr>,
+
+    /// The local app's address, where inbound traffic is forwarded.
+    #[arg(
+        long,
+        env = "MESH_PROXY_APP",
+        value_name = "ADDR",
+        requires = "inbound"
+    )]
+    pub app: Option<SocketAddr>,
+
+    /// Admin server: /metrics, /ready, /live, /endpoints.
+    #[arg(
+        long,
+        env = "MESH_PROXY_ADMIN",
+        default_value = "127.0.0.1:4191",
+        value_name = "ADDR"
+    )]
+    pub admin: SocketAddr,
+
+    /// How to discover a service's endpoints, SERVICE=SPEC, where SPEC is
+    /// `static:ADDR[;ADDR...]`, `dns:HOST:PORT` (every A/AAAA record,
+    /// re-resolved) or `destination` (the controller, see --destination).
+    /// Services without one use `destination` when --destination is set.
+    #[arg(
+        long = "discover",
+        env = "MESH_PROXY_DISCOVER",
+        value_delimiter = ',',
+        value_name = "SERVICE=SPEC"
+    )]
+    pub discover: Vec<String>,
+
+    /// The controller's destination API, an http:// URL.
+    #[arg(long, env = "MESH_PROXY_DESTINATION", value_name = "URL")]
+    pub destination: Option<String>,
+
+    /// Balancing: `p2c-ewma` (power of two choices over peak-EWMA latency,
+    /// Linkerd's) or `round-robin`.
+    #[arg(long, env = "MESH_PROXY_BALANCE", default_value = "p2c-ewma")]
+    pub balance: BalanceStrategy,
+
+    /// How often `dns:` discovery re-resolves.
+    #[arg(long, env = "MESH_PROXY_DNS_REFRESH", default_value = "5s", value_parser = parse_duration)]
+    pub dns_refresh: Duration,
+
+    /// How long protocol detection waits for a client's first bytes before
+    /// treating the connection as opaque TCP.
+    #[arg(long, env = "MESH_PROXY_DETECT_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub detect_timeout: Duration,
+
+    /// How many bytes detection reads at most before deciding.
+    #[arg(long, env = "MESH_PROXY_DETECT_MAX_BYTES", default_value_t = 8192)]
+    pub detect_max_bytes: usize,
+
+    /// Peak-EWMA decay: how fast a latency sample is forgotten.
+    #[arg(long, env = "MESH_PROXY_EWMA_DECAY", default_value = "10s", value_parser = parse_duration)]
+    pub ewma_decay: Duration,
+
+    /// Latency assumed for an endpoint with no sample yet.
+    #[arg(long, env = "MESH_PROXY_EWMA_DEFAULT_RTT", default_value = "30ms", value_parser = parse_duration)]
+    pub ewma_default_rtt: Duration,
+
+    /// How long a request waits for a service to have endpoints before it
+    /// fails with 503 / UNAVAILABLE.
+    #[arg(long, env = "MESH_PROXY_FAILFAST_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    pub failfast_timeout: Duration,
+
+    /// How long in-flight requests get to finish after SIGTERM.
+    #[arg(long, env = "MESH_PROXY_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+}
+
+/// The balancing algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BalanceStrategy {
+    P2cEwma,
+    RoundRobin,
+}
+
+/// Where one service's endpoints come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiscoverySpec {
+    Static(Vec<SocketAddr>),
+    Dns { host: String, port: u16 },
+    Destination,
+}
+
+/// A checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Outbound listener address to its service.
+    pub outbound: Vec<(String, SocketAddr)>,
+    /// Inbound listener and the app it forwards to.
+    pub inbound: Option<(SocketAddr, SocketAddr)>,
+    pub admin: SocketAddr,
+    /// Discovery per service; every outbound service has one.
+    pub discovery: BTreeMap<String, DiscoverySpec>,
+    pub destination: Option<http::Uri>,
+    pub balance: BalanceStrategy,
+    pub dns_refresh: Duration,
+    pub detect_timeout: Duration,
+    pub detect_max_bytes: usize,
+    pub ewma_decay: Duration,
+    pub ewma_default_rtt: Duration,
+    pub failfast_timeout: Duration,
+    pub drain_timeout: Duration,
+}
+
+/// A flag value that is not what its flag takes.
+#[derive(Debug, thiserror::Error)]
+#[error("{flag} ({env}): {message}")]
+pub struct ConfigError {
+    flag: &'static str,
+    env: &'static str,
+    message: String,
+}
+
+fn bad(flag: &'static str, env: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        flag,
+        env,
+        message: message.into(),
+    }
+}
+
+impl TryFrom<Args> for Config {
+    type Error = ConfigError;
+
+    fn try_from(args: Args) -> Result<Self, ConfigError> {
+        let outbound_err = |m: String| bad("--outbound", "MESH_PROXY_OUTBOUND", m);
+        let mut outbound = Vec::new();
+        for entry in &args.outbound {
+            let (service, addr) = entry
+                .split_once('=')
+                .ok_or_else(|| outbound_err(format!("expected SERVICE=ADDR, got {entry:?}")))?;
+            check_service_name(service).map_err(outbound_err)?;
+            let addr: SocketAddr = addr
+                .parse()
+                .map_err(|_| outbound_err(format!("{addr:?} is not an ip:port address")))?;
+            outbound.push((service.to_owned(), addr));
+        }
+
+        let destination = args
+            .destination
+            .as_deref()
+            .map(|url| {
+                let uri: http::Uri = url.parse().map_err(|e| {
+                    bad(
+                        "--destination",
+                        "MESH_PROXY_DESTINATION",
+                        format!("{url:?}: {e}"),
+                    )
+                })?;
+                if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+                    return Err(bad(
+                        "--destination",
+                        "MESH_PROXY_DESTINATION",
+                        format!("{url:?} must be an http://host:port URL"),
+                    ));
+                }
+                Ok(uri)
+            })
+            .transpose()?;
+
+        let discover_err = |m: String| bad("--discover", "MESH_PROXY_DISCOVER", m);
+        let mut discovery = BTreeMap::new();
+        for entry in &args.discover {
+            let (service, spec) = entry
+                .split_once('=')
+                .ok_or_else(|| discover_err(format!("expected SERVICE=SPEC, got {entry:?}")))?;
+            check_service_name(service).map_err(discover_err)?;
+            let spec = parse_spec(spec).map_err(discover_err)?;
+            if spec == DiscoverySpec::Destination && destination.is_none() {
+                return Err(discover_err(format!(
+                    "{service} uses the destination API but --destination is not set"
+                )));
+            }
+            discovery.insert(service.to_owned(), spec);
+        }
+        for (service, _) in &outbound {
+            if !discovery.contains_key(service) {
+                if destination.is_none() {
+                    return Err(discover_err(format!(
+                        "no discovery for outbound service {service}: add --discover {service}=... or --destination"
+                    )));
+                }
+                discovery.insert(service.clone(), DiscoverySpec::Destination);
+            }
+        }
+
+        if args.detect_max_bytes < 64 {
+            return Err(bad(
+                "--detect-max-bytes",
+                "MESH_PROXY_DETECT_MAX_BYTES",
+                format!(
+                    "must be at least 64 (an HTTP/2 preface is 24), got {}",
+                    args.detect_max_bytes
+                ),
+            ));
+        }
+        for (flag, env, value) in [
+            (
+                "--detect-timeout",
+                "MESH_PROXY_DETECT_TIMEOUT",
+                args.detect_timeout,
+            ),
+            ("--ewma-decay", "MESH_PROXY_EWMA_DECAY", args.ewma_decay),
+            ("--dns-refresh", "MESH_PROXY_DNS_REFRESH", args.dns_refresh),
+        ] {
+            if value.is_zero() {
+                return Err(bad(flag, env, "must be more than zero"));
+            }
+        }
+        if outbound.is_empty() && args.inbound.is_none() {
+            return Err(bad(
+                "--outbound",
+                "MESH_PROXY_OUTBOUND",
+                "nothing to proxy: give --outbound SERVICE=ADDR and/or --inbound ADDR --app ADDR",
+            ));
+        }
+
+        Ok(Config {
+            outbound,
+            inbound: args.inbound.zip(args.app),
+            admin: args.admin,
+            discovery,
+            destination,
+            balance: args.balance,
+            dns_refresh: args.dns_refresh,
+            detect_timeout: args.detect_timeout,
+            detect_max_bytes: args.detect_max_bytes,
+            ewma_decay: args.ewma_decay,
+            ewma_default_rtt: args.ewma_default_rtt,
+            failfast_timeout: args.failfast_timeout,
+            drain_timeout: args.drain_timeout,
+        })
+    }
+}
+
+fn check_service_name(service: &str) -> Result<(), String> {
+    let ok = !service.is_empty()
+        && service
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{service:?} is not a service name (letters, digits, '-', '.', '_')"
+        ))
+    }
+}
+
+fn parse_spec(spec: &str) -> Result<DiscoverySpec, String> {
+    if spec == "destination" {
+        return Ok(DiscoverySpec::Destination);
+    }
+    if let Some(list) = spec.strip_prefix("static:") {
+        let addrs = list
+            .split(';')
+            .filter(|s| !s.is_empty())
+            .map(|a| {
+                a.parse()
+                    .map_err(|_| format!("{a:?} is not an ip:port address"))
+            })
+            .collect::<Result<Vec<SocketAddr>, _>>()?;
+        if addrs.is_empty() {
+            return Err("static: needs at least one address".into());
+        }
+        return Ok(DiscoverySpec::Static(addrs));
+    }
+    if let Some(target) = spec.strip_prefix("dns:") {
+        let (host, port) = target
+            .rsplit_once(':')
+            .ok_or_else(|| format!("dns:{target} needs HOST:PORT"))?;
+        let port = port
+            .parse()
+            .map_err(|_| format!("{port:?} is not a port"))?;
+        if host.is_empty() {
+            return Err(format!("dns:{target} has no host"));
+        }
+        return Ok(DiscoverySpec::Dns {
+            host: host.to_owned(),
+            port,
+        });
+    }
+    Err(format!(
+        "{spec:?} is not static:..., dns:HOST:PORT or destination"
+    ))
+}
+
+/// Parses `250ms`, `10s`, `2m` or a bare number of seconds.
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    let value = value.trim();
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{value:?} is not a duration like 250ms, 10s or 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(number)),
+        "" | "s" => Ok(Duration::from_secs(number)),
+        "m" => Ok(Duration::from_secs(number * 60)),
+        _ => Err(format!("{value:?} has unit {unit:?}; use ms, s or m")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let args = Args::try_parse_from(std::iter::once("mesh-proxy").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        Config::try_from(args).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5h").is_err());
+    }
+
+    #[test]
+    fn outbound_with_static_discovery() {
+        let config = parse(&[
+            "--outbound",
+            "stockdata=127.0.0.1:4140",
+            "--discover",
+            "stockdata=static:127.0.0.1:1;127.0.0.1:2",
+        ])
+        .unwrap();
+        assert_eq!(
+            config.outbound,
+            [("stockdata".into(), "127.0.0.1:4140".parse().unwrap())]
+        );
+        assert_eq!(
+            config.discovery["stockdata"],
+            DiscoverySpec::Static(vec![
+                "127.0.0.1:1".parse().unwrap(),
+                "127.0.0.1:2".parse().unwrap()
+            ])
+        );
+        assert_eq!(config.balance, BalanceStrategy::P2cEwma);
+    }
+
+    #[test]
+    fn outbound_defaults_to_the_destination_api() {
+        let config = parse(&[
+            "--outbound",
+            "stockdata=127.0.0.1:4140",
+            "--destination",
+            "http://127.0.0.1:8086",
+            "--discover",
+            "other=dns:stockdata:80",
+        ])
+        .unwrap();
+        assert_eq!(config.discovery["stockdata"], DiscoverySpec::Destination);
+        assert_eq!(
+            config.discovery["other"],
+            DiscoverySpec::Dns {
+                host: "stockdata".into(),
+                port: 80
+            }
+        );
+    }
+
+    #[test]
+    fn bad_values_name_their_flag() {
+        for (args, flag) in [
+            (&["--outbound", "stockdata"][..], "--outbound"),
+            (&["--outbound", "stockdata=nowhere"][..], "--outbound"),
+            (&["--outbound", "s=127.0.0.1:1"][..], "--discover"),
+            (
+                &[
+                    "--outbound",
+                    "s=127.0.0.1:1",
+                    "--discover",
+                    "s=carrier-pigeon",
+                ][..],
+                "--discover",
+            ),
+            (
+                &["--outbound", "s=127.0.0.1:1", "--discover", "s=destination"][..],
+                "--discover",
+            ),
+            (
+                &["--outbound", "s=127.0.0.1:1", "--destination", "grpc://x"][..],
+                "--destination",
+            ),
+            (&["--inbound", "127.0.0.1:1"][..], "--app"),
+            (&["--balance", "random"][..], "--balance"),
+            (&["--detect-timeout", "soon"][..], "--detect-timeout"),
+            (&[][..], "nothing to proxy"),
+        ] {
+            let err = parse(args).unwrap_err();
+            assert!(err.contains(flag), "{args:?}: {err}");
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! Discovery: where a service's endpoints are, as a `watch` of the whole
+//! current set. The balancer reads the latest set and never learns where it
+//! came from.
+//!
+//! Sources, one module each, all behind [`Discover`]:
+//! - [`static_list`]: a fixed list from the command line;
+//! - [`dns`]: every A/AAAA record of a name, re-resolved on an interval
+//!   (docker compose service names, headless Kubernetes Services);
+//! - [`destination`]: the controller's `Destination` gRPC stream.
+//!
+//! A source keeps the last set it knew when its backend is unreachable: an
+//! outage of DNS or of the controller must not empty a working balancer.
+
+pub mod destination;
+pub mod dns;
+pub mod static_list;
+
+use std::{net::SocketAddr, sync::Arc};
+use tokio::sync::watch;
+
+/// One endpoint of a service.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    /// A human name (replica id, pod name); empty when the source has none.
+    pub instance: Arc<str>,
+}
+
+impl Endpoint {
+    pub fn new(addr: SocketAddr, instance: &str) -> Self {
+        Self {
+            addr,
+            instance: instance.into(),
+        }
+    }
+}
+
+/// A service's endpoints, sorted by address.
+pub type Endpoints = Arc<[Endpoint]>;
+
+/// A source of endpoint sets.
+pub trait Discover: Send + Sync + 'static {
+    /// Starts watching `service`. The receiver holds the latest set; the
+    /// source stops its work once every receiver is dropped.
+    fn watch(&self, service: &str) -> watch::Receiver<Endpoints>;
+}
+
+/// Sorts and dedups, so equal sets compare equal whatever their source order.
+pub fn normalize(mut endpoints: Vec<Endpoint>) -> Endpoints {
+    endpoints.sort();
+    endpoints.dedup_by(|a, b| a.addr == b.addr);
+    endpoints.into()
+}

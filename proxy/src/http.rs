@@ -1,0 +1,179 @@
+//! HTTP plumbing both directions share: the upstream clients (one HTTP/2
+//! connection per endpoint, multiplexed; pooled HTTP/1 connections),
+//! serving a detected connection with hyper, and header hygiene.
+
+use crate::{
+    body::ProxyBody,
+    detect::{Prefixed, Protocol},
+};
+use hyper::body::Incoming;
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+};
+use std::{convert::Infallible, future::Future, time::Duration};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+
+/// Clients to upstreams, one per protocol. Connections open lazily on the
+/// first request to an address and are re-established after a failure.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    h2: Client<HttpConnector, Incoming>,
+    h1: Client<HttpConnector, Incoming>,
+}
+
+impl Default for Upstream {
+    fn default() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(3)));
+        // The legacy client keys its pool by authority: with http2_only every
+        // endpoint gets one multiplexed connection, shared by all requests.
+        let h2 = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .build(connector.clone());
+        let h1 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        Self { h2, h1 }
+    }
+}
+
+impl Upstream {
+    /// Sends `request` (already addressed to `http://ip:port/...`) with the
+    /// protocol the client spoke.
+    pub async fn send(
+        &self,
+        protocol: Protocol,
+        request: http::Request<Incoming>,
+    ) -> Result<http::Response<Incoming>, hyper_util::client::legacy::Error> {
+        match protocol {
+            Protocol::Http2 => self.h2.request(request).await,
+            _ => self.h1.request(request).await,
+        }
+    }
+}
+
+/// Points `request` at `authority`, keeping its path and query.
+pub fn set_authority(request: &mut http::Request<Incoming>, authority: http::uri::Authority) {
+    let mut parts = std::mem::take(request.uri_mut()).into_parts();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(authority);
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    *request.uri_mut() =
+        http::Uri::from_parts(parts).expect("scheme, authority and path make a URI");
+}
+
+/// Removes HTTP/1 hop-by-hop headers, which describe one connection and
+/// must not be forwarded (RFC 9110 section 7.6.1).
+pub fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
+    use http::header::{CONNECTION, PROXY_AUTHENTICATE, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+    let named: Vec<http::HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| name.trim().parse().ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        CONNECTION,
+        PROXY_AUTHENTICATE,
+        TRANSFER_ENCODING,
+        UPGRADE,
+        TRAILER,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+    // `te: trailers` is what gRPC needs and is allowed end to end.
+    if headers.get(TE).is_some_and(|v| v != "trailers") {
+        headers.remove(TE);
+    }
+}
+
+/// Held by every connection task; the drain waits until all are dropped.
+pub type DrainGuard = mpsc::Sender<()>;
+
+/// Serves one HTTP connection of the detected `protocol` with `handle` as
+/// the per-request function, until it closes. When `drain` turns true the
+/// connection shuts down gracefully (HTTP/2 GOAWAY; HTTP/1 closes after the
+/// current response) and in-flight requests finish.
+pub async fn serve<H, F>(
+    protocol: Protocol,
+    io: Prefixed<TcpStream>,
+    mut drain: watch::Receiver<bool>,
+    _guard: DrainGuard,
+    handle: H,
+) where
+    H: Fn(http::Request<Incoming>) -> F + Send + Sync + Clone + 'static,
+    F: Future<Output = http::Response<ProxyBody>> + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request| {
+        let handle = handle.clone();
+        async move { Ok::<_, Infallible>(handle(request).await) }
+    });
+    let io = TokioIo::new(io);
+    // Both connection types shut down the same way; a macro spares writing
+    // the select twice for two unrelated types.
+    macro_rules! drive {
+        ($conn:expr) => {{
+            let conn = $conn;
+            tokio::pin!(conn);
+            tokio::select! {
+                result = conn.as_mut() => result,
+                // The watch guard must not live across the await below.
+                _ = async { drain.wait_for(|draining| *draining).await.is_ok() } => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
+        }};
+    }
+    let result = match protocol {
+        Protocol::Http2 => {
+            let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            builder.timer(TokioTimer::new());
+            drive!(builder.serve_connection(io, service))
+        }
+        _ => {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30));
+            drive!(builder.serve_connection(io, service))
+        }
+    };
+    if let Err(err) = result {
+        // A peer that breaks the protocol or goes away; nothing to do but log.
+        tracing::debug!(%err, "connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_removed_and_end_to_end_kept() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("connection", "close, x-secret".parse().unwrap());
+        headers.insert("x-secret", "1".parse().unwrap());
+        headers.insert("keep-alive", "timeout=5".parse().unwrap());
+        headers.insert("te", "trailers".parse().unwrap());
+        headers.insert("content-type", "application/grpc".parse().unwrap());
+        strip_hop_by_hop(&mut headers);
+        let names: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(headers.contains_key("te") && headers.contains_key("content-type"));
+    }
+}

@@ -1,0 +1,326 @@
+//! `mesh-proxy`: the StockKube Mesh sidecar.
+//!
+//! ```text
+//!            outbound listener (one per target service)
+//! local app ---------> detect --HTTP--> route -> balance (p2c peak-EWMA | round-robin)
+//!                        |                          -> endpoint: one HTTP/2 connection each
+//!                        +--opaque--> balance per connection -> endpoint
+//!
+//!            inbound listener
+//! peer proxy --------> detect --HTTP--> local app (connections reused)
+//!                        +--opaque--> local app
+//!
+//! discovery (static | dns | destination) --watch--> balancers
+//! admin: /metrics /ready /live /endpoints
+//! ```
+//!
+//! Layout: [`config`] flags; [`detect`] protocol detection; [`discover`]
+//! endpoint sources; [`balance`] balancers; [`outbound`] and [`inbound`] the
+//! two directions; [`http`], [`tcp`], [`body`], [`errors`] shared plumbing;
+//! [`metrics`] and [`admin`] what operators read; [`run`] wires it together
+//! and drains on shutdown.
+
+pub mod admin;
+pub mod balance;
+pub mod body;
+pub mod config;
+pub mod detect;
+pub mod discover;
+pub mod errors;
+pub mod http;
+pub mod inbound;
+pub mod metrics;
+pub mod outbound;
+pub mod tcp;
+
+use crate::{
+    balance::{Balancer, EwmaConfig},
+    config::DiscoverySpec,
+    detect::Protocol,
+    discover::Discover,
+    metrics::{Direction, Metrics},
+};
+use anyhow::Context as _;
+use std::{
+    future::{Future, IntoFuture as _},
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+use tokio::{net::TcpListener, sync::watch};
+use tracing::Instrument as _;
+
+pub use config::{Args, Config};
+
+/// The proxy's bound sockets; bound before [`run`] so tests can use port 0
+/// and `main` can report a taken port by its flag.
+#[derive(Debug)]
+pub struct Listeners {
+    pub outbound: Vec<(String, TcpListener)>,
+    pub inbound: Option<TcpListener>,
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(config: &Config) -> anyhow::Result<Self> {
+        let mut outbound = Vec::new();
+        for (service, addr) in &config.outbound {
+            let listener = TcpListener::bind(addr).await.with_context(|| {
+                format!("cannot listen on {addr} (--outbound {service}=... / MESH_PROXY_OUTBOUND)")
+            })?;
+            outbound.push((service.clone(), listener));
+        }
+        let inbound = match config.inbound {
+            Some((addr, _)) => Some(TcpListener::bind(addr).await.with_context(|| {
+                format!("cannot listen on {addr} (--inbound / MESH_PROXY_INBOUND)")
+            })?),
+            None => None,
+        };
+        let admin = TcpListener::bind(config.admin).await.with_context(|| {
+            format!(
+                "cannot listen on {} (--admin / MESH_PROXY_ADMIN)",
+                config.admin
+            )
+        })?;
+        Ok(Self {
+            outbound,
+            inbound,
+            admin,
+        })
+    }
+}
+
+/// Runs the proxy until `shutdown` completes, then drains: `/ready` turns
+/// false, listeners stop accepting, HTTP connections get GOAWAY / close, and
+/// in-flight requests have `config.drain_timeout` to finish.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let ewma = EwmaConfig {
+        decay: config.ewma_decay,
+        default_rtt: config.ewma_default_rtt,
+    };
+
+    let destination = config
+        .destination
+        .clone()
+        .map(discover::destination::Destination::new);
+    let balancers: Vec<Arc<Balancer>> = config
+        .discovery
+        .iter()
+        .map(|(service, spec)| {
+            let rx = match spec {
+                DiscoverySpec::Static(addrs) => {
+                    discover::static_list::StaticList::new(addrs).watch(service)
+                }
+                DiscoverySpec::Dns { host, port } => {
+                    discover::dns::Dns::new(host, *port, config.dns_refresh).watch(service)
+                }
+                DiscoverySpec::Destination => destination
+                    .as_ref()
+                    .expect("Config checks that --destination is set")
+                    .watch(service),
+            };
+            Balancer::new(service, rx, config.balance, ewma, config.failfast_timeout)
+        })
+        .collect();
+    let outbound = Arc::new(outbound::Outbound::new(
+        balancers.iter().cloned(),
+        metrics.clone(),
+    ));
+
+    let (drain_tx, drain_rx) = watch::channel(false);
+    // Every connection task holds a clone of `guard`; when the last is
+    // dropped, `drained` yields None.
+    let (guard, mut drained) = tokio::sync::mpsc::channel::<()>(1);
+    let mut accept_loops = tokio::task::JoinSet::new();
+
+    for (service, listener) in listeners.outbound {
+        let target = outbound
+            .balancer(&service)
+            .expect("every outbound service has a balancer")
+            .clone();
+        let outbound = outbound.clone();
+        let settings = ConnSettings::from(&config);
+        let metrics = metrics.clone();
+        let span = tracing::info_span!("outbound", %service);
+        accept_loops.spawn(
+            accept_loop(
+                listener,
+                drain_rx.clone(),
+                guard.clone(),
+                move |conn, drain, guard| {
+                    let outbound = outbound.clone();
+                    let target = target.clone();
+                    let metrics = metrics.clone();
+                    async move {
+                        let Some((protocol, io)) = settings.detect(conn).await else {
+                            return;
+                        };
+                        metrics.accepted(Direction::Outbound, protocol.as_str());
+                        match protocol {
+                            Protocol::Opaque => outbound.proxy_tcp(&target, io).await,
+                            http => {
+                                http::serve(http, io, drain, guard, move |request| {
+                                    let outbound = outbound.clone();
+                                    let target = target.clone();
+                                    async move { outbound.proxy_http(http, &target, request).await }
+                                })
+                                .await
+                            }
+                        }
+                    }
+                },
+            )
+            .instrument(span),
+        );
+    }
+
+    if let (Some(listener), Some((_, app))) = (listeners.inbound, config.inbound) {
+        let inbound = Arc::new(inbound::Inbound::new(app, metrics.clone()));
+        let settings = ConnSettings::from(&config);
+        let metrics = metrics.clone();
+        accept_loops.spawn(
+            accept_loop(
+                listener,
+                drain_rx.clone(),
+                guard.clone(),
+                move |conn, drain, guard| {
+                    let inbound = inbound.clone();
+                    let metrics = metrics.clone();
+                    async move {
+                        let Some((protocol, io)) = settings.detect(conn).await else {
+                            return;
+                        };
+                        metrics.accepted(Direction::Inbound, protocol.as_str());
+                        match protocol {
+                            Protocol::Opaque => inbound.proxy_tcp(io).await,
+                            http => {
+                                http::serve(http, io, drain, guard, move |request| {
+                                    let inbound = inbound.clone();
+                                    async move { inbound.proxy_http(http, request).await }
+                                })
+                                .await
+                            }
+                        }
+                    }
+                },
+            )
+            .instrument(tracing::info_span!("inbound", %app)),
+        );
+    }
+
+    let admin_state = admin::AdminState {
+        metrics: metrics.clone(),
+        balancers: balancers.into(),
+        ready: ready.clone(),
+    };
+    let mut admin_drain = drain_rx.clone();
+    let admin_addr = listeners.admin.local_addr()?;
+    let admin_server = tokio::spawn(
+        axum::serve(listeners.admin, admin::app(admin_state))
+            .with_graceful_shutdown(async move {
+                let _ = admin_drain.wait_for(|draining| *draining).await;
+            })
+            .into_future(),
+    );
+
+    ready.store(true, Ordering::Release);
+    tracing::info!(admin = %admin_addr, "mesh-proxy ready");
+    shutdown.await;
+
+    tracing::info!("draining");
+    ready.store(false, Ordering::Release);
+    let _ = drain_tx.send(true);
+    while accept_loops.join_next().await.is_some() {}
+    drop(guard);
+    if tokio::time::timeout(config.drain_timeout, drained.recv())
+        .await
+        .is_err()
+    {
+        tracing::warn!(timeout = ?config.drain_timeout, "drain timed out; closing the remaining connections");
+    }
+    let _ = admin_server.await;
+    tracing::info!("mesh-proxy stopped");
+    Ok(())
+}
+
+/// Per-connection settings copied out of the config.
+#[derive(Debug, Clone, Copy)]
+struct ConnSettings {
+    detect_timeout: std::time::Duration,
+    detect_max_bytes: usize,
+}
+
+impl From<&Config> for ConnSettings {
+    fn from(config: &Config) -> Self {
+        Self {
+            detect_timeout: config.detect_timeout,
+            detect_max_bytes: config.detect_max_bytes,
+        }
+    }
+}
+
+impl ConnSettings {
+    async fn detect(
+        self,
+        mut conn: tokio::net::TcpStream,
+    ) -> Option<(Protocol, detect::Prefixed<tokio::net::TcpStream>)> {
+        let _ = conn.set_nodelay(true);
+        match detect::detect(&mut conn, self.detect_timeout, self.detect_max_bytes).await {
+            Ok(Some((protocol, prefix))) => Some((protocol, detect::Prefixed::new(prefix, conn))),
+            Ok(None) => None,
+            Err(err) => {
+                tracing::debug!(%err, "connection failed during detection");
+                None
+            }
+        }
+    }
+}
+
+/// Accepts until the drain starts, handing each connection to `handle` in
+/// its own task.
+async fn accept_loop<H, F>(
+    listener: TcpListener,
+    drain: watch::Receiver<bool>,
+    guard: http::DrainGuard,
+    handle: H,
+) where
+    H: Fn(tokio::net::TcpStream, watch::Receiver<bool>, http::DrainGuard) -> F + Send + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "listening");
+    }
+    let mut stop = drain.clone();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|draining| *draining) => return,
+        };
+        match accepted {
+            Ok((conn, peer)) => {
+                let span = tracing::debug_span!("conn", %peer);
+                tokio::spawn(handle(conn, drain.clone(), guard.clone()).instrument(span));
+            }
+            Err(err) => {
+                // Out of file descriptors and the like: back off, keep serving.
+                tracing::warn!(%err, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// The address a listener is bound to, for logs and tests.
+pub fn local_addr(listener: &TcpListener) -> SocketAddr {
+    listener
+        .local_addr()
+        .expect("a bound listener has an address")
+}
