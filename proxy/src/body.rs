@@ -116,14 +116,24 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.project() {
             ProxyBodyProj::Local { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            ProxyBodyProj::Upstream { inner, recorder } => {
-                let polled = inner.poll_frame(cx);
+            ProxyBodyProj::Upstream {
+                mut inner,
+                recorder,
+            } => {
+                let polled = inner.as_mut().poll_frame(cx);
                 match &polled {
                     Poll::Ready(Some(Ok(frame))) => {
-                        if let (Some(trailers), Some(recorder)) =
-                            (frame.trailers_ref(), recorder.as_mut())
-                        {
-                            recorder.trailers(trailers);
+                        // Trailers end a stream, and a server may never poll
+                        // past them; record now rather than at drop.
+                        if let Some(trailers) = frame.trailers_ref() {
+                            if let Some(mut recorder) = recorder.take() {
+                                recorder.trailers(trailers);
+                                recorder.finish(true);
+                            }
+                        } else if inner.is_end_stream() {
+                            if let Some(recorder) = recorder.take() {
+                                recorder.finish(true);
+                            }
                         }
                     }
                     Poll::Ready(None) => {

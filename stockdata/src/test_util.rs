@@ -1,9 +1,22 @@
-//! In-process StockData replicas for tests, here and in other crates
-//! (feature `test-util`), and a deadline-bounded wait.
+//! Demo fixtures for tests, here and in other crates (feature `test-util`):
+//! in-process StockData replicas, a connection-balancing forwarder that
+//! stands in for a Kubernetes Service, and a deadline-bounded wait.
 
 use crate::{Config, Faults};
-use std::{future::Future, net::SocketAddr, time::Duration};
-use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::oneshot,
+    task::JoinHandle,
+};
 
 /// A replica serving on `127.0.0.1` at an ephemeral port. Dropping it stops
 /// the server.
@@ -100,4 +113,56 @@ pub async fn connect(addr: impl std::fmt::Display) -> tonic::transport::Channel 
         .connect()
         .await
         .unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"))
+}
+
+/// Spreads TCP *connections* round-robin over its backends, as kube-proxy
+/// does for a ClusterIP Service: every request on one connection reaches the
+/// backend that connection was given.
+pub struct ConnectionBalancer {
+    pub addr: SocketAddr,
+    /// Connections handed to each backend, in backend order.
+    pub connections: Arc<Vec<AtomicUsize>>,
+    task: JoinHandle<()>,
+}
+
+impl ConnectionBalancer {
+    pub async fn start(backends: Vec<SocketAddr>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections: Arc<Vec<AtomicUsize>> =
+            Arc::new(backends.iter().map(|_| AtomicUsize::new(0)).collect());
+        let counts = connections.clone();
+        let task = tokio::spawn(async move {
+            let mut next = 0;
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let index = next % backends.len();
+                next += 1;
+                counts[index].fetch_add(1, Ordering::SeqCst);
+                let backend = backends[index];
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(backend).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            connections,
+            task,
+        }
+    }
+
+    pub fn counts(&self) -> Vec<usize> {
+        self.connections
+            .iter()
+            .map(|c| c.load(Ordering::SeqCst))
+            .collect()
+    }
+}
+
+impl Drop for ConnectionBalancer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }

@@ -1,8 +1,8 @@
 //! The problem the mesh solves, reproduced: two replicas behind one address
 //! that balances connections, and StockWeb's 100 calls all reach one of them.
 
-use crate::support::{ConnectionBalancer, get, get_json, spawn_stockweb};
-use stockdata::test_util::{connect, spawn_replica};
+use crate::support::{get, get_json, spawn_stockweb};
+use stockdata::test_util::{ConnectionBalancer, connect, spawn_replica};
 use stockkube_proto::{
     headers::SERVER_ID,
     stockdata::{GetRequest, stocks_client::StocksClient},

@@ -1,14 +1,6 @@
-//! Test plumbing: an in-process StockWeb, a connection-balancing TCP
-//! forwarder that stands in for a Kubernetes Service, and a minimal HTTP GET.
+//! Test plumbing: an in-process StockWeb and a minimal HTTP GET.
 
-use std::{
-    net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::Duration,
-};
+use std::{net::SocketAddr, time::Duration};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
@@ -46,58 +38,6 @@ pub async fn spawn_stockweb(stockdata_address: &str) -> StockWeb {
         addr,
         _stop: stop,
         _task: task,
-    }
-}
-
-/// Spreads TCP *connections* round-robin over its backends, as kube-proxy
-/// does for a ClusterIP Service: every request on one connection reaches the
-/// backend that connection was given.
-pub struct ConnectionBalancer {
-    pub addr: SocketAddr,
-    /// Connections handed to each backend, in backend order.
-    pub connections: Arc<Vec<AtomicUsize>>,
-    task: JoinHandle<()>,
-}
-
-impl ConnectionBalancer {
-    pub async fn start(backends: Vec<SocketAddr>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let connections: Arc<Vec<AtomicUsize>> =
-            Arc::new(backends.iter().map(|_| AtomicUsize::new(0)).collect());
-        let counts = connections.clone();
-        let task = tokio::spawn(async move {
-            let mut next = 0;
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                let index = next % backends.len();
-                next += 1;
-                counts[index].fetch_add(1, Ordering::SeqCst);
-                let backend = backends[index];
-                tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(backend).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-            }
-        });
-        Self {
-            addr,
-            connections,
-            task,
-        }
-    }
-
-    pub fn counts(&self) -> Vec<usize> {
-        self.connections
-            .iter()
-            .map(|c| c.load(Ordering::SeqCst))
-            .collect()
-    }
-}
-
-impl Drop for ConnectionBalancer {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 

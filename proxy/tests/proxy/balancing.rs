@@ -1,0 +1,120 @@
+//! Per-request balancing: what the mesh is for.
+
+use crate::support::{call_many, spawn_proxy, static_list};
+use stockdata::{
+    Faults,
+    test_util::{ConnectionBalancer, connect, spawn_replica, spawn_replica_with},
+};
+use stockkube_proto::stockdata::stocks_client::StocksClient;
+
+#[tokio::test]
+async fn one_connection_is_spread_over_every_replica() {
+    let replicas = [
+        spawn_replica("r1").await,
+        spawn_replica("r2").await,
+        spawn_replica("r3").await,
+    ];
+    let addrs: Vec<_> = replicas.iter().map(|r| r.addr).collect();
+
+    // Without the proxy: a Service-like forwarder, one connection, one replica.
+    let service = ConnectionBalancer::start(addrs.clone()).await;
+    let direct = StocksClient::new(connect(service.addr).await);
+    let tally = call_many(&direct, 100, 100).await;
+    assert!(tally.failures.is_empty(), "{:?}", tally.failures);
+    assert_eq!(tally.servers.len(), 1, "{:?}", tally.servers);
+
+    // Through the outbound proxy: the same one connection, every replica.
+    let proxy = spawn_proxy(&[
+        "--outbound",
+        "stockdata=127.0.0.1:0",
+        "--discover",
+        &static_list(&addrs),
+    ])
+    .await;
+    let meshed = StocksClient::new(connect(proxy.outbound).await);
+    let tally = call_many(&meshed, 100, 100).await;
+    assert!(tally.failures.is_empty(), "{:?}", tally.failures);
+    for replica in &replicas {
+        assert!(
+            tally.count(&replica.server_id) >= 20,
+            "{} served too few: {:?}",
+            replica.server_id,
+            tally.servers
+        );
+        // The proxy names the endpoint, so balancing shows without app support.
+        assert!(
+            tally.endpoints.contains_key(&replica.addr.to_string()),
+            "{:?}",
+            tally.endpoints
+        );
+    }
+    proxy.shutdown().await;
+}
+
+async fn slow_share(balance: &str) -> f64 {
+    let slow = spawn_replica_with(
+        "slow",
+        Faults {
+            delay: std::time::Duration::from_millis(50),
+            ..Faults::default()
+        },
+    )
+    .await;
+    let fast = [spawn_replica("fast-1").await, spawn_replica("fast-2").await];
+    let proxy = spawn_proxy(&[
+        "--outbound",
+        "stockdata=127.0.0.1:0",
+        "--discover",
+        &static_list(&[slow.addr, fast[0].addr, fast[1].addr]),
+        "--balance",
+        balance,
+    ])
+    .await;
+    let client = StocksClient::new(connect(proxy.outbound).await);
+    let tally = call_many(&client, 1000, 10).await;
+    assert!(tally.failures.is_empty(), "{:?}", tally.failures);
+    proxy.shutdown().await;
+    tally.count("slow") as f64 / 1000.0
+}
+
+#[tokio::test]
+async fn peak_ewma_steers_away_from_a_slow_replica() {
+    let share = slow_share("p2c-ewma").await;
+    assert!(
+        share < 0.15,
+        "the 50 ms replica served {:.1}%",
+        share * 100.0
+    );
+}
+
+#[tokio::test]
+async fn round_robin_gives_the_slow_replica_its_third() {
+    let share = slow_share("round-robin").await;
+    assert!(
+        (0.30..=0.37).contains(&share),
+        "the 50 ms replica served {:.1}%",
+        share * 100.0
+    );
+}
+
+#[tokio::test]
+async fn two_hops_outbound_to_inbound_to_the_app() {
+    let replica = spawn_replica("behind-inbound").await;
+    let app = replica.addr.to_string();
+    let inbound = spawn_proxy(&["--inbound", "127.0.0.1:0", "--app", &app]).await;
+    let inbound_addr = inbound.inbound.unwrap();
+    let outbound = spawn_proxy(&[
+        "--outbound",
+        "stockdata=127.0.0.1:0",
+        "--discover",
+        &static_list(&[inbound_addr]),
+    ])
+    .await;
+    let client = StocksClient::new(connect(outbound.outbound).await);
+    let tally = call_many(&client, 50, 25).await;
+    assert!(tally.failures.is_empty(), "{:?}", tally.failures);
+    assert_eq!(tally.count("behind-inbound"), 50);
+    assert_eq!(tally.endpoints.get(&inbound_addr.to_string()), Some(&50));
+    outbound.shutdown().await;
+    inbound.shutdown().await;
+}

@@ -1,0 +1,153 @@
+//! Discovery through the controller's destination API, changed under load.
+
+use crate::support::{Tally, spawn_proxy};
+use mesh_controller::Registry;
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+use stockdata::{
+    Faults,
+    test_util::{Replica, connect, eventually, spawn_replica_with},
+};
+use stockkube_proto::{
+    headers::SERVER_ID,
+    stockdata::{GetRequest, stocks_client::StocksClient},
+};
+use tokio::{net::TcpListener, sync::watch};
+
+/// A controller in this process, serving `registry`.
+async fn spawn_controller(registry: Registry) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(mesh_controller::run(registry, listener, async {
+        let _ = stopped.await;
+    }));
+    (url, stop)
+}
+
+async fn replica(id: &str) -> Replica {
+    // A little latency keeps calls in flight while the set changes.
+    spawn_replica_with(
+        id,
+        Faults {
+            delay: Duration::from_millis(10),
+            ..Faults::default()
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn endpoints_added_and_removed_under_load() {
+    let registry = Registry::default();
+    let (controller, _stop) = spawn_controller(registry.clone()).await;
+    let (a, b, c) = (replica("a").await, replica("b").await, replica("c").await);
+    registry.register("stockdata", a.addr, "a");
+    registry.register("stockdata", b.addr, "b");
+
+    let proxy = spawn_proxy(&[
+        "--outbound",
+        "stockdata=127.0.0.1:0",
+        "--destination",
+        &controller,
+    ])
+    .await;
+    let client = StocksClient::new(connect(proxy.outbound).await);
+
+    // Load: 20 concurrent callers for as long as `running` is true, at most
+    // 60 s; every answer is logged with its time.
+    let log: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
+    let failures: Arc<Mutex<Tally>> = Arc::default();
+    let (running_tx, running) = watch::channel(true);
+    let mut callers = tokio::task::JoinSet::new();
+    for worker in 0..20 {
+        let (mut client, log, failures, running) = (
+            client.clone(),
+            log.clone(),
+            failures.clone(),
+            running.clone(),
+        );
+        callers.spawn(async move {
+            let give_up = Instant::now() + Duration::from_secs(60);
+            while *running.borrow() && Instant::now() < give_up {
+                match client.get(GetRequest { id: worker + 1 }).await {
+                    Ok(response) => {
+                        let server = response
+                            .metadata()
+                            .get(SERVER_ID)
+                            .unwrap()
+                            .to_str()
+                            .unwrap()
+                            .to_owned();
+                        log.lock().unwrap().push((Instant::now(), server));
+                    }
+                    Err(status) => failures.lock().unwrap().failures.push(status),
+                }
+            }
+        });
+    }
+    let served_by = |server: &'static str, since: Instant| {
+        let log = log.clone();
+        move || {
+            let hit = log
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|(at, s)| *at >= since && s == server);
+            std::future::ready(hit.then_some(()))
+        }
+    };
+
+    eventually(
+        "load reaches a and b",
+        Duration::from_secs(10),
+        served_by("a", Instant::now()),
+    )
+    .await;
+    eventually(
+        "load reaches b",
+        Duration::from_secs(10),
+        served_by("b", Instant::now()),
+    )
+    .await;
+
+    let added = Instant::now();
+    registry.register("stockdata", c.addr, "c");
+    eventually(
+        "c serves within 2 s",
+        Duration::from_secs(2),
+        served_by("c", added),
+    )
+    .await;
+
+    registry.deregister("stockdata", a.addr);
+    let removed = Instant::now();
+    // Calls already sent to `a` may still answer; after a grace for them,
+    // nothing reaches `a` any more.
+    let settled = removed + Duration::from_millis(500);
+    eventually(
+        "traffic continues after the removal",
+        Duration::from_secs(5),
+        served_by("b", settled),
+    )
+    .await;
+    running_tx.send_replace(false);
+    while callers.join_next().await.is_some() {}
+
+    let log = log.lock().unwrap();
+    let late_a = log
+        .iter()
+        .filter(|(at, s)| *at >= settled && s == "a")
+        .count();
+    assert_eq!(late_a, 0, "a kept serving after it was deregistered");
+    let failures = &failures.lock().unwrap().failures;
+    assert!(
+        failures.is_empty(),
+        "calls failed during the changes: {failures:?}"
+    );
+    assert!(log.len() > 100, "load ran: {} calls", log.len());
+    drop(log);
+    proxy.shutdown().await;
+}

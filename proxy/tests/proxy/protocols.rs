@@ -1,0 +1,124 @@
+//! HTTP/1.1 and opaque TCP through the proxy.
+
+use crate::support::{http_get, spawn_proxy};
+use std::net::SocketAddr;
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream},
+};
+
+/// An HTTP/1 server answering `hello from NAME` on every path.
+async fn spawn_http1(name: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new()
+        .fallback(move |uri: axum::http::Uri| async move { format!("hello from {name} at {uri}") });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+/// Echoes every byte back until the peer closes.
+async fn spawn_echo() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut read, mut write) = conn.split();
+                let _ = tokio::io::copy(&mut read, &mut write).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn http1_requests_are_balanced_per_request() {
+    let (a, b) = (spawn_http1("a").await, spawn_http1("b").await);
+    let proxy = spawn_proxy(&[
+        "--outbound",
+        "web=127.0.0.1:0",
+        "--discover",
+        &format!("web=static:{a};{b}"),
+        "--balance",
+        "round-robin",
+    ])
+    .await;
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let (status, body) = http_get(proxy.outbound, "/path?q=1").await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.ends_with("at /path?q=1"), "{body}");
+        seen.push(body);
+    }
+    assert!(
+        seen.iter().any(|b| b.starts_with("hello from a")),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter().any(|b| b.starts_with("hello from b")),
+        "{seen:?}"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn http1_keepalive_connection_reaches_both_endpoints() {
+    let (a, b) = (spawn_http1("a").await, spawn_http1("b").await);
+    let proxy = spawn_proxy(&[
+        "--outbound",
+        "web=127.0.0.1:0",
+        "--discover",
+        &format!("web=static:{a};{b}"),
+        "--balance",
+        "round-robin",
+    ])
+    .await;
+    // Two requests pipelined on one connection, answered by two endpoints.
+    let mut conn = TcpStream::connect(proxy.outbound).await.unwrap();
+    conn.write_all(b"GET /1 HTTP/1.1\r\nHost: web\r\n\r\nGET /2 HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = String::new();
+    conn.read_to_string(&mut raw).await.unwrap();
+    assert!(
+        raw.contains("hello from a") && raw.contains("hello from b"),
+        "{raw}"
+    );
+    assert_eq!(raw.matches("x-mesh-endpoint").count(), 2, "{raw}");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn opaque_bytes_arrive_unchanged() {
+    let echo = spawn_echo().await;
+    let proxy = spawn_proxy(&[
+        "--outbound",
+        "echo=127.0.0.1:0",
+        "--discover",
+        &format!("echo=static:{echo}"),
+    ])
+    .await;
+    // Binary noise that is neither HTTP/1 nor an HTTP/2 preface.
+    let payload: Vec<u8> = (0..64 * 1024u32).map(|i| (i * 7 + 3) as u8).collect();
+    let mut conn = TcpStream::connect(proxy.outbound).await.unwrap();
+    let (mut read, mut write) = conn.split();
+    let sent = payload.clone();
+    let writer = async move {
+        write.write_all(&sent).await.unwrap();
+        write.shutdown().await.unwrap();
+    };
+    let reader = async move {
+        let mut back = Vec::new();
+        read.read_to_end(&mut back).await.unwrap();
+        back
+    };
+    let ((), back) = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        tokio::join!(writer, reader)
+    })
+    .await
+    .expect("echo within 20 s");
+    assert_eq!(back.len(), payload.len());
+    assert!(back == payload, "bytes changed in transit");
+    proxy.shutdown().await;
+}

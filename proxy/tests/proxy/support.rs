@@ -1,0 +1,253 @@
+//! Test plumbing: an in-process proxy on ephemeral ports, gRPC load over one
+//! connection, a Prometheus text parser, and small HTTP helpers.
+
+use clap::Parser as _;
+use std::{collections::HashMap, net::SocketAddr, time::Duration};
+use stockkube_proto::{
+    headers::SERVER_ID,
+    stockdata::{GetRequest, stocks_client::StocksClient},
+};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
+    sync::oneshot,
+    task::JoinHandle,
+};
+
+/// A proxy running in this process; stops (draining) on drop.
+pub struct Proxy {
+    pub outbound: SocketAddr,
+    pub inbound: Option<SocketAddr>,
+    pub admin: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+/// Starts a proxy with `flags`; every listener it is given binds port 0.
+pub async fn spawn_proxy(flags: &[&str]) -> Proxy {
+    let args = mesh_proxy::Args::try_parse_from(
+        ["mesh-proxy", "--admin", "127.0.0.1:0"]
+            .into_iter()
+            .chain(flags.iter().copied()),
+    )
+    .expect("test flags parse");
+    let config = mesh_proxy::Config::try_from(args).expect("test flags are valid");
+    let listeners = mesh_proxy::Listeners::bind(&config)
+        .await
+        .expect("ports bind");
+    let outbound = listeners
+        .outbound
+        .first()
+        .map(|(_, l)| mesh_proxy::local_addr(l))
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+    let inbound = listeners.inbound.as_ref().map(mesh_proxy::local_addr);
+    let admin = mesh_proxy::local_addr(&listeners.admin);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(mesh_proxy::run(config, listeners, async {
+        let _ = stopped.await;
+    }));
+    Proxy {
+        outbound,
+        inbound,
+        admin,
+        stop: Some(stop),
+        task,
+    }
+}
+
+impl Proxy {
+    /// Triggers the drain and waits for `run` to return.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(20), &mut self.task)
+            .await
+            .expect("the proxy drains within 20 s")
+            .expect("the proxy task did not panic")
+            .expect("the proxy ran without error");
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// `static:a;b;c` for `--discover`.
+pub fn static_list(addrs: &[SocketAddr]) -> String {
+    let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+    format!("stockdata=static:{}", list.join(";"))
+}
+
+/// What a batch of calls saw.
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// Successful calls per `server-id`.
+    pub servers: HashMap<String, usize>,
+    /// Successful calls per `x-mesh-endpoint`.
+    pub endpoints: HashMap<String, usize>,
+    pub failures: Vec<tonic::Status>,
+}
+
+impl Tally {
+    pub fn count(&self, server: &str) -> usize {
+        self.servers.get(server).copied().unwrap_or(0)
+    }
+}
+
+/// Makes `calls` unary `Get` calls over one channel (one HTTP/2
+/// connection), at most `concurrency` at a time.
+pub async fn call_many(
+    client: &StocksClient<tonic::transport::Channel>,
+    calls: usize,
+    concurrency: usize,
+) -> Tally {
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(concurrency));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..calls {
+        let mut client = client.clone();
+        let permit = permits.clone().acquire_owned().await.unwrap();
+        tasks.spawn(async move {
+            let result = client
+                .get(GetRequest {
+                    id: (i % 100) as i32 + 1,
+                })
+                .await;
+            drop(permit);
+            result.map(|response| {
+                let header = |name| {
+                    response
+                        .metadata()
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_owned()
+                };
+                (header(SERVER_ID), header("x-mesh-endpoint"))
+            })
+        });
+    }
+    let mut tally = Tally::default();
+    while let Some(joined) = tasks.join_next().await {
+        match joined.unwrap() {
+            Ok((server, endpoint)) => {
+                *tally.servers.entry(server).or_default() += 1;
+                *tally.endpoints.entry(endpoint).or_default() += 1;
+            }
+            Err(status) => tally.failures.push(status),
+        }
+    }
+    tally
+}
+
+/// `GET path` over a fresh HTTP/1.1 connection; (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.unwrap();
+        raw
+    };
+    let raw = tokio::time::timeout(Duration::from_secs(20), exchange)
+        .await
+        .expect("HTTP answer within 20 s");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a header block");
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, body.to_owned())
+}
+
+/// One sample of Prometheus text: name, labels, value.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub name: String,
+    pub labels: HashMap<String, String>,
+    pub value: f64,
+}
+
+/// Parses Prometheus / OpenMetrics text exposition, panicking on any line
+/// that is not a comment, blank, or `name{label="value",...} number`.
+pub fn parse_prometheus(text: &str) -> Vec<Sample> {
+    let mut samples = Vec::new();
+    for line in text.lines() {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("no value: {line}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value: {line}"));
+        let (name, labels) = match series.split_once('{') {
+            Some((name, rest)) => {
+                let body = rest
+                    .strip_suffix('}')
+                    .unwrap_or_else(|| panic!("unclosed labels: {line}"));
+                let mut labels = HashMap::new();
+                for pair in split_labels(body) {
+                    let (key, quoted) = pair
+                        .split_once('=')
+                        .unwrap_or_else(|| panic!("bad label: {line}"));
+                    let value = quoted
+                        .strip_prefix('"')
+                        .and_then(|v| v.strip_suffix('"'))
+                        .unwrap_or_else(|| panic!("unquoted label: {line}"));
+                    labels.insert(key.to_owned(), value.to_owned());
+                }
+                (name, labels)
+            }
+            None => (series, HashMap::new()),
+        };
+        assert!(
+            name.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad metric name: {line}"
+        );
+        samples.push(Sample {
+            name: name.to_owned(),
+            labels,
+            value,
+        });
+    }
+    samples
+}
+
+/// Splits `a="x",b="y,z"` at commas outside quotes.
+fn split_labels(body: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, c) in body.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                parts.push(&body[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if start < body.len() {
+        parts.push(&body[start..]);
+    }
+    parts
+}
+
+/// The sum of `name` over samples whose labels include all of `want`.
+pub fn sum(samples: &[Sample], name: &str, want: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s.name == name)
+        .filter(|s| {
+            want.iter()
+                .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|s| s.value)
+        .sum()
+}
