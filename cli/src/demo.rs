@@ -1,14 +1,15 @@
-//! `meshctl demo`: the StockKube sample on one machine.
-//!
-//! For now it shows the problem the mesh solves: StockData replicas behind
-//! one connection-balancing address (a stand-in for a Kubernetes Service,
-//! see [`crate::service_vip`]) and StockWeb pointed at that address. Every
-//! row of StockWeb's page names the same replica.
+//! `meshctl demo`: the whole mesh on one machine, beside the problem it fixes.
 //!
 //! ```text
-//! browser -> stockweb --(one HTTP/2 connection)--> service address -> stockdata-1
-//!                                                                    stockdata-2 (idle)
+//!                    +-> stockweb --> mesh-proxy (outbound) --per request--> mesh-proxy (inbound) -> stockdata-1
+//! browser :P    ----+                        ^ endpoints                     mesh-proxy (inbound) -> stockdata-2
+//!                                            | (destination API)             mesh-proxy (inbound) -> stockdata-3
+//!                                      mesh-controller  <-- registered by meshctl
+//! browser :P+1  ----> stockweb (no mesh) --one connection--> service address --> one replica
 //! ```
+//!
+//! Every process is a child of `meshctl`; Ctrl-C (or SIGTERM) stops them
+//! all, the front ends first.
 
 use crate::{
     process::{self, Service},
@@ -16,45 +17,43 @@ use crate::{
 };
 use anyhow::{Context as _, bail};
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
-use tokio::net::{TcpListener, TcpStream};
+use stockkube_proto::mesh::{Endpoint, RegisterRequest, registry_client::RegistryClient};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream},
+};
 
 /// How long children get to start listening, and to drain when stopped.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_GRACE: Duration = Duration::from_secs(10);
+const BINARIES: &[&str] = &["stockdata", "stockweb", "mesh-proxy", "mesh-controller"];
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
-    /// Number of StockData replicas.
-    #[arg(long, env = "MESHCTL_DEMO_REPLICAS", default_value_t = 2,
+    /// Number of StockData replicas, each with its sidecar.
+    #[arg(long, env = "MESHCTL_DEMO_REPLICAS", default_value_t = 3,
           value_parser = clap::value_parser!(u16).range(1..=32))]
     pub replicas: u16,
 
-    /// Address StockWeb listens on; open it in a browser.
-    #[arg(long, env = "MESHCTL_DEMO_WEB_ADDR", default_value = "127.0.0.1:8080")]
-    pub web_addr: SocketAddr,
+    /// First of the web ports on 127.0.0.1: StockWeb with the mesh on P,
+    /// StockWeb without the mesh on P+1.
+    #[arg(long, env = "MESHCTL_DEMO_PORT", default_value_t = 8080,
+          value_parser = clap::value_parser!(u16).range(1..=65534))]
+    pub port: u16,
 
-    /// Address that stands for the StockData Service: it spreads connections
-    /// over the replicas, as kube-proxy does.
-    #[arg(
-        long,
-        env = "MESHCTL_DEMO_SERVICE_ADDR",
-        default_value = "127.0.0.1:9000"
-    )]
-    pub service_addr: SocketAddr,
+    /// Balancing of the meshed StockWeb's sidecar: p2c-ewma or round-robin.
+    #[arg(long, env = "MESHCTL_DEMO_BALANCE", default_value = "p2c-ewma")]
+    pub balance: String,
 
-    /// Port of the first StockData replica on 127.0.0.1; the others follow.
-    #[arg(long, env = "MESHCTL_DEMO_STOCKDATA_PORT", default_value_t = 9001)]
-    pub stockdata_port: u16,
-
-    /// Directory holding the `stockdata` and `stockweb` binaries. Default:
-    /// the directory of `meshctl` itself.
+    /// Directory holding the service binaries. Default: the directory of
+    /// `meshctl` itself.
     #[arg(long, env = "MESHCTL_BIN_DIR")]
     pub bin_dir: Option<PathBuf>,
 }
 
 pub fn main(args: DemoArgs) -> anyhow::Result<()> {
     let bin_dir = process::bin_dir(args.bin_dir.as_deref())?;
-    process::ensure_binaries(&bin_dir, &["stockdata", "stockweb"])?;
+    process::ensure_binaries(&bin_dir, BINARIES)?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -62,53 +61,149 @@ pub fn main(args: DemoArgs) -> anyhow::Result<()> {
         .block_on(run(args, bin_dir))
 }
 
-async fn run(args: DemoArgs, bin_dir: PathBuf) -> anyhow::Result<()> {
-    let replica_addrs = replica_addrs(&args)?;
+/// The web ports, checked free before anything starts.
+struct WebPorts {
+    meshed: SocketAddr,
+    plain: SocketAddr,
+}
 
-    let service_listener = TcpListener::bind(args.service_addr)
+async fn claim_web_ports(port: u16) -> anyhow::Result<WebPorts> {
+    let meshed = SocketAddr::from(([127, 0, 0, 1], port));
+    let plain = SocketAddr::from(([127, 0, 0, 1], port + 1));
+    for (addr, what) in [(meshed, "P"), (plain, "P+1")] {
+        // Bound and released at once: the child binds it a moment later.
+        TcpListener::bind(addr).await.with_context(|| {
+            format!(
+                "port {} ({what} of --port {port}) is taken; choose another with --port",
+                addr.port()
+            )
+        })?;
+    }
+    Ok(WebPorts { meshed, plain })
+}
+
+/// A free loopback port for an internal listener.
+async fn free_addr() -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0")
         .await
-        .with_context(|| format!("cannot listen on {} (--service-addr)", args.service_addr))?;
-    let service_task = tokio::spawn(service_vip::serve(service_listener, replica_addrs.clone()));
+        .context("no free loopback port")?;
+    Ok(listener.local_addr()?)
+}
 
-    let mut services = Vec::new();
-    for (index, addr) in replica_addrs.iter().enumerate() {
-        let name = format!("stockdata-{}", index + 1);
+async fn run(args: DemoArgs, bin_dir: PathBuf) -> anyhow::Result<()> {
+    // Handlers first: a Ctrl-C during start-up must still stop every child.
+    let mut signals = Signals::new()?;
+    let web = claim_web_ports(args.port).await?;
+    let bin = |name: &str| bin_dir.join(name);
+    let mut services: Vec<Service> = Vec::new();
+    let mut listening: Vec<SocketAddr> = Vec::new();
+
+    let outcome = async {
+        let controller = free_addr().await?;
         services.push(Service::spawn(
-            name.clone(),
-            &bin_dir.join("stockdata"),
+            "mesh-controller",
+            &bin("mesh-controller"),
+            &["--listen".into(), controller.to_string()],
+            &[],
+        )?);
+        listening.push(controller);
+
+        // Replicas, each behind its inbound sidecar.
+        let mut replicas = Vec::new();
+        for index in 1..=args.replicas {
+            let name = format!("stockdata-{index}");
+            let (app, inbound, admin) = (free_addr().await?, free_addr().await?, free_addr().await?);
+            services.push(Service::spawn(
+                name.clone(),
+                &bin("stockdata"),
+                &["--listen".into(), app.to_string(), "--server-id".into(), name.clone()],
+                &[],
+            )?);
+            services.push(Service::spawn(
+                format!("{name} proxy"),
+                &bin("mesh-proxy"),
+                &[
+                    "--inbound".into(),
+                    inbound.to_string(),
+                    "--app".into(),
+                    app.to_string(),
+                    "--admin".into(),
+                    admin.to_string(),
+                ],
+                &[],
+            )?);
+            listening.extend([app, inbound, admin]);
+            replicas.push((name, app, inbound));
+        }
+
+        // StockWeb with the mesh: its sidecar balances each call.
+        let (outbound, web_admin) = (free_addr().await?, free_addr().await?);
+        services.push(Service::spawn(
+            "stockweb proxy",
+            &bin("mesh-proxy"),
             &[
-                "--listen".into(),
-                addr.to_string(),
-                "--server-id".into(),
-                name,
+                "--outbound".into(),
+                format!("stockdata={outbound}"),
+                "--destination".into(),
+                format!("http://{controller}"),
+                "--admin".into(),
+                web_admin.to_string(),
+                "--balance".into(),
+                args.balance.clone(),
             ],
             &[],
         )?);
+        services.push(Service::spawn(
+            "stockweb",
+            &bin("stockweb"),
+            &[
+                "--listen".into(),
+                web.meshed.to_string(),
+                "--stockdata-address".into(),
+                format!("http://{outbound}"),
+            ],
+            &[],
+        )?);
+        listening.extend([outbound, web_admin, web.meshed]);
+
+        // StockWeb without the mesh, through a Service-like address.
+        let service_addr = free_addr().await?;
+        let service_listener = TcpListener::bind(service_addr).await?;
+        let backends = replicas.iter().map(|(_, app, _)| *app).collect();
+        let service_task = tokio::spawn(service_vip::serve(service_listener, backends));
+        services.push(Service::spawn(
+            "stockweb (no mesh)",
+            &bin("stockweb"),
+            &[
+                "--listen".into(),
+                web.plain.to_string(),
+                "--stockdata-address".into(),
+                format!("http://{service_addr}"),
+            ],
+            &[],
+        )?);
+        listening.push(web.plain);
+
+        wait_until_listening(&mut services, &listening).await?;
+        register(controller, &replicas).await?;
+        wait_for_endpoints(web_admin, replicas.len()).await?;
+
+        println!();
+        println!("StockKube Mesh demo: {} StockData replicas", replicas.len());
+        println!("  stockweb with the mesh     http://{}/", web.meshed);
+        println!("  stockweb without the mesh  http://{}/", web.plain);
+        println!("  stockweb sidecar metrics   http://{web_admin}/metrics");
+        println!("  stockweb sidecar endpoints http://{web_admin}/endpoints");
+        println!();
+        println!("With the mesh the Server column spreads over every replica; without it, one. Ctrl-C stops.");
+
+        let watched = watch(&mut services, &mut signals).await;
+        service_task.abort();
+        watched
     }
-    services.push(Service::spawn(
-        "stockweb",
-        &bin_dir.join("stockweb"),
-        &[
-            "--listen".into(),
-            args.web_addr.to_string(),
-            "--stockdata-address".into(),
-            format!("http://{}", args.service_addr),
-        ],
-        &[],
-    )?);
+    .await;
 
-    let mut listening: Vec<SocketAddr> = replica_addrs.clone();
-    listening.push(args.web_addr);
-    let outcome = match wait_until_listening(&mut services, &listening).await {
-        Ok(()) => {
-            print_banner(&args, &replica_addrs);
-            watch(&mut services).await
-        }
-        Err(err) => Err(err),
-    };
-
-    service_task.abort();
-    // StockWeb first, so no page load is cut off by a replica going away.
+    // Front ends first, so no page load is cut off by a replica going away.
     for service in services.into_iter().rev() {
         service.stop(STOP_GRACE).await;
     }
@@ -116,20 +211,69 @@ async fn run(args: DemoArgs, bin_dir: PathBuf) -> anyhow::Result<()> {
     outcome
 }
 
-fn replica_addrs(args: &DemoArgs) -> anyhow::Result<Vec<SocketAddr>> {
-    (0..args.replicas)
-        .map(|i| {
-            let port = args
-                .stockdata_port
-                .checked_add(i)
-                .context("--stockdata-port plus --replicas passes port 65535")?;
-            Ok(SocketAddr::from(([127, 0, 0, 1], port)))
-        })
-        .collect()
+/// Registers every replica's inbound proxy as an endpoint of `stockdata`.
+async fn register(
+    controller: SocketAddr,
+    replicas: &[(String, SocketAddr, SocketAddr)],
+) -> anyhow::Result<()> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{controller}"))?
+        .connect()
+        .await
+        .context("cannot reach mesh-controller")?;
+    let mut registry = RegistryClient::new(channel);
+    for (name, _, inbound) in replicas {
+        registry
+            .register(RegisterRequest {
+                service: "stockdata".into(),
+                endpoint: Some(Endpoint {
+                    addr: inbound.to_string(),
+                    instance: name.clone(),
+                }),
+            })
+            .await
+            .with_context(|| format!("cannot register {name}"))?;
+    }
+    Ok(())
+}
+
+/// Waits until the meshed StockWeb's sidecar knows `expected` endpoints, so
+/// the first page load is already balanced.
+async fn wait_for_endpoints(admin: SocketAddr, expected: usize) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+    loop {
+        if let Ok(body) = http_get(admin, "/endpoints").await {
+            let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            let known = json["services"][0]["endpoints"]
+                .as_array()
+                .map_or(0, Vec::len);
+            if known >= expected {
+                return Ok(());
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "the stockweb sidecar did not learn {expected} endpoints within {READY_TIMEOUT:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A bare HTTP/1.1 GET; the body of a 200 answer.
+async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    let mut stream = TcpStream::connect(addr).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    match response.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_owned()),
+        _ => bail!("unexpected answer from {addr}{path}"),
+    }
 }
 
 /// Polls until every address accepts a connection; fails as soon as a child
-/// exits (a port in use, say: its own message is already on stderr).
+/// exits (its own message is already on stderr).
 async fn wait_until_listening(
     services: &mut [Service],
     addrs: &[SocketAddr],
@@ -159,32 +303,31 @@ async fn wait_until_listening(
     }
 }
 
-fn print_banner(args: &DemoArgs, replicas: &[SocketAddr]) {
-    println!();
-    println!("StockKube demo is running (no mesh: every call rides one connection)");
-    for (index, addr) in replicas.iter().enumerate() {
-        println!("  stockdata-{:<3}      {addr}", index + 1);
+/// SIGINT and SIGTERM, registered when created.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+        })
     }
-    println!(
-        "  stockdata service  {}  (spreads connections, like a Kubernetes Service)",
-        args.service_addr
-    );
-    println!("  StockWeb           http://{}/", args.web_addr);
-    println!();
-    println!("Open StockWeb: all 100 rows name one server. Press Ctrl-C to stop.");
 }
 
 /// Runs until SIGINT/SIGTERM (Ok) or until a child exits on its own (Err).
-async fn watch(services: &mut [Service]) -> anyhow::Result<()> {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot listen for SIGTERM")?;
+async fn watch(services: &mut [Service], signals: &mut Signals) -> anyhow::Result<()> {
     // Children are checked on a tick rather than awaited one by one: a dead
     // replica must be noticed whichever it is.
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-            _ = terminate.recv() => return Ok(()),
+            _ = signals.interrupt.recv() => return Ok(()),
+            _ = signals.terminate.recv() => return Ok(()),
             _ = tick.tick() => {
                 for service in services.iter_mut() {
                     if let Some(status) = service.try_exited() {

@@ -1,7 +1,7 @@
 //! `meshctl`, the StockKube Mesh command line.
 //!
 //! - `demo` (also what a bare `meshctl` or `cargo run --release` does): runs
-//!   the StockKube sample on this machine.
+//!   the mesh and the StockKube sample on this machine.
 //!
 //! Every service runs as a child process of `meshctl`, exactly as it would
 //! run anywhere else; `meshctl` only starts, watches and stops them.
@@ -23,8 +23,8 @@ struct Cli {
 
 #[derive(Debug, clap::Subcommand)]
 enum Command {
-    /// Run the StockKube sample on this machine: StockData replicas behind a
-    /// connection-balancing address, and StockWeb (the default command).
+    /// Run the whole mesh on this machine: controller, StockData replicas with
+    /// sidecars, StockWeb with and without the mesh (the default command).
     Demo(demo::DemoArgs),
 }
 

@@ -24,6 +24,7 @@ async fn serve() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    let shutdown = shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| {
@@ -32,15 +33,21 @@ async fn serve() -> anyhow::Result<()> {
                 args.listen
             )
         })?;
-    mesh_controller::run(mesh_controller::Registry::default(), listener, async {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("a signal handler can be installed at start-up");
+    mesh_controller::run(mesh_controller::Registry::default(), listener, shutdown).await?;
+    Ok(())
+}
+
+/// Registers SIGINT and SIGTERM handlers now, before any port is served, so
+/// a signal that arrives early still drains instead of killing the process;
+/// the returned future completes on the first of them.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    Ok(async move {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
+            _ = interrupt.recv() => {}
             _ = terminate.recv() => {}
         }
     })
-    .await?;
-    Ok(())
 }

@@ -81,10 +81,10 @@ pin_project_lite::pin_project! {
 
     impl PinnedDrop for ProxyBody {
         fn drop(this: Pin<&mut Self>) {
-            if let ProxyBodyProj::Upstream { recorder, .. } = this.project() {
-                if let Some(recorder) = recorder.take() {
-                    recorder.finish(false);
-                }
+            if let ProxyBodyProj::Upstream { recorder, .. } = this.project()
+                && let Some(recorder) = recorder.take()
+            {
+                recorder.finish(false);
             }
         }
     }
@@ -130,10 +130,10 @@ impl Body for ProxyBody {
                                 recorder.trailers(trailers);
                                 recorder.finish(true);
                             }
-                        } else if inner.is_end_stream() {
-                            if let Some(recorder) = recorder.take() {
-                                recorder.finish(true);
-                            }
+                        } else if inner.is_end_stream()
+                            && let Some(recorder) = recorder.take()
+                        {
+                            recorder.finish(true);
                         }
                     }
                     Poll::Ready(None) => {

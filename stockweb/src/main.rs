@@ -20,6 +20,7 @@ fn main() -> ExitCode {
 async fn serve() -> anyhow::Result<()> {
     let config = stockweb::Config::try_from(stockweb::Args::parse())?;
     init_tracing();
+    let shutdown = shutdown_signal()?;
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -29,7 +30,7 @@ async fn serve() -> anyhow::Result<()> {
                 config.listen
             )
         })?;
-    stockweb::run(config, listener, shutdown_signal()).await?;
+    stockweb::run(config, listener, shutdown).await?;
     Ok(())
 }
 
@@ -44,12 +45,17 @@ fn init_tracing() {
         .init();
 }
 
-/// Completes on the first SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("a signal handler can be installed at start-up");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
-    }
+/// Registers SIGINT and SIGTERM handlers now, before any port is served, so
+/// a signal that arrives early still drains instead of killing the process;
+/// the returned future completes on the first of them.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
 }

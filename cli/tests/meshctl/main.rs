@@ -1,6 +1,6 @@
-//! `meshctl` as a user runs it: the demo starts the sample, shows the
-//! one-server problem, and stops cleanly; bad flags and busy ports fail
-//! with a clear message.
+//! `meshctl` as a user runs it: the demo starts the mesh beside the
+//! unmeshed sample, shows the difference, and stops cleanly leaving no
+//! process behind; bad flags and taken ports fail with a clear message.
 
 use std::{
     net::{SocketAddr, TcpListener},
@@ -25,14 +25,6 @@ fn meshctl() -> Command {
         .stdin(Stdio::null())
         .kill_on_drop(true);
     command
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A port `p` with `p + 1` free too, for two replicas.
@@ -78,58 +70,103 @@ async fn wait_for_line(child: &mut Child, needle: &str) -> Vec<String> {
     seen
 }
 
+/// PIDs of the live children of `parent`, from /proc.
+fn children_of(parent: u32) -> Vec<u32> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the parenthesised command: state, then ppid.
+        let Some((_, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next();
+        let ppid: Option<u32> = fields.next().and_then(|p| p.parse().ok());
+        if ppid == Some(parent) && state != Some("Z") {
+            children.push(pid);
+        }
+    }
+    children
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z'))
+    })
+}
+
+fn signal(child: &Child, signal: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(child.id().unwrap() as i32).unwrap();
+    rustix::process::kill_process(pid, signal).unwrap();
+}
+
 #[tokio::test]
-async fn demo_runs_the_sample_and_stops_on_sigterm() {
-    let web = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let service = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let first_replica = free_port_pair();
+async fn demo_balances_with_the_mesh_and_not_without_and_stops_on_sigint() {
+    let port = free_port_pair();
     let mut demo = meshctl()
-        .args(["demo", "--replicas", "2"])
-        .args(["--web-addr", &web.to_string()])
-        .args(["--service-addr", &service.to_string()])
-        .args(["--stockdata-port", &first_replica.to_string()])
+        .args(["demo", "--replicas", "3", "--port", &port.to_string()])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
 
-    let banner = wait_for_line(&mut demo, "Press Ctrl-C").await.join("\n");
-    assert!(banner.contains(&format!("http://{web}/")), "{banner}");
+    let banner = wait_for_line(&mut demo, "Ctrl-C").await.join("\n");
+    let meshed = SocketAddr::from(([127, 0, 0, 1], port));
+    let plain = SocketAddr::from(([127, 0, 0, 1], port + 1));
+    assert!(
+        banner.contains(&format!("with the mesh     http://{meshed}/")),
+        "{banner}"
+    );
+    assert!(
+        banner.contains(&format!("without the mesh  http://{plain}/")),
+        "{banner}"
+    );
 
     let json: serde_json::Value =
-        serde_json::from_str(&http_get(web, "/api/stocks").await).unwrap();
+        serde_json::from_str(&http_get(meshed, "/api/stocks").await).unwrap();
     assert_eq!(json["rows"].as_array().unwrap().len(), 100, "{json}");
+    assert_eq!(json["errors"], 0, "{json}");
+    let servers = json["servers"].as_object().unwrap();
+    assert!(servers.len() >= 2, "the mesh spreads calls: {servers:?}");
+
+    let json: serde_json::Value =
+        serde_json::from_str(&http_get(plain, "/api/stocks").await).unwrap();
+    assert_eq!(json["errors"], 0, "{json}");
     let servers = json["servers"].as_object().unwrap();
     assert_eq!(
         servers.len(),
         1,
-        "no mesh yet: one server answers all: {servers:?}"
-    );
-    let server = servers.keys().next().unwrap();
-    assert!(
-        server == "stockdata-1" || server == "stockdata-2",
-        "{server}"
+        "without the mesh one server answers all: {servers:?}"
     );
 
-    let pid = rustix::process::Pid::from_raw(demo.id().unwrap() as i32).unwrap();
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(30), demo.wait())
+    let children = children_of(demo.id().unwrap());
+    // controller, 3 replicas, 3 sidecars, stockweb and its sidecar, plain stockweb
+    assert_eq!(children.len(), 10, "{children:?}");
+    signal(&demo, rustix::process::Signal::INT);
+    let status = tokio::time::timeout(Duration::from_secs(60), demo.wait())
         .await
-        .expect("the demo stops within 30 s of SIGTERM")
+        .expect("the demo stops within 60 s of SIGINT")
         .unwrap();
     assert!(status.success(), "{status}");
-    // Its children went with it: nothing listens on their ports any more.
-    for addr in [web, SocketAddr::from(([127, 0, 0, 1], first_replica))] {
+    let left: Vec<_> = children.into_iter().filter(|pid| alive(*pid)).collect();
+    assert!(left.is_empty(), "children left running: {left:?}");
+    for addr in [meshed, plain] {
         assert!(TcpStream::connect(addr).await.is_err(), "{addr} still open");
     }
 }
 
 #[tokio::test]
-async fn demo_reports_a_busy_port_and_exits_non_zero() {
+async fn demo_reports_a_taken_port_and_exits_non_zero() {
     let busy = TcpListener::bind("127.0.0.1:0").unwrap();
-    let busy_addr = busy.local_addr().unwrap().to_string();
+    let port = busy.local_addr().unwrap().port();
     let output = meshctl()
-        .args(["demo", "--service-addr", &busy_addr])
-        .args(["--web-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["demo", "--port", &port.to_string()])
         .output();
     let output = tokio::time::timeout(Duration::from_secs(300), output)
         .await
@@ -138,7 +175,7 @@ async fn demo_reports_a_busy_port_and_exits_non_zero() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stderr}");
     assert!(
-        stderr.contains(&format!("cannot listen on {busy_addr} (--service-addr)")),
+        stderr.contains(&format!("port {port} (P of --port {port}) is taken")),
         "{stderr}"
     );
 }
@@ -148,7 +185,7 @@ async fn unknown_flags_and_bad_values_are_refused() {
     for (args, expected) in [
         (&["demo", "--frobnicate"][..], "--frobnicate"),
         (&["demo", "--replicas", "0"][..], "--replicas"),
-        (&["demo", "--web-addr", "nowhere"][..], "--web-addr"),
+        (&["demo", "--port", "http"][..], "--port"),
         (
             &["demo", "--bin-dir", "/nonexistent/bin"][..],
             "/nonexistent/bin",

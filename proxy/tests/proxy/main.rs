@@ -8,4 +8,5 @@ mod bad_peers;
 mod balancing;
 mod discovery;
 mod metrics;
+mod process;
 mod protocols;
