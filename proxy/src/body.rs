@@ -91,11 +91,17 @@ pin_project_lite::pin_project! {
 }
 
 impl ProxyBody {
+    /// `recorder` must have seen the response head already.
     pub fn upstream(inner: Incoming, recorder: Recorder) -> Self {
-        ProxyBody::Upstream {
-            inner,
-            recorder: Some(recorder),
-        }
+        // An empty body (a trailers-only gRPC response) is never polled:
+        // it is finished as it is made.
+        let recorder = if inner.is_end_stream() {
+            recorder.finish(true);
+            None
+        } else {
+            Some(recorder)
+        };
+        ProxyBody::Upstream { inner, recorder }
     }
 
     pub fn local(data: impl Into<Bytes>) -> Self {
@@ -156,8 +162,10 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ProxyBody::Local { data } => data.is_none(),
-            // Let the stream end through poll_frame, so the recorder sees it.
-            ProxyBody::Upstream { .. } => false,
+            // Passed through so that an empty upstream body stays empty: a
+            // trailers-only gRPC response must stay one HEADERS frame with
+            // END_STREAM, which strict clients (grpcio) require.
+            ProxyBody::Upstream { inner, .. } => inner.is_end_stream(),
         }
     }
 

@@ -166,3 +166,47 @@ impl Drop for ConnectionBalancer {
         self.task.abort();
     }
 }
+
+/// Runs the Python grpcio client (`stockdata/tests/interop/client.py`,
+/// stubs generated from the project's own stocks.proto) against `target`
+/// and returns its JSON report as text. The interpreter comes from
+/// `STOCKKUBE_PYTHON`, else the venv `scripts/test.sh` creates at
+/// `target/interop-venv`. `None` when there is none and `CI` is not `true`;
+/// under `CI=true` a missing interpreter panics.
+pub async fn python_interop_report(target: SocketAddr) -> Option<String> {
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("stockdata sits inside the workspace");
+    let python = std::env::var_os("STOCKKUBE_PYTHON")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            let venv = workspace.join("target/interop-venv/bin/python");
+            venv.exists().then_some(venv)
+        });
+    let Some(python) = python else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but no Python with grpcio: run scripts/test.sh or set STOCKKUBE_PYTHON"
+        );
+        eprintln!("SKIPPED: no Python interop venv; scripts/test.sh creates one");
+        return None;
+    };
+    let output = tokio::process::Command::new(&python)
+        .arg(workspace.join("stockdata/tests/interop/client.py"))
+        .arg(workspace.join("proto/proto"))
+        .arg(target.to_string())
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(60), output)
+        .await
+        .expect("the Python client finishes within 60 s")
+        .expect("the Python interpreter starts");
+    assert!(
+        output.status.success(),
+        "python client failed: {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Some(String::from_utf8(output.stdout).expect("the client prints UTF-8 JSON"))
+}

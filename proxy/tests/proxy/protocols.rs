@@ -122,3 +122,48 @@ async fn opaque_bytes_arrive_unchanged() {
     assert!(back == payload, "bytes changed in transit");
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_python_grpcio_client_is_balanced_through_the_proxy() {
+    let (a, b) = (
+        stockdata::test_util::spawn_replica("py-a").await,
+        stockdata::test_util::spawn_replica("py-b").await,
+    );
+    let proxy = spawn_proxy(&[
+        "--outbound",
+        "stockdata=127.0.0.1:0",
+        "--discover",
+        &crate::support::static_list(&[a.addr, b.addr]),
+        "--balance",
+        "round-robin",
+    ])
+    .await;
+    let Some(report) = stockdata::test_util::python_interop_report(proxy.outbound).await else {
+        return;
+    };
+    let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+    // Two calls on one grpcio channel, one per replica in turn; the client
+    // reports the header of the first.
+    assert!(
+        matches!(report["server_id"].as_str(), Some("py-a" | "py-b")),
+        "{report}"
+    );
+    assert_eq!(report["stock"]["symbol"], "AAPL", "{report}");
+    assert_eq!(report["refusal"]["code"], "INVALID_ARGUMENT", "{report}");
+    let samples = crate::support::parse_prometheus(
+        &crate::support::http_get(proxy.admin, "/metrics").await.1,
+    );
+    for replica in [&a, &b] {
+        let endpoint = replica.addr.to_string();
+        assert_eq!(
+            crate::support::sum(
+                &samples,
+                "mesh_requests_total",
+                &[("endpoint", endpoint.as_str())]
+            ),
+            1.0,
+            "each replica got one of the two calls"
+        );
+    }
+    proxy.shutdown().await;
+}
