@@ -118,3 +118,29 @@ async fn two_hops_outbound_to_inbound_to_the_app() {
     outbound.shutdown().await;
     inbound.shutdown().await;
 }
+
+#[tokio::test]
+async fn each_endpoint_gets_one_multiplexed_connection() {
+    let replicas = [spawn_replica("c1").await, spawn_replica("c2").await];
+    // A counting forwarder in front of each replica shows how many
+    // connections the proxy opened to it.
+    let fronts = [
+        ConnectionBalancer::start(vec![replicas[0].addr]).await,
+        ConnectionBalancer::start(vec![replicas[1].addr]).await,
+    ];
+    let proxy = spawn_proxy(&[
+        "--outbound",
+        "stockdata=127.0.0.1:0",
+        "--discover",
+        &static_list(&[fronts[0].addr, fronts[1].addr]),
+    ])
+    .await;
+    let client = StocksClient::new(connect(proxy.outbound).await);
+    for _ in 0..3 {
+        let tally = call_many(&client, 100, 100).await;
+        assert!(tally.failures.is_empty(), "{:?}", tally.failures);
+    }
+    assert_eq!(fronts[0].counts(), [1], "connections to c1");
+    assert_eq!(fronts[1].counts(), [1], "connections to c2");
+    proxy.shutdown().await;
+}

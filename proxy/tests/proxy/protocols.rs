@@ -167,3 +167,31 @@ async fn a_python_grpcio_client_is_balanced_through_the_proxy() {
     }
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_request_naming_another_known_service_is_routed_there() {
+    let (web, api) = (spawn_http1("web").await, spawn_http1("api").await);
+    let proxy = spawn_proxy(&[
+        "--outbound",
+        "web=127.0.0.1:0",
+        "--discover",
+        &format!("web=static:{web}"),
+        "--discover",
+        &format!("api=static:{api}"),
+    ])
+    .await;
+    let ask = |host: &'static str| async move {
+        let mut conn = TcpStream::connect(proxy.outbound).await.unwrap();
+        let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        conn.write_all(request.as_bytes()).await.unwrap();
+        let mut raw = String::new();
+        conn.read_to_string(&mut raw).await.unwrap();
+        raw
+    };
+    assert!(ask("api:80").await.contains("hello from api"));
+    assert!(ask("api").await.contains("hello from api"));
+    // Unknown names fall back to the listener's own service.
+    assert!(ask("example.invalid").await.contains("hello from web"));
+    assert!(ask("web").await.contains("hello from web"));
+    proxy.shutdown().await;
+}
