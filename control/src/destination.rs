@@ -4,9 +4,10 @@
 use crate::registry::{EndpointSet, Registry};
 use std::{net::SocketAddr, pin::Pin};
 use stockkube_proto::mesh::{
-    self, AddrSet, DeregisterRequest, DeregisterResponse, GetDestination, ListRequest,
-    ListResponse, NoEndpoints, RegisterRequest, RegisterResponse, ServiceEndpoints, Update,
-    destination_server::Destination, registry_server, update,
+    self, AddrSet, DeregisterProxyRequest, DeregisterProxyResponse, DeregisterRequest,
+    DeregisterResponse, GetDestination, ListProxiesRequest, ListProxiesResponse, ListRequest,
+    ListResponse, NoEndpoints, ProxyInfo, RegisterProxyResponse, RegisterRequest, RegisterResponse,
+    ServiceEndpoints, Update, destination_server::Destination, registry_server, update,
 };
 use tokio::sync::mpsc;
 use tokio_stream::{Stream, wrappers::ReceiverStream};
@@ -199,6 +200,48 @@ impl registry_server::Registry for RegistryService {
             })
             .collect();
         Ok(Response::new(ListResponse { services }))
+    }
+
+    async fn register_proxy(
+        &self,
+        request: Request<ProxyInfo>,
+    ) -> Result<Response<RegisterProxyResponse>, Status> {
+        let info = request.into_inner();
+        validate_service(&info.workload)?;
+        let admin_addr = parse_addr(&info.admin_addr)?;
+        tracing::info!(workload = %info.workload, instance = %info.instance, %admin_addr, "proxy registered");
+        self.registry.register_proxy(crate::registry::ProxyRecord {
+            workload: info.workload,
+            instance: info.instance,
+            admin_addr,
+        });
+        Ok(Response::new(RegisterProxyResponse {}))
+    }
+
+    async fn deregister_proxy(
+        &self,
+        request: Request<DeregisterProxyRequest>,
+    ) -> Result<Response<DeregisterProxyResponse>, Status> {
+        let admin_addr = parse_addr(&request.into_inner().admin_addr)?;
+        let removed = self.registry.deregister_proxy(admin_addr);
+        Ok(Response::new(DeregisterProxyResponse { removed }))
+    }
+
+    async fn list_proxies(
+        &self,
+        _: Request<ListProxiesRequest>,
+    ) -> Result<Response<ListProxiesResponse>, Status> {
+        let proxies = self
+            .registry
+            .proxies()
+            .into_iter()
+            .map(|p| ProxyInfo {
+                workload: p.workload,
+                instance: p.instance,
+                admin_addr: p.admin_addr.to_string(),
+            })
+            .collect();
+        Ok(Response::new(ListProxiesResponse { proxies }))
     }
 }
 

@@ -15,10 +15,19 @@ use tokio::sync::watch;
 /// One service's endpoints, keyed by address; values are instance names.
 pub type EndpointSet = Arc<BTreeMap<SocketAddr, String>>;
 
+/// A proxy the dashboard should scrape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyRecord {
+    pub workload: String,
+    pub instance: String,
+    pub admin_addr: SocketAddr,
+}
+
 /// The in-memory registry; cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
     services: Arc<Mutex<HashMap<String, watch::Sender<EndpointSet>>>>,
+    proxies: Arc<Mutex<BTreeMap<SocketAddr, ProxyRecord>>>,
 }
 
 impl Registry {
@@ -60,6 +69,33 @@ impl Registry {
             .collect();
         list.sort_by(|a, b| a.0.cmp(&b.0));
         list
+    }
+
+    /// Records a proxy, keyed by its admin address.
+    pub fn register_proxy(&self, proxy: ProxyRecord) {
+        self.proxies
+            .lock()
+            .expect("registry lock is never poisoned")
+            .insert(proxy.admin_addr, proxy);
+    }
+
+    /// Forgets the proxy at `admin_addr`; whether it was known.
+    pub fn deregister_proxy(&self, admin_addr: SocketAddr) -> bool {
+        self.proxies
+            .lock()
+            .expect("registry lock is never poisoned")
+            .remove(&admin_addr)
+            .is_some()
+    }
+
+    /// Every proxy, ordered by admin address.
+    pub fn proxies(&self) -> Vec<ProxyRecord> {
+        self.proxies
+            .lock()
+            .expect("registry lock is never poisoned")
+            .values()
+            .cloned()
+            .collect()
     }
 
     fn sender(&self, service: &str) -> watch::Sender<EndpointSet> {
@@ -106,6 +142,22 @@ mod tests {
         rx.changed().await.unwrap();
         let set = rx.borrow_and_update().clone();
         assert_eq!(set.keys().copied().collect::<Vec<_>>(), [addr(2)]);
+    }
+
+    #[test]
+    fn proxies_are_keyed_by_admin_address() {
+        let registry = Registry::default();
+        let proxy = |instance: &str| ProxyRecord {
+            workload: "stockdata".into(),
+            instance: instance.into(),
+            admin_addr: addr(4191),
+        };
+        registry.register_proxy(proxy("a"));
+        registry.register_proxy(proxy("b"));
+        assert_eq!(registry.proxies(), [proxy("b")]);
+        assert!(registry.deregister_proxy(addr(4191)));
+        assert!(!registry.deregister_proxy(addr(4191)));
+        assert!(registry.proxies().is_empty());
     }
 
     #[test]

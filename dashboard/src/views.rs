@@ -1,0 +1,692 @@
+//! What each page shows, computed from the scraped [`History`]: the data
+//! both the HTML pages and the `/api/` JSON serve. Rates and percentiles are
+//! over the last `window` (one minute by default).
+
+use crate::{
+    prom::Sample,
+    scrape::{History, ProxyTarget, Snapshot},
+    stats,
+};
+use serde::Serialize;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+    time::Duration,
+};
+
+/// Below this success rate a workload or edge is shown in trouble.
+pub const HEALTHY_SUCCESS_RATE: f64 = 0.95;
+
+const REQUESTS: &str = "mesh_requests_total";
+const RESPONSES: &str = "mesh_responses_total";
+const LATENCY_BUCKET: &str = "mesh_response_latency_seconds_bucket";
+
+/// The snapshots inside the window, oldest first.
+pub struct Window<'a> {
+    snaps: Vec<&'a Snapshot>,
+    pub seconds: f64,
+}
+
+impl<'a> Window<'a> {
+    /// `None` until there is at least one snapshot.
+    pub fn new(history: &'a History, window: Duration) -> Option<Self> {
+        let latest = history.back()?;
+        let snaps: Vec<&Snapshot> = history
+            .iter()
+            .filter(|s| latest.at.duration_since(s.at) <= window)
+            .map(|s| s.as_ref())
+            .collect();
+        let seconds = latest.at.duration_since(snaps[0].at).as_secs_f64();
+        Some(Self { snaps, seconds })
+    }
+
+    pub fn latest(&self) -> &'a Snapshot {
+        self.snaps
+            .last()
+            .expect("a window has at least one snapshot")
+    }
+
+    /// The increase over the window of the sum of `name` samples passing
+    /// `filter`, on proxies passing `proxy`. Per proxy, so one proxy's
+    /// restart (its counters back to zero) is handled on its own.
+    pub fn increase(
+        &self,
+        proxy: &dyn Fn(&ProxyTarget) -> bool,
+        name: &str,
+        filter: &dyn Fn(&Sample) -> bool,
+    ) -> f64 {
+        let mut series: BTreeMap<SocketAddr, Vec<f64>> = BTreeMap::new();
+        for snap in &self.snaps {
+            for scraped in snap.proxies.iter().filter(|p| p.up() && proxy(&p.target)) {
+                let sum = scraped
+                    .samples
+                    .iter()
+                    .filter(|s| s.name == name && filter(s))
+                    .map(|s| s.value)
+                    .sum();
+                series
+                    .entry(scraped.target.admin_addr)
+                    .or_default()
+                    .push(sum);
+            }
+        }
+        series.values().map(|values| stats::increase(values)).sum()
+    }
+
+    /// Golden metrics of the matching traffic.
+    pub fn golden(
+        &self,
+        proxy: &dyn Fn(&ProxyTarget) -> bool,
+        filter: &dyn Fn(&Sample) -> bool,
+    ) -> Golden {
+        let responses = self.increase(proxy, RESPONSES, filter);
+        let successes = self.increase(proxy, RESPONSES, &|s| {
+            filter(s) && s.label("classification") == Some("success")
+        });
+        let requests = self.increase(proxy, REQUESTS, filter);
+        // Bucket bounds as the latest scrape names them.
+        let bounds: BTreeSet<String> = self
+            .latest()
+            .proxies
+            .iter()
+            .flat_map(|p| p.samples.iter())
+            .filter(|s| s.name == LATENCY_BUCKET)
+            .filter_map(|s| s.label("le").map(str::to_owned))
+            .collect();
+        let mut buckets: Vec<(f64, f64)> = bounds
+            .iter()
+            .filter_map(|le| {
+                let bound: f64 = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                let count = self.increase(proxy, LATENCY_BUCKET, &|s| {
+                    filter(s) && s.label("le") == Some(le)
+                });
+                Some((bound, count))
+            })
+            .collect();
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let ms = |q| stats::quantile(q, &buckets).map(|s| s * 1000.0);
+        Golden {
+            requests,
+            rps: stats::rate(responses, self.seconds),
+            success_rate: (responses > 0.0).then(|| successes / responses),
+            p50_ms: ms(0.5),
+            p95_ms: ms(0.95),
+            p99_ms: ms(0.99),
+        }
+    }
+}
+
+/// The golden metrics Linkerd shows: success rate, request rate, latency.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Golden {
+    /// Requests started in the window.
+    pub requests: f64,
+    /// Responses per second over the window.
+    pub rps: f64,
+    /// Share of responses classified `success`; `None` with no responses.
+    pub success_rate: Option<f64>,
+    pub p50_ms: Option<f64>,
+    pub p95_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
+impl Golden {
+    pub fn in_trouble(&self) -> bool {
+        self.success_rate
+            .is_some_and(|rate| rate < HEALTHY_SUCCESS_RATE)
+    }
+}
+
+/// One instance (pod, replica) of a workload.
+#[derive(Debug, Clone, Serialize)]
+pub struct Instance {
+    pub name: String,
+    pub admin_addr: String,
+    pub up: bool,
+    /// Why the proxy is shown down.
+    pub error: Option<String>,
+}
+
+fn instances(snapshot: &Snapshot, workload: &str) -> Vec<Instance> {
+    snapshot
+        .proxies
+        .iter()
+        .filter(|p| p.target.workload == workload)
+        .map(|p| Instance {
+            name: p.target.instance.clone(),
+            admin_addr: p.target.admin_addr.to_string(),
+            up: p.up(),
+            error: p.error.clone(),
+        })
+        .collect()
+}
+
+fn workloads(snapshot: &Snapshot) -> BTreeSet<String> {
+    snapshot
+        .proxies
+        .iter()
+        .map(|p| p.target.workload.clone())
+        .collect()
+}
+
+// === Overview ===
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Overview {
+    pub window_seconds: f64,
+    pub workloads: Vec<WorkloadRow>,
+    /// Why the proxy list may be stale.
+    pub registry_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkloadRow {
+    pub workload: String,
+    pub meshed: usize,
+    pub total: usize,
+    /// `inbound` when the row measures traffic the workload served,
+    /// `outbound` when it only sends (a front end like StockWeb).
+    pub direction: &'static str,
+    pub golden: Golden,
+    pub in_trouble: bool,
+}
+
+pub fn overview(window: &Window<'_>) -> Overview {
+    let latest = window.latest();
+    let rows = workloads(latest)
+        .into_iter()
+        .map(|workload| {
+            let instances = instances(latest, &workload);
+            let of_workload = |t: &ProxyTarget| t.workload == workload;
+            let inbound = window.golden(&of_workload, &|s| s.label("direction") == Some("inbound"));
+            let (direction, golden) = if inbound.requests > 0.0 {
+                ("inbound", inbound)
+            } else {
+                (
+                    "outbound",
+                    window.golden(&of_workload, &|s| s.label("direction") == Some("outbound")),
+                )
+            };
+            let meshed = instances.iter().filter(|i| i.up).count();
+            WorkloadRow {
+                in_trouble: golden.in_trouble() || meshed < instances.len(),
+                workload,
+                meshed,
+                total: instances.len(),
+                direction,
+                golden,
+            }
+        })
+        .collect();
+    Overview {
+        window_seconds: window.seconds,
+        workloads: rows,
+        registry_error: latest.registry_error.clone(),
+    }
+}
+
+// === Topology ===
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Topology {
+    pub nodes: Vec<Node>,
+    pub edges: Vec<Edge>,
+    pub width: usize,
+    pub height: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Node {
+    pub workload: String,
+    pub instances: Vec<Instance>,
+    pub in_trouble: bool,
+    pub x: usize,
+    pub y: usize,
+    pub w: usize,
+    pub h: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Edge {
+    pub source: String,
+    pub target: String,
+    pub golden: Golden,
+    pub in_trouble: bool,
+    /// Stroke width, by request rate.
+    pub width: f64,
+    pub x1: usize,
+    pub y1: usize,
+    pub x2: usize,
+    pub y2: usize,
+}
+
+const NODE_W: usize = 220;
+const COLUMN_GAP: usize = 260;
+const ROW_GAP: usize = 40;
+
+pub fn topology(window: &Window<'_>) -> Topology {
+    let latest = window.latest();
+    let mut names = workloads(latest);
+    // Edges: every (workload, target) pair its proxies sent to in the window.
+    let mut pairs: BTreeSet<(String, String)> = BTreeSet::new();
+    for snap in &window.snaps {
+        for proxy in &snap.proxies {
+            for sample in proxy.samples.iter().filter(|s| s.name == REQUESTS) {
+                if sample.label("direction") == Some("outbound")
+                    && let Some(target) = sample.label("target")
+                {
+                    pairs.insert((proxy.target.workload.clone(), target.to_owned()));
+                }
+            }
+        }
+    }
+    for (_, target) in &pairs {
+        names.insert(target.clone());
+    }
+
+    // Columns by depth: a workload goes one column right of its callers.
+    let mut depth: BTreeMap<String, usize> = names.iter().map(|n| (n.clone(), 0)).collect();
+    for _ in 0..names.len() {
+        for (source, target) in &pairs {
+            let next = depth[source] + 1;
+            if source != target && depth[target] < next && next < names.len() {
+                depth.insert(target.clone(), next);
+            }
+        }
+    }
+    let mut rows_used: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut nodes: Vec<Node> = names
+        .iter()
+        .map(|workload| {
+            let instances = instances(latest, workload);
+            let column = depth[workload];
+            let h = 56 + 26 * instances.len().max(1);
+            let y = *rows_used.entry(column).or_insert(20);
+            rows_used.insert(column, y + h + ROW_GAP);
+            let of_workload = |t: &ProxyTarget| t.workload == *workload;
+            let inbound = window.golden(&of_workload, &|s| s.label("direction") == Some("inbound"));
+            Node {
+                in_trouble: inbound.in_trouble() || instances.iter().any(|i| !i.up),
+                workload: workload.clone(),
+                instances,
+                x: 20 + column * (NODE_W + COLUMN_GAP),
+                y,
+                w: NODE_W,
+                h,
+            }
+        })
+        .collect();
+    nodes.sort_by(|a, b| (a.x, a.y).cmp(&(b.x, b.y)));
+
+    let goldens: Vec<(&(String, String), Golden)> = pairs
+        .iter()
+        .map(|pair| {
+            let (source, target) = pair;
+            let golden = window.golden(&|t: &ProxyTarget| t.workload == *source, &|s| {
+                s.label("direction") == Some("outbound") && s.label("target") == Some(target)
+            });
+            (pair, golden)
+        })
+        .collect();
+    // Width grows with the log of the rate, relative to the busiest edge.
+    let busiest = goldens.iter().map(|(_, g)| g.rps).fold(0.0_f64, f64::max);
+    let edges: Vec<Edge> = goldens
+        .into_iter()
+        .map(|((source, target), golden)| {
+            let from = nodes
+                .iter()
+                .find(|n| n.workload == *source)
+                .expect("sources are nodes");
+            let to = nodes
+                .iter()
+                .find(|n| n.workload == *target)
+                .expect("targets are nodes");
+            let scale = if busiest > 0.0 {
+                golden.rps.ln_1p() / busiest.ln_1p()
+            } else {
+                0.0
+            };
+            Edge {
+                in_trouble: golden.in_trouble(),
+                width: 2.0 + 10.0 * scale,
+                source: source.clone(),
+                target: target.clone(),
+                golden,
+                x1: from.x + from.w,
+                y1: from.y + from.h / 2,
+                x2: to.x,
+                y2: to.y + to.h / 2,
+            }
+        })
+        .collect();
+    let width = nodes.iter().map(|n| n.x + n.w).max().unwrap_or(400) + 20;
+    let height = nodes.iter().map(|n| n.y + n.h).max().unwrap_or(200) + 20;
+    Topology {
+        nodes,
+        edges,
+        width,
+        height,
+    }
+}
+
+// === Servers ===
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Servers {
+    pub window_seconds: f64,
+    pub services: Vec<ServiceServers>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceServers {
+    pub service: String,
+    pub total: f64,
+    pub replicas: Vec<ReplicaRow>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplicaRow {
+    pub addr: String,
+    pub instance: String,
+    /// `up`, `down` (its proxy stopped answering) or `removed` (no longer an
+    /// endpoint).
+    pub state: &'static str,
+    /// Requests it served in the window, through every client proxy.
+    pub served: f64,
+    /// Its share of the service's requests, 0 to 100.
+    pub share: f64,
+    /// The balancers' view, from the latest `/endpoints` of client proxies.
+    pub ewma_ms: Option<f64>,
+    pub in_flight: u64,
+    pub failed: u64,
+    pub last_error: Option<String>,
+}
+
+pub fn servers(window: &Window<'_>) -> Servers {
+    let latest = window.latest();
+    // Instance names for addresses, newest last so they win.
+    let mut names: BTreeMap<String, String> = BTreeMap::new();
+    let mut services: BTreeSet<String> = BTreeSet::new();
+    let mut addrs: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for snap in &window.snaps {
+        for proxy in &snap.proxies {
+            for service in &proxy.endpoints.services {
+                services.insert(service.service.clone());
+                for endpoint in &service.endpoints {
+                    if !endpoint.instance.is_empty() {
+                        names.insert(endpoint.addr.clone(), endpoint.instance.clone());
+                    }
+                    addrs
+                        .entry(service.service.clone())
+                        .or_default()
+                        .insert(endpoint.addr.clone());
+                }
+            }
+            for sample in proxy.samples.iter().filter(|s| s.name == RESPONSES) {
+                if sample.label("direction") == Some("outbound")
+                    && let (Some(target), Some(endpoint)) =
+                        (sample.label("target"), sample.label("endpoint"))
+                {
+                    services.insert(target.to_owned());
+                    addrs
+                        .entry(target.to_owned())
+                        .or_default()
+                        .insert(endpoint.to_owned());
+                }
+            }
+        }
+    }
+
+    let services = services
+        .into_iter()
+        .map(|service| {
+            let current: Vec<_> = latest
+                .proxies
+                .iter()
+                .flat_map(|p| p.endpoints.services.iter())
+                .filter(|s| s.service == service)
+                .flat_map(|s| s.endpoints.iter())
+                .collect();
+            let mut replicas: Vec<ReplicaRow> = addrs
+                .get(&service)
+                .into_iter()
+                .flatten()
+                .map(|addr| {
+                    let served = window.increase(&|_| true, RESPONSES, &|s| {
+                        s.label("direction") == Some("outbound")
+                            && s.label("target") == Some(&service)
+                            && s.label("endpoint") == Some(addr)
+                    });
+                    let instance = names.get(addr).cloned().unwrap_or_else(|| addr.clone());
+                    let views: Vec<_> = current.iter().filter(|e| e.addr == *addr).collect();
+                    let proxy_down = latest.proxies.iter().any(|p| {
+                        p.target.workload == service && p.target.instance == instance && !p.up()
+                    });
+                    let state = if proxy_down {
+                        "down"
+                    } else if views.is_empty() {
+                        "removed"
+                    } else {
+                        "up"
+                    };
+                    ReplicaRow {
+                        addr: addr.clone(),
+                        instance,
+                        state,
+                        served,
+                        share: 0.0,
+                        ewma_ms: (!views.is_empty()).then(|| {
+                            views.iter().map(|e| e.ewma_ms).sum::<f64>() / views.len() as f64
+                        }),
+                        in_flight: views.iter().map(|e| e.in_flight).sum(),
+                        failed: views.iter().map(|e| e.failed).sum(),
+                        last_error: views.iter().find_map(|e| e.last_error.clone()),
+                    }
+                })
+                .collect();
+            // Instances of the service's workload that are down and no
+            // longer endpoints still get a row: down is shown, not dropped.
+            for proxy in latest
+                .proxies
+                .iter()
+                .filter(|p| p.target.workload == service && !p.up())
+            {
+                if !replicas.iter().any(|r| r.instance == proxy.target.instance) {
+                    replicas.push(ReplicaRow {
+                        addr: String::new(),
+                        instance: proxy.target.instance.clone(),
+                        state: "down",
+                        served: 0.0,
+                        share: 0.0,
+                        ewma_ms: None,
+                        in_flight: 0,
+                        failed: 0,
+                        last_error: proxy.error.clone(),
+                    });
+                }
+            }
+            let total: f64 = replicas.iter().map(|r| r.served).sum();
+            for replica in &mut replicas {
+                replica.share = if total > 0.0 {
+                    replica.served * 100.0 / total
+                } else {
+                    0.0
+                };
+            }
+            replicas.sort_by(|a, b| a.instance.cmp(&b.instance));
+            ServiceServers {
+                service,
+                total,
+                replicas,
+            }
+        })
+        .collect();
+    Servers {
+        window_seconds: window.seconds,
+        services,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scrape::{EndpointsDoc, ProxyScrape};
+    use std::{
+        collections::VecDeque,
+        sync::Arc,
+        time::{Instant, SystemTime},
+    };
+
+    fn target(workload: &str, instance: &str, port: u16) -> ProxyTarget {
+        ProxyTarget {
+            workload: workload.into(),
+            instance: instance.into(),
+            admin_addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+
+    fn metrics(text: &str) -> Arc<[Sample]> {
+        crate::prom::parse(text).0.into()
+    }
+
+    /// StockWeb's proxy after `n` calls to each of two endpoints, all OK,
+    /// half under 1 ms and half under 2 ms.
+    fn stockweb_text(n: u32) -> String {
+        let mut text = String::new();
+        for ep in ["127.0.0.1:1", "127.0.0.1:2"] {
+            let labels = format!(r#"direction="outbound",target="stockdata",endpoint="{ep}""#);
+            text += &format!("mesh_requests_total{{{labels}}} {n}\n");
+            text += &format!(
+                "mesh_responses_total{{{labels},status_code=\"200\",grpc_status=\"0\",classification=\"success\"}} {n}\n"
+            );
+            text += &format!(
+                "mesh_response_latency_seconds_bucket{{{labels},le=\"0.001\"}} {}\n",
+                n / 2
+            );
+            text += &format!("mesh_response_latency_seconds_bucket{{{labels},le=\"0.002\"}} {n}\n");
+            text += &format!("mesh_response_latency_seconds_bucket{{{labels},le=\"+Inf\"}} {n}\n");
+        }
+        text
+    }
+
+    fn history(rounds: &[(u64, u32, bool)]) -> History {
+        let start = Instant::now();
+        let snaps: VecDeque<Arc<Snapshot>> = rounds
+            .iter()
+            .map(|&(secs, n, replica_up)| {
+                let stockweb = ProxyScrape {
+                    target: target("stockweb", "stockweb-1", 10),
+                    error: None,
+                    samples: metrics(&stockweb_text(n)),
+                    endpoints: serde_json::from_str(
+                        r#"{"services":[{"service":"stockdata","balance":"p2c-ewma","endpoints":[
+                            {"addr":"127.0.0.1:1","instance":"stockdata-1","ewma_ms":1.5,"in_flight":2,"served":5,"failed":0,"last_error":null},
+                            {"addr":"127.0.0.1:2","instance":"stockdata-2","ewma_ms":0.5,"in_flight":0,"served":5,"failed":1,"last_error":"reset"}]}]}"#,
+                    )
+                    .unwrap(),
+                };
+                let replica = ProxyScrape {
+                    target: target("stockdata", "stockdata-2", 11),
+                    error: (!replica_up).then(|| "connection refused".to_owned()),
+                    samples: metrics(""),
+                    endpoints: EndpointsDoc::default(),
+                };
+                Arc::new(Snapshot {
+                    at: start + Duration::from_secs(secs),
+                    wall: SystemTime::now(),
+                    proxies: vec![stockweb, replica],
+                    registry_error: None,
+                })
+            })
+            .collect();
+        Arc::new(snaps)
+    }
+
+    #[test]
+    fn golden_metrics_from_deltas() {
+        // 0 -> 60 calls per endpoint over 60 s: 120 requests, 2 per second.
+        let history = history(&[(0, 0, true), (30, 30, true), (60, 60, true)]);
+        let window = Window::new(&history, Duration::from_secs(60)).unwrap();
+        let golden = window.golden(&|_| true, &|_| true);
+        assert_eq!(golden.requests, 120.0);
+        assert_eq!(golden.rps, 2.0);
+        assert_eq!(golden.success_rate, Some(1.0));
+        // Half the observations under 1 ms: p50 is 1 ms; p99 inside (1, 2].
+        assert!((golden.p50_ms.unwrap() - 1.0).abs() < 1e-9);
+        assert!((golden.p99_ms.unwrap() - 1.98).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_proxy_restart_does_not_make_negative_or_lost_traffic() {
+        // 40 per endpoint, then the proxy restarts and counts 10 more.
+        let history = history(&[(0, 0, true), (30, 40, true), (60, 10, true)]);
+        let window = Window::new(&history, Duration::from_secs(60)).unwrap();
+        assert_eq!(window.golden(&|_| true, &|_| true).requests, 100.0);
+    }
+
+    #[test]
+    fn overview_uses_outbound_traffic_for_a_front_end_and_counts_down_instances() {
+        let history = history(&[(0, 0, true), (60, 60, false)]);
+        let window = Window::new(&history, Duration::from_secs(60)).unwrap();
+        let view = overview(&window);
+        let stockweb = view
+            .workloads
+            .iter()
+            .find(|w| w.workload == "stockweb")
+            .unwrap();
+        assert_eq!((stockweb.direction, stockweb.golden.rps), ("outbound", 2.0));
+        let stockdata = view
+            .workloads
+            .iter()
+            .find(|w| w.workload == "stockdata")
+            .unwrap();
+        assert_eq!((stockdata.meshed, stockdata.total), (0, 1));
+        assert!(stockdata.in_trouble);
+    }
+
+    #[test]
+    fn topology_has_an_edge_from_caller_to_service() {
+        let history = history(&[(0, 0, true), (60, 60, true)]);
+        let window = Window::new(&history, Duration::from_secs(60)).unwrap();
+        let view = topology(&window);
+        assert_eq!(view.edges.len(), 1);
+        assert_eq!(
+            (view.edges[0].source.as_str(), view.edges[0].target.as_str()),
+            ("stockweb", "stockdata")
+        );
+        let web = view
+            .nodes
+            .iter()
+            .find(|n| n.workload == "stockweb")
+            .unwrap();
+        let data = view
+            .nodes
+            .iter()
+            .find(|n| n.workload == "stockdata")
+            .unwrap();
+        assert!(web.x < data.x, "callers sit left of their services");
+    }
+
+    #[test]
+    fn servers_show_shares_balancer_view_and_down_replicas() {
+        let history = history(&[(0, 0, true), (60, 30, false)]);
+        let window = Window::new(&history, Duration::from_secs(60)).unwrap();
+        let view = servers(&window);
+        let service = &view.services[0];
+        assert_eq!(service.service, "stockdata");
+        assert_eq!(service.total, 60.0);
+        let one = &service.replicas[0];
+        assert_eq!(
+            (one.instance.as_str(), one.served, one.share, one.state),
+            ("stockdata-1", 30.0, 50.0, "up")
+        );
+        assert_eq!((one.ewma_ms, one.in_flight), (Some(1.5), 2));
+        let two = &service.replicas[1];
+        assert_eq!((two.instance.as_str(), two.state), ("stockdata-2", "down"));
+        assert_eq!(two.last_error.as_deref(), Some("reset"));
+    }
+}

@@ -1,0 +1,427 @@
+//! The dashboard's HTTP surface: pages, their JSON, live updates, and the
+//! demo controls.
+//!
+//! | route | answers |
+//! |---|---|
+//! | `GET /` | overview: golden metrics per workload |
+//! | `GET /topology` | the mesh as an SVG graph |
+//! | `GET /servers` | requests per replica, the balancers' view; `?load=1` also loads StockWeb once |
+//! | `GET /api/overview`, `/api/topology`, `/api/servers` | the same data as JSON |
+//! | `GET /api/proxies` | every proxy, up or down, with the reason |
+//! | `GET /events` | server-sent events: `scrape` after every scrape round |
+//! | `POST /demo/replicas`, `/demo/replicas/{name}/kill`, `/demo/replicas/{name}/slow` | demo controls (only under `meshctl demo`) |
+//!
+//! Every page works without JavaScript; `assets/live.js` swaps in fresh
+//! content on each `scrape` event (`?fragment=1` renders only the content).
+
+use crate::{
+    scrape::History,
+    views::{self, Overview, Servers, Topology, Window},
+};
+use askama::Template;
+use axum::{
+    Json, Router,
+    extract::{Path, Query, State},
+    http::StatusCode,
+    response::{
+        Html, IntoResponse, Redirect, Response,
+        sse::{Event, KeepAlive, Sse},
+    },
+    routing::{get, post},
+};
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Empty};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
+use std::{collections::BTreeMap, convert::Infallible, path::Path as FsPath, time::Duration};
+use tokio::sync::watch;
+use tokio_stream::{Stream, StreamExt as _, wrappers::WatchStream};
+use tower_http::services::ServeDir;
+
+/// Shared by every handler; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub history: watch::Receiver<History>,
+    pub window: Duration,
+    /// StockWeb's base URL, for the "load StockWeb" button.
+    pub stockweb: Option<http::Uri>,
+    /// `meshctl demo`'s control API; demo controls show only when set.
+    pub demo_api: Option<http::Uri>,
+    pub http: Client<HttpConnector, Empty<Bytes>>,
+}
+
+impl AppState {
+    pub fn new(
+        history: watch::Receiver<History>,
+        window: Duration,
+        stockweb: Option<http::Uri>,
+        demo_api: Option<http::Uri>,
+    ) -> Self {
+        Self {
+            history,
+            window,
+            stockweb,
+            demo_api,
+            http: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
+        }
+    }
+
+    fn history(&self) -> History {
+        self.history.borrow().clone()
+    }
+}
+
+pub fn app(state: AppState, assets_dir: &FsPath) -> Router {
+    Router::new()
+        .route("/", get(overview_page))
+        .route("/topology", get(topology_page))
+        .route("/servers", get(servers_page))
+        .route(
+            "/api/overview",
+            get(|State(s): State<AppState>| async move { Json(compute(&s, views::overview)) }),
+        )
+        .route(
+            "/api/topology",
+            get(|State(s): State<AppState>| async move { Json(compute(&s, views::topology)) }),
+        )
+        .route(
+            "/api/servers",
+            get(|State(s): State<AppState>| async move { Json(compute(&s, views::servers)) }),
+        )
+        .route("/api/proxies", get(api_proxies))
+        .route("/events", get(events))
+        .route("/demo/replicas", post(demo_add))
+        .route("/demo/replicas/{name}/{action}", post(demo_action))
+        .nest_service("/assets", ServeDir::new(assets_dir))
+        .with_state(state)
+}
+
+/// A view, or `None` before the first scrape.
+fn compute<T>(state: &AppState, view: fn(&Window<'_>) -> T) -> Option<T> {
+    let history = state.history();
+    Window::new(&history, state.window).map(|window| view(&window))
+}
+
+#[derive(Debug, serde::Deserialize, Default)]
+struct PageQuery {
+    #[serde(default)]
+    fragment: bool,
+    #[serde(default)]
+    load: bool,
+}
+
+#[derive(Template)]
+#[template(path = "layout.html")]
+struct Layout<'a> {
+    title: &'a str,
+    active: &'a str,
+    content: String,
+}
+
+/// The page, or just its content for live updates.
+fn page(
+    title: &str,
+    active: &str,
+    content: impl Template,
+    fragment: bool,
+) -> Result<Html<String>, AppError> {
+    let content = content.render()?;
+    if fragment {
+        return Ok(Html(content));
+    }
+    Ok(Html(
+        Layout {
+            title,
+            active,
+            content,
+        }
+        .render()?,
+    ))
+}
+
+#[derive(Template)]
+#[template(path = "overview.html")]
+struct OverviewContent {
+    view: Option<Overview>,
+}
+
+async fn overview_page(
+    State(state): State<AppState>,
+    Query(q): Query<PageQuery>,
+) -> Result<Html<String>, AppError> {
+    page(
+        "Overview",
+        "overview",
+        OverviewContent {
+            view: compute(&state, views::overview),
+        },
+        q.fragment,
+    )
+}
+
+#[derive(Template)]
+#[template(path = "topology.html")]
+struct TopologyContent {
+    view: Option<Topology>,
+}
+
+async fn topology_page(
+    State(state): State<AppState>,
+    Query(q): Query<PageQuery>,
+) -> Result<Html<String>, AppError> {
+    page(
+        "Topology",
+        "topology",
+        TopologyContent {
+            view: compute(&state, views::topology),
+        },
+        q.fragment,
+    )
+}
+
+#[derive(Template)]
+#[template(path = "servers.html")]
+struct ServersContent {
+    view: Option<Servers>,
+    stockweb: Option<StockWebLoad>,
+    can_load: bool,
+    demo: bool,
+}
+
+/// One load of StockWeb's page data, grouped by the server that answered.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StockWebLoad {
+    pub groups: Vec<(String, Vec<String>)>,
+    pub errors: usize,
+    pub error: Option<String>,
+}
+
+async fn servers_page(
+    State(state): State<AppState>,
+    Query(q): Query<PageQuery>,
+) -> Result<Html<String>, AppError> {
+    let stockweb = match (&state.stockweb, q.load) {
+        (Some(url), true) => Some(load_stockweb(&state, url).await),
+        _ => None,
+    };
+    let content = ServersContent {
+        view: compute(&state, views::servers),
+        stockweb,
+        can_load: state.stockweb.is_some(),
+        demo: state.demo_api.is_some(),
+    };
+    page("Servers", "servers", content, q.fragment)
+}
+
+async fn load_stockweb(state: &AppState, base: &http::Uri) -> StockWebLoad {
+    let failed = |error: String| StockWebLoad {
+        groups: Vec::new(),
+        errors: 0,
+        error: Some(error),
+    };
+    let Ok(uri) =
+        format!("{}/api/stocks", base.to_string().trim_end_matches('/')).parse::<http::Uri>()
+    else {
+        return failed(format!("{base} is not a usable StockWeb URL"));
+    };
+    let body = async {
+        let response = state.http.get(uri).await.map_err(|e| e.to_string())?;
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|e| e.to_string())
+    };
+    let json = match tokio::time::timeout(Duration::from_secs(10), body).await {
+        Ok(Ok(json)) => json,
+        Ok(Err(err)) => return failed(format!("StockWeb at {base} failed: {err}")),
+        Err(_) => return failed(format!("StockWeb at {base} did not answer within 10 s")),
+    };
+    let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut errors = 0;
+    for row in json["rows"].as_array().into_iter().flatten() {
+        match (
+            row["server"].as_str(),
+            row["symbol"].as_str(),
+            row.get("error"),
+        ) {
+            (Some(server), Some(symbol), None) => groups
+                .entry(server.to_owned())
+                .or_default()
+                .push(symbol.to_owned()),
+            _ => errors += 1,
+        }
+    }
+    StockWebLoad {
+        groups: groups.into_iter().collect(),
+        errors,
+        error: None,
+    }
+}
+
+#[derive(Debug, serde::Serialize)]
+struct ProxyStatus {
+    workload: String,
+    instance: String,
+    admin_addr: String,
+    up: bool,
+    error: Option<String>,
+}
+
+async fn api_proxies(State(state): State<AppState>) -> Json<Vec<ProxyStatus>> {
+    let history = state.history();
+    Json(
+        history
+            .back()
+            .map(|snap| {
+                snap.proxies
+                    .iter()
+                    .map(|p| ProxyStatus {
+                        workload: p.target.workload.clone(),
+                        instance: p.target.instance.clone(),
+                        admin_addr: p.target.admin_addr.to_string(),
+                        up: p.up(),
+                        error: p.error.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    )
+}
+
+async fn events(
+    State(state): State<AppState>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let mut round = 0u64;
+    let stream = WatchStream::from_changes(state.history.clone()).map(move |_| {
+        round += 1;
+        Ok(Event::default().event("scrape").data(round.to_string()))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+// === Demo controls ===
+
+async fn demo_add(State(state): State<AppState>) -> Result<Redirect, AppError> {
+    demo_post(&state, "/replicas".to_owned()).await?;
+    Ok(Redirect::to("/servers"))
+}
+
+async fn demo_action(
+    State(state): State<AppState>,
+    Path((name, action)): Path<(String, String)>,
+) -> Result<Redirect, AppError> {
+    if !matches!(action.as_str(), "kill" | "slow")
+        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return Err(AppError::BadRequest(format!(
+            "unknown demo action {action:?} for {name:?}"
+        )));
+    }
+    demo_post(&state, format!("/replicas/{name}/{action}")).await?;
+    Ok(Redirect::to("/servers"))
+}
+
+async fn demo_post(state: &AppState, path: String) -> Result<(), AppError> {
+    let base = state.demo_api.as_ref().ok_or(AppError::DemoOff)?;
+    let uri: http::Uri = format!("{}{path}", base.to_string().trim_end_matches('/'))
+        .parse()
+        .map_err(|_| AppError::BadRequest(format!("bad demo path {path:?}")))?;
+    let request = http::Request::post(uri)
+        .body(Empty::new())
+        .expect("a POST with an empty body is a valid request");
+    let response = tokio::time::timeout(Duration::from_secs(30), state.http.request(request))
+        .await
+        .map_err(|_| AppError::Demo("meshctl demo did not answer within 30 s".into()))?
+        .map_err(|e| AppError::Demo(e.to_string()))?;
+    if !response.status().is_success() {
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        return Err(AppError::Demo(format!(
+            "{status}: {}",
+            String::from_utf8_lossy(&body).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// A failure a handler turns into a plain page; the detail goes to the log.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("rendering the page failed")]
+    Render(#[from] askama::Error),
+    #[error("demo controls are off: the dashboard is not running under `meshctl demo`")]
+    DemoOff,
+    #[error("the demo could not do that: {0}")]
+    Demo(String),
+    #[error("{0}")]
+    BadRequest(String),
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            AppError::Render(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            AppError::DemoOff => StatusCode::NOT_FOUND,
+            AppError::Demo(_) => StatusCode::BAD_GATEWAY,
+            AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        };
+        tracing::warn!(err = ?self, "request failed");
+        let message = match &self {
+            AppError::Render(_) => "Internal error".to_owned(),
+            other => other.to_string(),
+        };
+        (status, format!("{message}\n")).into_response()
+    }
+}
+
+// === Formatting helpers for templates ===
+
+/// `1.23 ms`, `45.6 ms`, `1.2 s`, or `–` when unknown.
+pub fn fmt_ms(ms: &Option<f64>) -> String {
+    match *ms {
+        None => "–".to_owned(),
+        Some(ms) if ms >= 1000.0 => format!("{:.1} s", ms / 1000.0),
+        Some(ms) if ms >= 10.0 => format!("{ms:.0} ms"),
+        Some(ms) => format!("{ms:.2} ms"),
+    }
+}
+
+/// `99.5%`, or `–` with no traffic.
+pub fn fmt_rate(rate: &Option<f64>) -> String {
+    rate.map_or_else(|| "–".to_owned(), |r| format!("{:.1}%", r * 100.0))
+}
+
+/// `12.3 rps`.
+pub fn fmt_rps(rps: &f64) -> String {
+    if *rps >= 100.0 {
+        format!("{rps:.0} rps")
+    } else {
+        format!("{rps:.1} rps")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_read_well() {
+        assert_eq!(fmt_ms(&Some(0.4567)), "0.46 ms");
+        assert_eq!(fmt_ms(&Some(45.6)), "46 ms");
+        assert_eq!(fmt_ms(&Some(1234.0)), "1.2 s");
+        assert_eq!(fmt_ms(&None), "–");
+        assert_eq!(fmt_rate(&Some(0.9951)), "99.5%");
+        assert_eq!(fmt_rps(&2.0), "2.0 rps");
+        assert_eq!(fmt_rps(&1234.4), "1234 rps");
+    }
+}
