@@ -101,6 +101,11 @@ impl Service {
         self.child.try_wait().ok().flatten()
     }
 
+    /// SIGKILL at once, as a crash would end it.
+    pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
+    }
+
     /// SIGTERM, then SIGKILL if it has not exited within `grace`.
     pub async fn stop(mut self, grace: Duration) -> Option<ExitStatus> {
         if let Some(status) = self.try_exited() {

@@ -152,7 +152,7 @@ pub struct Instance {
 }
 
 fn instances(snapshot: &Snapshot, workload: &str) -> Vec<Instance> {
-    snapshot
+    let mut instances: Vec<Instance> = snapshot
         .proxies
         .iter()
         .filter(|p| p.target.workload == workload)
@@ -162,7 +162,9 @@ fn instances(snapshot: &Snapshot, workload: &str) -> Vec<Instance> {
             up: p.up(),
             error: p.error.clone(),
         })
-        .collect()
+        .collect();
+    instances.sort_by(|a, b| a.name.cmp(&b.name));
+    instances
 }
 
 fn workloads(snapshot: &Snapshot) -> BTreeSet<String> {

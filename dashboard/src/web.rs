@@ -104,12 +104,22 @@ fn compute<T>(state: &AppState, view: fn(&Window<'_>) -> T) -> Option<T> {
     Window::new(&history, state.window).map(|window| view(&window))
 }
 
+/// `?fragment` and `?load` count when present, whatever their value
+/// (`?load=1` from a form, `?fragment=true` from a script).
 #[derive(Debug, serde::Deserialize, Default)]
 struct PageQuery {
-    #[serde(default)]
-    fragment: bool,
-    #[serde(default)]
-    load: bool,
+    fragment: Option<String>,
+    load: Option<String>,
+}
+
+impl PageQuery {
+    fn fragment(&self) -> bool {
+        self.fragment.is_some()
+    }
+
+    fn load(&self) -> bool {
+        self.load.is_some()
+    }
 }
 
 #[derive(Template)]
@@ -157,7 +167,7 @@ async fn overview_page(
         OverviewContent {
             view: compute(&state, views::overview),
         },
-        q.fragment,
+        q.fragment(),
     )
 }
 
@@ -177,7 +187,7 @@ async fn topology_page(
         TopologyContent {
             view: compute(&state, views::topology),
         },
-        q.fragment,
+        q.fragment(),
     )
 }
 
@@ -202,7 +212,7 @@ async fn servers_page(
     State(state): State<AppState>,
     Query(q): Query<PageQuery>,
 ) -> Result<Html<String>, AppError> {
-    let stockweb = match (&state.stockweb, q.load) {
+    let stockweb = match (&state.stockweb, q.load()) {
         (Some(url), true) => Some(load_stockweb(&state, url).await),
         _ => None,
     };
@@ -212,7 +222,7 @@ async fn servers_page(
         can_load: state.stockweb.is_some(),
         demo: state.demo_api.is_some(),
     };
-    page("Servers", "servers", content, q.fragment)
+    page("Servers", "servers", content, q.fragment())
 }
 
 async fn load_stockweb(state: &AppState, base: &http::Uri) -> StockWebLoad {

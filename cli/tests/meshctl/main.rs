@@ -146,8 +146,9 @@ async fn demo_balances_with_the_mesh_and_not_without_and_stops_on_sigint() {
     );
 
     let children = children_of(demo.id().unwrap());
-    // controller, 3 replicas, 3 sidecars, stockweb and its sidecar, plain stockweb
-    assert_eq!(children.len(), 10, "{children:?}");
+    // controller, 3 replicas, 3 sidecars, stockweb and its sidecar, plain
+    // stockweb, dashboard
+    assert_eq!(children.len(), 11, "{children:?}");
     signal(&demo, rustix::process::Signal::INT);
     let status = tokio::time::timeout(Duration::from_secs(60), demo.wait())
         .await
