@@ -41,7 +41,13 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_GRACE: Duration = Duration::from_secs(10);
 /// The delay "slow down" gives a replica.
 const SLOW_DELAY_MS: u64 = 200;
-const BINARIES: &[&str] = &["stockdata", "stockweb", "mesh-proxy", "mesh-controller", "mesh-dashboard"];
+const BINARIES: &[&str] = &[
+    "stockdata",
+    "stockweb",
+    "mesh-proxy",
+    "mesh-controller",
+    "mesh-dashboard",
+];
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
@@ -90,10 +96,17 @@ async fn claim_web_ports(port: u16) -> anyhow::Result<WebPorts> {
         plain: at(1),
         dashboard: at(2),
     };
-    for (addr, what) in [(ports.meshed, "P"), (ports.plain, "P+1"), (ports.dashboard, "P+2")] {
+    for (addr, what) in [
+        (ports.meshed, "P"),
+        (ports.plain, "P+1"),
+        (ports.dashboard, "P+2"),
+    ] {
         // Bound and released at once: the child binds it a moment later.
         TcpListener::bind(addr).await.with_context(|| {
-            format!("port {} ({what} of --port {port}) is taken; choose another with --port", addr.port())
+            format!(
+                "port {} ({what} of --port {port}) is taken; choose another with --port",
+                addr.port()
+            )
         })?;
     }
     Ok(ports)
@@ -101,7 +114,9 @@ async fn claim_web_ports(port: u16) -> anyhow::Result<WebPorts> {
 
 /// A free loopback port for an internal listener.
 async fn free_addr() -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await.context("no free loopback port")?;
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("no free loopback port")?;
     Ok(listener.local_addr()?)
 }
 
@@ -130,7 +145,9 @@ impl Demo {
     /// Starts `stockdata-N` and its sidecar, waits until both listen, and
     /// registers the replica as an endpoint and its proxy for scraping.
     pub async fn add_replica(&self) -> anyhow::Result<String> {
-        let index = self.next_index.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let index = self
+            .next_index
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let name = format!("stockdata-{index}");
         let (app, inbound, admin) = (free_addr().await?, free_addr().await?, free_addr().await?);
         let mut replica = Replica {
@@ -154,7 +171,11 @@ impl Demo {
             ],
             &[],
         )?);
-        let mut children: Vec<&mut Service> = replica.stockdata.iter_mut().chain(replica.proxy.iter_mut()).collect();
+        let mut children: Vec<&mut Service> = replica
+            .stockdata
+            .iter_mut()
+            .chain(replica.proxy.iter_mut())
+            .collect();
         wait_until_listening(&mut children, &[app, inbound, admin]).await?;
         let mut registry = self.registry.lock().await;
         registry
@@ -185,7 +206,9 @@ impl Demo {
     /// registered, so the dashboard shows it down.
     pub async fn kill_replica(&self, name: &str) -> anyhow::Result<()> {
         let mut replicas = self.replicas.lock().await;
-        let replica = replicas.get_mut(name).with_context(|| format!("no replica named {name}"))?;
+        let replica = replicas
+            .get_mut(name)
+            .with_context(|| format!("no replica named {name}"))?;
         self.registry
             .lock()
             .await
@@ -195,7 +218,10 @@ impl Demo {
             })
             .await
             .with_context(|| format!("cannot deregister {name}"))?;
-        for service in [replica.stockdata.take(), replica.proxy.take()].into_iter().flatten() {
+        for service in [replica.stockdata.take(), replica.proxy.take()]
+            .into_iter()
+            .flatten()
+        {
             service.kill().await;
         }
         Ok(())
@@ -205,11 +231,17 @@ impl Demo {
     /// port, so its sidecar reconnects and the balancer sees it slow.
     pub async fn slow_replica(&self, name: &str) -> anyhow::Result<()> {
         let mut replicas = self.replicas.lock().await;
-        let replica = replicas.get_mut(name).with_context(|| format!("no replica named {name}"))?;
-        let stockdata = replica.stockdata.take().with_context(|| format!("{name} is not running"))?;
+        let replica = replicas
+            .get_mut(name)
+            .with_context(|| format!("no replica named {name}"))?;
+        let stockdata = replica
+            .stockdata
+            .take()
+            .with_context(|| format!("{name} is not running"))?;
         stockdata.stop(STOP_GRACE).await;
         replica.delay_ms = SLOW_DELAY_MS;
-        let mut restarted = spawn_stockdata(&self.bin("stockdata"), name, replica.app, replica.delay_ms)?;
+        let mut restarted =
+            spawn_stockdata(&self.bin("stockdata"), name, replica.app, replica.delay_ms)?;
         wait_until_listening(&mut [&mut restarted], &[replica.app]).await?;
         replica.stockdata = Some(restarted);
         Ok(())
@@ -242,14 +274,22 @@ impl Demo {
         let mut replicas = self.replicas.lock().await;
         for replica in replicas.values_mut() {
             // Sidecar first, so no request is sent to a replica going away.
-            for service in [replica.proxy.take(), replica.stockdata.take()].into_iter().flatten() {
+            for service in [replica.proxy.take(), replica.stockdata.take()]
+                .into_iter()
+                .flatten()
+            {
                 service.stop(STOP_GRACE).await;
             }
         }
     }
 }
 
-fn spawn_stockdata(bin: &Path, name: &str, app: SocketAddr, delay_ms: u64) -> anyhow::Result<Service> {
+fn spawn_stockdata(
+    bin: &Path,
+    name: &str,
+    app: SocketAddr,
+    delay_ms: u64,
+) -> anyhow::Result<Service> {
     Service::spawn(
         name.to_owned(),
         bin,
@@ -418,13 +458,17 @@ async fn wait_for_endpoints(admin: SocketAddr, expected: usize) -> anyhow::Resul
     loop {
         if let Ok(body) = http_get(admin, "/endpoints").await {
             let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-            let known = json["services"][0]["endpoints"].as_array().map_or(0, Vec::len);
+            let known = json["services"][0]["endpoints"]
+                .as_array()
+                .map_or(0, Vec::len);
             if known >= expected {
                 return Ok(());
             }
         }
         if tokio::time::Instant::now() >= deadline {
-            bail!("the stockweb sidecar did not learn {expected} endpoints within {READY_TIMEOUT:?}");
+            bail!(
+                "the stockweb sidecar did not learn {expected} endpoints within {READY_TIMEOUT:?}"
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -445,7 +489,10 @@ async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
 
 /// Polls until every address accepts a connection; fails as soon as one of
 /// `services` exits (its own message is already on stderr).
-async fn wait_until_listening(services: &mut [&mut Service], addrs: &[SocketAddr]) -> anyhow::Result<()> {
+async fn wait_until_listening(
+    services: &mut [&mut Service],
+    addrs: &[SocketAddr],
+) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
     let mut pending: Vec<SocketAddr> = addrs.to_vec();
     loop {

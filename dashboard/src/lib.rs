@@ -140,11 +140,13 @@ pub async fn run(
         // A little more than the window, so a full window is always there.
         keep: config.window + config.scrape_interval * 2,
     });
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     let state = web::AppState::new(
         history,
         config.window,
         config.stockweb_url.clone(),
         config.demo_api.clone(),
+        stopping,
     );
     tracing::info!(
         addr = %listener.local_addr()?,
@@ -153,6 +155,10 @@ pub async fn run(
         "mesh-dashboard listening"
     );
     axum::serve(listener, web::app(state, &config.assets_dir))
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("draining");
+            let _ = stopping_tx.send(true);
+        })
         .await
 }

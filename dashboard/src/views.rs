@@ -322,7 +322,7 @@ pub fn topology(window: &Window<'_>) -> Topology {
             }
         })
         .collect();
-    nodes.sort_by(|a, b| (a.x, a.y).cmp(&(b.x, b.y)));
+    nodes.sort_by_key(|n| (n.x, n.y));
 
     let goldens: Vec<(&(String, String), Golden)> = pairs
         .iter()

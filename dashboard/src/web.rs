@@ -50,6 +50,8 @@ pub struct AppState {
     /// `meshctl demo`'s control API; demo controls show only when set.
     pub demo_api: Option<http::Uri>,
     pub http: Client<HttpConnector, Empty<Bytes>>,
+    /// Turns true at shutdown, ending event streams so the drain is quick.
+    pub stopping: watch::Receiver<bool>,
 }
 
 impl AppState {
@@ -58,6 +60,7 @@ impl AppState {
         window: Duration,
         stockweb: Option<http::Uri>,
         demo_api: Option<http::Uri>,
+        stopping: watch::Receiver<bool>,
     ) -> Self {
         Self {
             history,
@@ -65,6 +68,7 @@ impl AppState {
             stockweb,
             demo_api,
             http: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
+            stopping,
         }
     }
 
@@ -307,10 +311,19 @@ async fn events(
     State(state): State<AppState>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let mut round = 0u64;
-    let stream = WatchStream::from_changes(state.history.clone()).map(move |_| {
-        round += 1;
-        Ok(Event::default().event("scrape").data(round.to_string()))
-    });
+    // `None` items mark shutdown; the stream ends there, so a browser that
+    // keeps the page open does not hold up the drain.
+    let scrapes = WatchStream::from_changes(state.history.clone()).map(|_| Some(()));
+    let stopping = WatchStream::new(state.stopping.clone())
+        .filter(|s| *s)
+        .map(|_| None);
+    let stream = scrapes
+        .merge(stopping)
+        .take_while(Option::is_some)
+        .map(move |_| {
+            round += 1;
+            Ok(Event::default().event("scrape").data(round.to_string()))
+        });
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 

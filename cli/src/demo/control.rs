@@ -40,7 +40,11 @@ async fn list(State(demo): State<Arc<Demo>>) -> Json<Vec<ReplicaView>> {
         demo.list()
             .await
             .into_iter()
-            .map(|(name, running, delay_ms)| ReplicaView { name, running, delay_ms })
+            .map(|(name, running, delay_ms)| ReplicaView {
+                name,
+                running,
+                delay_ms,
+            })
             .collect(),
     )
 }
@@ -56,7 +60,12 @@ async fn act(
     match action.as_str() {
         "kill" => demo.kill_replica(&name).await.map_err(failed)?,
         "slow" => demo.slow_replica(&name).await.map_err(failed)?,
-        _ => return Err((StatusCode::NOT_FOUND, format!("no action {action:?}; use kill or slow"))),
+        _ => {
+            return Err((
+                StatusCode::NOT_FOUND,
+                format!("no action {action:?}; use kill or slow"),
+            ));
+        }
     }
     Ok(format!("{name}: {action} done\n"))
 }

@@ -13,9 +13,12 @@ use tokio::{
     process::{Child, Command},
 };
 
+mod dashboard;
+mod webdriver;
+
 const MESHCTL: &str = env!("CARGO_BIN_EXE_meshctl");
 
-fn meshctl() -> Command {
+pub(crate) fn meshctl() -> Command {
     let mut command = Command::new(MESHCTL);
     // The service binaries sit beside meshctl; if this test binary was built
     // alone, meshctl builds them with the cargo that built it.
@@ -27,19 +30,22 @@ fn meshctl() -> Command {
     command
 }
 
-/// A port `p` with `p + 1` free too, for two replicas.
-fn free_port_pair() -> u16 {
+/// A port `p` with `p + 1` and `p + 2` free too: the demo's web ports.
+pub(crate) fn free_port_triple() -> u16 {
     for _ in 0..50 {
         let first = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = first.local_addr().unwrap().port();
-        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+        if port < u16::MAX - 2
+            && TcpListener::bind(("127.0.0.1", port + 1)).is_ok()
+            && TcpListener::bind(("127.0.0.1", port + 2)).is_ok()
+        {
             return port;
         }
     }
-    panic!("no two consecutive free ports in 50 tries");
+    panic!("no three consecutive free ports in 50 tries");
 }
 
-async fn http_get(addr: SocketAddr, path: &str) -> String {
+pub(crate) async fn http_get(addr: SocketAddr, path: &str) -> String {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
@@ -50,7 +56,7 @@ async fn http_get(addr: SocketAddr, path: &str) -> String {
     body.to_owned()
 }
 
-async fn wait_for_line(child: &mut Child, needle: &str) -> Vec<String> {
+pub(crate) async fn wait_for_line(child: &mut Child, needle: &str) -> Vec<String> {
     let stdout = child.stdout.as_mut().expect("stdout is piped");
     let mut lines = BufReader::new(stdout).lines();
     let mut seen = Vec::new();
@@ -71,7 +77,7 @@ async fn wait_for_line(child: &mut Child, needle: &str) -> Vec<String> {
 }
 
 /// PIDs of the live children of `parent`, from /proc.
-fn children_of(parent: u32) -> Vec<u32> {
+pub(crate) fn children_of(parent: u32) -> Vec<u32> {
     let mut children = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
@@ -94,7 +100,7 @@ fn children_of(parent: u32) -> Vec<u32> {
     children
 }
 
-fn alive(pid: u32) -> bool {
+pub(crate) fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
         !stat
             .rsplit_once(") ")
@@ -102,21 +108,43 @@ fn alive(pid: u32) -> bool {
     })
 }
 
-fn signal(child: &Child, signal: rustix::process::Signal) {
+/// `meshctl demo` as a child that, should the test fail, is asked to stop
+/// (SIGTERM) rather than killed, so it stops its own children too.
+pub(crate) struct Demo(pub Child);
+
+impl Demo {
+    pub(crate) fn start(args: &[&str]) -> Self {
+        let child = meshctl()
+            .arg("demo")
+            .args(args)
+            .stdout(Stdio::piped())
+            .kill_on_drop(false)
+            .spawn()
+            .unwrap();
+        Self(child)
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            signal(&self.0, rustix::process::Signal::TERM);
+        }
+    }
+}
+
+pub(crate) fn signal(child: &Child, signal: rustix::process::Signal) {
     let pid = rustix::process::Pid::from_raw(child.id().unwrap() as i32).unwrap();
     rustix::process::kill_process(pid, signal).unwrap();
 }
 
 #[tokio::test]
 async fn demo_balances_with_the_mesh_and_not_without_and_stops_on_sigint() {
-    let port = free_port_pair();
-    let mut demo = meshctl()
-        .args(["demo", "--replicas", "3", "--port", &port.to_string()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let port = free_port_triple();
+    let mut guard = Demo::start(&["--replicas", "3", "--port", &port.to_string()]);
+    let demo = &mut guard.0;
 
-    let banner = wait_for_line(&mut demo, "Ctrl-C").await.join("\n");
+    let banner = wait_for_line(demo, "Ctrl-C").await.join("\n");
     let meshed = SocketAddr::from(([127, 0, 0, 1], port));
     let plain = SocketAddr::from(([127, 0, 0, 1], port + 1));
     assert!(
@@ -149,7 +177,7 @@ async fn demo_balances_with_the_mesh_and_not_without_and_stops_on_sigint() {
     // controller, 3 replicas, 3 sidecars, stockweb and its sidecar, plain
     // stockweb, dashboard
     assert_eq!(children.len(), 11, "{children:?}");
-    signal(&demo, rustix::process::Signal::INT);
+    signal(demo, rustix::process::Signal::INT);
     let status = tokio::time::timeout(Duration::from_secs(60), demo.wait())
         .await
         .expect("the demo stops within 60 s of SIGINT")

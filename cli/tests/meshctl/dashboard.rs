@@ -1,0 +1,236 @@
+//! The dashboard in a real browser (headless Chromium through WebDriver),
+//! against `meshctl demo` with three replicas: the overview, topology and
+//! Servers pages show the mesh; killing a replica from the demo controls
+//! shows it down within 10 s while the others take its share. Screenshots
+//! of each page are written to `target/screenshots/`.
+
+use crate::{Demo, free_port_triple, http_get, signal, wait_for_line, webdriver::Browser};
+use serde_json::Value;
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+fn screenshot_dir() -> PathBuf {
+    PathBuf::from(crate::MESHCTL)
+        .parent()
+        .and_then(|debug| debug.parent())
+        .expect("meshctl sits in target/<profile>/")
+        .join("screenshots")
+}
+
+/// Polls the page with `script` (it returns a value or null) until it
+/// returns non-null, within `deadline`.
+async fn wait_in_page(browser: &Browser, what: &str, deadline: Duration, script: &str) -> Value {
+    let give_up = Instant::now() + deadline;
+    loop {
+        let value = browser.eval(script).await;
+        if !value.is_null() {
+            return value;
+        }
+        assert!(
+            Instant::now() < give_up,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Accessibility basics every page must pass: tables have header cells,
+/// SVGs have titles, and trouble is said in text, not colour alone.
+const ACCESSIBILITY: &str = r#"
+    const problems = [];
+    document.querySelectorAll('table').forEach((t, i) => {
+        if (!t.querySelector('thead th')) problems.push('table ' + i + ' has no header cells');
+    });
+    document.querySelectorAll('svg').forEach((s, i) => {
+        if (!s.querySelector(':scope > title')) problems.push('svg ' + i + ' has no title');
+    });
+    document.querySelectorAll('img').forEach((m, i) => {
+        if (!m.getAttribute('alt')) problems.push('img ' + i + ' has no alt');
+    });
+    document.querySelectorAll('tr.trouble, g.node.trouble, g.edge.trouble').forEach((e) => {
+        if (!/down|failing|removed|FAILING|⚠|✗/.test(e.textContent)) problems.push('trouble without words: ' + e.outerHTML.slice(0, 80));
+    });
+    return problems;
+"#;
+
+async fn assert_accessible(browser: &Browser, page: &str) {
+    let problems = browser.eval(ACCESSIBILITY).await;
+    assert_eq!(problems, Value::Array(vec![]), "{page}: {problems}");
+}
+
+/// Loads StockWeb-with-mesh `times` times, as a user would.
+async fn load_stockweb(web: SocketAddr, times: usize) {
+    for _ in 0..times {
+        let json: Value = serde_json::from_str(&http_get(web, "/api/stocks").await).unwrap();
+        assert_eq!(json["rows"].as_array().map(Vec::len), Some(100));
+    }
+}
+
+#[tokio::test]
+async fn dashboard_pages_in_a_real_browser() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let port = free_port_triple();
+    let mut guard = Demo::start(&["--replicas", "3", "--port", &port.to_string()]);
+    let demo = &mut guard.0;
+    wait_for_line(demo, "Ctrl-C").await;
+    let web = SocketAddr::from(([127, 0, 0, 1], port));
+    let dashboard_addr = SocketAddr::from(([127, 0, 0, 1], port + 2));
+    let dashboard = format!("http://{dashboard_addr}");
+    let shots = screenshot_dir();
+
+    // Rates come from increases between scrapes: traffic must come after the
+    // dashboard's first look at every proxy, as it would for a person.
+    let give_up = Instant::now() + Duration::from_secs(20);
+    loop {
+        let proxies: Value =
+            serde_json::from_str(&http_get(dashboard_addr, "/api/proxies").await).unwrap();
+        let up = proxies
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["up"] == true)
+            .count();
+        if up == 4 {
+            break;
+        }
+        assert!(
+            Instant::now() < give_up,
+            "the dashboard did not see 4 proxies up: {proxies}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    load_stockweb(web, 3).await;
+
+    // Overview: both workloads with traffic, once two scrapes have seen it.
+    browser.goto(&format!("{dashboard}/")).await;
+    let rates = wait_in_page(
+        &browser,
+        "stockweb and stockdata with non-zero rates",
+        Duration::from_secs(20),
+        r#"
+        const rate = (w) => { const c = document.querySelector('tr[data-workload="' + w + '"] [data-rps]');
+                              return c ? parseFloat(c.dataset.rps) : 0; };
+        const r = { stockweb: rate('stockweb'), stockdata: rate('stockdata') };
+        return (r.stockweb > 0 && r.stockdata > 0) ? r : null;
+        "#,
+    )
+    .await;
+    assert!(rates["stockweb"].as_f64().unwrap() > 0.0, "{rates}");
+    assert_accessible(&browser, "overview").await;
+    browser.screenshot(&shots.join("overview.png")).await;
+
+    // Topology: a node per workload and the stockweb -> stockdata edge.
+    browser.goto(&format!("{dashboard}/topology")).await;
+    let graph = browser
+        .eval(
+            r#"return {
+                nodes: Array.from(document.querySelectorAll('svg g.node')).map(n => n.dataset.workload),
+                edge: !!document.querySelector('svg g.edge[data-source="stockweb"][data-target="stockdata"]'),
+                replicas: document.querySelectorAll('svg g.node[data-workload="stockdata"] g.instance.up').length
+            };"#,
+        )
+        .await;
+    let nodes: Vec<&str> = graph["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        nodes.contains(&"stockweb") && nodes.contains(&"stockdata"),
+        "{graph}"
+    );
+    assert_eq!(graph["edge"], true, "{graph}");
+    assert_eq!(graph["replicas"], 3, "{graph}");
+    assert_accessible(&browser, "topology").await;
+    browser.screenshot(&shots.join("topology.png")).await;
+
+    // Servers: at least two replicas with requests; then StockWeb's own rows.
+    browser.goto(&format!("{dashboard}/servers")).await;
+    let serving = browser
+        .eval(r#"return Array.from(document.querySelectorAll('tr[data-instance]')).filter(r => parseFloat(r.dataset.served) > 0).length;"#)
+        .await;
+    assert!(
+        serving.as_u64().unwrap() >= 2,
+        "replicas with requests: {serving}"
+    );
+    browser.click("#load-stockweb").await;
+    let groups = wait_in_page(
+        &browser,
+        "StockWeb's rows grouped by server",
+        Duration::from_secs(15),
+        r#"const rows = document.querySelectorAll('table.stockweb-rows tr[data-server]'); return rows.length ? rows.length : null;"#,
+    )
+    .await;
+    assert!(
+        groups.as_u64().unwrap() >= 2,
+        "servers in one StockWeb load: {groups}"
+    );
+    assert_accessible(&browser, "servers").await;
+    browser.screenshot(&shots.join("servers.png")).await;
+
+    // Kill a replica from the demo controls and watch it go down live.
+    browser.goto(&format!("{dashboard}/servers")).await;
+    let share = |instance: &str| {
+        format!(
+            r#"const r = document.querySelector('tr[data-instance="{instance}"]'); return r ? parseFloat(r.dataset.served) : null;"#
+        )
+    };
+    let before = browser.eval(&share("stockdata-1")).await.as_f64().unwrap()
+        + browser.eval(&share("stockdata-3")).await.as_f64().unwrap();
+    browser
+        .click(r#"tr[data-instance="stockdata-2"] form[action$="/kill"] button"#)
+        .await;
+    let killed_at = Instant::now();
+    let load = tokio::spawn(async move {
+        // Traffic keeps flowing while the page updates by itself.
+        for _ in 0..10 {
+            load_stockweb(web, 1).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    wait_in_page(
+        &browser,
+        "stockdata-2 shown down",
+        Duration::from_secs(10),
+        r#"const r = document.querySelector('tr[data-instance="stockdata-2"]'); return (r && r.dataset.state === 'down') ? true : null;"#,
+    )
+    .await;
+    assert!(killed_at.elapsed() <= Duration::from_secs(10));
+    load.await.unwrap();
+    let after = wait_in_page(
+        &browser,
+        "the other replicas' requests rise",
+        Duration::from_secs(10),
+        &format!(
+            r#"const a = (function() {{ {} }})(); const b = (function() {{ {} }})(); return (a + b > {before}) ? a + b : null;"#,
+            share("stockdata-1"),
+            share("stockdata-3")
+        ),
+    )
+    .await;
+    assert!(after.as_f64().unwrap() > before);
+    let status = browser
+        .eval(r#"return document.getElementById('live-status').textContent;"#)
+        .await;
+    assert!(
+        status.as_str().unwrap().starts_with("live"),
+        "live updates: {status}"
+    );
+    assert_accessible(&browser, "servers after kill").await;
+    browser
+        .screenshot(&shots.join("servers-after-kill.png"))
+        .await;
+
+    signal(demo, rustix::process::Signal::INT);
+    let status = tokio::time::timeout(Duration::from_secs(60), demo.wait())
+        .await
+        .expect("the demo stops within 60 s")
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
