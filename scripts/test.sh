@@ -3,7 +3,8 @@
 #
 # It installs what the tests need when it is missing:
 #   - a Python venv with grpcio and grpcio-tools (interop tests), at
-#     target/interop-venv.
+#     target/interop-venv;
+#   - Debian's chromium and chromium-driver (the dashboard's browser tests).
 # With CI=true a prerequisite that cannot be installed is a failure, and the
 # formatting and lint checks run too.
 set -euo pipefail
@@ -28,6 +29,22 @@ if ! "$venv/bin/python" -c 'import grpc, grpc_tools' 2>/dev/null; then
 fi
 "$venv/bin/python" -c 'import grpc; print("grpcio", grpc.__version__)'
 export STOCKKUBE_PYTHON="$PWD/$venv/bin/python"
+
+step "headless browser (chromium, chromium-driver)"
+if ! { [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; }; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  fi
+fi
+if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
+  /usr/bin/chromium --version
+elif [ "$ci" = true ]; then
+  echo "chromium and chromium-driver are required with CI=true and could not be installed" >&2
+  exit 1
+else
+  echo "chromium is missing: the browser tests will say SKIPPED (install chromium chromium-driver as root)"
+fi
 
 if [ "$ci" = true ]; then
   step "cargo fmt --check"

@@ -2,10 +2,12 @@
 //!
 //! - `demo` (also what a bare `meshctl` or `cargo run --release` does): runs
 //!   the mesh and the StockKube sample on this machine.
+//! - `dashboard`: the dashboard against a running mesh.
 //!
 //! Every service runs as a child process of `meshctl`, exactly as it would
 //! run anywhere else; `meshctl` only starts, watches and stops them.
 
+mod dashboard;
 mod demo;
 mod process;
 mod service_vip;
@@ -26,6 +28,8 @@ enum Command {
     /// Run the whole mesh on this machine: controller, StockData replicas with
     /// sidecars, StockWeb with and without the mesh (the default command).
     Demo(demo::DemoArgs),
+    /// Run the dashboard against a running mesh's controller.
+    Dashboard(dashboard::DashboardArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +41,7 @@ fn main() -> ExitCode {
         .expect("`meshctl demo` parses with defaults");
     let result = match command {
         Command::Demo(args) => demo::main(args),
+        Command::Dashboard(args) => dashboard::main(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
