@@ -178,7 +178,7 @@ async fn dashboard_pages_in_a_real_browser() {
     browser.goto(&format!("{dashboard}/servers")).await;
     let share = |instance: &str| {
         format!(
-            r#"const r = document.querySelector('tr[data-instance="{instance}"]'); return r ? parseFloat(r.dataset.served) : null;"#
+            r#"const r = document.querySelector('tr[data-instance="{instance}"]'); return r ? parseFloat(r.dataset.share) : null;"#
         )
     };
     let before = browser.eval(&share("stockdata-1")).await.as_f64().unwrap()
@@ -205,7 +205,7 @@ async fn dashboard_pages_in_a_real_browser() {
     load.await.unwrap();
     let after = wait_in_page(
         &browser,
-        "the other replicas' requests rise",
+        "the other replicas' shares rise",
         Duration::from_secs(10),
         &format!(
             r#"const a = (function() {{ {} }})(); const b = (function() {{ {} }})(); return (a + b > {before}) ? a + b : null;"#,
