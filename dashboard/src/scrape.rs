@@ -58,6 +58,8 @@ pub struct EndpointDoc {
     pub failed: u64,
     #[serde(default)]
     pub last_error: Option<String>,
+    #[serde(default)]
+    pub ejected: bool,
 }
 
 /// One proxy in one round.

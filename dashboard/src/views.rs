@@ -406,6 +406,8 @@ pub struct ReplicaRow {
     pub in_flight: u64,
     pub failed: u64,
     pub last_error: Option<String>,
+    /// Some client proxy's balancer has ejected it (failure accrual).
+    pub ejected: bool,
 }
 
 pub fn servers(window: &Window<'_>) -> Servers {
@@ -487,6 +489,7 @@ pub fn servers(window: &Window<'_>) -> Servers {
                         in_flight: views.iter().map(|e| e.in_flight).sum(),
                         failed: views.iter().map(|e| e.failed).sum(),
                         last_error: views.iter().find_map(|e| e.last_error.clone()),
+                        ejected: views.iter().any(|e| e.ejected),
                     }
                 })
                 .collect();
@@ -508,6 +511,7 @@ pub fn servers(window: &Window<'_>) -> Servers {
                         in_flight: 0,
                         failed: 0,
                         last_error: proxy.error.clone(),
+                        ejected: false,
                     });
                 }
             }
@@ -587,7 +591,7 @@ mod tests {
                     endpoints: serde_json::from_str(
                         r#"{"services":[{"service":"stockdata","balance":"p2c-ewma","endpoints":[
                             {"addr":"127.0.0.1:1","instance":"stockdata-1","ewma_ms":1.5,"in_flight":2,"served":5,"failed":0,"last_error":null},
-                            {"addr":"127.0.0.1:2","instance":"stockdata-2","ewma_ms":0.5,"in_flight":0,"served":5,"failed":1,"last_error":"reset"}]}]}"#,
+                            {"addr":"127.0.0.1:2","instance":"stockdata-2","ewma_ms":0.5,"in_flight":0,"served":5,"failed":1,"last_error":"reset","ejected":true}]}]}"#,
                     )
                     .unwrap(),
                 };
@@ -690,5 +694,6 @@ mod tests {
         let two = &service.replicas[1];
         assert_eq!((two.instance.as_str(), two.state), ("stockdata-2", "down"));
         assert_eq!(two.last_error.as_deref(), Some("reset"));
+        assert!(two.ejected && !one.ejected);
     }
 }

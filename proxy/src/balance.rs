@@ -10,6 +10,13 @@
 //! - power of two choices over peak-EWMA (Linkerd's): pick two endpoints at
 //!   random, send to the one with the lower `latency estimate × (in-flight + 1)`;
 //! - round-robin.
+//!
+//! Failure accrual: an endpoint that fails `failures` requests in a row
+//! (no answer: refused, reset) is ejected, and becomes eligible again after
+//! a jittered exponential backoff (1 s doubling up to 60 s). The first request
+//! after that is its probe: a success puts it back for good, a failure ejects
+//! it again for twice as long. When every endpoint is ejected the balancer
+//! uses them all rather than refuse (fail open).
 
 pub mod peak_ewma;
 
@@ -39,6 +46,34 @@ pub struct EwmaConfig {
     pub default_rtt: Duration,
 }
 
+/// Failure-accrual settings; `failures == 0` turns ejection off.
+#[derive(Debug, Clone, Copy)]
+pub struct AccrualConfig {
+    pub failures: u32,
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for AccrualConfig {
+    fn default() -> Self {
+        Self {
+            failures: 7,
+            min_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Everything a balancer is configured with.
+#[derive(Debug, Clone, Copy)]
+pub struct BalancerConfig {
+    pub strategy: BalanceStrategy,
+    pub ewma: EwmaConfig,
+    pub accrual: AccrualConfig,
+    /// How long a request waits for a service with no endpoints.
+    pub failfast: Duration,
+}
+
 /// What the balancer knows about one endpoint.
 #[derive(Debug)]
 pub struct EndpointState {
@@ -54,6 +89,13 @@ pub struct EndpointState {
     failed: AtomicU64,
     rtt: Mutex<PeakEwma>,
     last_error: Mutex<Option<String>>,
+    /// Failures since the last success.
+    consecutive_failures: AtomicU64,
+    /// How many times in a row it was ejected; sets the next backoff.
+    ejections: AtomicU64,
+    /// Until when it is ejected, in nanoseconds since the balancer's epoch;
+    /// 0 when it is not. Atomic, so a pick reads it without a lock.
+    ejected_until: AtomicU64,
 }
 
 impl EndpointState {
@@ -70,7 +112,14 @@ impl EndpointState {
             failed: AtomicU64::new(0),
             rtt: Mutex::new(PeakEwma::new(ewma.default_rtt, Instant::now())),
             last_error: Mutex::new(None),
+            consecutive_failures: AtomicU64::new(0),
+            ejections: AtomicU64::new(0),
+            ejected_until: AtomicU64::new(0),
         }
+    }
+
+    fn ejected(&self, now_ns: u64) -> bool {
+        self.ejected_until.load(Ordering::Relaxed) > now_ns
     }
 
     fn cost(&self, now: Instant, decay: Duration) -> f64 {
@@ -88,6 +137,9 @@ impl EndpointState {
 pub struct Picked {
     state: Arc<EndpointState>,
     decay: Duration,
+    accrual: AccrualConfig,
+    epoch: Instant,
+    service: Arc<str>,
     started: Instant,
     done: bool,
 }
@@ -106,6 +158,10 @@ impl Picked {
             .expect("ewma lock is never poisoned")
             .observe(now - self.started, now, self.decay);
         self.state.served.fetch_add(1, Ordering::Relaxed);
+        self.state.consecutive_failures.store(0, Ordering::Relaxed);
+        if self.state.ejections.swap(0, Ordering::Relaxed) > 0 {
+            tracing::info!(service = %self.service, endpoint = %self.state.addr_label, "endpoint recovered");
+        }
         self.finish();
     }
 
@@ -124,7 +180,38 @@ impl Picked {
             .last_error
             .lock()
             .expect("error lock is never poisoned") = Some(error.to_string());
+        let failures = self
+            .state
+            .consecutive_failures
+            .fetch_add(1, Ordering::Relaxed)
+            + 1;
+        if self.accrual.failures > 0 && failures >= u64::from(self.accrual.failures) {
+            self.eject(now);
+        }
         self.finish();
+    }
+
+    /// Takes the endpoint out of the balancer for a backoff that doubles
+    /// with each ejection in a row, with up to 25% jitter so endpoints that
+    /// failed together are not probed together.
+    fn eject(&self, now: Instant) {
+        let ejections = self.state.ejections.fetch_add(1, Ordering::Relaxed);
+        let backoff = self
+            .accrual
+            .min_backoff
+            .saturating_mul(1 << ejections.min(16))
+            .min(self.accrual.max_backoff);
+        let backoff = backoff.mul_f64(1.0 - 0.25 * fastrand::f64());
+        let until = (now + backoff)
+            .saturating_duration_since(self.epoch)
+            .as_nanos() as u64;
+        self.state.ejected_until.store(until, Ordering::Relaxed);
+        tracing::warn!(
+            service = %self.service,
+            endpoint = %self.state.addr_label,
+            ?backoff,
+            "endpoint ejected after consecutive failures"
+        );
     }
 
     fn finish(&mut self) {
@@ -153,9 +240,9 @@ pub struct NoEndpoints {
 #[derive(Debug)]
 pub struct Balancer {
     service: Arc<str>,
-    strategy: BalanceStrategy,
-    ewma: EwmaConfig,
-    failfast: Duration,
+    config: BalancerConfig,
+    /// Ejection deadlines count from here.
+    epoch: Instant,
     endpoints: watch::Receiver<Arc<[Arc<EndpointState>]>>,
     next: AtomicUsize,
 }
@@ -165,10 +252,9 @@ impl Balancer {
     pub fn new(
         service: &str,
         mut discovered: watch::Receiver<Endpoints>,
-        strategy: BalanceStrategy,
-        ewma: EwmaConfig,
-        failfast: Duration,
+        config: BalancerConfig,
     ) -> Arc<Self> {
+        let ewma = config.ewma;
         let initial = rebuild(&[], &discovered.borrow_and_update(), ewma);
         let (tx, rx) = watch::channel(initial);
         let service: Arc<str> = service.into();
@@ -187,9 +273,8 @@ impl Balancer {
         });
         Arc::new(Self {
             service,
-            strategy,
-            ewma,
-            failfast,
+            config,
+            epoch: Instant::now(),
             endpoints: rx,
             next: AtomicUsize::new(0),
         })
@@ -205,7 +290,9 @@ impl Balancer {
         let endpoints = self.endpoints.borrow().clone();
         let endpoints = if endpoints.is_empty() {
             let mut rx = self.endpoints.clone();
-            match tokio::time::timeout(self.failfast, rx.wait_for(|set| !set.is_empty())).await {
+            match tokio::time::timeout(self.config.failfast, rx.wait_for(|set| !set.is_empty()))
+                .await
+            {
                 Ok(Ok(set)) => set.clone(),
                 _ => {
                     return Err(NoEndpoints {
@@ -220,28 +307,65 @@ impl Balancer {
         state.in_flight.fetch_add(1, Ordering::Relaxed);
         Ok(Picked {
             state,
-            decay: self.ewma.decay,
+            decay: self.config.ewma.decay,
+            accrual: self.config.accrual,
+            epoch: self.epoch,
+            service: self.service.clone(),
             started: Instant::now(),
             done: false,
         })
     }
 
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
     fn choose(&self, endpoints: &[Arc<EndpointState>]) -> Arc<EndpointState> {
         debug_assert!(!endpoints.is_empty());
-        match (self.strategy, endpoints.len()) {
-            (_, 1) => endpoints[0].clone(),
-            (BalanceStrategy::RoundRobin, n) => {
-                endpoints[self.next.fetch_add(1, Ordering::Relaxed) % n].clone()
+        let now_ns = self.now_ns();
+        let n = endpoints.len();
+        let eligible = |i: usize| !endpoints[i].ejected(now_ns);
+        match self.config.strategy {
+            BalanceStrategy::RoundRobin => {
+                // The next eligible endpoint in turn; all ejected: fail open.
+                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                let index = (0..n)
+                    .map(|k| (start + k) % n)
+                    .find(|i| eligible(*i))
+                    .unwrap_or(start % n);
+                endpoints[index].clone()
             }
-            (BalanceStrategy::P2cEwma, n) => {
-                let a = fastrand::usize(..n);
-                // A second index distinct from the first.
-                let b = (a + 1 + fastrand::usize(..n - 1)) % n;
+            BalanceStrategy::P2cEwma => {
+                if n == 1 {
+                    return endpoints[0].clone();
+                }
+                // Two distinct random eligible endpoints, found without
+                // allocating; a few draws suffice unless most are ejected.
+                let draw = || {
+                    let a = fastrand::usize(..n);
+                    let b = (a + 1 + fastrand::usize(..n - 1)) % n;
+                    (a, b)
+                };
+                let mut pair = draw();
+                for _ in 0..4 {
+                    if eligible(pair.0) && eligible(pair.1) {
+                        break;
+                    }
+                    pair = draw();
+                }
+                let (a, b) = match (eligible(pair.0), eligible(pair.1)) {
+                    (true, true) => pair,
+                    (true, false) => return endpoints[pair.0].clone(),
+                    (false, true) => return endpoints[pair.1].clone(),
+                    // Many ejected: scan for any eligible one, else fail open.
+                    (false, false) => match (0..n).find(|i| eligible(*i)) {
+                        Some(i) => return endpoints[i].clone(),
+                        None => pair,
+                    },
+                };
                 let now = Instant::now();
-                let (ca, cb) = (
-                    endpoints[a].cost(now, self.ewma.decay),
-                    endpoints[b].cost(now, self.ewma.decay),
-                );
+                let decay = self.config.ewma.decay;
+                let (ca, cb) = (endpoints[a].cost(now, decay), endpoints[b].cost(now, decay));
                 endpoints[if ca <= cb { a } else { b }].clone()
             }
         }
@@ -250,10 +374,11 @@ impl Balancer {
     /// The balancer's view, for the admin `/endpoints`.
     pub fn snapshot(&self) -> ServiceSnapshot {
         let now = Instant::now();
+        let now_ns = self.now_ns();
         let endpoints = self.endpoints.borrow().clone();
         ServiceSnapshot {
             service: self.service.to_string(),
-            balance: self.strategy,
+            balance: self.config.strategy,
             endpoints: endpoints
                 .iter()
                 .map(|state| EndpointSnapshot {
@@ -263,8 +388,9 @@ impl Balancer {
                         .rtt
                         .lock()
                         .expect("ewma lock is never poisoned")
-                        .estimate(now, self.ewma.decay)
+                        .estimate(now, self.config.ewma.decay)
                         / 1e6,
+                    ejected: state.ejected(now_ns),
                     in_flight: state.in_flight.load(Ordering::Relaxed),
                     served: state.served.load(Ordering::Relaxed),
                     failed: state.failed.load(Ordering::Relaxed),
@@ -316,6 +442,8 @@ pub struct EndpointSnapshot {
     pub served: u64,
     pub failed: u64,
     pub last_error: Option<String>,
+    /// Taken out of the balancer by failure accrual, for now.
+    pub ejected: bool,
 }
 
 #[cfg(test)]
@@ -337,13 +465,25 @@ mod tests {
         )
     }
 
+    fn config(strategy: BalanceStrategy) -> BalancerConfig {
+        BalancerConfig {
+            strategy,
+            ewma: EWMA,
+            accrual: AccrualConfig {
+                failures: 3,
+                min_backoff: Duration::from_millis(200),
+                max_backoff: Duration::from_millis(800),
+            },
+            failfast: Duration::from_millis(200),
+        }
+    }
+
     fn balancer(
         strategy: BalanceStrategy,
         ports: &[u16],
     ) -> (watch::Sender<Endpoints>, Arc<Balancer>) {
         let (tx, rx) = watch::channel(endpoints(ports));
-        let balancer = Balancer::new("svc", rx, strategy, EWMA, Duration::from_millis(200));
-        (tx, balancer)
+        (tx, Balancer::new("svc", rx, config(strategy)))
     }
 
     #[tokio::test]
@@ -447,5 +587,63 @@ mod tests {
         assert_eq!(endpoint.in_flight, 0);
         assert_eq!(endpoint.last_error.as_deref(), Some("connection refused"));
         assert!(endpoint.ewma_ms >= 990.0, "{}", endpoint.ewma_ms);
+    }
+
+    #[tokio::test]
+    async fn consecutive_failures_eject_until_a_probe_succeeds() {
+        let (_tx, balancer) = balancer(BalanceStrategy::RoundRobin, &[1, 2]);
+        let port = |p: &Picked| p.endpoint().endpoint.addr.port();
+        // Port 1 fails three times in a row (port 2 answers in between).
+        for _ in 0..3 {
+            let picked = balancer.pick().await.unwrap();
+            assert_eq!(port(&picked), 1);
+            picked.failed(&"refused");
+            balancer.pick().await.unwrap().succeeded();
+        }
+        let view = balancer.snapshot();
+        assert!(view.endpoints[0].ejected, "{view:?}");
+        for _ in 0..10 {
+            let picked = balancer.pick().await.unwrap();
+            assert_eq!(port(&picked), 2, "ejected endpoints get no traffic");
+            picked.succeeded();
+        }
+        // After the backoff (at most 200 ms) port 1 is probed; it fails again
+        // and is ejected at once, for longer.
+        let probe = wait_for_probe(&balancer, 1).await;
+        probe.failed(&"refused again");
+        assert!(balancer.snapshot().endpoints[0].ejected);
+        // Next time the probe succeeds: back for good.
+        let probe = wait_for_probe(&balancer, 1).await;
+        probe.succeeded();
+        let view = balancer.snapshot();
+        assert!(
+            !view.endpoints[0].ejected && view.endpoints[0].failed == 4,
+            "{view:?}"
+        );
+    }
+
+    /// Picks until `port` comes up (within 2 s), completing other picks.
+    async fn wait_for_probe(balancer: &Balancer, port: u16) -> Picked {
+        let give_up = Instant::now() + Duration::from_secs(2);
+        loop {
+            let picked = balancer.pick().await.unwrap();
+            if picked.endpoint().endpoint.addr.port() == port {
+                return picked;
+            }
+            picked.succeeded();
+            assert!(Instant::now() < give_up, "port {port} never probed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn all_ejected_fails_open() {
+        let (_tx, balancer) = balancer(BalanceStrategy::P2cEwma, &[1, 2]);
+        for _ in 0..20 {
+            balancer.pick().await.unwrap().failed(&"down");
+        }
+        assert!(balancer.snapshot().endpoints.iter().all(|e| e.ejected));
+        // Still answers with an endpoint rather than refusing.
+        assert!(balancer.pick().await.is_ok());
     }
 }

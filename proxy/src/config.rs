@@ -94,6 +94,12 @@ pub struct Args {
     #[arg(long, env = "MESH_PROXY_FAILFAST_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     pub failfast_timeout: Duration,
 
+    /// Consecutive failures (no answer: refused, reset) after which an
+    /// endpoint is ejected from its balancer for a backoff of 1 s doubling
+    /// up to 60 s; 0 turns ejection off.
+    #[arg(long, env = "MESH_PROXY_FAILURE_ACCRUAL", default_value_t = 7)]
+    pub failure_accrual: u32,
+
     /// How long in-flight requests get to finish after SIGTERM.
     #[arg(long, env = "MESH_PROXY_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
@@ -133,6 +139,7 @@ pub struct Config {
     pub ewma_decay: Duration,
     pub ewma_default_rtt: Duration,
     pub failfast_timeout: Duration,
+    pub failure_accrual: u32,
     pub drain_timeout: Duration,
 }
 
@@ -262,6 +269,7 @@ impl TryFrom<Args> for Config {
             ewma_decay: args.ewma_decay,
             ewma_default_rtt: args.ewma_default_rtt,
             failfast_timeout: args.failfast_timeout,
+            failure_accrual: args.failure_accrual,
             drain_timeout: args.drain_timeout,
         })
     }

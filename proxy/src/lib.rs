@@ -34,7 +34,7 @@ pub mod outbound;
 pub mod tcp;
 
 use crate::{
-    balance::{Balancer, EwmaConfig},
+    balance::{AccrualConfig, Balancer, BalancerConfig, EwmaConfig},
     config::DiscoverySpec,
     detect::Protocol,
     discover::Discover,
@@ -127,7 +127,19 @@ pub async fn run(
                     .expect("Config checks that --destination is set")
                     .watch(service),
             };
-            Balancer::new(service, rx, config.balance, ewma, config.failfast_timeout)
+            Balancer::new(
+                service,
+                rx,
+                BalancerConfig {
+                    strategy: config.balance,
+                    ewma,
+                    accrual: AccrualConfig {
+                        failures: config.failure_accrual,
+                        ..AccrualConfig::default()
+                    },
+                    failfast: config.failfast_timeout,
+                },
+            )
         })
         .collect();
     let outbound = Arc::new(outbound::Outbound::new(

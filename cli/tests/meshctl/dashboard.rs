@@ -51,7 +51,7 @@ const ACCESSIBILITY: &str = r#"
         if (!m.getAttribute('alt')) problems.push('img ' + i + ' has no alt');
     });
     document.querySelectorAll('tr.trouble, g.node.trouble, g.edge.trouble').forEach((e) => {
-        if (!/down|failing|removed|FAILING|⚠|✗/.test(e.textContent)) problems.push('trouble without words: ' + e.outerHTML.slice(0, 80));
+        if (!/down|failing|removed|ejected|FAILING|⚠|✗/.test(e.textContent)) problems.push('trouble without words: ' + e.outerHTML.slice(0, 80));
     });
     return problems;
 "#;

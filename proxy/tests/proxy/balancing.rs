@@ -144,3 +144,62 @@ async fn each_endpoint_gets_one_multiplexed_connection() {
     assert_eq!(fronts[1].counts(), [1], "connections to c2");
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_dead_endpoint_is_ejected_after_consecutive_failures() {
+    let live = spawn_replica("live").await;
+    // A port with nothing listening: every connection is refused.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let proxy = spawn_proxy(&[
+        "--outbound",
+        "stockdata=127.0.0.1:0",
+        "--discover",
+        &static_list(&[dead, live.addr]),
+        "--balance",
+        "round-robin",
+        "--failure-accrual",
+        "3",
+    ])
+    .await;
+    let client = StocksClient::new(connect(proxy.outbound).await);
+    // One at a time, so the order is exact: dead, live, dead, live, dead
+    // (third failure: ejected), then live only.
+    let first = call_many(&client, 6, 1).await;
+    assert_eq!(first.failures.len(), 3, "{:?}", first.failures);
+    assert!(
+        first
+            .failures
+            .iter()
+            .all(|s| s.code() == tonic::Code::Unavailable)
+    );
+    let after = call_many(&client, 50, 10).await;
+    assert!(
+        after.failures.is_empty(),
+        "an ejected endpoint got traffic: {:?}",
+        after.failures
+    );
+    assert_eq!(after.count("live"), 50);
+
+    let (_, json) = crate::support::http_get(proxy.admin, "/endpoints").await;
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let dead_view = json["services"][0]["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["addr"] == dead.to_string())
+        .unwrap()
+        .clone();
+    assert_eq!(dead_view["ejected"], true, "{dead_view}");
+    assert_eq!(dead_view["failed"], 3, "{dead_view}");
+    assert!(
+        dead_view["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("refused"),
+        "{dead_view}"
+    );
+    proxy.shutdown().await;
+}
