@@ -2,29 +2,17 @@
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use std::{io::IsTerminal as _, process::ExitCode};
+use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    match serve() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("mesh-controller: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    mesh_runtime::exit("mesh-controller", serve())
 }
 
 #[tokio::main]
 async fn serve() -> anyhow::Result<()> {
     let args = mesh_controller::Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,mesh_controller=info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-    let shutdown = shutdown_signal()?;
+    mesh_runtime::init_tracing("mesh_controller");
+    let shutdown = mesh_runtime::shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| {
@@ -35,19 +23,4 @@ async fn serve() -> anyhow::Result<()> {
         })?;
     mesh_controller::run(mesh_controller::Registry::default(), listener, shutdown).await?;
     Ok(())
-}
-
-/// Registers SIGINT and SIGTERM handlers now, before any port is served, so
-/// a signal that arrives early still drains instead of killing the process;
-/// the returned future completes on the first of them.
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    Ok(async move {
-        tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = terminate.recv() => {}
-        }
-    })
 }

@@ -39,11 +39,11 @@ pub struct Args {
     pub controller: String,
 
     /// How often every proxy is scraped.
-    #[arg(long, env = "MESH_DASHBOARD_SCRAPE_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, env = "MESH_DASHBOARD_SCRAPE_INTERVAL", default_value = "2s", value_parser = mesh_runtime::parse_duration)]
     pub scrape_interval: Duration,
 
     /// The window rates and percentiles are computed over.
-    #[arg(long, env = "MESH_DASHBOARD_WINDOW", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "MESH_DASHBOARD_WINDOW", default_value = "60s", value_parser = mesh_runtime::parse_duration)]
     pub window: Duration,
 
     /// StockWeb's base URL, for the Servers page's "Load StockWeb once".
@@ -108,23 +108,6 @@ impl TryFrom<Args> for Config {
                 .transpose()?,
             assets_dir: args.assets_dir,
         })
-    }
-}
-
-/// Parses `250ms`, `2s`, `1m`, or a bare number of seconds.
-pub fn parse_duration(value: &str) -> Result<Duration, String> {
-    let split = value
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(value.len());
-    let (number, unit) = value.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{value:?} is not a duration like 500ms, 2s or 1m"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(number)),
-        "" | "s" => Ok(Duration::from_secs(number)),
-        "m" => Ok(Duration::from_secs(number * 60)),
-        _ => Err(format!("{value:?} has unit {unit:?}; use ms, s or m")),
     }
 }
 

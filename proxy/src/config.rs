@@ -1,6 +1,7 @@
 //! Flags and environment (`MESH_PROXY_*`) of `mesh-proxy`, parsed into a
 //! checked [`Config`]. Every bad value names its flag before anything binds.
 
+use mesh_runtime::parse_duration;
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 /// mesh-proxy: the StockKube Mesh sidecar. Balances every HTTP/2 (gRPC) and
@@ -327,24 +328,6 @@ fn parse_spec(spec: &str) -> Result<DiscoverySpec, String> {
     ))
 }
 
-/// Parses `250ms`, `10s`, `2m` or a bare number of seconds.
-pub fn parse_duration(value: &str) -> Result<Duration, String> {
-    let value = value.trim();
-    let split = value
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(value.len());
-    let (number, unit) = value.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{value:?} is not a duration like 250ms, 10s or 2m"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(number)),
-        "" | "s" => Ok(Duration::from_secs(number)),
-        "m" => Ok(Duration::from_secs(number * 60)),
-        _ => Err(format!("{value:?} has unit {unit:?}; use ms, s or m")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -354,16 +337,6 @@ mod tests {
         let args = Args::try_parse_from(std::iter::once("mesh-proxy").chain(args.iter().copied()))
             .map_err(|e| e.to_string())?;
         Config::try_from(args).map_err(|e| e.to_string())
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
-        assert!(parse_duration("ten").is_err());
-        assert!(parse_duration("5h").is_err());
     }
 
     #[test]

@@ -1,0 +1,83 @@
+//! Process plumbing shared by the mesh's own binaries (`mesh-proxy`,
+//! `mesh-controller`, `mesh-dashboard`): logging set-up, shutdown signals,
+//! how a fatal error ends the process, and duration flags. The demo apps
+//! keep their own copies: they stand for any user's app and depend on
+//! nothing of the mesh.
+
+use std::{future::Future, io::IsTerminal as _, process::ExitCode, time::Duration};
+
+/// Runs `main` and turns its outcome into an exit code. A fatal error is
+/// printed as one line with its causes, prefixed with the binary's name;
+/// never a panic or a backtrace, since it is for the person who started it.
+pub fn exit(binary: &str, result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("{binary}: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs to stderr. `RUST_LOG` wins; otherwise `info` for `crate_name` and
+/// `warn` for everything else. Colours only on a terminal.
+pub fn init_tracing(crate_name: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("warn,{crate_name}=info")));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+/// Registers SIGINT and SIGTERM handlers now, before anything is served, so
+/// a signal that arrives early still drains instead of killing the process;
+/// the returned future completes on the first of them.
+pub fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
+    use anyhow::Context as _;
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
+}
+
+/// Parses `250ms`, `10s`, `2m` or a bare number of seconds, for clap's
+/// `value_parser`.
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    let value = value.trim();
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{value:?} is not a duration like 250ms, 10s or 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(number)),
+        "" | "s" => Ok(Duration::from_secs(number)),
+        "m" => Ok(Duration::from_secs(number * 60)),
+        _ => Err(format!("{value:?} has unit {unit:?}; use ms, s or m")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5h").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}
