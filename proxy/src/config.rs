@@ -60,6 +60,18 @@ pub struct Args {
     )]
     pub discover: Vec<String>,
 
+    /// Request timeouts, SERVICE=DURATION (off by default). A request still
+    /// waiting for its response headers then answers DEADLINE_EXCEEDED
+    /// (gRPC) or 504, and its upstream stream is cancelled. A gRPC
+    /// `grpc-timeout` header is honoured too; the shorter one wins.
+    #[arg(
+        long = "timeout",
+        env = "MESH_PROXY_TIMEOUT",
+        value_delimiter = ',',
+        value_name = "SERVICE=DURATION"
+    )]
+    pub timeout: Vec<String>,
+
     /// The controller's destination API, an http:// URL.
     #[arg(long, env = "MESH_PROXY_DESTINATION", value_name = "URL")]
     pub destination: Option<String>,
@@ -132,6 +144,8 @@ pub struct Config {
     pub admin: SocketAddr,
     /// Discovery per service; every outbound service has one.
     pub discovery: BTreeMap<String, DiscoverySpec>,
+    /// Request timeout per service; services without one have none.
+    pub timeouts: BTreeMap<String, Duration>,
     pub destination: Option<http::Uri>,
     pub balance: BalanceStrategy,
     pub dns_refresh: Duration,
@@ -226,6 +240,22 @@ impl TryFrom<Args> for Config {
             }
         }
 
+        let timeout_err = |m: String| bad("--timeout", "MESH_PROXY_TIMEOUT", m);
+        let mut timeouts = BTreeMap::new();
+        for entry in &args.timeout {
+            let (service, duration) = entry
+                .split_once('=')
+                .ok_or_else(|| timeout_err(format!("expected SERVICE=DURATION, got {entry:?}")))?;
+            check_service_name(service).map_err(timeout_err)?;
+            let duration = parse_duration(duration).map_err(timeout_err)?;
+            if duration.is_zero() {
+                return Err(timeout_err(format!(
+                    "{service}: a timeout must be more than zero"
+                )));
+            }
+            timeouts.insert(service.to_owned(), duration);
+        }
+
         if args.detect_max_bytes < 64 {
             return Err(bad(
                 "--detect-max-bytes",
@@ -262,6 +292,7 @@ impl TryFrom<Args> for Config {
             inbound: args.inbound.zip(args.app),
             admin: args.admin,
             discovery,
+            timeouts,
             destination,
             balance: args.balance,
             dns_refresh: args.dns_refresh,
@@ -408,6 +439,28 @@ mod tests {
             ),
             (&["--inbound", "127.0.0.1:1"][..], "--app"),
             (&["--balance", "random"][..], "--balance"),
+            (
+                &[
+                    "--outbound",
+                    "s=127.0.0.1:1",
+                    "--discover",
+                    "s=static:127.0.0.1:2",
+                    "--timeout",
+                    "s=soon",
+                ][..],
+                "--timeout",
+            ),
+            (
+                &[
+                    "--outbound",
+                    "s=127.0.0.1:1",
+                    "--discover",
+                    "s=static:127.0.0.1:2",
+                    "--timeout",
+                    "s=0ms",
+                ][..],
+                "--timeout",
+            ),
             (&["--detect-timeout", "soon"][..], "--detect-timeout"),
             (&[][..], "nothing to proxy"),
         ] {

@@ -144,6 +144,7 @@ pub async fn run(
         .collect();
     let outbound = Arc::new(outbound::Outbound::new(
         balancers.iter().cloned(),
+        &config.timeouts,
         metrics.clone(),
     ));
 

@@ -20,7 +20,11 @@ use crate::{
     tcp,
 };
 use hyper::body::Incoming;
-use std::{collections::HashMap, sync::Arc, time::Instant};
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 use stockkube_proto::headers::MESH_ENDPOINT;
 use tokio::net::TcpStream;
 
@@ -28,16 +32,25 @@ use tokio::net::TcpStream;
 #[derive(Debug)]
 pub struct Outbound {
     services: HashMap<Arc<str>, Arc<Balancer>>,
+    timeouts: HashMap<Arc<str>, Duration>,
     upstream: Upstream,
     metrics: Arc<Metrics>,
 }
 
 impl Outbound {
-    pub fn new(balancers: impl IntoIterator<Item = Arc<Balancer>>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        balancers: impl IntoIterator<Item = Arc<Balancer>>,
+        timeouts: &std::collections::BTreeMap<String, Duration>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             services: balancers
                 .into_iter()
                 .map(|b| (b.service().clone(), b))
+                .collect(),
+            timeouts: timeouts
+                .iter()
+                .map(|(service, timeout)| (Arc::from(service.as_str()), *timeout))
                 .collect(),
             upstream: Upstream::default(),
             metrics,
@@ -100,7 +113,47 @@ impl Outbound {
         if protocol == Protocol::Http1 {
             strip_hop_by_hop(request.headers_mut());
         }
-        match self.upstream.send(protocol, request).await {
+        // The service's timeout or the client's grpc-timeout, the shorter;
+        // the time already spent waiting for an endpoint counts.
+        let deadline = [
+            self.timeouts.get(balancer.service()).copied(),
+            errors::grpc_timeout(request.headers()),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let sent = self.upstream.send(protocol, request);
+        let outcome = match deadline {
+            None => sent.await,
+            Some(deadline) => {
+                match tokio::time::timeout_at((started + deadline).into(), sent).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => {
+                        // Dropping the send cancels the upstream stream (RST_STREAM
+                        // on HTTP/2); the endpoint is not blamed for the client's
+                        // deadline.
+                        drop(picked);
+                        let message = format!(
+                            "mesh-proxy: {} did not answer within {deadline:?}",
+                            balancer.service()
+                        );
+                        let mut response = errors::response(
+                            grpc,
+                            http::StatusCode::GATEWAY_TIMEOUT,
+                            tonic::Code::DeadlineExceeded,
+                            &message,
+                        );
+                        response
+                            .headers_mut()
+                            .insert(MESH_ENDPOINT, endpoint.header.clone());
+                        recorder.head(response.status(), response.headers());
+                        recorder.finish(true);
+                        return response;
+                    }
+                }
+            }
+        };
+        match outcome {
             Ok(response) => {
                 picked.succeeded();
                 let (mut parts, body) = response.into_parts();
