@@ -1,7 +1,7 @@
 //! Responses the proxy makes itself when it cannot forward a request: gRPC
 //! callers get a trailers-only gRPC status, others a plain HTTP status.
 
-use crate::body::ProxyBody;
+use crate::body::{ProxyBody, Recorder};
 use http::{HeaderValue, Response, StatusCode, header};
 
 /// Whether the request is gRPC (its content type says so).
@@ -51,6 +51,22 @@ pub fn response(
         );
         response
     }
+}
+
+/// A synthetic failure for a request already counted by `recorder`: the
+/// response is recorded as finished, so metrics see every refusal.
+pub fn recorded(
+    recorder: Recorder,
+    grpc: bool,
+    status: StatusCode,
+    grpc_code: tonic::Code,
+    message: &str,
+) -> Response<ProxyBody> {
+    let mut recorder = recorder;
+    let response = response(grpc, status, grpc_code, message);
+    recorder.head(response.status(), response.headers());
+    recorder.finish(true);
+    response
 }
 
 /// The deadline a gRPC client asked for in `grpc-timeout`: an integer of up

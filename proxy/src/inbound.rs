@@ -67,15 +67,13 @@ impl Inbound {
             Err(err) => {
                 let message = format!("local app at {} failed: {}", self.app, error_chain(&err));
                 tracing::debug!(%message);
-                let response = errors::response(
+                errors::recorded(
+                    recorder,
                     grpc,
                     http::StatusCode::BAD_GATEWAY,
                     tonic::Code::Unavailable,
                     &message,
-                );
-                recorder.head(response.status(), response.headers());
-                recorder.finish(true);
-                response
+                )
             }
         }
     }

@@ -49,7 +49,10 @@ use std::{
         atomic::{AtomicBool, Ordering},
     },
 };
-use tokio::{net::TcpListener, sync::watch};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::watch,
+};
 use tracing::Instrument as _;
 
 pub use config::{Args, Config};
@@ -154,76 +157,39 @@ pub async fn run(
     let (guard, mut drained) = tokio::sync::mpsc::channel::<()>(1);
     let mut accept_loops = tokio::task::JoinSet::new();
 
+    let settings = ConnSettings::from(&config);
     for (service, listener) in listeners.outbound {
         let target = outbound
             .balancer(&service)
             .expect("every outbound service has a balancer")
             .clone();
-        let outbound = outbound.clone();
-        let settings = ConnSettings::from(&config);
-        let metrics = metrics.clone();
-        let span = tracing::info_span!("outbound", %service);
+        let handler = Arc::new(OutboundTarget {
+            outbound: outbound.clone(),
+            target,
+        });
         accept_loops.spawn(
             accept_loop(
                 listener,
                 drain_rx.clone(),
                 guard.clone(),
-                move |conn, drain, guard| {
-                    let outbound = outbound.clone();
-                    let target = target.clone();
-                    let metrics = metrics.clone();
-                    async move {
-                        let Some((protocol, io)) = settings.detect(conn).await else {
-                            return;
-                        };
-                        metrics.accepted(Direction::Outbound, protocol.as_str());
-                        match protocol {
-                            Protocol::Opaque => outbound.proxy_tcp(&target, io).await,
-                            http => {
-                                http::serve(http, io, drain, guard, move |request| {
-                                    let outbound = outbound.clone();
-                                    let target = target.clone();
-                                    async move { outbound.proxy_http(http, &target, request).await }
-                                })
-                                .await
-                            }
-                        }
-                    }
-                },
+                handler,
+                settings,
+                metrics.clone(),
             )
-            .instrument(span),
+            .instrument(tracing::info_span!("outbound", %service)),
         );
     }
 
     if let (Some(listener), Some((_, app))) = (listeners.inbound, config.inbound) {
-        let inbound = Arc::new(inbound::Inbound::new(app, metrics.clone()));
-        let settings = ConnSettings::from(&config);
-        let metrics = metrics.clone();
+        let handler = Arc::new(inbound::Inbound::new(app, metrics.clone()));
         accept_loops.spawn(
             accept_loop(
                 listener,
                 drain_rx.clone(),
                 guard.clone(),
-                move |conn, drain, guard| {
-                    let inbound = inbound.clone();
-                    let metrics = metrics.clone();
-                    async move {
-                        let Some((protocol, io)) = settings.detect(conn).await else {
-                            return;
-                        };
-                        metrics.accepted(Direction::Inbound, protocol.as_str());
-                        match protocol {
-                            Protocol::Opaque => inbound.proxy_tcp(io).await,
-                            http => {
-                                http::serve(http, io, drain, guard, move |request| {
-                                    let inbound = inbound.clone();
-                                    async move { inbound.proxy_http(http, request).await }
-                                })
-                                .await
-                            }
-                        }
-                    }
-                },
+                handler,
+                settings,
+                metrics.clone(),
             )
             .instrument(tracing::info_span!("inbound", %app)),
         );
@@ -297,17 +263,69 @@ impl ConnSettings {
     }
 }
 
-/// Accepts until the drain starts, handing each connection to `handle` in
-/// its own task.
-async fn accept_loop<H, F>(
+/// What one direction does with a connection once its protocol is known.
+trait Handler: Send + Sync + 'static {
+    const DIRECTION: Direction;
+
+    fn tcp(&self, io: detect::Prefixed<TcpStream>) -> impl Future<Output = ()> + Send;
+
+    fn http(
+        &self,
+        protocol: Protocol,
+        request: ::http::Request<hyper::body::Incoming>,
+    ) -> impl Future<Output = ::http::Response<body::ProxyBody>> + Send;
+}
+
+/// An outbound listener: the proxy's outbound side with this listener's
+/// target service.
+struct OutboundTarget {
+    outbound: Arc<outbound::Outbound>,
+    target: Arc<Balancer>,
+}
+
+impl Handler for OutboundTarget {
+    const DIRECTION: Direction = Direction::Outbound;
+
+    async fn tcp(&self, io: detect::Prefixed<TcpStream>) {
+        self.outbound.proxy_tcp(&self.target, io).await
+    }
+
+    async fn http(
+        &self,
+        protocol: Protocol,
+        request: ::http::Request<hyper::body::Incoming>,
+    ) -> ::http::Response<body::ProxyBody> {
+        self.outbound
+            .proxy_http(protocol, &self.target, request)
+            .await
+    }
+}
+
+impl Handler for inbound::Inbound {
+    const DIRECTION: Direction = Direction::Inbound;
+
+    async fn tcp(&self, io: detect::Prefixed<TcpStream>) {
+        self.proxy_tcp(io).await
+    }
+
+    async fn http(
+        &self,
+        protocol: Protocol,
+        request: ::http::Request<hyper::body::Incoming>,
+    ) -> ::http::Response<body::ProxyBody> {
+        self.proxy_http(protocol, request).await
+    }
+}
+
+/// Accepts until the drain starts, serving each connection in its own task.
+async fn accept_loop<H: Handler>(
     listener: TcpListener,
     drain: watch::Receiver<bool>,
     guard: http::DrainGuard,
-    handle: H,
-) where
-    H: Fn(tokio::net::TcpStream, watch::Receiver<bool>, http::DrainGuard) -> F + Send + 'static,
-    F: Future<Output = ()> + Send + 'static,
-{
+    handler: Arc<H>,
+    settings: ConnSettings,
+    metrics: Arc<Metrics>,
+) {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "listening");
     }
@@ -320,13 +338,46 @@ async fn accept_loop<H, F>(
         match accepted {
             Ok((conn, peer)) => {
                 let span = tracing::debug_span!("conn", %peer);
-                tokio::spawn(handle(conn, drain.clone(), guard.clone()).instrument(span));
+                let connection = serve_connection(
+                    handler.clone(),
+                    settings,
+                    metrics.clone(),
+                    conn,
+                    drain.clone(),
+                    guard.clone(),
+                );
+                tokio::spawn(connection.instrument(span));
             }
             Err(err) => {
                 // Out of file descriptors and the like: back off, keep serving.
                 tracing::warn!(%err, "accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
+        }
+    }
+}
+
+/// Detects a connection's protocol and hands it to its direction.
+async fn serve_connection<H: Handler>(
+    handler: Arc<H>,
+    settings: ConnSettings,
+    metrics: Arc<Metrics>,
+    conn: TcpStream,
+    drain: watch::Receiver<bool>,
+    guard: http::DrainGuard,
+) {
+    let Some((protocol, io)) = settings.detect(conn).await else {
+        return;
+    };
+    metrics.accepted(H::DIRECTION, protocol.as_str());
+    match protocol {
+        Protocol::Opaque => handler.tcp(io).await,
+        http => {
+            http::serve(http, io, drain, guard, move |request| {
+                let handler = handler.clone();
+                async move { handler.http(http, request).await }
+            })
+            .await
         }
     }
 }

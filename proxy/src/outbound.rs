@@ -137,7 +137,8 @@ impl Outbound {
                             "mesh-proxy: {} did not answer within {deadline:?}",
                             balancer.service()
                         );
-                        let mut response = errors::response(
+                        let mut response = errors::recorded(
+                            recorder,
                             grpc,
                             http::StatusCode::GATEWAY_TIMEOUT,
                             tonic::Code::DeadlineExceeded,
@@ -146,8 +147,6 @@ impl Outbound {
                         response
                             .headers_mut()
                             .insert(MESH_ENDPOINT, endpoint.header.clone());
-                        recorder.head(response.status(), response.headers());
-                        recorder.finish(true);
                         return response;
                     }
                 }
@@ -173,7 +172,8 @@ impl Outbound {
                 );
                 tracing::debug!(%message);
                 picked.failed(&error_chain(&err));
-                let mut response = errors::response(
+                let mut response = errors::recorded(
+                    recorder,
                     grpc,
                     http::StatusCode::BAD_GATEWAY,
                     tonic::Code::Unavailable,
@@ -182,8 +182,6 @@ impl Outbound {
                 response
                     .headers_mut()
                     .insert(MESH_ENDPOINT, endpoint.header.clone());
-                recorder.head(response.status(), response.headers());
-                recorder.finish(true);
                 response
             }
         }
