@@ -41,6 +41,10 @@ pub mod headers {
     /// Response header the outbound proxy adds: the endpoint (address) that
     /// served the request, so any client can see the balancing.
     pub const MESH_ENDPOINT: &str = "x-mesh-endpoint";
+
+    /// Response header the outbound proxy adds: how many attempts the
+    /// request took (1 when it was not retried).
+    pub const MESH_ATTEMPTS: &str = "x-mesh-attempts";
 }
 
 #[cfg(test)]

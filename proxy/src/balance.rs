@@ -93,6 +93,8 @@ pub struct EndpointState {
     consecutive_failures: AtomicU64,
     /// How many times in a row it was ejected; sets the next backoff.
     ejections: AtomicU64,
+    /// How many times it was ejected, ever.
+    ejections_total: AtomicU64,
     /// Until when it is ejected, in nanoseconds since the balancer's epoch;
     /// 0 when it is not. Atomic, so a pick reads it without a lock.
     ejected_until: AtomicU64,
@@ -114,6 +116,7 @@ impl EndpointState {
             last_error: Mutex::new(None),
             consecutive_failures: AtomicU64::new(0),
             ejections: AtomicU64::new(0),
+            ejections_total: AtomicU64::new(0),
             ejected_until: AtomicU64::new(0),
         }
     }
@@ -132,14 +135,33 @@ impl EndpointState {
     }
 }
 
+/// What every pick of one balancer reports back into: the settings and
+/// clocks that failure accrual needs, shared rather than copied per pick.
+#[derive(Debug)]
+struct Feedback {
+    service: Arc<str>,
+    decay: Duration,
+    accrual: AccrualConfig,
+    /// Ejection deadlines count from here.
+    epoch: Instant,
+    /// The earliest moment an ejected endpoint is due for its probe, in
+    /// nanoseconds since `epoch`; `u64::MAX` when none is ejected. One
+    /// atomic read per pick tells whether a probe is due, so picks stay
+    /// O(1) in the number of endpoints.
+    probe_due: AtomicU64,
+}
+
+impl Feedback {
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+}
+
 /// A picked endpoint with its in-flight count held until completion.
 #[derive(Debug)]
 pub struct Picked {
     state: Arc<EndpointState>,
-    decay: Duration,
-    accrual: AccrualConfig,
-    epoch: Instant,
-    service: Arc<str>,
+    feedback: Arc<Feedback>,
     started: Instant,
     done: bool,
 }
@@ -152,20 +174,28 @@ impl Picked {
     /// The endpoint answered (response headers arrived).
     pub fn succeeded(mut self) {
         let now = Instant::now();
-        self.state
-            .rtt
-            .lock()
-            .expect("ewma lock is never poisoned")
-            .observe(now - self.started, now, self.decay);
+        let rtt = now - self.started;
+        let recovered = self.state.ejections.swap(0, Ordering::Relaxed) > 0;
+        {
+            let mut ewma = self.state.rtt.lock().expect("ewma lock is never poisoned");
+            if recovered {
+                // Its failures charged a penalty that would keep it unused
+                // long after it is healthy again; start from what it did now.
+                *ewma = PeakEwma::new(rtt, now);
+            } else {
+                ewma.observe(rtt, now, self.feedback.decay);
+            }
+        }
         self.state.served.fetch_add(1, Ordering::Relaxed);
         self.state.consecutive_failures.store(0, Ordering::Relaxed);
-        if self.state.ejections.swap(0, Ordering::Relaxed) > 0 {
-            tracing::info!(service = %self.service, endpoint = %self.state.addr_label, "endpoint recovered");
+        if recovered {
+            tracing::info!(service = %self.feedback.service, endpoint = %self.state.addr_label, "endpoint recovered");
         }
         self.finish();
     }
 
-    /// The endpoint gave no answer.
+    /// The endpoint did not serve the request: no answer (refused, reset,
+    /// timed out) or an answer the retry policy counts as a failure.
     pub fn failed(mut self, error: &dyn std::fmt::Display) {
         let now = Instant::now();
         let rtt = (now - self.started).max(FAILURE_PENALTY);
@@ -173,7 +203,7 @@ impl Picked {
             .rtt
             .lock()
             .expect("ewma lock is never poisoned")
-            .observe(rtt, now, self.decay);
+            .observe(rtt, now, self.feedback.decay);
         self.state.failed.fetch_add(1, Ordering::Relaxed);
         *self
             .state
@@ -185,7 +215,13 @@ impl Picked {
             .consecutive_failures
             .fetch_add(1, Ordering::Relaxed)
             + 1;
-        if self.accrual.failures > 0 && failures >= u64::from(self.accrual.failures) {
+        let accrual = self.feedback.accrual;
+        // Requests already in flight when it was ejected fail too; they
+        // must not stretch the backoff it is serving.
+        if accrual.failures > 0
+            && failures >= u64::from(accrual.failures)
+            && !self.state.ejected(self.feedback.now_ns())
+        {
             self.eject(now);
         }
         self.finish();
@@ -195,19 +231,22 @@ impl Picked {
     /// with each ejection in a row, with up to 25% jitter so endpoints that
     /// failed together are not probed together.
     fn eject(&self, now: Instant) {
+        let accrual = self.feedback.accrual;
         let ejections = self.state.ejections.fetch_add(1, Ordering::Relaxed);
-        let backoff = self
-            .accrual
+        self.state.ejections_total.fetch_add(1, Ordering::Relaxed);
+        let backoff = accrual
             .min_backoff
             .saturating_mul(1 << ejections.min(16))
-            .min(self.accrual.max_backoff);
+            .min(accrual.max_backoff);
         let backoff = backoff.mul_f64(1.0 - 0.25 * fastrand::f64());
-        let until = (now + backoff)
-            .saturating_duration_since(self.epoch)
-            .as_nanos() as u64;
+        let until = ((now + backoff)
+            .saturating_duration_since(self.feedback.epoch)
+            .as_nanos() as u64)
+            .max(1);
         self.state.ejected_until.store(until, Ordering::Relaxed);
+        self.feedback.probe_due.fetch_min(until, Ordering::Relaxed);
         tracing::warn!(
-            service = %self.service,
+            service = %self.feedback.service,
             endpoint = %self.state.addr_label,
             ?backoff,
             "endpoint ejected after consecutive failures"
@@ -239,10 +278,8 @@ pub struct NoEndpoints {
 /// One service's balancer; shared by every connection that targets it.
 #[derive(Debug)]
 pub struct Balancer {
-    service: Arc<str>,
     config: BalancerConfig,
-    /// Ejection deadlines count from here.
-    epoch: Instant,
+    feedback: Arc<Feedback>,
     endpoints: watch::Receiver<Arc<[Arc<EndpointState>]>>,
     next: AtomicUsize,
 }
@@ -272,21 +309,35 @@ impl Balancer {
             }
         });
         Arc::new(Self {
-            service,
             config,
-            epoch: Instant::now(),
+            feedback: Arc::new(Feedback {
+                service,
+                decay: config.ewma.decay,
+                accrual: config.accrual,
+                epoch: Instant::now(),
+                probe_due: AtomicU64::new(u64::MAX),
+            }),
             endpoints: rx,
             next: AtomicUsize::new(0),
         })
     }
 
     pub fn service(&self) -> &Arc<str> {
-        &self.service
+        &self.feedback.service
     }
 
     /// Picks an endpoint for one request. With no endpoints it waits up to
     /// the fail-fast timeout for discovery to find some.
     pub async fn pick(&self) -> Result<Picked, NoEndpoints> {
+        self.pick_excluding(&[]).await
+    }
+
+    /// Picks an endpoint other than those in `tried` (the endpoints a retried
+    /// request already failed on), unless no other one exists.
+    pub async fn pick_excluding(
+        &self,
+        tried: &[Arc<EndpointState>],
+    ) -> Result<Picked, NoEndpoints> {
         let endpoints = self.endpoints.borrow().clone();
         let endpoints = if endpoints.is_empty() {
             let mut rx = self.endpoints.clone();
@@ -296,42 +347,47 @@ impl Balancer {
                 Ok(Ok(set)) => set.clone(),
                 _ => {
                     return Err(NoEndpoints {
-                        service: self.service.clone(),
+                        service: self.service().clone(),
                     });
                 }
             }
         } else {
             endpoints
         };
-        let state = self.choose(&endpoints);
+        let state = self.choose(&endpoints, tried);
         state.in_flight.fetch_add(1, Ordering::Relaxed);
         Ok(Picked {
             state,
-            decay: self.config.ewma.decay,
-            accrual: self.config.accrual,
-            epoch: self.epoch,
-            service: self.service.clone(),
+            feedback: self.feedback.clone(),
             started: Instant::now(),
             done: false,
         })
     }
 
-    fn now_ns(&self) -> u64 {
-        self.epoch.elapsed().as_nanos() as u64
-    }
-
-    fn choose(&self, endpoints: &[Arc<EndpointState>]) -> Arc<EndpointState> {
+    fn choose(
+        &self,
+        endpoints: &[Arc<EndpointState>],
+        tried: &[Arc<EndpointState>],
+    ) -> Arc<EndpointState> {
         debug_assert!(!endpoints.is_empty());
-        let now_ns = self.now_ns();
+        let now_ns = self.feedback.now_ns();
+        if self.feedback.probe_due.load(Ordering::Relaxed) <= now_ns
+            && let Some(probe) = self.claim_probe(endpoints, tried, now_ns)
+        {
+            return probe;
+        }
         let n = endpoints.len();
-        let eligible = |i: usize| !endpoints[i].ejected(now_ns);
+        let untried = |i: usize| !tried.iter().any(|t| Arc::ptr_eq(t, &endpoints[i]));
+        let eligible = |i: usize| !endpoints[i].ejected(now_ns) && untried(i);
         match self.config.strategy {
             BalanceStrategy::RoundRobin => {
-                // The next eligible endpoint in turn; all ejected: fail open.
+                // The next eligible endpoint in turn; else any untried one
+                // (fail open); else the next one.
                 let start = self.next.fetch_add(1, Ordering::Relaxed);
                 let index = (0..n)
                     .map(|k| (start + k) % n)
                     .find(|i| eligible(*i))
+                    .or_else(|| (0..n).map(|k| (start + k) % n).find(|i| untried(*i)))
                     .unwrap_or(start % n);
                 endpoints[index].clone()
             }
@@ -357,11 +413,14 @@ impl Balancer {
                     (true, true) => pair,
                     (true, false) => return endpoints[pair.0].clone(),
                     (false, true) => return endpoints[pair.1].clone(),
-                    // Many ejected: scan for any eligible one, else fail open.
-                    (false, false) => match (0..n).find(|i| eligible(*i)) {
-                        Some(i) => return endpoints[i].clone(),
-                        None => pair,
-                    },
+                    // Many ejected or tried: scan for any eligible one, else
+                    // any untried one (fail open), else the pair.
+                    (false, false) => {
+                        match (0..n).find(|i| eligible(*i)).or_else(|| (0..n).find(|i| untried(*i))) {
+                            Some(i) => return endpoints[i].clone(),
+                            None => pair,
+                        }
+                    }
                 };
                 let now = Instant::now();
                 let decay = self.config.ewma.decay;
@@ -371,13 +430,62 @@ impl Balancer {
         }
     }
 
+    /// An ejected endpoint whose backoff is over, claimed as this request's
+    /// probe (so it is probed even when its latency penalty would keep the
+    /// balancer from choosing it); resets when the next probe is due. Runs
+    /// only when a probe is due, so its scan is rare.
+    fn claim_probe(
+        &self,
+        endpoints: &[Arc<EndpointState>],
+        tried: &[Arc<EndpointState>],
+        now_ns: u64,
+    ) -> Option<Arc<EndpointState>> {
+        let due = self.feedback.probe_due.load(Ordering::Relaxed);
+        let mut claimed = None;
+        let mut next_due = u64::MAX;
+        for state in endpoints {
+            let until = state.ejected_until.load(Ordering::Relaxed);
+            if until == 0 {
+                continue;
+            }
+            let probe_now = until <= now_ns
+                && claimed.is_none()
+                && !tried.iter().any(|t| Arc::ptr_eq(t, state))
+                && state
+                    .ejected_until
+                    .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok();
+            if probe_now {
+                claimed = Some(state.clone());
+            } else {
+                next_due = next_due.min(until);
+            }
+        }
+        // An ejection that raced with this scan lowered `probe_due` itself;
+        // keep the lower of the two.
+        if self
+            .feedback
+            .probe_due
+            .compare_exchange(due, next_due, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            self.feedback
+                .probe_due
+                .fetch_min(next_due, Ordering::Relaxed);
+        }
+        if let Some(state) = &claimed {
+            tracing::debug!(service = %self.feedback.service, endpoint = %state.addr_label, "probing an ejected endpoint");
+        }
+        claimed
+    }
+
     /// The balancer's view, for the admin `/endpoints`.
     pub fn snapshot(&self) -> ServiceSnapshot {
         let now = Instant::now();
-        let now_ns = self.now_ns();
+        let now_ns = self.feedback.now_ns();
         let endpoints = self.endpoints.borrow().clone();
         ServiceSnapshot {
-            service: self.service.to_string(),
+            service: self.service().to_string(),
             balance: self.config.strategy,
             endpoints: endpoints
                 .iter()
@@ -391,6 +499,7 @@ impl Balancer {
                         .estimate(now, self.config.ewma.decay)
                         / 1e6,
                     ejected: state.ejected(now_ns),
+                    ejections: state.ejections_total.load(Ordering::Relaxed),
                     in_flight: state.in_flight.load(Ordering::Relaxed),
                     served: state.served.load(Ordering::Relaxed),
                     failed: state.failed.load(Ordering::Relaxed),
@@ -444,6 +553,8 @@ pub struct EndpointSnapshot {
     pub last_error: Option<String>,
     /// Taken out of the balancer by failure accrual, for now.
     pub ejected: bool,
+    /// How many times failure accrual ejected it.
+    pub ejections: u64,
 }
 
 #[cfg(test)]

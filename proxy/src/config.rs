@@ -1,6 +1,10 @@
 //! Flags and environment (`MESH_PROXY_*`) of `mesh-proxy`, parsed into a
 //! checked [`Config`]. Every bad value names its flag before anything binds.
 
+use crate::{
+    limits::LimitsConfig,
+    retry::{RetryConfig, RetryPolicy, budget::BudgetConfig},
+};
 use mesh_runtime::parse_duration;
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
@@ -113,6 +117,60 @@ pub struct Args {
     #[arg(long, env = "MESH_PROXY_FAILURE_ACCRUAL", default_value_t = 7)]
     pub failure_accrual: u32,
 
+    /// Response statuses a service's requests are retried on,
+    /// SERVICE=STATUSES: `off`, or `;`-separated gRPC codes and HTTP
+    /// statuses (`unavailable;resource-exhausted;503`). The default for
+    /// every service is `unavailable;503`. Requests that got no response at
+    /// all (refused, reset) are retried whatever the policy.
+    #[arg(
+        long = "retry-on",
+        env = "MESH_PROXY_RETRY_ON",
+        value_delimiter = ',',
+        value_name = "SERVICE=STATUSES"
+    )]
+    pub retry_on: Vec<String>,
+
+    /// Attempts per request, the first included; 1 turns retries off.
+    #[arg(long, env = "MESH_PROXY_RETRY_ATTEMPTS", default_value_t = 3)]
+    pub retry_attempts: u32,
+
+    /// Request bodies up to this many bytes are kept so they can be retried;
+    /// larger ones stream through and are not retried.
+    #[arg(long, env = "MESH_PROXY_RETRY_MAX_BODY", default_value_t = 64 * 1024, value_name = "BYTES")]
+    pub retry_max_body: usize,
+
+    /// Retry budget: retries may add this ratio of a service's requests...
+    #[arg(long, env = "MESH_PROXY_RETRY_BUDGET_RATIO", default_value_t = 0.2)]
+    pub retry_budget_ratio: f64,
+
+    /// ...plus this many per second...
+    #[arg(long, env = "MESH_PROXY_RETRY_BUDGET_MIN_PER_SECOND", default_value_t = 10.0)]
+    pub retry_budget_min_per_second: f64,
+
+    /// ...counted over this sliding window.
+    #[arg(long, env = "MESH_PROXY_RETRY_BUDGET_TTL", default_value = "10s", value_parser = parse_duration)]
+    pub retry_budget_ttl: Duration,
+
+    /// Largest request header block accepted (name + value + 32 per field);
+    /// larger ones answer RESOURCE_EXHAUSTED (gRPC) or 431.
+    #[arg(long, env = "MESH_PROXY_MAX_HEADER_BYTES", default_value_t = 16 * 1024, value_name = "BYTES")]
+    pub max_header_bytes: usize,
+
+    /// How long an HTTP/1 client may take to send a request head
+    /// (slowloris); the connection is closed after it.
+    #[arg(long, env = "MESH_PROXY_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// Streams one HTTP/2 client connection may have open at once
+    /// (advertised in SETTINGS; clients queue the rest).
+    #[arg(long, env = "MESH_PROXY_MAX_CONCURRENT_STREAMS", default_value_t = 256)]
+    pub max_concurrent_streams: u32,
+
+    /// Client connections open at once, all listeners together; more are
+    /// closed as soon as they are accepted.
+    #[arg(long, env = "MESH_PROXY_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+
     /// How long in-flight requests get to finish after SIGTERM.
     #[arg(long, env = "MESH_PROXY_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
@@ -155,6 +213,10 @@ pub struct Config {
     pub ewma_default_rtt: Duration,
     pub failfast_timeout: Duration,
     pub failure_accrual: u32,
+    pub retry: RetryConfig,
+    /// Retry policy per service; services without one use the default.
+    pub retry_policies: BTreeMap<String, RetryPolicy>,
+    pub limits: LimitsConfig,
     pub drain_timeout: Duration,
 }
 
@@ -256,6 +318,66 @@ impl TryFrom<Args> for Config {
             timeouts.insert(service.to_owned(), duration);
         }
 
+        let retry_err = |m: String| bad("--retry-on", "MESH_PROXY_RETRY_ON", m);
+        let mut retry_policies = BTreeMap::new();
+        for entry in &args.retry_on {
+            let (service, statuses) = entry
+                .split_once('=')
+                .ok_or_else(|| retry_err(format!("expected SERVICE=STATUSES, got {entry:?}")))?;
+            check_service_name(service).map_err(retry_err)?;
+            let policy = statuses
+                .parse()
+                .map_err(|e| retry_err(format!("{service}: {e}")))?;
+            retry_policies.insert(service.to_owned(), policy);
+        }
+        if args.retry_attempts == 0 {
+            return Err(bad(
+                "--retry-attempts",
+                "MESH_PROXY_RETRY_ATTEMPTS",
+                "must be at least 1 (1 turns retries off)",
+            ));
+        }
+        if !(0.0..=10.0).contains(&args.retry_budget_ratio) {
+            return Err(bad(
+                "--retry-budget-ratio",
+                "MESH_PROXY_RETRY_BUDGET_RATIO",
+                format!("must be between 0 and 10, got {}", args.retry_budget_ratio),
+            ));
+        }
+        if !(0.0..=1e6).contains(&args.retry_budget_min_per_second) {
+            return Err(bad(
+                "--retry-budget-min-per-second",
+                "MESH_PROXY_RETRY_BUDGET_MIN_PER_SECOND",
+                format!(
+                    "must be between 0 and 1000000, got {}",
+                    args.retry_budget_min_per_second
+                ),
+            ));
+        }
+        if args.max_header_bytes < 1024 {
+            return Err(bad(
+                "--max-header-bytes",
+                "MESH_PROXY_MAX_HEADER_BYTES",
+                format!("must be at least 1024, got {}", args.max_header_bytes),
+            ));
+        }
+        for (flag, env, value) in [
+            (
+                "--max-concurrent-streams",
+                "MESH_PROXY_MAX_CONCURRENT_STREAMS",
+                args.max_concurrent_streams as usize,
+            ),
+            (
+                "--max-connections",
+                "MESH_PROXY_MAX_CONNECTIONS",
+                args.max_connections,
+            ),
+        ] {
+            if value == 0 {
+                return Err(bad(flag, env, "must be at least 1"));
+            }
+        }
+
         if args.detect_max_bytes < 64 {
             return Err(bad(
                 "--detect-max-bytes",
@@ -274,6 +396,16 @@ impl TryFrom<Args> for Config {
             ),
             ("--ewma-decay", "MESH_PROXY_EWMA_DECAY", args.ewma_decay),
             ("--dns-refresh", "MESH_PROXY_DNS_REFRESH", args.dns_refresh),
+            (
+                "--retry-budget-ttl",
+                "MESH_PROXY_RETRY_BUDGET_TTL",
+                args.retry_budget_ttl,
+            ),
+            (
+                "--header-read-timeout",
+                "MESH_PROXY_HEADER_READ_TIMEOUT",
+                args.header_read_timeout,
+            ),
         ] {
             if value.is_zero() {
                 return Err(bad(flag, env, "must be more than zero"));
@@ -302,6 +434,22 @@ impl TryFrom<Args> for Config {
             ewma_default_rtt: args.ewma_default_rtt,
             failfast_timeout: args.failfast_timeout,
             failure_accrual: args.failure_accrual,
+            retry: RetryConfig {
+                max_attempts: args.retry_attempts,
+                max_body_bytes: args.retry_max_body,
+                budget: BudgetConfig {
+                    ratio: args.retry_budget_ratio,
+                    min_per_second: args.retry_budget_min_per_second,
+                    ttl: args.retry_budget_ttl,
+                },
+            },
+            retry_policies,
+            limits: LimitsConfig {
+                max_header_bytes: args.max_header_bytes,
+                header_read_timeout: args.header_read_timeout,
+                max_concurrent_streams: args.max_concurrent_streams,
+                max_connections: args.max_connections,
+            },
             drain_timeout: args.drain_timeout,
         })
     }
@@ -462,6 +610,13 @@ mod tests {
                 "--timeout",
             ),
             (&["--detect-timeout", "soon"][..], "--detect-timeout"),
+            (&["--retry-on", "s=sometimes"][..], "--retry-on"),
+            (&["--retry-on", "s"][..], "--retry-on"),
+            (&["--retry-attempts", "0"][..], "--retry-attempts"),
+            (&["--retry-budget-ratio", "20"][..], "--retry-budget-ratio"),
+            (&["--max-header-bytes", "10"][..], "--max-header-bytes"),
+            (&["--max-connections", "0"][..], "--max-connections"),
+            (&["--header-read-timeout", "0s"][..], "--header-read-timeout"),
             (&[][..], "nothing to proxy"),
         ] {
             let err = parse(args).unwrap_err();

@@ -5,6 +5,7 @@
 use crate::{
     body::ProxyBody,
     detect::{Prefixed, Protocol},
+    limits::LimitsConfig,
 };
 use hyper::body::Incoming;
 use hyper_util::{
@@ -15,15 +16,26 @@ use std::{convert::Infallible, future::Future, time::Duration};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
-/// Clients to upstreams, one per protocol. Connections open lazily on the
-/// first request to an address and are re-established after a failure.
-#[derive(Debug, Clone)]
-pub struct Upstream {
-    h2: Client<HttpConnector, Incoming>,
-    h1: Client<HttpConnector, Incoming>,
+/// Clients to upstreams, one per protocol, sending request bodies of type
+/// `B`. Connections open lazily on the first request to an address and are
+/// re-established after a failure.
+pub struct Upstream<B> {
+    h2: Client<HttpConnector, B>,
+    h1: Client<HttpConnector, B>,
 }
 
-impl Default for Upstream {
+impl<B> std::fmt::Debug for Upstream<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream").finish_non_exhaustive()
+    }
+}
+
+impl<B> Default for Upstream<B>
+where
+    B: http_body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     fn default() -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -43,13 +55,18 @@ impl Default for Upstream {
     }
 }
 
-impl Upstream {
+impl<B> Upstream<B>
+where
+    B: http_body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     /// Sends `request` (already addressed to `http://ip:port/...`) with the
     /// protocol the client spoke.
     pub async fn send(
         &self,
         protocol: Protocol,
-        request: http::Request<Incoming>,
+        request: http::Request<B>,
     ) -> Result<http::Response<Incoming>, hyper_util::client::legacy::Error> {
         match protocol {
             Protocol::Http2 => self.h2.request(request).await,
@@ -59,7 +76,7 @@ impl Upstream {
 }
 
 /// Points `request` at `authority`, keeping its path and query.
-pub fn set_authority(request: &mut http::Request<Incoming>, authority: http::uri::Authority) {
+pub fn set_authority<B>(request: &mut http::Request<B>, authority: http::uri::Authority) {
     let mut parts = std::mem::take(request.uri_mut()).into_parts();
     parts.scheme = Some(http::uri::Scheme::HTTP);
     parts.authority = Some(authority);
@@ -105,16 +122,19 @@ pub fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
 pub type DrainGuard = mpsc::Sender<()>;
 
 /// Serves one HTTP connection of the detected `protocol` with `handle` as
-/// the per-request function, until it closes. When `drain` turns true the
-/// connection shuts down gracefully (HTTP/2 GOAWAY; HTTP/1 closes after the
-/// current response) and in-flight requests finish.
+/// the per-request function, until it closes, within `limits`. When `drain`
+/// turns true the connection shuts down gracefully (HTTP/2 GOAWAY; HTTP/1
+/// closes after the current response) and in-flight requests finish. The
+/// error is the peer's: a broken protocol, a head too large or too slow.
 pub async fn serve<H, F>(
     protocol: Protocol,
     io: Prefixed<TcpStream>,
+    limits: &LimitsConfig,
     mut drain: watch::Receiver<bool>,
     _guard: DrainGuard,
     handle: H,
-) where
+) -> Result<(), hyper::Error>
+where
     H: Fn(http::Request<Incoming>) -> F + Send + Sync + Clone + 'static,
     F: Future<Output = http::Response<ProxyBody>> + Send + 'static,
 {
@@ -139,23 +159,24 @@ pub async fn serve<H, F>(
             }
         }};
     }
-    let result = match protocol {
+    let transport_header_bytes = limits.transport_header_bytes();
+    match protocol {
         Protocol::Http2 => {
             let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-            builder.timer(TokioTimer::new());
+            builder
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(limits.max_concurrent_streams)
+                .max_header_list_size(u32::try_from(transport_header_bytes).unwrap_or(u32::MAX));
             drive!(builder.serve_connection(io, service))
         }
         _ => {
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30));
+                .header_read_timeout(limits.header_read_timeout)
+                .max_buf_size(transport_header_bytes);
             drive!(builder.serve_connection(io, service))
         }
-    };
-    if let Err(err) = result {
-        // A peer that breaks the protocol or goes away; nothing to do but log.
-        tracing::debug!(%err, "connection ended with an error");
     }
 }
 

@@ -24,7 +24,7 @@ pub struct Inbound {
     app: SocketAddr,
     authority: http::uri::Authority,
     route: RouteLabels,
-    upstream: Upstream,
+    upstream: Upstream<Incoming>,
     metrics: Arc<Metrics>,
 }
 

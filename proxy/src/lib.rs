@@ -15,10 +15,11 @@
 //! ```
 //!
 //! Layout: [`config`] flags; [`detect`] protocol detection; [`discover`]
-//! endpoint sources; [`balance`] balancers; [`outbound`] and [`inbound`] the
-//! two directions; [`http`], [`tcp`], [`body`], [`errors`] shared plumbing;
-//! [`metrics`] and [`admin`] what operators read; [`run`] wires it together
-//! and drains on shutdown.
+//! endpoint sources; [`balance`] balancers and failure accrual; [`retry`]
+//! retry policy, budget and replayable bodies; [`limits`] limits against bad
+//! peers; [`outbound`] and [`inbound`] the two directions; [`http`], [`tcp`],
+//! [`body`], [`errors`] shared plumbing; [`metrics`] and [`admin`] what
+//! operators read; [`run`] wires it together and drains on shutdown.
 
 pub mod admin;
 pub mod balance;
@@ -29,8 +30,10 @@ pub mod discover;
 pub mod errors;
 pub mod http;
 pub mod inbound;
+pub mod limits;
 pub mod metrics;
 pub mod outbound;
+pub mod retry;
 pub mod tcp;
 
 use crate::{
@@ -103,7 +106,6 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
     let ewma = EwmaConfig {
         decay: config.ewma_decay,
@@ -145,9 +147,10 @@ pub async fn run(
             )
         })
         .collect();
+    let metrics = Arc::new(Metrics::with_balancers(balancers.clone()));
     let outbound = Arc::new(outbound::Outbound::new(
         balancers.iter().cloned(),
-        &config.timeouts,
+        &config,
         metrics.clone(),
     ));
 
@@ -157,10 +160,17 @@ pub async fn run(
     let (guard, mut drained) = tokio::sync::mpsc::channel::<()>(1);
     let mut accept_loops = tokio::task::JoinSet::new();
 
-    let settings = ConnSettings::from(&config);
+    let settings = Arc::new(ConnSettings {
+        detect_timeout: config.detect_timeout,
+        detect_max_bytes: config.detect_max_bytes,
+        limits: config.limits,
+        connections: Arc::new(tokio::sync::Semaphore::new(config.limits.max_connections)),
+        refusals: limits::Refusals::new(metrics.clone()),
+        metrics: metrics.clone(),
+    });
     for (service, listener) in listeners.outbound {
         let target = outbound
-            .balancer(&service)
+            .service(&service)
             .expect("every outbound service has a balancer")
             .clone();
         let handler = Arc::new(OutboundTarget {
@@ -173,8 +183,7 @@ pub async fn run(
                 drain_rx.clone(),
                 guard.clone(),
                 handler,
-                settings,
-                metrics.clone(),
+                settings.clone(),
             )
             .instrument(tracing::info_span!("outbound", %service)),
         );
@@ -188,8 +197,7 @@ pub async fn run(
                 drain_rx.clone(),
                 guard.clone(),
                 handler,
-                settings,
-                metrics.clone(),
+                settings.clone(),
             )
             .instrument(tracing::info_span!("inbound", %app)),
         );
@@ -230,25 +238,22 @@ pub async fn run(
     Ok(())
 }
 
-/// Per-connection settings copied out of the config.
-#[derive(Debug, Clone, Copy)]
+/// What every connection of every listener shares: its settings, the
+/// connection limit, and where refusals are counted.
+#[derive(Debug)]
 struct ConnSettings {
     detect_timeout: std::time::Duration,
     detect_max_bytes: usize,
-}
-
-impl From<&Config> for ConnSettings {
-    fn from(config: &Config) -> Self {
-        Self {
-            detect_timeout: config.detect_timeout,
-            detect_max_bytes: config.detect_max_bytes,
-        }
-    }
+    limits: limits::LimitsConfig,
+    /// One permit per open client connection.
+    connections: Arc<tokio::sync::Semaphore>,
+    refusals: limits::Refusals,
+    metrics: Arc<Metrics>,
 }
 
 impl ConnSettings {
     async fn detect(
-        self,
+        &self,
         mut conn: tokio::net::TcpStream,
     ) -> Option<(Protocol, detect::Prefixed<tokio::net::TcpStream>)> {
         let _ = conn.set_nodelay(true);
@@ -280,7 +285,7 @@ trait Handler: Send + Sync + 'static {
 /// target service.
 struct OutboundTarget {
     outbound: Arc<outbound::Outbound>,
-    target: Arc<Balancer>,
+    target: Arc<outbound::Service>,
 }
 
 impl Handler for OutboundTarget {
@@ -323,8 +328,7 @@ async fn accept_loop<H: Handler>(
     drain: watch::Receiver<bool>,
     guard: http::DrainGuard,
     handler: Arc<H>,
-    settings: ConnSettings,
-    metrics: Arc<Metrics>,
+    settings: Arc<ConnSettings>,
 ) {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "listening");
@@ -337,14 +341,27 @@ async fn accept_loop<H: Handler>(
         };
         match accepted {
             Ok((conn, peer)) => {
+                let Ok(permit) = settings.connections.clone().try_acquire_owned() else {
+                    // Closing at once tells the client to go elsewhere;
+                    // leaving it in the backlog would only make it wait.
+                    drop(conn);
+                    settings.refusals.refused(
+                        H::DIRECTION,
+                        limits::Refusal::MaxConnections,
+                        &format_args!(
+                            "{peer}: {} connections open",
+                            settings.limits.max_connections
+                        ),
+                    );
+                    continue;
+                };
                 let span = tracing::debug_span!("conn", %peer);
                 let connection = serve_connection(
                     handler.clone(),
-                    settings,
-                    metrics.clone(),
+                    settings.clone(),
                     conn,
                     drain.clone(),
-                    guard.clone(),
+                    (guard.clone(), permit),
                 );
                 tokio::spawn(connection.instrument(span));
             }
@@ -357,27 +374,61 @@ async fn accept_loop<H: Handler>(
     }
 }
 
-/// Detects a connection's protocol and hands it to its direction.
+/// Detects a connection's protocol and hands it to its direction. Holds
+/// the drain guard and the connection's permit until it closes.
 async fn serve_connection<H: Handler>(
     handler: Arc<H>,
-    settings: ConnSettings,
-    metrics: Arc<Metrics>,
+    settings: Arc<ConnSettings>,
     conn: TcpStream,
     drain: watch::Receiver<bool>,
-    guard: http::DrainGuard,
+    (guard, _permit): (http::DrainGuard, tokio::sync::OwnedSemaphorePermit),
 ) {
     let Some((protocol, io)) = settings.detect(conn).await else {
         return;
     };
-    metrics.accepted(H::DIRECTION, protocol.as_str());
-    match protocol {
-        Protocol::Opaque => handler.tcp(io).await,
-        http => {
-            http::serve(http, io, drain, guard, move |request| {
-                let handler = handler.clone();
-                async move { handler.http(http, request).await }
-            })
-            .await
+    settings.metrics.accepted(H::DIRECTION, protocol.as_str());
+    let http = match protocol {
+        Protocol::Opaque => return handler.tcp(io).await,
+        http => http,
+    };
+    let per_request = settings.clone();
+    let served = http::serve(http, io, &settings.limits, drain, guard, move |request| {
+        let handler = handler.clone();
+        let settings = per_request.clone();
+        async move {
+            let size = limits::header_bytes(&request);
+            if size > settings.limits.max_header_bytes {
+                let message = format!(
+                    "request headers are {size} bytes, more than the {} allowed",
+                    settings.limits.max_header_bytes
+                );
+                settings
+                    .refusals
+                    .refused(H::DIRECTION, limits::Refusal::HeaderTooLarge, &message);
+                return errors::response(
+                    errors::is_grpc(&request),
+                    ::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    tonic::Code::ResourceExhausted,
+                    &message,
+                );
+            }
+            handler.http(http, request).await
+        }
+    })
+    .await;
+    if let Err(err) = served {
+        // Limits the HTTP layer enforces itself are refusals like ours;
+        // anything else is a peer that broke the protocol or went away.
+        let refusal = if err.is_parse_too_large() {
+            Some(limits::Refusal::HeaderTooLarge)
+        } else if err.is_timeout() {
+            Some(limits::Refusal::HeaderReadTimeout)
+        } else {
+            None
+        };
+        match refusal {
+            Some(reason) => settings.refusals.refused(H::DIRECTION, reason, &err),
+            None => tracing::debug!(%err, "connection ended with an error"),
         }
     }
 }

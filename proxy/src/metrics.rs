@@ -8,6 +8,18 @@
 //! | `mesh_response_latency_seconds` | histogram (to the end of the response) | direction, target, endpoint |
 //! | `mesh_tcp_connections_total` | counter (opaque TCP, per upstream connection) | direction, target, endpoint |
 //! | `mesh_connections_total` | counter (accepted, per detected protocol) | direction, protocol |
+//! | `mesh_retries_total` | counter (attempts re-sent, by why the failed one failed) | direction, target, endpoint, reason |
+//! | `mesh_retries_skipped_total` | counter (failures that could not be retried) | direction, target, reason |
+//! | `mesh_request_timeouts_total` | counter (requests answered DEADLINE_EXCEEDED / 504) | direction, target, endpoint |
+//! | `mesh_refused_total` | counter (peers refused by a limit) | direction, reason |
+//! | `mesh_endpoint_ejected` | gauge (1 while failure accrual keeps it out) | target, endpoint |
+//! | `mesh_endpoint_ejections_total` | counter | target, endpoint |
+//!
+//! Requests and responses count attempts: a retried request is one request
+//! per endpoint it was sent to. Retry reasons: `error` (no response) or
+//! `status` (a status the retry policy names); skip reasons: `budget`
+//! (the retry budget is spent), `body` (too large to replay), `attempts`.
+//! Refusal reasons are listed in `limits`.
 //!
 //! `direction` is `inbound` or `outbound`; `target` the service (outbound) or
 //! `app` (inbound); `endpoint` the `ip:port` that served the request;
@@ -15,9 +27,16 @@
 //! headers), empty for plain HTTP; `classification` `success` or `failure`
 //! (HTTP 5xx, a non-OK gRPC status, or no complete response).
 
+use crate::balance::Balancer;
 use prometheus_client::{
-    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
-    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    collector::Collector,
+    encoding::{
+        DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+    },
+    metrics::{
+        MetricType, counter::ConstCounter, counter::Counter, family::Family, gauge::ConstGauge,
+        histogram::Histogram,
+    },
     registry::Registry,
 };
 use std::sync::Arc;
@@ -78,6 +97,27 @@ pub struct ConnectionLabels {
     pub protocol: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetryLabels {
+    pub direction: Direction,
+    pub target: Arc<str>,
+    pub endpoint: Arc<str>,
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub direction: Direction,
+    pub target: Arc<str>,
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    pub direction: Direction,
+    pub reason: &'static str,
+}
+
 type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
 
 /// Every metric the proxy records; shared by all its tasks.
@@ -89,6 +129,10 @@ pub struct Metrics {
     latency: HistogramFamily,
     tcp_connections: Family<RouteLabels, Counter>,
     connections: Family<ConnectionLabels, Counter>,
+    retries: Family<RetryLabels, Counter>,
+    retries_skipped: Family<ReasonLabels, Counter>,
+    timeouts: Family<RouteLabels, Counter>,
+    refused: Family<RefusedLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -127,6 +171,30 @@ impl Default for Metrics {
             "Connections accepted, by detected protocol",
             connections.clone(),
         );
+        let retries = Family::default();
+        let retries_skipped = Family::default();
+        let timeouts = Family::default();
+        let refused = Family::default();
+        registry.register(
+            "retries",
+            "Attempts re-sent after a failed one, by why it failed",
+            retries.clone(),
+        );
+        registry.register(
+            "retries_skipped",
+            "Failed attempts that were not retried, by why not",
+            retries_skipped.clone(),
+        );
+        registry.register(
+            "request_timeouts",
+            "Requests that ran out of time",
+            timeouts.clone(),
+        );
+        registry.register(
+            "refused",
+            "Peers refused by a limit, by limit",
+            refused.clone(),
+        );
         Self {
             registry,
             requests,
@@ -134,11 +202,99 @@ impl Default for Metrics {
             latency,
             tcp_connections,
             connections,
+            retries,
+            retries_skipped,
+            timeouts,
+            refused,
         }
     }
 }
 
+/// Failure-accrual state, read from the balancers at each scrape.
+#[derive(Debug)]
+struct Ejections {
+    balancers: Vec<Arc<Balancer>>,
+}
+
+impl Collector for Ejections {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let snapshots: Vec<_> = self.balancers.iter().map(|b| b.snapshot()).collect();
+        let mut ejected = encoder.encode_descriptor(
+            "endpoint_ejected",
+            "1 while failure accrual keeps the endpoint out of its balancer",
+            None,
+            MetricType::Gauge,
+        )?;
+        for service in &snapshots {
+            for endpoint in &service.endpoints {
+                let labels = [
+                    ("target", service.service.as_str()),
+                    ("endpoint", endpoint.addr.as_str()),
+                ];
+                ConstGauge::new(i64::from(endpoint.ejected))
+                    .encode(ejected.encode_family(&labels)?)?;
+            }
+        }
+        let mut ejections = encoder.encode_descriptor(
+            "endpoint_ejections",
+            "Times failure accrual ejected the endpoint",
+            None,
+            MetricType::Counter,
+        )?;
+        for service in &snapshots {
+            for endpoint in &service.endpoints {
+                let labels = [
+                    ("target", service.service.as_str()),
+                    ("endpoint", endpoint.addr.as_str()),
+                ];
+                ConstCounter::new(endpoint.ejections).encode(ejections.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Metrics {
+    /// Metrics that also report the accrual state of `balancers`.
+    pub fn with_balancers(balancers: Vec<Arc<Balancer>>) -> Self {
+        let mut metrics = Self::default();
+        metrics
+            .registry
+            .register_collector(Box::new(Ejections { balancers }));
+        metrics
+    }
+
+    pub fn retry(&self, route: &RouteLabels, reason: &'static str) {
+        self.retries
+            .get_or_create(&RetryLabels {
+                direction: route.direction,
+                target: route.target.clone(),
+                endpoint: route.endpoint.clone(),
+                reason,
+            })
+            .inc();
+    }
+
+    pub fn retry_skipped(&self, route: &RouteLabels, reason: &'static str) {
+        self.retries_skipped
+            .get_or_create(&ReasonLabels {
+                direction: route.direction,
+                target: route.target.clone(),
+                reason,
+            })
+            .inc();
+    }
+
+    pub fn timeout(&self, route: &RouteLabels) {
+        self.timeouts.get_or_create(route).inc();
+    }
+
+    pub fn refused(&self, direction: Direction, reason: &'static str) {
+        self.refused
+            .get_or_create(&RefusedLabels { direction, reason })
+            .inc();
+    }
+
     pub fn request(&self, route: &RouteLabels) {
         self.requests.get_or_create(route).inc();
     }

@@ -2,7 +2,9 @@
 //!
 //! ```text
 //! app -> outbound listener (target service) -> detect
-//!          HTTP/1, HTTP/2: per request: route(:authority or target) -> balance -> endpoint
+//!          HTTP/1, HTTP/2: per request: route(:authority or target) -> deadline
+//!                          -> attempt: balance -> endpoint
+//!                             failed and retryable? -> another attempt, another endpoint
 //!          opaque TCP:     per connection: balance -> endpoint
 //! ```
 //!
@@ -11,63 +13,94 @@
 //! intercepted connection later) is the listener's business.
 
 use crate::{
-    balance::Balancer,
+    balance::{Balancer, EndpointState},
     body::{ProxyBody, Recorder},
+    config::Config,
     detect::{Prefixed, Protocol},
     errors,
     http::{Upstream, set_authority, strip_hop_by_hop},
     metrics::{Direction, Metrics, RouteLabels},
+    retry::{RetryConfig, RetryPolicy, budget::RetryBudget, replay::ReplayBody},
     tcp,
 };
+use http::HeaderValue;
 use hyper::body::Incoming;
 use std::{
     collections::HashMap,
     sync::Arc,
     time::{Duration, Instant},
 };
-use stockkube_proto::headers::MESH_ENDPOINT;
+use stockkube_proto::headers::{MESH_ATTEMPTS, MESH_ENDPOINT};
 use tokio::net::TcpStream;
 
-/// The outbound side of one proxy: its services' balancers and clients.
+/// One target service: its balancer and the policies its requests follow.
+#[derive(Debug)]
+pub struct Service {
+    pub balancer: Arc<Balancer>,
+    timeout: Option<Duration>,
+    retry_policy: RetryPolicy,
+    budget: RetryBudget,
+}
+
+/// The outbound side of one proxy: its services and the upstream clients.
 #[derive(Debug)]
 pub struct Outbound {
-    services: HashMap<Arc<str>, Arc<Balancer>>,
-    timeouts: HashMap<Arc<str>, Duration>,
-    upstream: Upstream,
+    services: HashMap<Arc<str>, Arc<Service>>,
+    retry: RetryConfig,
+    upstream: Upstream<ReplayBody<Incoming>>,
     metrics: Arc<Metrics>,
+}
+
+/// Why an attempt did not serve its request.
+enum Failure {
+    /// A response the retry policy names.
+    Status(http::Response<Incoming>),
+    /// No response at all.
+    Error(hyper_util::client::legacy::Error),
 }
 
 impl Outbound {
     pub fn new(
         balancers: impl IntoIterator<Item = Arc<Balancer>>,
-        timeouts: &std::collections::BTreeMap<String, Duration>,
+        config: &Config,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let services = balancers
+            .into_iter()
+            .map(|balancer| {
+                let name = balancer.service().clone();
+                let service = Service {
+                    timeout: config.timeouts.get(&*name).copied(),
+                    retry_policy: config
+                        .retry_policies
+                        .get(&*name)
+                        .cloned()
+                        .unwrap_or_default(),
+                    budget: RetryBudget::new(config.retry.budget),
+                    balancer,
+                };
+                (name, Arc::new(service))
+            })
+            .collect();
         Self {
-            services: balancers
-                .into_iter()
-                .map(|b| (b.service().clone(), b))
-                .collect(),
-            timeouts: timeouts
-                .iter()
-                .map(|(service, timeout)| (Arc::from(service.as_str()), *timeout))
-                .collect(),
+            services,
+            retry: config.retry.clone(),
             upstream: Upstream::default(),
             metrics,
         }
     }
 
-    pub fn balancer(&self, service: &str) -> Option<&Arc<Balancer>> {
-        self.services.get(service)
+    pub fn service(&self, name: &str) -> Option<&Arc<Service>> {
+        self.services.get(name)
     }
 
-    /// The balancer for a request: the service its `:authority`/`Host` names,
-    /// if the proxy knows that service; else the listener's target.
+    /// The service a request is for: the one its `:authority`/`Host`
+    /// names, if the proxy knows that service; else the listener's target.
     fn route<'a>(
         &'a self,
         request: &http::Request<Incoming>,
-        target: &'a Arc<Balancer>,
-    ) -> &'a Arc<Balancer> {
+        target: &'a Arc<Service>,
+    ) -> &'a Arc<Service> {
         let host = request.uri().host().or_else(|| {
             request
                 .headers()
@@ -79,117 +112,186 @@ impl Outbound {
             .unwrap_or(target)
     }
 
-    /// Forwards one HTTP request to an endpoint of its service.
+    /// Forwards one HTTP request to an endpoint of its service, and again
+    /// to another one when the attempt failed in a way that may be retried.
     pub async fn proxy_http(
         &self,
         protocol: Protocol,
-        target: &Arc<Balancer>,
-        mut request: http::Request<Incoming>,
+        target: &Arc<Service>,
+        request: http::Request<Incoming>,
     ) -> http::Response<ProxyBody> {
         let started = Instant::now();
         let grpc = errors::is_grpc(&request);
-        let balancer = self.route(&request, target);
-        let picked = match balancer.pick().await {
-            Ok(picked) => picked,
-            Err(err) => {
-                tracing::debug!(%err, "no endpoint");
-                return errors::response(
-                    grpc,
-                    http::StatusCode::SERVICE_UNAVAILABLE,
-                    tonic::Code::Unavailable,
-                    &err.to_string(),
-                );
-            }
-        };
-        let endpoint = picked.endpoint().clone();
-        let route = RouteLabels {
-            direction: Direction::Outbound,
-            target: balancer.service().clone(),
-            endpoint: endpoint.addr_label.clone(),
-        };
-        let mut recorder = Recorder::new(self.metrics.clone(), route, started);
-
-        set_authority(&mut request, endpoint.authority.clone());
+        let service = self.route(&request, target);
+        let (mut head, body) = request.into_parts();
         if protocol == Protocol::Http1 {
-            strip_hop_by_hop(request.headers_mut());
+            strip_hop_by_hop(&mut head.headers);
         }
-        // The service's timeout or the client's grpc-timeout, the shorter;
-        // the time already spent waiting for an endpoint counts.
-        let deadline = [
-            self.timeouts.get(balancer.service()).copied(),
-            errors::grpc_timeout(request.headers()),
-        ]
-        .into_iter()
-        .flatten()
-        .min();
-        let sent = self.upstream.send(protocol, request);
-        let outcome = match deadline {
-            None => sent.await,
-            Some(deadline) => {
-                match tokio::time::timeout_at((started + deadline).into(), sent).await {
-                    Ok(outcome) => outcome,
-                    Err(_) => {
-                        // Dropping the send cancels the upstream stream (RST_STREAM
-                        // on HTTP/2); the endpoint is not blamed for the client's
-                        // deadline.
-                        drop(picked);
-                        let message = format!(
-                            "mesh-proxy: {} did not answer within {deadline:?}",
-                            balancer.service()
-                        );
-                        let mut response = errors::recorded(
-                            recorder,
-                            grpc,
-                            http::StatusCode::GATEWAY_TIMEOUT,
-                            tonic::Code::DeadlineExceeded,
-                            &message,
-                        );
-                        response
-                            .headers_mut()
-                            .insert(MESH_ENDPOINT, endpoint.header.clone());
-                        return response;
+        // The service's timeout or the client's grpc-timeout, the shorter,
+        // for all attempts together.
+        let deadline = [service.timeout, errors::grpc_timeout(&head.headers)]
+            .into_iter()
+            .flatten()
+            .min();
+        service.budget.deposit();
+        let keep = if self.retry.max_attempts > 1 {
+            self.retry.max_body_bytes
+        } else {
+            0
+        };
+        let replay = ReplayBody::new(body, keep);
+        let mut body = replay
+            .retry()
+            .expect("a body nothing has read yet can be replayed");
+        let mut tried: Vec<Arc<EndpointState>> = Vec::new();
+        let mut attempt: u32 = 1;
+        loop {
+            let picked = match service.balancer.pick_excluding(&tried).await {
+                Ok(picked) => picked,
+                Err(err) => {
+                    tracing::debug!(%err, "no endpoint");
+                    return errors::response(
+                        grpc,
+                        http::StatusCode::SERVICE_UNAVAILABLE,
+                        tonic::Code::Unavailable,
+                        &err.to_string(),
+                    );
+                }
+            };
+            let endpoint = picked.endpoint().clone();
+            let route = RouteLabels {
+                direction: Direction::Outbound,
+                target: service.balancer.service().clone(),
+                endpoint: endpoint.addr_label.clone(),
+            };
+            let mut recorder = Recorder::new(self.metrics.clone(), route.clone(), Instant::now());
+
+            let mut request = attempt_request(&head, body);
+            set_authority(&mut request, endpoint.authority.clone());
+            let sent = self.upstream.send(protocol, request);
+            let outcome = match deadline {
+                None => sent.await,
+                Some(deadline) => {
+                    match tokio::time::timeout_at((started + deadline).into(), sent).await {
+                        Ok(outcome) => outcome,
+                        Err(_) => {
+                            // Dropping the send cancels the upstream stream
+                            // (RST_STREAM on HTTP/2). The endpoint is blamed
+                            // when the service's own timeout ran out, not for
+                            // a client's deadline shorter than that.
+                            if service.timeout == Some(deadline) {
+                                picked.failed(&format_args!("no answer within {deadline:?}"));
+                            }
+                            self.metrics.timeout(&route);
+                            let message = format!(
+                                "mesh-proxy: {} did not answer within {deadline:?}",
+                                route.target
+                            );
+                            let response = errors::recorded(
+                                recorder,
+                                grpc,
+                                http::StatusCode::GATEWAY_TIMEOUT,
+                                tonic::Code::DeadlineExceeded,
+                                &message,
+                            );
+                            return annotate(response, &endpoint, attempt);
+                        }
                     }
                 }
-            }
-        };
-        match outcome {
-            Ok(response) => {
-                picked.succeeded();
-                let (mut parts, body) = response.into_parts();
-                if protocol == Protocol::Http1 {
-                    strip_hop_by_hop(&mut parts.headers);
+            };
+            let failure = match outcome {
+                Ok(response)
+                    if !service
+                        .retry_policy
+                        .retries(response.status(), response.headers()) =>
+                {
+                    picked.succeeded();
+                    return forward(protocol, response, recorder, &endpoint, attempt);
                 }
-                parts.headers.insert(MESH_ENDPOINT, endpoint.header.clone());
-                recorder.head(parts.status, &parts.headers);
-                http::Response::from_parts(parts, ProxyBody::upstream(body, recorder))
+                Ok(response) => {
+                    picked.failed(&format_args!(
+                        "answered {} {}",
+                        response.status(),
+                        response
+                            .headers()
+                            .get("grpc-status")
+                            .map_or(String::new(), |v| format!("grpc-status {v:?}"))
+                    ));
+                    Failure::Status(response)
+                }
+                Err(err) => {
+                    picked.failed(&error_chain(&err));
+                    Failure::Error(err)
+                }
+            };
+
+            // Another attempt, if the request has attempts left, its body can
+            // be sent again, and the budget allows.
+            let retry = if attempt >= self.retry.max_attempts {
+                Err("attempts")
+            } else if !replay.can_replay() {
+                Err("body")
+            } else if !service.budget.withdraw() {
+                Err("budget")
+            } else {
+                replay.retry().ok_or("body")
+            };
+            let next = match retry {
+                Ok(next) => next,
+                Err(why) => {
+                    self.metrics.retry_skipped(&route, why);
+                    return match failure {
+                        Failure::Status(response) => {
+                            forward(protocol, response, recorder, &endpoint, attempt)
+                        }
+                        Failure::Error(err) => {
+                            let message = format!(
+                                "endpoint {} of {} failed: {}",
+                                endpoint.addr_label,
+                                route.target,
+                                error_chain(&err)
+                            );
+                            tracing::debug!(%message, attempt, not_retried = why);
+                            let response = errors::recorded(
+                                recorder,
+                                grpc,
+                                http::StatusCode::BAD_GATEWAY,
+                                tonic::Code::Unavailable,
+                                &message,
+                            );
+                            annotate(response, &endpoint, attempt)
+                        }
+                    };
+                }
+            };
+            match failure {
+                Failure::Status(response) => {
+                    self.metrics.retry(&route, "status");
+                    recorder.head(response.status(), response.headers());
+                    recorder.finish(true);
+                }
+                Failure::Error(err) => {
+                    self.metrics.retry(&route, "error");
+                    tracing::debug!(endpoint = %endpoint.addr_label, err = %error_chain(&err), attempt, "retrying");
+                    errors::recorded(
+                        recorder,
+                        grpc,
+                        http::StatusCode::BAD_GATEWAY,
+                        tonic::Code::Unavailable,
+                        "",
+                    );
+                }
             }
-            Err(err) => {
-                let message = format!(
-                    "endpoint {} of {} failed: {}",
-                    endpoint.addr_label,
-                    balancer.service(),
-                    error_chain(&err)
-                );
-                tracing::debug!(%message);
-                picked.failed(&error_chain(&err));
-                let mut response = errors::recorded(
-                    recorder,
-                    grpc,
-                    http::StatusCode::BAD_GATEWAY,
-                    tonic::Code::Unavailable,
-                    &message,
-                );
-                response
-                    .headers_mut()
-                    .insert(MESH_ENDPOINT, endpoint.header.clone());
-                response
-            }
+            tried.push(endpoint);
+            body = next;
+            attempt += 1;
         }
     }
 
     /// Forwards one opaque connection to an endpoint of `target`.
-    pub async fn proxy_tcp(&self, target: &Arc<Balancer>, client: Prefixed<TcpStream>) {
-        let picked = match target.pick().await {
+    pub async fn proxy_tcp(&self, target: &Arc<Service>, client: Prefixed<TcpStream>) {
+        let balancer = &target.balancer;
+        let picked = match balancer.pick().await {
             Ok(picked) => picked,
             Err(err) => {
                 tracing::debug!(%err, "no endpoint for an opaque connection");
@@ -199,7 +301,7 @@ impl Outbound {
         let endpoint = picked.endpoint().clone();
         self.metrics.tcp_connection(&RouteLabels {
             direction: Direction::Outbound,
-            target: target.service().clone(),
+            target: balancer.service().clone(),
             endpoint: endpoint.addr_label.clone(),
         });
         picked.succeeded();
@@ -207,6 +309,57 @@ impl Outbound {
             tracing::debug!(%err, endpoint = %endpoint.addr_label, "opaque connection ended with an error");
         }
     }
+}
+
+/// One attempt's request: the client's head (copied, so later attempts
+/// have it too) with this attempt's body.
+fn attempt_request<B>(head: &http::request::Parts, body: B) -> http::Request<B> {
+    let mut request = http::Request::new(body);
+    *request.method_mut() = head.method.clone();
+    *request.uri_mut() = head.uri.clone();
+    *request.version_mut() = head.version;
+    *request.headers_mut() = head.headers.clone();
+    request
+}
+
+/// An endpoint's response on its way back to the client, observed by
+/// `recorder` until its end.
+fn forward(
+    protocol: Protocol,
+    response: http::Response<Incoming>,
+    mut recorder: Recorder,
+    endpoint: &EndpointState,
+    attempt: u32,
+) -> http::Response<ProxyBody> {
+    let (mut parts, body) = response.into_parts();
+    if protocol == Protocol::Http1 {
+        strip_hop_by_hop(&mut parts.headers);
+    }
+    recorder.head(parts.status, &parts.headers);
+    annotate(
+        http::Response::from_parts(parts, ProxyBody::upstream(body, recorder)),
+        endpoint,
+        attempt,
+    )
+}
+
+/// Adds the headers that tell the client which endpoint answered and after
+/// how many attempts.
+fn annotate(
+    mut response: http::Response<ProxyBody>,
+    endpoint: &EndpointState,
+    attempt: u32,
+) -> http::Response<ProxyBody> {
+    let headers = response.headers_mut();
+    headers.insert(MESH_ENDPOINT, endpoint.header.clone());
+    let attempts = match attempt {
+        1 => HeaderValue::from_static("1"),
+        2 => HeaderValue::from_static("2"),
+        3 => HeaderValue::from_static("3"),
+        n => HeaderValue::from(n),
+    };
+    headers.insert(MESH_ATTEMPTS, attempts);
+    response
 }
 
 /// An error and its causes on one line: hyper's client errors say little at
