@@ -11,12 +11,19 @@
 //!   random, send to the one with the lower `latency estimate × (in-flight + 1)`;
 //! - round-robin.
 //!
-//! Failure accrual: an endpoint that fails `failures` requests in a row
-//! (no answer: refused, reset) is ejected, and becomes eligible again after
-//! a jittered exponential backoff (1 s doubling up to 60 s). The first request
-//! after that is its probe: a success puts it back for good, a failure ejects
-//! it again for twice as long. When every endpoint is ejected the balancer
-//! uses them all rather than refuse (fail open).
+//! Failures (no answer: refused, reset, timed out; or an answer the retry
+//! policy names, such as UNAVAILABLE) are charged to the endpoint's latency
+//! estimate as a 1 s penalty, so the balancer steers away from an endpoint
+//! that fails fast rather than being drawn to it. A failing endpoint is
+//! probed: about a second after a failure, the next request goes to it
+//! whatever its cost, and a success wipes the penalty.
+//!
+//! Failure accrual: an endpoint that fails `failures` requests in a row is
+//! ejected, and becomes eligible again after a jittered exponential backoff
+//! (1 s doubling up to 60 s). The first request after that is its probe: a
+//! success puts it back for good, a failure ejects it again for twice as
+//! long. When every endpoint is ejected the balancer uses them all rather
+//! than refuse (fail open).
 
 pub mod peak_ewma;
 
@@ -98,6 +105,9 @@ pub struct EndpointState {
     /// Until when it is ejected, in nanoseconds since the balancer's epoch;
     /// 0 when it is not. Atomic, so a pick reads it without a lock.
     ejected_until: AtomicU64,
+    /// When a failing endpoint is next sent one request whatever its cost
+    /// (its probe), in nanoseconds since the epoch; 0 when it is not failing.
+    probe_at: AtomicU64,
 }
 
 impl EndpointState {
@@ -117,6 +127,7 @@ impl EndpointState {
             consecutive_failures: AtomicU64::new(0),
             ejections: AtomicU64::new(0),
             ejections_total: AtomicU64::new(0),
+            probe_at: AtomicU64::new(0),
             ejected_until: AtomicU64::new(0),
         }
     }
@@ -175,10 +186,11 @@ impl Picked {
     pub fn succeeded(mut self) {
         let now = Instant::now();
         let rtt = now - self.started;
+        let was_failing = self.state.consecutive_failures.swap(0, Ordering::Relaxed) > 0;
         let recovered = self.state.ejections.swap(0, Ordering::Relaxed) > 0;
         {
             let mut ewma = self.state.rtt.lock().expect("ewma lock is never poisoned");
-            if recovered {
+            if was_failing {
                 // Its failures charged a penalty that would keep it unused
                 // long after it is healthy again; start from what it did now.
                 *ewma = PeakEwma::new(rtt, now);
@@ -186,8 +198,10 @@ impl Picked {
                 ewma.observe(rtt, now, self.feedback.decay);
             }
         }
+        if was_failing {
+            self.state.probe_at.store(0, Ordering::Relaxed);
+        }
         self.state.served.fetch_add(1, Ordering::Relaxed);
-        self.state.consecutive_failures.store(0, Ordering::Relaxed);
         if recovered {
             tracing::info!(service = %self.feedback.service, endpoint = %self.state.addr_label, "endpoint recovered");
         }
@@ -223,8 +237,19 @@ impl Picked {
             && !self.state.ejected(self.feedback.now_ns())
         {
             self.eject(now);
+        } else {
+            // Its penalty keeps the balancer away from it; a probe after
+            // the minimum backoff tells when it is healthy again.
+            self.schedule_probe(now + accrual.min_backoff.mul_f64(1.0 - 0.25 * fastrand::f64()));
         }
         self.finish();
+    }
+
+    /// Sends the endpoint one request at `at` (the next pick after it).
+    fn schedule_probe(&self, at: Instant) {
+        let at = (at.saturating_duration_since(self.feedback.epoch).as_nanos() as u64).max(1);
+        self.state.probe_at.store(at, Ordering::Relaxed);
+        self.feedback.probe_due.fetch_min(at, Ordering::Relaxed);
     }
 
     /// Takes the endpoint out of the balancer for a backoff that doubles
@@ -244,7 +269,7 @@ impl Picked {
             .as_nanos() as u64)
             .max(1);
         self.state.ejected_until.store(until, Ordering::Relaxed);
-        self.feedback.probe_due.fetch_min(until, Ordering::Relaxed);
+        self.schedule_probe(now + backoff);
         tracing::warn!(
             service = %self.feedback.service,
             endpoint = %self.state.addr_label,
@@ -416,7 +441,10 @@ impl Balancer {
                     // Many ejected or tried: scan for any eligible one, else
                     // any untried one (fail open), else the pair.
                     (false, false) => {
-                        match (0..n).find(|i| eligible(*i)).or_else(|| (0..n).find(|i| untried(*i))) {
+                        match (0..n)
+                            .find(|i| eligible(*i))
+                            .or_else(|| (0..n).find(|i| untried(*i)))
+                        {
                             Some(i) => return endpoints[i].clone(),
                             None => pair,
                         }
@@ -430,10 +458,10 @@ impl Balancer {
         }
     }
 
-    /// An ejected endpoint whose backoff is over, claimed as this request's
-    /// probe (so it is probed even when its latency penalty would keep the
-    /// balancer from choosing it); resets when the next probe is due. Runs
-    /// only when a probe is due, so its scan is rare.
+    /// A failing or ejected endpoint whose backoff is over, claimed as this
+    /// request's probe (so it is probed even when its latency penalty would
+    /// keep the balancer from choosing it); resets when the next probe is
+    /// due. Runs only when a probe is due, so its scan is rare.
     fn claim_probe(
         &self,
         endpoints: &[Arc<EndpointState>],
@@ -444,21 +472,22 @@ impl Balancer {
         let mut claimed = None;
         let mut next_due = u64::MAX;
         for state in endpoints {
-            let until = state.ejected_until.load(Ordering::Relaxed);
-            if until == 0 {
+            let at = state.probe_at.load(Ordering::Relaxed);
+            if at == 0 {
                 continue;
             }
-            let probe_now = until <= now_ns
+            let probe_now = at <= now_ns
                 && claimed.is_none()
                 && !tried.iter().any(|t| Arc::ptr_eq(t, state))
                 && state
-                    .ejected_until
-                    .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed)
+                    .probe_at
+                    .compare_exchange(at, 0, Ordering::Relaxed, Ordering::Relaxed)
                     .is_ok();
             if probe_now {
+                state.ejected_until.store(0, Ordering::Relaxed);
                 claimed = Some(state.clone());
             } else {
-                next_due = next_due.min(until);
+                next_due = next_due.min(at);
             }
         }
         // An ejection that raced with this scan lowered `probe_due` itself;
@@ -745,6 +774,40 @@ mod tests {
             assert!(Instant::now() < give_up, "port {port} never probed");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    #[tokio::test]
+    async fn a_failed_endpoint_is_avoided_then_probed_and_restored() {
+        let (_tx, balancer) = balancer(BalanceStrategy::P2cEwma, &[1, 2]);
+        let port = |p: &Picked| p.endpoint().endpoint.addr.port();
+        // Both measured fast; then port 1 fails once.
+        for _ in 0..20 {
+            balancer.pick().await.unwrap().succeeded();
+        }
+        loop {
+            let picked = balancer.pick().await.unwrap();
+            if port(&picked) == 1 {
+                picked.failed(&"reset");
+                break;
+            }
+            picked.succeeded();
+        }
+        // Its penalty keeps it out of p2c's choices...
+        for _ in 0..50 {
+            let picked = balancer.pick().await.unwrap();
+            assert_eq!(port(&picked), 2, "a penalized endpoint is avoided");
+            picked.succeeded();
+        }
+        // ...until its probe (after at most 200 ms), whose success wipes the
+        // penalty: it takes turns again.
+        wait_for_probe(&balancer, 1).await.succeeded();
+        let mut ones = 0;
+        for _ in 0..100 {
+            let picked = balancer.pick().await.unwrap();
+            ones += usize::from(port(&picked) == 1);
+            picked.succeeded();
+        }
+        assert!(ones >= 20, "restored endpoint got {ones} of 100");
     }
 
     #[tokio::test]

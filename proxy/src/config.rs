@@ -144,7 +144,11 @@ pub struct Args {
     pub retry_budget_ratio: f64,
 
     /// ...plus this many per second...
-    #[arg(long, env = "MESH_PROXY_RETRY_BUDGET_MIN_PER_SECOND", default_value_t = 10.0)]
+    #[arg(
+        long,
+        env = "MESH_PROXY_RETRY_BUDGET_MIN_PER_SECOND",
+        default_value_t = 10.0
+    )]
     pub retry_budget_min_per_second: f64,
 
     /// ...counted over this sliding window.
@@ -616,7 +620,10 @@ mod tests {
             (&["--retry-budget-ratio", "20"][..], "--retry-budget-ratio"),
             (&["--max-header-bytes", "10"][..], "--max-header-bytes"),
             (&["--max-connections", "0"][..], "--max-connections"),
-            (&["--header-read-timeout", "0s"][..], "--header-read-timeout"),
+            (
+                &["--header-read-timeout", "0s"][..],
+                "--header-read-timeout",
+            ),
             (&[][..], "nothing to proxy"),
         ] {
             let err = parse(args).unwrap_err();

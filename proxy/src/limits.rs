@@ -90,7 +90,10 @@ impl Refusals {
         self.metrics.refused(direction, reason.as_str());
         tracing::debug!(reason = reason.as_str(), %detail, "refused");
         let now = Instant::now();
-        let mut warned = self.warned.lock().expect("refusal log lock is never poisoned");
+        let mut warned = self
+            .warned
+            .lock()
+            .expect("refusal log lock is never poisoned");
         let entry = warned
             .entry((direction, reason))
             .or_insert((now - WARN_EVERY, 0));
@@ -115,7 +118,10 @@ pub fn header_bytes<B>(request: &http::Request<B>) -> usize {
     let pseudo = [
         (":method", request.method().as_str().len()),
         (":scheme", uri.scheme_str().map_or(0, str::len)),
-        (":authority", uri.authority().map_or(0, |a| a.as_str().len())),
+        (
+            ":authority",
+            uri.authority().map_or(0, |a| a.as_str().len()),
+        ),
         (
             ":path",
             uri.path_and_query().map_or(1, |p| p.as_str().len()),

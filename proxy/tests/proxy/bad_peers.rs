@@ -2,7 +2,7 @@
 
 use crate::support::{call_many, spawn_proxy, static_list};
 use std::time::Duration;
-use stockdata::test_util::{connect, spawn_replica};
+use stockdata::test_util::{connect, eventually, spawn_replica};
 use stockkube_proto::stockdata::stocks_client::StocksClient;
 use tokio::{io::AsyncWriteExt as _, net::TcpStream};
 
@@ -58,5 +58,244 @@ async fn garbage_resets_and_idle_connections_leave_others_served() {
     assert!(tally.failures.is_empty(), "{:?}", tally.failures);
     assert_eq!(tally.count("sturdy"), 100);
     drop(idle);
+    proxy.shutdown().await;
+}
+
+async fn refused(admin: std::net::SocketAddr, reason: &str) -> f64 {
+    let (_, text) = crate::support::http_get(admin, "/metrics").await;
+    crate::support::sum(
+        &crate::support::parse_prometheus(&text),
+        "mesh_refused_total",
+        &[("reason", reason)],
+    )
+}
+
+/// Reads until the peer closes (or 10 s pass); what it sent.
+async fn read_until_closed(conn: &mut TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt as _;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "the proxy closed the connection within 10 s");
+    got
+}
+
+#[tokio::test]
+async fn oversized_headers_are_refused_with_431_or_resource_exhausted() {
+    let replica = spawn_replica("r").await;
+    let proxy = spawn_proxy(&[
+        "--outbound",
+        "stockdata=127.0.0.1:0",
+        "--discover",
+        &static_list(&[replica.addr]),
+        "--max-header-bytes",
+        "4096",
+    ])
+    .await;
+
+    // gRPC over HTTP/2: 6 KiB of metadata.
+    let mut client = StocksClient::new(connect(proxy.outbound).await);
+    let mut request = tonic::Request::new(stockkube_proto::stockdata::GetRequest { id: 1 });
+    request
+        .metadata_mut()
+        .insert("x-big", "a".repeat(6 * 1024).parse().unwrap());
+    let status = client.get(request).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("4096"), "{status:?}");
+    // The same connection still serves normal calls.
+    client
+        .get(stockkube_proto::stockdata::GetRequest { id: 2 })
+        .await
+        .unwrap();
+
+    // HTTP/1: over the limit (the proxy's answer), and far over it (the
+    // HTTP layer's own answer); both 431, both counted.
+    for size in [6 * 1024, 64 * 1024] {
+        let mut conn = TcpStream::connect(proxy.outbound).await.unwrap();
+        let head = format!(
+            "GET / HTTP/1.1\r\nHost: stockdata\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+            "a".repeat(size)
+        );
+        conn.write_all(head.as_bytes()).await.unwrap();
+        let answer = read_until_closed(&mut conn).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 431"), "{size}: {answer}");
+    }
+    assert_eq!(refused(proxy.admin, "header_too_large").await, 3.0);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_that_sends_its_head_too_slowly_is_cut_off() {
+    let replica = spawn_replica("r").await;
+    let proxy = spawn_proxy(&[
+        "--outbound",
+        "stockdata=127.0.0.1:0",
+        "--discover",
+        &static_list(&[replica.addr]),
+        "--header-read-timeout",
+        "300ms",
+    ])
+    .await;
+    let mut conn = TcpStream::connect(proxy.outbound).await.unwrap();
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: stockdata\r\n")
+        .await
+        .unwrap();
+    // One byte of a header every 100 ms, never finishing the head; the
+    // writes stop failing silently once the proxy has closed.
+    let dribble = async {
+        for _ in 0..100 {
+            if conn.write_all(b"x").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the proxy waited 10 s for a slow head");
+    };
+    // Closed: a write fails, or the read side ends.
+    tokio::time::timeout(Duration::from_secs(15), dribble)
+        .await
+        .expect("bounded");
+    eventually("the refusal counted", Duration::from_secs(5), || async {
+        (refused(proxy.admin, "header_read_timeout").await == 1.0).then_some(())
+    })
+    .await;
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_are_closed_and_counted() {
+    let replica = spawn_replica("r").await;
+    let proxy = spawn_proxy(&[
+        "--outbound",
+        "stockdata=127.0.0.1:0",
+        "--discover",
+        &static_list(&[replica.addr]),
+        "--max-connections",
+        "3",
+        "--detect-timeout",
+        "20s",
+    ])
+    .await;
+    // Three connections that say nothing hold every slot.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(TcpStream::connect(proxy.outbound).await.unwrap());
+    }
+    let mut extra = TcpStream::connect(proxy.outbound).await.unwrap();
+    assert!(read_until_closed(&mut extra).await.is_empty());
+    eventually("the refusal counted", Duration::from_secs(5), || async {
+        (refused(proxy.admin, "max_connections").await >= 1.0).then_some(())
+    })
+    .await;
+    // A slot freed is a slot for the next client.
+    held.pop();
+    let tally = eventually(
+        "a call through a freed slot",
+        Duration::from_secs(10),
+        || async {
+            let client = StocksClient::new(connect(proxy.outbound).await);
+            let tally = call_many(&client, 10, 10).await;
+            tally.failures.is_empty().then_some(tally)
+        },
+    )
+    .await;
+    assert_eq!(tally.count("r"), 10);
+    drop(held);
+    proxy.shutdown().await;
+}
+
+/// HTTP/2 frames by hand, for a client that ignores the proxy's SETTINGS.
+mod raw_h2 {
+    pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// HPACK "literal without indexing" with an indexed name.
+    fn literal(index: u8, value: &str) -> Vec<u8> {
+        assert!(index < 15 && value.len() < 127);
+        let mut out = vec![index, value.len() as u8];
+        out.extend_from_slice(value.as_bytes());
+        out
+    }
+
+    /// A POST for `StockData.Stocks/Get` whose body never comes.
+    pub fn open_call(stream: u32) -> Vec<u8> {
+        let mut block = vec![0x83, 0x86]; // :method POST, :scheme http
+        block.extend(literal(4, "/StockData.Stocks/Get")); // :path
+        block.extend(literal(1, "stockdata")); // :authority
+        block.extend([0x0f, 0x10, 16]); // content-type (index 31)
+        block.extend_from_slice(b"application/grpc");
+        frame(0x1, 0x4, stream, &block) // HEADERS, END_HEADERS
+    }
+}
+
+#[tokio::test]
+async fn streams_beyond_the_limit_are_refused() {
+    use tokio::io::AsyncReadExt as _;
+    let replica = spawn_replica("r").await;
+    let proxy = spawn_proxy(&[
+        "--outbound",
+        "stockdata=127.0.0.1:0",
+        "--discover",
+        &static_list(&[replica.addr]),
+        "--max-concurrent-streams",
+        "4",
+    ])
+    .await;
+    let mut conn = TcpStream::connect(proxy.outbound).await.unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(raw_h2::frame(0x4, 0, 0, &[])); // SETTINGS
+    for stream in (1..=11).step_by(2) {
+        out.extend(raw_h2::open_call(stream)); // six streams, none finished
+    }
+    conn.write_all(&out).await.unwrap();
+
+    // Read frames until RST_STREAM(REFUSED_STREAM) arrives for the fifth and
+    // sixth streams; the server's SETTINGS says 4.
+    let mut advertised = None;
+    let mut refused_streams = Vec::new();
+    let read = async {
+        let mut header = [0u8; 9];
+        while refused_streams.len() < 2 {
+            conn.read_exact(&mut header).await.unwrap();
+            let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+            let mut payload = vec![0; len];
+            conn.read_exact(&mut payload).await.unwrap();
+            let stream =
+                u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff;
+            match header[3] {
+                0x4 if header[4] & 0x1 == 0 => {
+                    for setting in payload.chunks(6) {
+                        if u16::from_be_bytes([setting[0], setting[1]]) == 0x3 {
+                            advertised = Some(u32::from_be_bytes([
+                                setting[2], setting[3], setting[4], setting[5],
+                            ]));
+                        }
+                    }
+                }
+                0x3 => {
+                    let code = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
+                    assert_eq!(code, 0x7, "REFUSED_STREAM for stream {stream}");
+                    refused_streams.push(stream);
+                }
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("the refusals arrive within 10 s");
+    assert_eq!(advertised, Some(4));
+    assert_eq!(refused_streams, [9, 11]);
+
+    // Other clients are served as before.
+    let client = StocksClient::new(connect(proxy.outbound).await);
+    let tally = call_many(&client, 50, 50).await;
+    assert!(tally.failures.is_empty(), "{:?}", tally.failures);
+    drop(conn);
     proxy.shutdown().await;
 }

@@ -195,7 +195,11 @@ async fn a_dead_endpoint_is_ejected_after_consecutive_failures() {
     );
     assert_eq!(retried, failed as f64, "{metrics}");
     assert_eq!(
-        crate::support::sum(&samples, "mesh_endpoint_ejected", &[("endpoint", &dead_label)]),
+        crate::support::sum(
+            &samples,
+            "mesh_endpoint_ejected",
+            &[("endpoint", &dead_label)]
+        ),
         1.0,
         "{metrics}"
     );

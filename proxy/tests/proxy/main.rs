@@ -10,3 +10,4 @@ mod discovery;
 mod metrics;
 mod process;
 mod protocols;
+mod resilience;

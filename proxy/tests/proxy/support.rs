@@ -89,11 +89,144 @@ pub struct Tally {
     /// Successful calls per `x-mesh-endpoint`.
     pub endpoints: HashMap<String, usize>,
     pub failures: Vec<tonic::Status>,
+    /// Successful calls per `x-mesh-attempts`.
+    pub attempts: HashMap<String, usize>,
 }
 
 impl Tally {
     pub fn count(&self, server: &str) -> usize {
         self.servers.get(server).copied().unwrap_or(0)
+    }
+
+    pub fn succeeded(&self) -> usize {
+        self.servers.values().sum()
+    }
+
+    /// Failed calls whose `x-mesh-endpoint` is `endpoint`.
+    pub fn failed_at(&self, endpoint: &str) -> usize {
+        self.failures
+            .iter()
+            .filter(|s| {
+                s.metadata()
+                    .get("x-mesh-endpoint")
+                    .is_some_and(|v| v == endpoint)
+            })
+            .count()
+    }
+
+    fn add(&mut self, result: Result<Answer, tonic::Status>) {
+        match result {
+            Ok(answer) => {
+                *self.servers.entry(answer.server).or_default() += 1;
+                *self.endpoints.entry(answer.endpoint).or_default() += 1;
+                *self.attempts.entry(answer.attempts).or_default() += 1;
+            }
+            Err(status) => self.failures.push(status),
+        }
+    }
+
+    fn merge(&mut self, other: Tally) {
+        for (k, v) in other.servers {
+            *self.servers.entry(k).or_default() += v;
+        }
+        for (k, v) in other.endpoints {
+            *self.endpoints.entry(k).or_default() += v;
+        }
+        for (k, v) in other.attempts {
+            *self.attempts.entry(k).or_default() += v;
+        }
+        self.failures.extend(other.failures);
+    }
+}
+
+/// What one successful call's headers said.
+struct Answer {
+    server: String,
+    endpoint: String,
+    attempts: String,
+}
+
+async fn call_once(
+    client: &mut StocksClient<tonic::transport::Channel>,
+    id: i32,
+) -> Result<Answer, tonic::Status> {
+    client.get(GetRequest { id }).await.map(|response| {
+        let header = |name| {
+            response
+                .metadata()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned()
+        };
+        Answer {
+            server: header(SERVER_ID),
+            endpoint: header("x-mesh-endpoint"),
+            attempts: header("x-mesh-attempts"),
+        }
+    })
+}
+
+/// Steady load: `concurrency` callers over one channel, each making one
+/// call after another until [`Load::finish`] (or 60 s at most).
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    completed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    tasks: tokio::task::JoinSet<Tally>,
+}
+
+impl Load {
+    pub fn start(client: &StocksClient<tonic::transport::Channel>, concurrency: usize) -> Self {
+        use std::sync::{Arc, atomic::Ordering};
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let completed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut tasks = tokio::task::JoinSet::new();
+        for worker in 0..concurrency {
+            let mut client = client.clone();
+            let (stop, completed) = (stop.clone(), completed.clone());
+            tasks.spawn(async move {
+                let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
+                let mut tally = Tally::default();
+                let mut id = worker as i32;
+                while !stop.load(Ordering::Relaxed) && tokio::time::Instant::now() < give_up {
+                    id = id % 100 + 1;
+                    tally.add(call_once(&mut client, id).await);
+                    completed.fetch_add(1, Ordering::Relaxed);
+                }
+                tally
+            });
+        }
+        Self {
+            stop,
+            completed,
+            tasks,
+        }
+    }
+
+    /// Calls finished so far, failed or not.
+    pub fn completed(&self) -> usize {
+        self.completed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits until `more` further calls have finished (at most 30 s).
+    pub async fn run_for_calls(&self, more: usize) {
+        let target = self.completed() + more;
+        stockdata::test_util::eventually(
+            &format!("{more} more calls"),
+            Duration::from_secs(30),
+            || async { (self.completed() >= target).then_some(()) },
+        )
+        .await;
+    }
+
+    /// Stops the callers after their current call and adds up what they saw.
+    pub async fn finish(mut self) -> Tally {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut tally = Tally::default();
+        while let Some(joined) = self.tasks.join_next().await {
+            tally.merge(joined.expect("a load task did not panic"));
+        }
+        tally
     }
 }
 
@@ -110,34 +243,14 @@ pub async fn call_many(
         let mut client = client.clone();
         let permit = permits.clone().acquire_owned().await.unwrap();
         tasks.spawn(async move {
-            let result = client
-                .get(GetRequest {
-                    id: (i % 100) as i32 + 1,
-                })
-                .await;
+            let result = call_once(&mut client, (i % 100) as i32 + 1).await;
             drop(permit);
-            result.map(|response| {
-                let header = |name| {
-                    response
-                        .metadata()
-                        .get(name)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("")
-                        .to_owned()
-                };
-                (header(SERVER_ID), header("x-mesh-endpoint"))
-            })
+            result
         });
     }
     let mut tally = Tally::default();
     while let Some(joined) = tasks.join_next().await {
-        match joined.unwrap() {
-            Ok((server, endpoint)) => {
-                *tally.servers.entry(server).or_default() += 1;
-                *tally.endpoints.entry(endpoint).or_default() += 1;
-            }
-            Err(status) => tally.failures.push(status),
-        }
+        tally.add(joined.unwrap());
     }
     tally
 }
