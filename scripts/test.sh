@@ -2,8 +2,8 @@
 # The one command that runs every test, as CI does: `scripts/test.sh`.
 #
 # It installs what the tests need when it is missing:
-#   - a Python venv with grpcio and grpcio-tools (interop tests), at
-#     target/interop-venv;
+#   - a Python venv with grpcio and grpcio-tools (interop tests) and
+#     kubernetes-validate (manifest checks), at target/interop-venv;
 #   - Debian's chromium and chromium-driver (the dashboard's browser tests).
 # With CI=true a prerequisite that cannot be installed is a failure, and the
 # formatting and lint checks run too.
@@ -27,8 +27,13 @@ if ! "$venv/bin/python" -c 'import grpc, grpc_tools' 2>/dev/null; then
   "$python" -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check 'grpcio>=1.60' 'grpcio-tools>=1.60'
 fi
+if ! [ -x "$venv/bin/kubernetes-validate" ]; then
+  "$venv/bin/pip" install --quiet --disable-pip-version-check 'kubernetes-validate>=1.31'
+fi
 "$venv/bin/python" -c 'import grpc; print("grpcio", grpc.__version__)'
+"$venv/bin/kubernetes-validate" --version
 export STOCKKUBE_PYTHON="$PWD/$venv/bin/python"
+export STOCKKUBE_K8S_VALIDATE="$PWD/$venv/bin/kubernetes-validate"
 
 step "headless browser (chromium, chromium-driver)"
 if ! { [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; }; then

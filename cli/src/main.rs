@@ -3,12 +3,14 @@
 //! - `demo` (also what a bare `meshctl` or `cargo run --release` does): runs
 //!   the mesh and the StockKube sample on this machine.
 //! - `dashboard`: the dashboard against a running mesh.
+//! - `inject` / `uninject`: add the mesh to Kubernetes YAML, or take it out.
 //!
 //! Every service runs as a child process of `meshctl`, exactly as it would
 //! run anywhere else; `meshctl` only starts, watches and stops them.
 
 mod dashboard;
 mod demo;
+mod inject;
 mod process;
 mod service_vip;
 
@@ -30,6 +32,13 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Run the dashboard against a running mesh's controller.
     Dashboard(dashboard::DashboardArgs),
+    /// Add the mesh to Kubernetes YAML: the inject annotation on every pod
+    /// template (or, with --manual, the sidecar itself). Writes the result to
+    /// stdout, a line per resource to stderr, e.g.
+    /// `meshctl inject k8s/stocks/stockdata.yml | kubectl apply -f -`.
+    Inject(inject::InjectArgs),
+    /// Take the mesh out of Kubernetes YAML that `inject` wrote.
+    Uninject(inject::UninjectArgs),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +51,8 @@ fn main() -> ExitCode {
     let result = match command {
         Command::Demo(args) => demo::main(args),
         Command::Dashboard(args) => dashboard::main(args),
+        Command::Inject(args) => inject::inject_main(args),
+        Command::Uninject(args) => inject::uninject_main(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

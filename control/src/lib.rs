@@ -8,9 +8,12 @@
 //! Layout:
 //! - [`registry`]: services and endpoints in memory, published on watches.
 //! - [`destination`]: the `Destination` and `Registry` gRPC services.
+//! - [`inject`]: the sidecar the mesh adds to a pod (pure data; `meshctl
+//!   inject` writes it, the admission webhook will add the same).
 //! - [`run`]: serves both, health and reflection on a bound listener.
 
 pub mod destination;
+pub mod inject;
 pub mod registry;
 
 use std::{future::Future, net::SocketAddr};

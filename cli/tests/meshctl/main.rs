@@ -14,6 +14,7 @@ use tokio::{
 };
 
 mod dashboard;
+mod inject;
 mod webdriver;
 
 const MESHCTL: &str = env!("CARGO_BIN_EXE_meshctl");

@@ -1,0 +1,133 @@
+//! The sidecar the mesh adds to a pod, as Kubernetes JSON: the proxy
+//! container and the init container that redirects the pod's inbound TCP
+//! traffic to it. Pure data, no I/O: `meshctl inject --manual` writes it into
+//! YAML, and the admission webhook will patch pods with the same values.
+//!
+//! What the sidecar does today: inbound traffic to the pod is redirected to
+//! the proxy (port 4143), which forwards it to the app's first container port
+//! on localhost and reports it in its metrics (admin port 4191). Outbound
+//! interception (the app's calls to other services, redirected to the
+//! proxy's outbound port) needs the proxy to route by original destination
+//! and the controller's Kubernetes backend; until those land, the init
+//! container does not redirect outbound traffic.
+
+use serde_json::{Value, json};
+
+/// Pod-template annotation that asks the injector for a sidecar.
+pub const INJECT_ANNOTATION: &str = "mesh.stockkube.dev/inject";
+/// Its value that enables injection.
+pub const INJECT_ENABLED: &str = "enabled";
+/// Name of the proxy container.
+pub const PROXY_CONTAINER: &str = "mesh-proxy";
+/// Name of the init container that sets up the redirection.
+pub const INIT_CONTAINER: &str = "mesh-init";
+/// The proxy runs as this user; the redirection leaves its own connections
+/// alone, which is what keeps them from looping back into it.
+pub const PROXY_UID: i64 = 2102;
+/// Where redirected inbound connections arrive.
+pub const INBOUND_PORT: u16 = 4143;
+/// The proxy's admin server: /metrics, /ready, /live, /endpoints.
+pub const ADMIN_PORT: u16 = 4191;
+
+/// What the sidecar is made of; the defaults match the images built from
+/// this repository and the mesh's manifests in `k8s/mesh/`.
+#[derive(Debug, Clone)]
+pub struct SidecarConfig {
+    pub proxy_image: String,
+    pub init_image: String,
+    /// The controller's destination API, for the proxy's discovery.
+    pub destination: String,
+}
+
+impl Default for SidecarConfig {
+    fn default() -> Self {
+        Self {
+            proxy_image: "stockkube/mesh-proxy:dev".into(),
+            init_image: "stockkube/mesh-proxy-init:dev".into(),
+            destination: "http://mesh-controller.stockkube-mesh.svc.cluster.local:8086".into(),
+        }
+    }
+}
+
+fn hardened(run_as_user: i64, capabilities: Value) -> Value {
+    json!({
+        "runAsUser": run_as_user,
+        "runAsNonRoot": run_as_user != 0,
+        "allowPrivilegeEscalation": false,
+        "readOnlyRootFilesystem": true,
+        "capabilities": capabilities,
+    })
+}
+
+/// The proxy container for a pod whose app listens on `app_port`.
+pub fn proxy_container(config: &SidecarConfig, app_port: u16) -> Value {
+    json!({
+        "name": PROXY_CONTAINER,
+        "image": config.proxy_image,
+        "imagePullPolicy": "IfNotPresent",
+        "env": [
+            {"name": "MESH_PROXY_INBOUND", "value": format!("0.0.0.0:{INBOUND_PORT}")},
+            {"name": "MESH_PROXY_APP", "value": format!("127.0.0.1:{app_port}")},
+            {"name": "MESH_PROXY_ADMIN", "value": format!("0.0.0.0:{ADMIN_PORT}")},
+            {"name": "MESH_PROXY_DESTINATION", "value": config.destination},
+        ],
+        "ports": [
+            {"name": "mesh-inbound", "containerPort": INBOUND_PORT, "protocol": "TCP"},
+            {"name": "mesh-admin", "containerPort": ADMIN_PORT, "protocol": "TCP"},
+        ],
+        "readinessProbe": {"httpGet": {"path": "/ready", "port": ADMIN_PORT}, "periodSeconds": 5},
+        "livenessProbe": {"httpGet": {"path": "/live", "port": ADMIN_PORT}, "periodSeconds": 10},
+        "resources": {
+            "requests": {"cpu": "10m", "memory": "16Mi"},
+            "limits": {"cpu": "500m", "memory": "64Mi"},
+        },
+        "securityContext": hardened(PROXY_UID, json!({"drop": ["ALL"]})),
+    })
+}
+
+/// The init container: redirects inbound TCP, except to the proxy's own
+/// ports, to the proxy. It needs NET_ADMIN and NET_RAW, and root, for the
+/// moment it runs.
+pub fn init_container(config: &SidecarConfig) -> Value {
+    json!({
+        "name": INIT_CONTAINER,
+        "image": config.init_image,
+        "imagePullPolicy": "IfNotPresent",
+        "args": [
+            "--inbound-port", INBOUND_PORT.to_string(),
+            "--proxy-uid", PROXY_UID.to_string(),
+            "--ignore-inbound-ports", format!("{ADMIN_PORT},{INBOUND_PORT}"),
+        ],
+        "resources": {
+            "requests": {"cpu": "10m", "memory": "10Mi"},
+            "limits": {"cpu": "100m", "memory": "32Mi"},
+        },
+        "securityContext": hardened(0, json!({"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]})),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_proxy_forwards_to_the_app_port_and_is_probed_on_admin() {
+        let proxy = proxy_container(&SidecarConfig::default(), 80);
+        assert_eq!(proxy["name"], PROXY_CONTAINER);
+        assert_eq!(proxy["env"][1]["value"], "127.0.0.1:80");
+        assert_eq!(proxy["readinessProbe"]["httpGet"]["port"], 4191);
+        assert_eq!(proxy["securityContext"]["runAsUser"], 2102);
+        assert_eq!(proxy["securityContext"]["runAsNonRoot"], true);
+    }
+
+    #[test]
+    fn the_init_container_skips_the_proxy_ports() {
+        let init = init_container(&SidecarConfig::default());
+        let args: Vec<_> = init["args"].as_array().unwrap().iter().collect();
+        assert!(
+            args.windows(2)
+                .any(|w| w[0] == "--ignore-inbound-ports" && w[1] == "4191,4143")
+        );
+        assert_eq!(init["securityContext"]["runAsNonRoot"], false);
+    }
+}
