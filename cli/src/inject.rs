@@ -247,8 +247,7 @@ fn split_documents(text: &str) -> Vec<(usize, &str)> {
     let mut start = (1, 0);
     let mut offset = 0;
     for (number, line) in text.split_inclusive('\n').enumerate() {
-        let marker = line.starts_with("---")
-            && line[3..].starts_with([' ', '\t', '\n', '\r'])
+        let marker = line.starts_with("---") && line[3..].starts_with([' ', '\t', '\n', '\r'])
             || line.trim_end() == "---";
         if marker && offset > 0 {
             chunks.push((start.0, &text[start.1..offset]));
