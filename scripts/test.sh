@@ -4,7 +4,9 @@
 # It installs what the tests need when it is missing:
 #   - a Python venv with grpcio and grpcio-tools (interop tests) and
 #     kubernetes-validate (manifest checks), at target/interop-venv;
-#   - Debian's chromium and chromium-driver (the dashboard's browser tests).
+#   - Debian's chromium and chromium-driver (the dashboard's browser tests);
+#   - iproute2, iptables and curl (the traffic redirection test, which also
+#     needs root: it builds network namespaces).
 # With CI=true a prerequisite that cannot be installed is a failure, and the
 # formatting and lint checks run too.
 set -euo pipefail
@@ -49,6 +51,22 @@ elif [ "$ci" = true ]; then
   exit 1
 else
   echo "chromium is missing: the browser tests will say SKIPPED (install chromium chromium-driver as root)"
+fi
+
+step "network tools (iproute2, iptables, curl: the traffic redirection test)"
+if ! command -v ip >/dev/null || ! command -v iptables-restore >/dev/null || ! command -v curl >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 iptables curl >/dev/null
+  fi
+fi
+if command -v ip >/dev/null && command -v iptables-restore >/dev/null && command -v curl >/dev/null; then
+  iptables-restore --version
+elif [ "$ci" = true ]; then
+  echo "iproute2, iptables and curl are required with CI=true and could not be installed" >&2
+  exit 1
+else
+  echo "ip, iptables-restore or curl is missing: the redirection test will say SKIPPED"
 fi
 
 if [ "$ci" = true ]; then

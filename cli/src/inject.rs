@@ -44,10 +44,6 @@ pub struct InjectArgs {
     /// The init container's image (with --manual).
     #[arg(long, value_name = "IMAGE")]
     init_image: Option<String>,
-
-    /// The controller's destination API the proxy uses (with --manual).
-    #[arg(long, value_name = "URL")]
-    destination: Option<String>,
 }
 
 /// `meshctl uninject`.
@@ -75,13 +71,10 @@ pub fn inject_main(args: InjectArgs) -> anyhow::Result<()> {
         if let Some(image) = args.init_image {
             config.init_image = image;
         }
-        if let Some(url) = args.destination {
-            config.destination = url;
-        }
         Mode::Manual(config)
     } else {
-        if args.proxy_image.is_some() || args.init_image.is_some() || args.destination.is_some() {
-            anyhow::bail!("--proxy-image, --init-image and --destination only apply with --manual");
+        if args.proxy_image.is_some() || args.init_image.is_some() {
+            anyhow::bail!("--proxy-image and --init-image only apply with --manual");
         }
         Mode::Annotate
     };

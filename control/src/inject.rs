@@ -35,8 +35,6 @@ pub const ADMIN_PORT: u16 = 4191;
 pub struct SidecarConfig {
     pub proxy_image: String,
     pub init_image: String,
-    /// The controller's destination API, for the proxy's discovery.
-    pub destination: String,
 }
 
 impl Default for SidecarConfig {
@@ -44,7 +42,6 @@ impl Default for SidecarConfig {
         Self {
             proxy_image: "stockkube/mesh-proxy:dev".into(),
             init_image: "stockkube/mesh-proxy-init:dev".into(),
-            destination: "http://mesh-controller.stockkube-mesh.svc.cluster.local:8086".into(),
         }
     }
 }
@@ -69,7 +66,6 @@ pub fn proxy_container(config: &SidecarConfig, app_port: u16) -> Value {
             {"name": "MESH_PROXY_INBOUND", "value": format!("0.0.0.0:{INBOUND_PORT}")},
             {"name": "MESH_PROXY_APP", "value": format!("127.0.0.1:{app_port}")},
             {"name": "MESH_PROXY_ADMIN", "value": format!("0.0.0.0:{ADMIN_PORT}")},
-            {"name": "MESH_PROXY_DESTINATION", "value": config.destination},
         ],
         "ports": [
             {"name": "mesh-inbound", "containerPort": INBOUND_PORT, "protocol": "TCP"},
@@ -95,7 +91,6 @@ pub fn init_container(config: &SidecarConfig) -> Value {
         "imagePullPolicy": "IfNotPresent",
         "args": [
             "--inbound-port", INBOUND_PORT.to_string(),
-            "--proxy-uid", PROXY_UID.to_string(),
             "--ignore-inbound-ports", format!("{ADMIN_PORT},{INBOUND_PORT}"),
         ],
         "resources": {

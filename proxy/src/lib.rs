@@ -19,7 +19,8 @@
 //! retry policy, budget and replayable bodies; [`limits`] limits against bad
 //! peers; [`outbound`] and [`inbound`] the two directions; [`http`], [`tcp`],
 //! [`body`], [`errors`] shared plumbing; [`metrics`] and [`admin`] what
-//! operators read; [`run`] wires it together and drains on shutdown.
+//! operators read; [`run`] wires it together and drains on shutdown;
+//! [`redirect`] the iptables rules of the `mesh-proxy-init` container.
 
 pub mod admin;
 pub mod balance;
@@ -33,6 +34,7 @@ pub mod inbound;
 pub mod limits;
 pub mod metrics;
 pub mod outbound;
+pub mod redirect;
 pub mod retry;
 pub mod tcp;
 

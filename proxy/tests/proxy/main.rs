@@ -10,4 +10,5 @@ mod discovery;
 mod metrics;
 mod process;
 mod protocols;
+mod redirect;
 mod resilience;
