@@ -175,6 +175,31 @@ pub struct Args {
     #[arg(long, env = "MESH_PROXY_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
 
+    /// Register with the controller (--destination) as a proxy of this
+    /// workload, so the dashboard finds it, where nothing else registers it
+    /// (docker compose, a VM).
+    #[arg(
+        long,
+        env = "MESH_PROXY_REGISTER_WORKLOAD",
+        value_name = "NAME",
+        requires = "destination"
+    )]
+    pub register_workload: Option<String>,
+
+    /// With --register-workload: also register the inbound listener as an
+    /// endpoint of this service, so other proxies discover it.
+    #[arg(long, env = "MESH_PROXY_REGISTER_SERVICE", value_name = "SERVICE", requires_all = ["register_workload", "inbound"])]
+    pub register_service: Option<String>,
+
+    /// The instance name to register (default: the host name).
+    #[arg(long, env = "MESH_PROXY_REGISTER_INSTANCE", value_name = "NAME")]
+    pub register_instance: Option<String>,
+
+    /// The host other components reach this proxy at, a name or an IP
+    /// (default: the host name, resolved at each registration).
+    #[arg(long, env = "MESH_PROXY_ADVERTISE", value_name = "HOST")]
+    pub advertise: Option<String>,
+
     /// How long in-flight requests get to finish after SIGTERM.
     #[arg(long, env = "MESH_PROXY_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
@@ -221,6 +246,8 @@ pub struct Config {
     /// Retry policy per service; services without one use the default.
     pub retry_policies: BTreeMap<String, RetryPolicy>,
     pub limits: LimitsConfig,
+    /// Self-registration with the controller, when asked for.
+    pub registration: Option<crate::register::Registration>,
     pub drain_timeout: Duration,
 }
 
@@ -415,6 +442,33 @@ impl TryFrom<Args> for Config {
                 return Err(bad(flag, env, "must be more than zero"));
             }
         }
+        let registration = match (&args.register_workload, &destination) {
+            (Some(workload), Some(controller)) => {
+                check_service_name(workload)
+                    .map_err(|m| bad("--register-workload", "MESH_PROXY_REGISTER_WORKLOAD", m))?;
+                if let Some(service) = &args.register_service {
+                    check_service_name(service)
+                        .map_err(|m| bad("--register-service", "MESH_PROXY_REGISTER_SERVICE", m))?;
+                }
+                let hostname = crate::register::hostname();
+                Some(crate::register::Registration {
+                    controller: controller.clone(),
+                    workload: workload.clone(),
+                    instance: args
+                        .register_instance
+                        .clone()
+                        .unwrap_or_else(|| hostname.clone()),
+                    advertise: args.advertise.clone().unwrap_or(hostname),
+                    admin_port: args.admin.port(),
+                    service: args
+                        .register_service
+                        .clone()
+                        .zip(args.inbound.map(|addr| addr.port())),
+                })
+            }
+            _ => None,
+        };
+
         if outbound.is_empty() && args.inbound.is_none() {
             return Err(bad(
                 "--outbound",
@@ -448,6 +502,7 @@ impl TryFrom<Args> for Config {
                 },
             },
             retry_policies,
+            registration,
             limits: LimitsConfig {
                 max_header_bytes: args.max_header_bytes,
                 header_read_timeout: args.header_read_timeout,

@@ -20,7 +20,8 @@
 //! peers; [`outbound`] and [`inbound`] the two directions; [`http`], [`tcp`],
 //! [`body`], [`errors`] shared plumbing; [`metrics`] and [`admin`] what
 //! operators read; [`run`] wires it together and drains on shutdown;
-//! [`redirect`] the iptables rules of the `mesh-proxy-init` container.
+//! [`redirect`] the iptables rules of the `mesh-proxy-init` container;
+//! [`register`] self-registration with the controller.
 
 pub mod admin;
 pub mod balance;
@@ -35,6 +36,7 @@ pub mod limits;
 pub mod metrics;
 pub mod outbound;
 pub mod redirect;
+pub mod register;
 pub mod retry;
 pub mod tcp;
 
@@ -191,6 +193,7 @@ pub async fn run(
         );
     }
 
+    let inbound_addr = listeners.inbound.as_ref().map(local_addr);
     if let (Some(listener), Some((_, app))) = (listeners.inbound, config.inbound) {
         let handler = Arc::new(inbound::Inbound::new(app, metrics.clone()));
         accept_loops.spawn(
@@ -220,6 +223,15 @@ pub async fn run(
             .into_future(),
     );
 
+    // Announced with the ports actually bound (a flag may have said 0).
+    let registration = config.registration.clone().map(|mut registration| {
+        registration.admin_port = admin_addr.port();
+        if let (Some((_, port)), Some(inbound)) = (&mut registration.service, inbound_addr) {
+            *port = inbound.port();
+        }
+        tokio::spawn(register::run(registration, drain_rx.clone()))
+    });
+
     ready.store(true, Ordering::Release);
     tracing::info!(admin = %admin_addr, "mesh-proxy ready");
     shutdown.await;
@@ -236,6 +248,9 @@ pub async fn run(
         tracing::warn!(timeout = ?config.drain_timeout, "drain timed out; closing the remaining connections");
     }
     let _ = admin_server.await;
+    if let Some(registration) = registration {
+        let _ = registration.await;
+    }
     tracing::info!("mesh-proxy stopped");
     Ok(())
 }

@@ -150,3 +150,50 @@ async fn endpoints_added_and_removed_under_load() {
     assert!(log.len() > 100, "load ran: {} calls", log.len());
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_proxy_registers_itself_and_withdraws_when_it_drains() {
+    let registry = Registry::default();
+    let (controller, _stop) = spawn_controller(registry.clone()).await;
+    let app = replica("self-registered").await;
+    let app_addr = app.addr.to_string();
+    let proxy = spawn_proxy(&[
+        "--inbound",
+        "127.0.0.1:0",
+        "--app",
+        &app_addr,
+        "--destination",
+        &controller,
+        "--register-workload",
+        "stockdata",
+        "--register-service",
+        "stockdata",
+        "--register-instance",
+        "stockdata-7",
+        "--advertise",
+        "127.0.0.1",
+    ])
+    .await;
+    let inbound = proxy.inbound.unwrap();
+    eventually("the proxy registered", Duration::from_secs(10), || async {
+        let services = registry.list();
+        let listed = services.iter().any(|(service, set)| {
+            service == "stockdata" && set.get(&inbound).map(String::as_str) == Some("stockdata-7")
+        });
+        let proxies = registry.proxies();
+        let known = proxies
+            .iter()
+            .any(|p| p.admin_addr == proxy.admin && p.workload == "stockdata");
+        (listed && known).then_some(())
+    })
+    .await;
+    proxy.shutdown().await;
+    assert!(registry.proxies().is_empty(), "withdrawn at drain");
+    assert!(
+        registry
+            .list()
+            .iter()
+            .all(|(_, set)| !set.contains_key(&inbound)),
+        "endpoint withdrawn at drain"
+    );
+}

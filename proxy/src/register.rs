@@ -1,0 +1,146 @@
+//! Self-registration with the controller, where nothing else tells it about
+//! the proxy (docker compose, a VM): the proxy announces its admin server
+//! (so the dashboard scrapes it) and, optionally, its inbound listener as an
+//! endpoint of a service (so other proxies discover it). It announces again
+//! every few seconds, so a restarted controller relearns it, and withdraws
+//! both when it drains.
+
+use std::{net::SocketAddr, time::Duration};
+use stockkube_proto::mesh::{
+    DeregisterProxyRequest, DeregisterRequest, Endpoint, ProxyInfo, RegisterRequest,
+    registry_client::RegistryClient,
+};
+use tokio::sync::watch;
+use tonic::transport::Channel;
+
+/// How often registration is repeated.
+const REFRESH: Duration = Duration::from_secs(10);
+
+/// What the proxy says about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    /// The controller's URL (`--destination`).
+    pub controller: http::Uri,
+    pub workload: String,
+    pub instance: String,
+    /// The host others reach this proxy at; resolved at each announcement,
+    /// since a container's address is only known once it runs.
+    pub advertise: String,
+    pub admin_port: u16,
+    /// The service whose endpoint the inbound listener is, with its port.
+    pub service: Option<(String, u16)>,
+}
+
+/// The machine's host name, the default instance name and advertised host
+/// (in a container or pod, its own name).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".to_owned())
+}
+
+async fn resolve(host: &str) -> Result<std::net::IpAddr, String> {
+    if let Ok(ip) = host.parse() {
+        return Ok(ip);
+    }
+    tokio::net::lookup_host((host, 0))
+        .await
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .next()
+        .map(|addr| addr.ip())
+        .ok_or_else(|| format!("{host} has no address"))
+}
+
+/// Announces until `drain` turns true, then withdraws.
+pub async fn run(registration: Registration, mut drain: watch::Receiver<bool>) {
+    let channel = tonic::transport::Endpoint::from(registration.controller.clone())
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(5))
+        .connect_lazy();
+    let mut client = RegistryClient::new(channel);
+    let mut announced: Option<(SocketAddr, Option<SocketAddr>)> = None;
+    let mut failing = false;
+    loop {
+        match announce(&mut client, &registration).await {
+            Ok(addrs) => {
+                if failing || announced.is_none() {
+                    tracing::info!(admin = %addrs.0, endpoint = ?addrs.1, controller = %registration.controller, "registered with the controller");
+                }
+                failing = false;
+                announced = Some(addrs);
+            }
+            Err(err) => {
+                // One warning per outage, not one per attempt.
+                if !failing {
+                    tracing::warn!(%err, controller = %registration.controller, "cannot register with the controller; retrying");
+                }
+                failing = true;
+            }
+        }
+        let wait = if failing {
+            Duration::from_secs(1)
+        } else {
+            REFRESH
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = drain.wait_for(|draining| *draining) => break,
+        }
+    }
+    if let Some((admin, endpoint)) = announced {
+        let withdraw = async {
+            if let (Some((service, _)), Some(addr)) = (&registration.service, endpoint) {
+                client
+                    .deregister(DeregisterRequest {
+                        service: service.clone(),
+                        addr: addr.to_string(),
+                    })
+                    .await?;
+            }
+            client
+                .deregister_proxy(DeregisterProxyRequest {
+                    admin_addr: admin.to_string(),
+                })
+                .await?;
+            Ok::<_, tonic::Status>(())
+        };
+        match tokio::time::timeout(Duration::from_secs(2), withdraw).await {
+            Ok(Ok(())) => tracing::info!("deregistered from the controller"),
+            Ok(Err(status)) => tracing::warn!(message = status.message(), "cannot deregister"),
+            Err(_) => tracing::warn!("the controller did not answer the deregistration in 2 s"),
+        }
+    }
+}
+
+/// One announcement: the admin address and, if asked, the endpoint.
+async fn announce(
+    client: &mut RegistryClient<Channel>,
+    registration: &Registration,
+) -> Result<(SocketAddr, Option<SocketAddr>), String> {
+    let ip = resolve(&registration.advertise).await?;
+    let admin = SocketAddr::new(ip, registration.admin_port);
+    let mut endpoint = None;
+    if let Some((service, port)) = &registration.service {
+        let addr = SocketAddr::new(ip, *port);
+        client
+            .register(RegisterRequest {
+                service: service.clone(),
+                endpoint: Some(Endpoint {
+                    addr: addr.to_string(),
+                    instance: registration.instance.clone(),
+                }),
+            })
+            .await
+            .map_err(|s| format!("Register: {}", s.message()))?;
+        endpoint = Some(addr);
+    }
+    client
+        .register_proxy(ProxyInfo {
+            workload: registration.workload.clone(),
+            instance: registration.instance.clone(),
+            admin_addr: admin.to_string(),
+        })
+        .await
+        .map_err(|s| format!("RegisterProxy: {}", s.message()))?;
+    Ok((admin, endpoint))
+}
