@@ -13,6 +13,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 tag=${1:-dev}
+# One build at a time: the staging directories below are shared.
+mkdir -p target
+exec 9>target/docker-build.lock
+flock 9
+
 target=x86_64-unknown-linux-musl
 out=target/$target/release
 

@@ -5,8 +5,10 @@
 #   - a Python venv with grpcio and grpcio-tools (interop tests) and
 #     kubernetes-validate (manifest checks), at target/interop-venv;
 #   - Debian's chromium and chromium-driver (the dashboard's browser tests);
-#   - iproute2, iptables and curl (the traffic redirection test, which also
-#     needs root: it builds network namespaces).
+#   - iproute2, iptables, curl and jq (the traffic redirection test, which
+#     also needs root: it builds network namespaces; the tutorial's commands).
+# Docker and docker-compose must be there already (the container tests build
+# images with docker/build.sh, which adds rustup's musl target if missing).
 # With CI=true a prerequisite that cannot be installed is a failure, and the
 # formatting and lint checks run too.
 set -euo pipefail
@@ -53,20 +55,34 @@ else
   echo "chromium is missing: the browser tests will say SKIPPED (install chromium chromium-driver as root)"
 fi
 
-step "network tools (iproute2, iptables, curl: the traffic redirection test)"
-if ! command -v ip >/dev/null || ! command -v iptables-restore >/dev/null || ! command -v curl >/dev/null; then
+step "tools (iproute2, iptables, curl, jq: redirection test, tutorial, containers)"
+have_tools() {
+  command -v ip >/dev/null && command -v iptables-restore >/dev/null &&
+    command -v curl >/dev/null && command -v jq >/dev/null
+}
+if ! have_tools; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 iptables curl >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 iptables curl jq >/dev/null
   fi
 fi
-if command -v ip >/dev/null && command -v iptables-restore >/dev/null && command -v curl >/dev/null; then
+if have_tools; then
   iptables-restore --version
 elif [ "$ci" = true ]; then
-  echo "iproute2, iptables and curl are required with CI=true and could not be installed" >&2
+  echo "iproute2, iptables, curl and jq are required with CI=true and could not be installed" >&2
   exit 1
 else
-  echo "ip, iptables-restore or curl is missing: the redirection test will say SKIPPED"
+  echo "ip, iptables-restore, curl or jq is missing: the tests that need them will say SKIPPED"
+fi
+
+step "docker (the container images, docker-compose.yml, the tutorial)"
+if docker info --format 'engine {{.ServerVersion}}' 2>/dev/null && docker-compose version --short 2>/dev/null; then
+  :
+elif [ "$ci" = true ]; then
+  echo "a running Docker engine and docker-compose are required with CI=true" >&2
+  exit 1
+else
+  echo "no Docker engine or docker-compose: the container tests will say SKIPPED"
 fi
 
 if [ "$ci" = true ]; then

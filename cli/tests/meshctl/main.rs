@@ -16,6 +16,7 @@ use tokio::{
 mod compose;
 mod dashboard;
 mod inject;
+mod tutorial;
 mod webdriver;
 
 const MESHCTL: &str = env!("CARGO_BIN_EXE_meshctl");
