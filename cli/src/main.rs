@@ -4,10 +4,12 @@
 //!   the mesh and the StockKube sample on this machine.
 //! - `dashboard`: the dashboard against a running mesh.
 //! - `inject` / `uninject`: add the mesh to Kubernetes YAML, or take it out.
+//! - `bench`: gRPC load and the benchmark suite.
 //!
 //! Every service runs as a child process of `meshctl`, exactly as it would
 //! run anywhere else; `meshctl` only starts, watches and stops them.
 
+mod bench;
 mod dashboard;
 mod demo;
 mod inject;
@@ -39,6 +41,10 @@ enum Command {
     Inject(inject::InjectArgs),
     /// Take the mesh out of Kubernetes YAML that `inject` wrote.
     Uninject(inject::UninjectArgs),
+    /// Load a StockData target with unary gRPC calls and report throughput,
+    /// latency percentiles, errors and each replica's share; or, with
+    /// --suite, compare no proxy, mesh-proxy and Envoy (docs/benchmarks.md).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +59,7 @@ fn main() -> ExitCode {
         Command::Dashboard(args) => dashboard::main(args),
         Command::Inject(args) => inject::inject_main(args),
         Command::Uninject(args) => inject::uninject_main(args),
+        Command::Bench(args) => bench::main(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

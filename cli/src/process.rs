@@ -96,6 +96,11 @@ impl Service {
         Ok(Self { name, child })
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// `Some(status)` if the child has already exited.
     pub fn try_exited(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().ok().flatten()

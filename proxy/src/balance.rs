@@ -363,6 +363,9 @@ impl Balancer {
         &self,
         tried: &[Arc<EndpointState>],
     ) -> Result<Picked, NoEndpoints> {
+        if let Some(picked) = self.try_pick(tried) {
+            return Ok(picked);
+        }
         let endpoints = self.endpoints.borrow().clone();
         let endpoints = if endpoints.is_empty() {
             let mut rx = self.endpoints.clone();
@@ -382,6 +385,23 @@ impl Balancer {
         let state = self.choose(&endpoints, tried);
         state.in_flight.fetch_add(1, Ordering::Relaxed);
         Ok(Picked {
+            state,
+            feedback: self.feedback.clone(),
+            started: Instant::now(),
+            done: false,
+        })
+    }
+
+    /// Picks without waiting; `None` when the service has no endpoints now.
+    pub fn try_pick(&self, tried: &[Arc<EndpointState>]) -> Option<Picked> {
+        let endpoints = self.endpoints.borrow();
+        if endpoints.is_empty() {
+            return None;
+        }
+        let state = self.choose(&endpoints, tried);
+        drop(endpoints);
+        state.in_flight.fetch_add(1, Ordering::Relaxed);
+        Some(Picked {
             state,
             feedback: self.feedback.clone(),
             started: Instant::now(),

