@@ -91,6 +91,8 @@ pub struct EndpointState {
     /// `x-mesh-endpoint` response header, so no request formats it again.
     pub authority: http::uri::Authority,
     pub header: http::HeaderValue,
+    /// Its metric handles, resolved on first use by the outbound side.
+    pub metrics: std::sync::OnceLock<Arc<crate::metrics::RouteMetrics>>,
     in_flight: AtomicUsize,
     served: AtomicU64,
     failed: AtomicU64,
@@ -118,6 +120,7 @@ impl EndpointState {
             header: http::HeaderValue::from_str(&addr)
                 .expect("a socket address is a valid header value"),
             addr_label: addr.into(),
+            metrics: std::sync::OnceLock::new(),
             endpoint,
             in_flight: AtomicUsize::new(0),
             served: AtomicU64::new(0),
@@ -186,8 +189,11 @@ impl Picked {
     pub fn succeeded(mut self) {
         let now = Instant::now();
         let rtt = now - self.started;
-        let was_failing = self.state.consecutive_failures.swap(0, Ordering::Relaxed) > 0;
-        let recovered = self.state.ejections.swap(0, Ordering::Relaxed) > 0;
+        // Plain loads first: the common case (healthy) writes nothing.
+        let was_failing = self.state.consecutive_failures.load(Ordering::Relaxed) > 0
+            && self.state.consecutive_failures.swap(0, Ordering::Relaxed) > 0;
+        let recovered = self.state.ejections.load(Ordering::Relaxed) > 0
+            && self.state.ejections.swap(0, Ordering::Relaxed) > 0;
         {
             let mut ewma = self.state.rtt.lock().expect("ewma lock is never poisoned");
             if was_failing {
@@ -382,12 +388,13 @@ impl Balancer {
         } else {
             endpoints
         };
-        let state = self.choose(&endpoints, tried);
+        let now = Instant::now();
+        let state = self.choose(&endpoints, tried, now);
         state.in_flight.fetch_add(1, Ordering::Relaxed);
         Ok(Picked {
             state,
             feedback: self.feedback.clone(),
-            started: Instant::now(),
+            started: now,
             done: false,
         })
     }
@@ -398,13 +405,15 @@ impl Balancer {
         if endpoints.is_empty() {
             return None;
         }
-        let state = self.choose(&endpoints, tried);
+        // One clock read serves the choice and the latency measurement.
+        let now = Instant::now();
+        let state = self.choose(&endpoints, tried, now);
         drop(endpoints);
         state.in_flight.fetch_add(1, Ordering::Relaxed);
         Some(Picked {
             state,
             feedback: self.feedback.clone(),
-            started: Instant::now(),
+            started: now,
             done: false,
         })
     }
@@ -413,9 +422,12 @@ impl Balancer {
         &self,
         endpoints: &[Arc<EndpointState>],
         tried: &[Arc<EndpointState>],
+        now: Instant,
     ) -> Arc<EndpointState> {
         debug_assert!(!endpoints.is_empty());
-        let now_ns = self.feedback.now_ns();
+        let now_ns = now
+            .saturating_duration_since(self.feedback.epoch)
+            .as_nanos() as u64;
         if self.feedback.probe_due.load(Ordering::Relaxed) <= now_ns
             && let Some(probe) = self.claim_probe(endpoints, tried, now_ns)
         {
@@ -470,7 +482,6 @@ impl Balancer {
                         }
                     }
                 };
-                let now = Instant::now();
                 let decay = self.config.ewma.decay;
                 let (ca, cb) = (endpoints[a].cost(now, decay), endpoints[b].cost(now, decay));
                 endpoints[if ca <= cb { a } else { b }].clone()

@@ -5,7 +5,7 @@
 //! `grpc-status` from trailers) or when it is dropped unfinished (a client
 //! that went away, an upstream that reset).
 
-use crate::metrics::{Metrics, RouteLabels};
+use crate::metrics::RouteMetrics;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -19,19 +19,17 @@ use std::{
 /// Records one response's outcome when it is finished or dropped.
 #[derive(Debug)]
 pub struct Recorder {
-    metrics: Arc<Metrics>,
-    route: RouteLabels,
+    metrics: Arc<RouteMetrics>,
     started: Instant,
     status_code: u16,
     grpc_status: Option<u8>,
 }
 
 impl Recorder {
-    pub fn new(metrics: Arc<Metrics>, route: RouteLabels, started: Instant) -> Self {
-        metrics.request(&route);
+    pub fn new(metrics: Arc<RouteMetrics>, started: Instant) -> Self {
+        metrics.request();
         Self {
             metrics,
-            route,
             started,
             status_code: 0,
             grpc_status: None,
@@ -55,7 +53,6 @@ impl Recorder {
 
     pub fn finish(self, complete: bool) {
         self.metrics.response(
-            &self.route,
             self.status_code,
             self.grpc_status,
             complete,

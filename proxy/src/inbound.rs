@@ -11,7 +11,7 @@ use crate::{
     detect::{Prefixed, Protocol},
     errors,
     http::{Upstream, set_authority, strip_hop_by_hop},
-    metrics::{Direction, Metrics, RouteLabels},
+    metrics::{Direction, Metrics, RouteLabels, RouteMetrics},
     outbound::error_chain,
     tcp,
 };
@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 pub struct Inbound {
     app: SocketAddr,
     authority: http::uri::Authority,
-    route: RouteLabels,
+    route: Arc<RouteMetrics>,
     upstream: Upstream<Incoming>,
     metrics: Arc<Metrics>,
 }
@@ -34,11 +34,11 @@ impl Inbound {
         Self {
             app,
             authority: addr.parse().expect("a socket address is a valid authority"),
-            route: RouteLabels {
+            route: Arc::new(metrics.route(RouteLabels {
                 direction: Direction::Inbound,
                 target: "app".into(),
                 endpoint: addr.into(),
-            },
+            })),
             upstream: Upstream::default(),
             metrics,
         }
@@ -50,7 +50,7 @@ impl Inbound {
         mut request: http::Request<Incoming>,
     ) -> http::Response<ProxyBody> {
         let grpc = errors::is_grpc(&request);
-        let mut recorder = Recorder::new(self.metrics.clone(), self.route.clone(), Instant::now());
+        let mut recorder = Recorder::new(self.route.clone(), Instant::now());
         set_authority(&mut request, self.authority.clone());
         if protocol == Protocol::Http1 {
             strip_hop_by_hop(request.headers_mut());
@@ -79,7 +79,7 @@ impl Inbound {
     }
 
     pub async fn proxy_tcp(&self, client: Prefixed<TcpStream>) {
-        self.metrics.tcp_connection(&self.route);
+        self.metrics.tcp_connection(self.route.route());
         if let Err(err) = tcp::forward(client, self.app).await {
             tracing::debug!(%err, app = %self.app, "opaque connection ended with an error");
         }

@@ -254,7 +254,76 @@ impl Collector for Ejections {
     }
 }
 
+/// One route's metric handles, resolved once (per endpoint, or per inbound
+/// listener) instead of per request: the request counter, the latency
+/// histogram, and the counter of the common answer (gRPC OK, or HTTP 200
+/// without a gRPC status). Other answers go through the label lookup.
+#[derive(Debug)]
+pub struct RouteMetrics {
+    metrics: Arc<Metrics>,
+    route: RouteLabels,
+    requests: Counter,
+    latency: Histogram,
+    grpc_ok: Counter,
+    http_ok: Counter,
+}
+
+impl RouteMetrics {
+    pub fn route(&self) -> &RouteLabels {
+        &self.route
+    }
+
+    pub fn request(&self) {
+        self.requests.inc();
+    }
+
+    pub fn response(
+        &self,
+        status_code: u16,
+        grpc_status: Option<u8>,
+        complete: bool,
+        latency_seconds: f64,
+    ) {
+        match (complete, status_code, grpc_status) {
+            (true, 200, Some(0)) => {
+                self.grpc_ok.inc();
+            }
+            (true, 200, None) => {
+                self.http_ok.inc();
+            }
+            _ => self
+                .metrics
+                .count_response(&self.route, status_code, grpc_status, complete),
+        }
+        self.latency.observe(latency_seconds);
+    }
+}
+
 impl Metrics {
+    /// The handles of one route's metrics.
+    pub fn route(self: &Arc<Self>, route: RouteLabels) -> RouteMetrics {
+        let response = |status_code, grpc_status| {
+            self.responses
+                .get_or_create(&ResponseLabels {
+                    direction: route.direction,
+                    target: route.target.clone(),
+                    endpoint: route.endpoint.clone(),
+                    status_code,
+                    grpc_status,
+                    classification: Classification::Success,
+                })
+                .clone()
+        };
+        RouteMetrics {
+            requests: self.requests.get_or_create(&route).clone(),
+            latency: self.latency.get_or_create(&route).clone(),
+            grpc_ok: response(200, Some(0)),
+            http_ok: response(200, None),
+            metrics: self.clone(),
+            route,
+        }
+    }
+
     /// Metrics that also report the accrual state of `balancers`.
     pub fn with_balancers(balancers: Vec<Arc<Balancer>>) -> Self {
         let mut metrics = Self::default();
@@ -307,6 +376,17 @@ impl Metrics {
         complete: bool,
         latency_seconds: f64,
     ) {
+        self.count_response(route, status_code, grpc_status, complete);
+        self.latency.get_or_create(route).observe(latency_seconds);
+    }
+
+    fn count_response(
+        &self,
+        route: &RouteLabels,
+        status_code: u16,
+        grpc_status: Option<u8>,
+        complete: bool,
+    ) {
         let failed = !complete || status_code >= 500 || grpc_status.is_some_and(|code| code != 0);
         self.responses
             .get_or_create(&ResponseLabels {
@@ -322,7 +402,6 @@ impl Metrics {
                 },
             })
             .inc();
-        self.latency.get_or_create(route).observe(latency_seconds);
     }
 
     pub fn tcp_connection(&self, route: &RouteLabels) {

@@ -159,12 +159,18 @@ impl Outbound {
                 }
             };
             let endpoint = picked.endpoint().clone();
-            let route = RouteLabels {
-                direction: Direction::Outbound,
-                target: service.balancer.service().clone(),
-                endpoint: endpoint.addr_label.clone(),
-            };
-            let mut recorder = Recorder::new(self.metrics.clone(), route.clone(), Instant::now());
+            let endpoint_metrics = endpoint
+                .metrics
+                .get_or_init(|| {
+                    Arc::new(self.metrics.route(RouteLabels {
+                        direction: Direction::Outbound,
+                        target: service.balancer.service().clone(),
+                        endpoint: endpoint.addr_label.clone(),
+                    }))
+                })
+                .clone();
+            let route = endpoint_metrics.route();
+            let mut recorder = Recorder::new(endpoint_metrics.clone(), Instant::now());
 
             let mut request = attempt_request(&head, body);
             set_authority(&mut request, endpoint.authority.clone());
@@ -182,7 +188,7 @@ impl Outbound {
                             if service.timeout == Some(deadline) {
                                 picked.failed(&format_args!("no answer within {deadline:?}"));
                             }
-                            self.metrics.timeout(&route);
+                            self.metrics.timeout(route);
                             let message = format!(
                                 "mesh-proxy: {} did not answer within {deadline:?}",
                                 route.target
@@ -239,7 +245,7 @@ impl Outbound {
             let next = match retry {
                 Ok(next) => next,
                 Err(why) => {
-                    self.metrics.retry_skipped(&route, why);
+                    self.metrics.retry_skipped(route, why);
                     return match failure {
                         Failure::Status(response) => {
                             forward(protocol, response, recorder, &endpoint, attempt)
@@ -266,12 +272,12 @@ impl Outbound {
             };
             match failure {
                 Failure::Status(response) => {
-                    self.metrics.retry(&route, "status");
+                    self.metrics.retry(route, "status");
                     recorder.head(response.status(), response.headers());
                     recorder.finish(true);
                 }
                 Failure::Error(err) => {
-                    self.metrics.retry(&route, "error");
+                    self.metrics.retry(route, "error");
                     tracing::debug!(endpoint = %endpoint.addr_label, err = %error_chain(&err), attempt, "retrying");
                     errors::recorded(
                         recorder,
