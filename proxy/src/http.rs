@@ -8,19 +8,60 @@ use crate::{
     limits::LimitsConfig,
 };
 use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioIo, TokioTimer},
 };
-use std::{convert::Infallible, future::Future, time::Duration};
+use std::{
+    collections::HashMap, convert::Infallible, future::Future, net::SocketAddr, sync::Arc,
+    time::Duration,
+};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
-/// Clients to upstreams, one per protocol, sending request bodies of type
-/// `B`. Connections open lazily on the first request to an address and are
-/// re-established after a failure.
+/// Why a request got no response from its upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot connect to {addr}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("connecting to {addr} timed out after {CONNECT_TIMEOUT:?}")]
+    ConnectTimeout { addr: SocketAddr },
+    #[error("HTTP/2 handshake with {addr} failed")]
+    Handshake {
+        addr: SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("the request's authority {0:?} is not an ip:port address")]
+    NotAnAddress(String),
+    #[error("HTTP/2 request failed")]
+    Http2(#[source] hyper::Error),
+    #[error("HTTP/1 request failed")]
+    Http1(#[source] hyper_util::client::legacy::Error),
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Clients to upstreams, sending request bodies of type `B`: one
+/// multiplexed HTTP/2 connection per endpoint address, shared by every
+/// request to it, opened on first use and again after it closes; pooled
+/// HTTP/1 connections.
+///
+/// The HTTP/2 side holds hyper's connection handles directly rather than
+/// going through a general-purpose pool: a request takes one uncontended
+/// lock to find its endpoint's handle, and nothing is boxed or spawned per
+/// request (the profile of the first version showed the pool's per-request
+/// future copies and allocations; see docs/benchmarks.md).
 pub struct Upstream<B> {
-    h2: Client<HttpConnector, B>,
+    h2: std::sync::Mutex<HashMap<SocketAddr, SendRequest<B>>>,
+    /// Held while connecting, per address, so concurrent first requests
+    /// share one new connection.
+    connecting: std::sync::Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
     h1: Client<HttpConnector, B>,
 }
 
@@ -39,19 +80,16 @@ where
     fn default() -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(3)));
-        // The legacy client keys its pool by authority: with http2_only every
-        // endpoint gets one multiplexed connection, shared by all requests.
-        let h2 = Client::builder(TokioExecutor::new())
-            .http2_only(true)
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .build(connector.clone());
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         let h1 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_timer(TokioTimer::new())
             .build(connector);
-        Self { h2, h1 }
+        Self {
+            h2: Default::default(),
+            connecting: Default::default(),
+            h1,
+        }
     }
 }
 
@@ -67,11 +105,88 @@ where
         &self,
         protocol: Protocol,
         request: http::Request<B>,
-    ) -> Result<http::Response<Incoming>, hyper_util::client::legacy::Error> {
-        match protocol {
-            Protocol::Http2 => self.h2.request(request).await,
-            _ => self.h1.request(request).await,
+    ) -> Result<http::Response<Incoming>, UpstreamError> {
+        if protocol != Protocol::Http2 {
+            return self.h1.request(request).await.map_err(UpstreamError::Http1);
         }
+        let authority = request.uri().authority().map_or("", |a| a.as_str());
+        let addr: SocketAddr = authority
+            .parse()
+            .map_err(|_| UpstreamError::NotAnAddress(authority.to_owned()))?;
+        let mut sender = match self.live_sender(addr) {
+            Some(sender) => sender,
+            None => self.connect(addr).await?,
+        };
+        // Waits while the connection is at its peer's stream limit.
+        if sender.ready().await.is_err() {
+            // Closed since we looked (GOAWAY, reset): one new connection.
+            sender = self.connect(addr).await?;
+            sender.ready().await.map_err(UpstreamError::Http2)?;
+        }
+        sender
+            .send_request(request)
+            .await
+            .map_err(UpstreamError::Http2)
+    }
+
+    fn live_sender(&self, addr: SocketAddr) -> Option<SendRequest<B>> {
+        let connections = self
+            .h2
+            .lock()
+            .expect("connection map lock is never poisoned");
+        connections
+            .get(&addr)
+            .filter(|sender| !sender.is_closed())
+            .cloned()
+    }
+
+    /// A new connection to `addr`, unless a concurrent request just made one.
+    async fn connect(&self, addr: SocketAddr) -> Result<SendRequest<B>, UpstreamError> {
+        let gate = self
+            .connecting
+            .lock()
+            .expect("connect map lock is never poisoned")
+            .entry(addr)
+            .or_default()
+            .clone();
+        let _connecting = gate.lock().await;
+        if let Some(sender) = self.live_sender(addr) {
+            return Ok(sender);
+        }
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| UpstreamError::ConnectTimeout { addr })?
+            .map_err(|source| UpstreamError::Connect { addr, source })?;
+        let _ = stream.set_nodelay(true);
+        let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+        builder.timer(TokioTimer::new());
+        let (sender, connection) = builder
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| UpstreamError::Handshake { addr, source })?;
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(%addr, %err, "upstream HTTP/2 connection ended with an error");
+            }
+        });
+        {
+            // Connecting is rare: the moment to forget connections that
+            // closed (endpoints gone, peers restarted), so neither map grows
+            // with every address ever used.
+            let mut connections = self
+                .h2
+                .lock()
+                .expect("connection map lock is never poisoned");
+            connections.retain(|_, sender| !sender.is_closed());
+            connections.insert(addr, sender.clone());
+            let live: Vec<SocketAddr> = connections.keys().copied().collect();
+            drop(connections);
+            self.connecting
+                .lock()
+                .expect("connect map lock is never poisoned")
+                .retain(|a, gate| *a == addr || live.contains(a) || Arc::strong_count(gate) > 1);
+        }
+        Ok(sender)
     }
 }
 

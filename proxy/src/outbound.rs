@@ -56,7 +56,7 @@ enum Failure {
     /// A response the retry policy names.
     Status(http::Response<Incoming>),
     /// No response at all.
-    Error(hyper_util::client::legacy::Error),
+    Error(crate::http::UpstreamError),
 }
 
 impl Outbound {
