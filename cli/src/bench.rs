@@ -322,51 +322,33 @@ pub async fn run(load: &Load) -> anyhow::Result<Report> {
         })
     });
 
+    // Open loop: each worker takes the next due time in turn; a late worker
+    // sends at once, and the lateness counts in that call's latency.
+    let interval = load.rate.map(|rate| Duration::from_secs_f64(1.0 / rate));
     let mut workers = tokio::task::JoinSet::new();
-    match load.rate {
-        None => {
-            for (c, client) in clients.iter().enumerate() {
-                for s in 0..load.streams {
-                    let mut client = client.clone();
-                    let next = next.clone();
-                    let completed = completed.clone();
-                    let id = ((c * load.streams + s) % 100) as i32 + 1;
-                    workers.spawn(async move {
-                        let mut tally = Tally::new();
-                        while next().is_some() {
-                            let at = Instant::now();
-                            let result = client.get(GetRequest { id }).await;
-                            tally.record(at, result);
-                            completed.fetch_add(1, Ordering::Relaxed);
-                        }
-                        tally
-                    });
-                }
-            }
-        }
-        Some(rate) => {
-            // Each worker takes the next due time in turn; a late worker
-            // sends at once, and the lateness counts in that call's latency.
-            let interval = Duration::from_secs_f64(1.0 / rate);
-            for (c, client) in clients.iter().enumerate() {
-                for s in 0..load.streams {
-                    let mut client = client.clone();
-                    let next = next.clone();
-                    let completed = completed.clone();
-                    let id = ((c * load.streams + s) % 100) as i32 + 1;
-                    workers.spawn(async move {
-                        let mut tally = Tally::new();
-                        while let Some(n) = next() {
+    for (c, client) in clients.iter().enumerate() {
+        for s in 0..load.streams {
+            let mut client = client.clone();
+            let next = next.clone();
+            let completed = completed.clone();
+            let id = ((c * load.streams + s) % 100) as i32 + 1;
+            workers.spawn(async move {
+                let mut tally = Tally::new();
+                while let Some(n) = next() {
+                    let at = match interval {
+                        Some(interval) => {
                             let due = started + interval.mul_f64(n as f64);
                             tokio::time::sleep_until(due).await;
-                            let result = client.get(GetRequest { id }).await;
-                            tally.record(due, result);
-                            completed.fetch_add(1, Ordering::Relaxed);
+                            due
                         }
-                        tally
-                    });
+                        None => Instant::now(),
+                    };
+                    let result = client.get(GetRequest { id }).await;
+                    tally.record(at, result);
+                    completed.fetch_add(1, Ordering::Relaxed);
                 }
-            }
+                tally
+            });
         }
     }
     let mut total = Tally::new();

@@ -1,6 +1,6 @@
 //! Peers that misbehave do not hurt the proxy or its other clients.
 
-use crate::support::{call_many, spawn_proxy, static_list};
+use crate::support::{Proxy, call_many, spawn_proxy, static_list};
 use std::time::Duration;
 use stockdata::test_util::{connect, eventually, spawn_replica};
 use stockkube_proto::stockdata::stocks_client::StocksClient;
@@ -9,15 +9,7 @@ use tokio::{io::AsyncWriteExt as _, net::TcpStream};
 #[tokio::test]
 async fn garbage_resets_and_idle_connections_leave_others_served() {
     let replica = spawn_replica("sturdy").await;
-    let proxy = spawn_proxy(&[
-        "--outbound",
-        "stockdata=127.0.0.1:0",
-        "--discover",
-        &static_list(&[replica.addr]),
-        "--detect-timeout",
-        "200ms",
-    ])
-    .await;
+    let proxy = proxy_in_front(&replica, &["--detect-timeout", "200ms"]).await;
 
     // 1,000 idle connections, held open throughout.
     let mut idle = Vec::new();
@@ -61,6 +53,21 @@ async fn garbage_resets_and_idle_connections_leave_others_served() {
     proxy.shutdown().await;
 }
 
+/// An outbound proxy in front of `replica`, with `limits` added to its flags.
+async fn proxy_in_front(replica: &stockdata::test_util::Replica, limits: &[&str]) -> Proxy {
+    let discover = static_list(&[replica.addr]);
+    let flags: Vec<&str> = [
+        "--outbound",
+        "stockdata=127.0.0.1:0",
+        "--discover",
+        &discover,
+    ]
+    .into_iter()
+    .chain(limits.iter().copied())
+    .collect();
+    spawn_proxy(&flags).await
+}
+
 async fn refused(admin: std::net::SocketAddr, reason: &str) -> f64 {
     let (_, text) = crate::support::http_get(admin, "/metrics").await;
     crate::support::sum(
@@ -82,15 +89,7 @@ async fn read_until_closed(conn: &mut TcpStream) -> Vec<u8> {
 #[tokio::test]
 async fn oversized_headers_are_refused_with_431_or_resource_exhausted() {
     let replica = spawn_replica("r").await;
-    let proxy = spawn_proxy(&[
-        "--outbound",
-        "stockdata=127.0.0.1:0",
-        "--discover",
-        &static_list(&[replica.addr]),
-        "--max-header-bytes",
-        "4096",
-    ])
-    .await;
+    let proxy = proxy_in_front(&replica, &["--max-header-bytes", "4096"]).await;
 
     // gRPC over HTTP/2: 6 KiB of metadata.
     let mut client = StocksClient::new(connect(proxy.outbound).await);
@@ -127,15 +126,7 @@ async fn oversized_headers_are_refused_with_431_or_resource_exhausted() {
 #[tokio::test]
 async fn a_client_that_sends_its_head_too_slowly_is_cut_off() {
     let replica = spawn_replica("r").await;
-    let proxy = spawn_proxy(&[
-        "--outbound",
-        "stockdata=127.0.0.1:0",
-        "--discover",
-        &static_list(&[replica.addr]),
-        "--header-read-timeout",
-        "300ms",
-    ])
-    .await;
+    let proxy = proxy_in_front(&replica, &["--header-read-timeout", "300ms"]).await;
     let mut conn = TcpStream::connect(proxy.outbound).await.unwrap();
     conn.write_all(b"GET / HTTP/1.1\r\nHost: stockdata\r\n")
         .await
@@ -165,16 +156,10 @@ async fn a_client_that_sends_its_head_too_slowly_is_cut_off() {
 #[tokio::test]
 async fn connections_over_the_limit_are_closed_and_counted() {
     let replica = spawn_replica("r").await;
-    let proxy = spawn_proxy(&[
-        "--outbound",
-        "stockdata=127.0.0.1:0",
-        "--discover",
-        &static_list(&[replica.addr]),
-        "--max-connections",
-        "3",
-        "--detect-timeout",
-        "20s",
-    ])
+    let proxy = proxy_in_front(
+        &replica,
+        &["--max-connections", "3", "--detect-timeout", "20s"],
+    )
     .await;
     // Three connections that say nothing hold every slot.
     let mut held = Vec::new();
@@ -237,15 +222,7 @@ mod raw_h2 {
 async fn streams_beyond_the_limit_are_refused() {
     use tokio::io::AsyncReadExt as _;
     let replica = spawn_replica("r").await;
-    let proxy = spawn_proxy(&[
-        "--outbound",
-        "stockdata=127.0.0.1:0",
-        "--discover",
-        &static_list(&[replica.addr]),
-        "--max-concurrent-streams",
-        "4",
-    ])
-    .await;
+    let proxy = proxy_in_front(&replica, &["--max-concurrent-streams", "4"]).await;
     let mut conn = TcpStream::connect(proxy.outbound).await.unwrap();
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     out.extend(raw_h2::frame(0x4, 0, 0, &[])); // SETTINGS
