@@ -2,16 +2,18 @@
 //!
 //! ```text
 //!            outbound listener (one per target service)
-//! local app ---------> detect --HTTP--> route -> balance (p2c peak-EWMA | round-robin)
-//!                        |                          -> endpoint: one HTTP/2 connection each
-//!                        +--opaque--> balance per connection -> endpoint
+//! local app ---------> limits -> detect --HTTP--> route -> deadline -> attempt:
+//!                                  |        balance (p2c peak-EWMA | round-robin, accrual, probes)
+//!                                  |        -> endpoint: one HTTP/2 connection each
+//!                                  |        failed? retry elsewhere (policy, replay buffer, budget)
+//!                                  +--opaque--> balance per connection -> endpoint
 //!
 //!            inbound listener
-//! peer proxy --------> detect --HTTP--> local app (connections reused)
-//!                        +--opaque--> local app
+//! peer proxy --------> limits -> detect --HTTP--> local app (connections reused)
+//!                                  +--opaque--> local app
 //!
 //! discovery (static | dns | destination) --watch--> balancers
-//! admin: /metrics /ready /live /endpoints
+//! admin: /metrics /ready /live /endpoints; optional self-registration
 //! ```
 //!
 //! Layout: [`config`] flags; [`detect`] protocol detection; [`discover`]
