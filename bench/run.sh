@@ -8,7 +8,7 @@
 # docs/benchmarks.md and the chart into docs/benchmarks.svg. HAProxy and nginx
 # come from Debian (apt-get install haproxy nginx-light); rows whose proxy is
 # missing are left out. Extra arguments go to `meshctl bench --suite`
-# (e.g. --run-time 5s --rounds 3). On 2 cores: about 6 minutes of runs with
+# (e.g. --run-time 5s --rounds 3). On 2 cores: about 5 minutes of runs with
 # the defaults, plus about 4 for the first release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -30,7 +30,7 @@ use std::{
 #[derive(Debug, Clone, clap::Args)]
 pub struct SuiteArgs {
     /// Length of each measured run.
-    #[arg(long, default_value = "4s", value_parser = mesh_runtime::parse_duration)]
+    #[arg(long, default_value = "3s", value_parser = mesh_runtime::parse_duration)]
     pub run_time: Duration,
 
     /// Rounds; each round runs every row once per load.
