@@ -77,6 +77,20 @@ impl Browser {
     }
 
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        self.try_call(method, path, body)
+            .await
+            .unwrap_or_else(|(error, message)| {
+                panic!("webdriver {method} {path}: {error}: {message}")
+            })
+    }
+
+    /// The call's value, or its WebDriver error and message.
+    async fn try_call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, (Value, Value)> {
         let response = request(
             self.driver,
             method,
@@ -84,13 +98,10 @@ impl Browser {
             body,
         )
         .await;
-        if let Some(error) = response["value"].get("error") {
-            panic!(
-                "webdriver {method} {path}: {error}: {}",
-                response["value"]["message"]
-            );
+        match response["value"].get("error") {
+            Some(error) => Err((error.clone(), response["value"]["message"].clone())),
+            None => Ok(response["value"].clone()),
         }
-        response["value"].clone()
     }
 
     pub async fn goto(&self, url: &str) {
@@ -107,22 +118,35 @@ impl Browser {
         .await
     }
 
+    /// Clicks the element `css` selects. The live pages replace their
+    /// content on every scrape, so an element found may be gone by the time
+    /// it is clicked ("stale element reference"); it is then found again,
+    /// up to five times.
     pub async fn click(&self, css: &str) {
-        let element = self
-            .call(
-                "POST",
-                "/element",
-                Some(json!({ "using": "css selector", "value": css })),
-            )
-            .await;
-        let id = element
-            .as_object()
-            .and_then(|o| o.values().next())
-            .and_then(Value::as_str)
-            .unwrap_or_else(|| panic!("no element {css}"))
-            .to_owned();
-        self.call("POST", &format!("/element/{id}/click"), Some(json!({})))
-            .await;
+        for _ in 0..5 {
+            let element = self
+                .call(
+                    "POST",
+                    "/element",
+                    Some(json!({ "using": "css selector", "value": css })),
+                )
+                .await;
+            let id = element
+                .as_object()
+                .and_then(|o| o.values().next())
+                .and_then(Value::as_str)
+                .unwrap_or_else(|| panic!("no element {css}"))
+                .to_owned();
+            match self
+                .try_call("POST", &format!("/element/{id}/click"), Some(json!({})))
+                .await
+            {
+                Ok(_) => return,
+                Err((error, _)) if error == "stale element reference" => continue,
+                Err((error, message)) => panic!("webdriver click on {css}: {error}: {message}"),
+            }
+        }
+        panic!("{css} went stale five times in a row");
     }
 
     /// Writes a PNG of the viewport to `path`.
