@@ -37,8 +37,7 @@ use tokio::{
 };
 use tonic::transport::Channel;
 
-/// How long children get to start listening, and to drain when stopped.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long children get to drain when stopped.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 /// The delay "slow down" gives a replica.
 const SLOW_DELAY_MS: u64 = 200;
@@ -177,7 +176,7 @@ impl Demo {
             .iter_mut()
             .chain(replica.proxy.iter_mut())
             .collect();
-        wait_until_listening(&mut children, &[app, inbound, admin]).await?;
+        process::wait_until_listening(&mut children, &[app, inbound, admin]).await?;
         let mut registry = self.registry.lock().await;
         registry
             .register_proxy(ProxyInfo {
@@ -243,7 +242,7 @@ impl Demo {
         replica.delay_ms = SLOW_DELAY_MS;
         let mut restarted =
             spawn_stockdata(&self.bin("stockdata"), name, replica.app, replica.delay_ms)?;
-        wait_until_listening(&mut [&mut restarted], &[replica.app]).await?;
+        process::wait_until_listening(&mut [&mut restarted], &[replica.app]).await?;
         replica.stockdata = Some(restarted);
         Ok(())
     }
@@ -322,7 +321,7 @@ async fn run(args: DemoArgs, bin_dir: PathBuf) -> anyhow::Result<()> {
             &["--listen".into(), controller.to_string()],
             &[],
         )?);
-        wait_until_listening(&mut fixed.iter_mut().collect::<Vec<_>>(), &[controller]).await?;
+        process::wait_until_listening(&mut fixed.iter_mut().collect::<Vec<_>>(), &[controller]).await?;
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{controller}"))?
             .connect()
             .await
@@ -404,7 +403,7 @@ async fn run(args: DemoArgs, bin_dir: PathBuf) -> anyhow::Result<()> {
             &[],
         )?);
 
-        wait_until_listening(
+        process::wait_until_listening(
             &mut fixed.iter_mut().collect::<Vec<_>>(),
             &[outbound, web_admin, web.meshed, web.plain, web.dashboard],
         )
@@ -457,7 +456,7 @@ async fn run(args: DemoArgs, bin_dir: PathBuf) -> anyhow::Result<()> {
 /// Waits until the meshed StockWeb's sidecar knows `expected` endpoints, so
 /// the first page load is already balanced.
 async fn wait_for_endpoints(admin: SocketAddr, expected: usize) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+    let deadline = tokio::time::Instant::now() + process::READY_TIMEOUT;
     loop {
         if let Ok(body) = http_get(admin, "/endpoints").await {
             let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
@@ -470,7 +469,8 @@ async fn wait_for_endpoints(admin: SocketAddr, expected: usize) -> anyhow::Resul
         }
         if tokio::time::Instant::now() >= deadline {
             bail!(
-                "the stockweb sidecar did not learn {expected} endpoints within {READY_TIMEOUT:?}"
+                "the stockweb sidecar did not learn {expected} endpoints within {:?}",
+                process::READY_TIMEOUT
             );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -487,37 +487,6 @@ async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
     match response.split_once("\r\n\r\n") {
         Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_owned()),
         _ => bail!("unexpected answer from {addr}{path}"),
-    }
-}
-
-/// Polls until every address accepts a connection; fails as soon as one of
-/// `services` exits (its own message is already on stderr).
-async fn wait_until_listening(
-    services: &mut [&mut Service],
-    addrs: &[SocketAddr],
-) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
-    let mut pending: Vec<SocketAddr> = addrs.to_vec();
-    loop {
-        for service in services.iter_mut() {
-            if let Some(status) = service.try_exited() {
-                bail!("{} exited ({status}) before it was ready", service.name);
-            }
-        }
-        let mut still_pending = Vec::new();
-        for addr in pending {
-            if TcpStream::connect(addr).await.is_err() {
-                still_pending.push(addr);
-            }
-        }
-        pending = still_pending;
-        if pending.is_empty() {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() >= deadline {
-            bail!("nothing listening on {pending:?} after {READY_TIMEOUT:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

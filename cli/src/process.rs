@@ -138,3 +138,38 @@ impl Service {
         }
     }
 }
+
+/// How long a child gets to start listening.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Polls until every address accepts a connection; fails as soon as one of
+/// `services` exits (its own message is already on stderr), or after
+/// [`READY_TIMEOUT`].
+pub async fn wait_until_listening(
+    services: &mut [&mut Service],
+    addrs: &[std::net::SocketAddr],
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+    let mut pending: Vec<std::net::SocketAddr> = addrs.to_vec();
+    loop {
+        for service in services.iter_mut() {
+            if let Some(status) = service.try_exited() {
+                bail!("{} exited ({status}) before it was ready", service.name);
+            }
+        }
+        let mut still_pending = Vec::new();
+        for addr in pending {
+            if tokio::net::TcpStream::connect(addr).await.is_err() {
+                still_pending.push(addr);
+            }
+        }
+        pending = still_pending;
+        if pending.is_empty() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("nothing listening on {pending:?} after {READY_TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

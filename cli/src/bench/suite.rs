@@ -17,7 +17,7 @@
 //! is read from /proc (utime + stime) around each run.
 
 use super::{Load, Report, run};
-use crate::process::{Service, bin_dir, ensure_binaries};
+use crate::process::{Service, bin_dir, ensure_binaries, wait_until_listening};
 use anyhow::{Context as _, bail};
 use std::{
     fmt::Write as _,
@@ -137,24 +137,6 @@ struct Sample {
 
 fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-async fn wait_listening(addr: SocketAddr, services: &mut [&mut Service]) -> anyhow::Result<()> {
-    let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        for service in services.iter_mut() {
-            if let Some(status) = service.try_exited() {
-                bail!("{} exited ({status}) before listening", service.name);
-            }
-        }
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() > give_up {
-            bail!("nothing listening on {addr} after 30 s");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// utime + stime of a process, in seconds.
@@ -352,7 +334,7 @@ impl Bench {
             for replica in &self.replicas {
                 let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
                 let mut service = self.instance(proxy, addr, &[*replica], true)?;
-                wait_listening(addr, &mut [&mut service]).await?;
+                wait_until_listening(&mut [&mut service], &[addr]).await?;
                 proxies.push(service);
                 inbound.push(addr);
             }
@@ -361,7 +343,7 @@ impl Bench {
         // The client's proxy first: its RSS is the one reported.
         proxies.insert(0, self.instance(proxy, listen, &upstreams, false)?);
         let mut refs: Vec<&mut Service> = proxies.iter_mut().collect();
-        wait_listening(listen, &mut refs).await?;
+        wait_until_listening(&mut refs, &[listen]).await?;
         Ok(RowProcesses {
             target: format!("http://{listen}"),
             proxies,
@@ -619,7 +601,7 @@ pub async fn run_suite(args: SuiteArgs) -> anyhow::Result<()> {
             ],
             &[("RUST_LOG", "warn".into())],
         )?;
-        wait_listening(addr, &mut [&mut server]).await?;
+        wait_until_listening(&mut [&mut server], &[addr]).await?;
         servers.push(server);
         replicas.push(addr);
     }
