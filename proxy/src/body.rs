@@ -1,11 +1,13 @@
-//! Response bodies the proxy sends: an upstream body observed for metrics,
-//! or a small body the proxy made itself (an error).
+//! Bodies: what arrives from a peer ([`Received`], over HTTP/1 through
+//! hyper or over HTTP/2 through h2), and the response bodies the proxy
+//! sends ([`ProxyBody`]: an upstream body observed for metrics, or a small
+//! body the proxy made itself, an error).
 //!
 //! Metrics are recorded once per response, when its stream ends (reading
 //! `grpc-status` from trailers) or when it is dropped unfinished (a client
 //! that went away, an upstream that reset).
 
-use crate::metrics::RouteMetrics;
+use crate::{http2::RecvBody, metrics::RouteMetrics};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -68,11 +70,62 @@ fn grpc_status(headers: &http::HeaderMap) -> Option<u8> {
         .and_then(|v| v.parse().ok())
 }
 
+/// A body arriving from a peer: a client's request or an upstream's
+/// response.
+#[derive(Debug)]
+pub enum Received {
+    Http1(Incoming),
+    Http2(RecvBody),
+}
+
+/// A received body failed: the peer reset the stream, or broke the
+/// connection or the protocol.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error(transparent)]
+    Http1(hyper::Error),
+    #[error(transparent)]
+    Http2(h2::Error),
+}
+
+impl Body for Received {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            Received::Http1(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|f| f.map(|f| f.map_err(BodyError::Http1))),
+            Received::Http2(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|f| f.map(|f| f.map_err(BodyError::Http2))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Received::Http1(body) => body.is_end_stream(),
+            Received::Http2(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Received::Http1(body) => body.size_hint(),
+            Received::Http2(body) => body.size_hint(),
+        }
+    }
+}
+
 pin_project_lite::pin_project! {
     /// The body of every response the proxy returns.
     #[project = ProxyBodyProj]
     pub enum ProxyBody {
-        Upstream { #[pin] inner: Incoming, recorder: Option<Recorder> },
+        Upstream { #[pin] inner: Received, recorder: Option<Recorder> },
         Local { data: Option<Bytes> },
     }
 
@@ -89,7 +142,7 @@ pin_project_lite::pin_project! {
 
 impl ProxyBody {
     /// `recorder` must have seen the response head already.
-    pub fn upstream(inner: Incoming, recorder: Recorder) -> Self {
+    pub fn upstream(inner: Received, recorder: Recorder) -> Self {
         // An empty body (a trailers-only gRPC response) is never polled:
         // it is finished as it is made.
         let recorder = if inner.is_end_stream() {
@@ -111,12 +164,12 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.project() {
             ProxyBodyProj::Local { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             ProxyBodyProj::Upstream {

@@ -1,46 +1,30 @@
-//! HTTP plumbing both directions share: the upstream clients (one HTTP/2
-//! connection per endpoint, multiplexed; pooled HTTP/1 connections),
-//! serving a detected connection with hyper, and header hygiene.
+//! HTTP plumbing both directions share: the upstream clients (HTTP/2 in
+//! [`crate::http2`]; pooled HTTP/1 connections through hyper), serving a
+//! detected connection, and header hygiene.
 
 use crate::{
-    body::ProxyBody,
+    body::{ProxyBody, Received},
     detect::{Prefixed, Protocol},
+    http2,
     limits::LimitsConfig,
+    retry::replay::BoxError,
 };
-use hyper::body::Incoming;
-use hyper::client::conn::http2::SendRequest;
+use bytes::Bytes;
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioIo, TokioTimer},
 };
-use std::{
-    collections::HashMap, convert::Infallible, future::Future, net::SocketAddr, sync::Arc,
-    time::Duration,
-};
+use std::{convert::Infallible, future::Future, net::SocketAddr, time::Duration};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
 /// Why a request got no response from its upstream.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    #[error("cannot connect to {addr}")]
-    Connect {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("connecting to {addr} timed out after {CONNECT_TIMEOUT:?}")]
-    ConnectTimeout { addr: SocketAddr },
-    #[error("HTTP/2 handshake with {addr} failed")]
-    Handshake {
-        addr: SocketAddr,
-        #[source]
-        source: hyper::Error,
-    },
     #[error("the request's authority {0:?} is not an ip:port address")]
     NotAnAddress(String),
-    #[error("HTTP/2 request failed")]
-    Http2(#[source] hyper::Error),
+    #[error(transparent)]
+    Http2(#[from] http2::ClientError),
     #[error("HTTP/1 request failed")]
     Http1(#[source] hyper_util::client::legacy::Error),
 }
@@ -48,20 +32,10 @@ pub enum UpstreamError {
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Clients to upstreams, sending request bodies of type `B`: one
-/// multiplexed HTTP/2 connection per endpoint address, shared by every
-/// request to it, opened on first use and again after it closes; pooled
-/// HTTP/1 connections.
-///
-/// The HTTP/2 side holds hyper's connection handles directly rather than
-/// going through a general-purpose pool: a request takes one uncontended
-/// lock to find its endpoint's handle, and nothing is boxed or spawned per
-/// request (the profile of the first version showed the pool's per-request
-/// future copies and allocations; see docs/benchmarks.md).
+/// multiplexed HTTP/2 connection per endpoint address ([`http2::Client`]),
+/// pooled HTTP/1 connections.
 pub struct Upstream<B> {
-    h2: std::sync::Mutex<HashMap<SocketAddr, SendRequest<B>>>,
-    /// Held while connecting, per address, so concurrent first requests
-    /// share one new connection.
-    connecting: std::sync::Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
+    h2: http2::Client,
     h1: Client<HttpConnector, B>,
 }
 
@@ -75,7 +49,7 @@ impl<B> Default for Upstream<B>
 where
     B: http_body::Body + Send + Unpin + 'static,
     B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B::Error: Into<BoxError>,
 {
     fn default() -> Self {
         let mut connector = HttpConnector::new();
@@ -86,8 +60,7 @@ where
             .pool_timer(TokioTimer::new())
             .build(connector);
         Self {
-            h2: Default::default(),
-            connecting: Default::default(),
+            h2: http2::Client::default(),
             h1,
         }
     }
@@ -95,9 +68,8 @@ where
 
 impl<B> Upstream<B>
 where
-    B: http_body::Body + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
 {
     /// Sends `request` (already addressed to `http://ip:port/...`) with the
     /// protocol the client spoke.
@@ -105,88 +77,21 @@ where
         &self,
         protocol: Protocol,
         request: http::Request<B>,
-    ) -> Result<http::Response<Incoming>, UpstreamError> {
+    ) -> Result<http::Response<Received>, UpstreamError> {
         if protocol != Protocol::Http2 {
-            return self.h1.request(request).await.map_err(UpstreamError::Http1);
+            // Boxed: hyper's HTTP/1 client future is large, and inline it
+            // would enlarge every request's future, HTTP/2 ones too.
+            let response = Box::pin(self.h1.request(request))
+                .await
+                .map_err(UpstreamError::Http1)?;
+            return Ok(response.map(Received::Http1));
         }
         let authority = request.uri().authority().map_or("", |a| a.as_str());
         let addr: SocketAddr = authority
             .parse()
             .map_err(|_| UpstreamError::NotAnAddress(authority.to_owned()))?;
-        let mut sender = match self.live_sender(addr) {
-            Some(sender) => sender,
-            None => self.connect(addr).await?,
-        };
-        // Waits while the connection is at its peer's stream limit.
-        if sender.ready().await.is_err() {
-            // Closed since we looked (GOAWAY, reset): one new connection.
-            sender = self.connect(addr).await?;
-            sender.ready().await.map_err(UpstreamError::Http2)?;
-        }
-        sender
-            .send_request(request)
-            .await
-            .map_err(UpstreamError::Http2)
-    }
-
-    fn live_sender(&self, addr: SocketAddr) -> Option<SendRequest<B>> {
-        let connections = self
-            .h2
-            .lock()
-            .expect("connection map lock is never poisoned");
-        connections
-            .get(&addr)
-            .filter(|sender| !sender.is_closed())
-            .cloned()
-    }
-
-    /// A new connection to `addr`, unless a concurrent request just made one.
-    async fn connect(&self, addr: SocketAddr) -> Result<SendRequest<B>, UpstreamError> {
-        let gate = self
-            .connecting
-            .lock()
-            .expect("connect map lock is never poisoned")
-            .entry(addr)
-            .or_default()
-            .clone();
-        let _connecting = gate.lock().await;
-        if let Some(sender) = self.live_sender(addr) {
-            return Ok(sender);
-        }
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-            .await
-            .map_err(|_| UpstreamError::ConnectTimeout { addr })?
-            .map_err(|source| UpstreamError::Connect { addr, source })?;
-        let _ = stream.set_nodelay(true);
-        let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
-        builder.timer(TokioTimer::new());
-        let (sender, connection) = builder
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| UpstreamError::Handshake { addr, source })?;
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(%addr, %err, "upstream HTTP/2 connection ended with an error");
-            }
-        });
-        {
-            // Connecting is rare: the moment to forget connections that
-            // closed (endpoints gone, peers restarted), so neither map grows
-            // with every address ever used.
-            let mut connections = self
-                .h2
-                .lock()
-                .expect("connection map lock is never poisoned");
-            connections.retain(|_, sender| !sender.is_closed());
-            connections.insert(addr, sender.clone());
-            let live: Vec<SocketAddr> = connections.keys().copied().collect();
-            drop(connections);
-            self.connecting
-                .lock()
-                .expect("connect map lock is never poisoned")
-                .retain(|a, gate| *a == addr || live.contains(a) || Arc::strong_count(gate) > 1);
-        }
-        Ok(sender)
+        let response = self.h2.send(addr, request).await?;
+        Ok(response.map(Received::Http2))
     }
 }
 
@@ -236,11 +141,20 @@ pub fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
 /// Held by every connection task; the drain waits until all are dropped.
 pub type DrainGuard = mpsc::Sender<()>;
 
+/// A client connection ended with an error of its peer's: a broken
+/// protocol, a head too large or too slow.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Http1(hyper::Error),
+    #[error(transparent)]
+    Http2(h2::Error),
+}
+
 /// Serves one HTTP connection of the detected `protocol` with `handle` as
 /// the per-request function, until it closes, within `limits`. When `drain`
 /// turns true the connection shuts down gracefully (HTTP/2 GOAWAY; HTTP/1
-/// closes after the current response) and in-flight requests finish. The
-/// error is the peer's: a broken protocol, a head too large or too slow.
+/// closes after the current response) and in-flight requests finish.
 pub async fn serve<H, F>(
     protocol: Protocol,
     io: Prefixed<TcpStream>,
@@ -248,51 +162,36 @@ pub async fn serve<H, F>(
     mut drain: watch::Receiver<bool>,
     _guard: DrainGuard,
     handle: H,
-) -> Result<(), hyper::Error>
+) -> Result<(), ServeError>
 where
-    H: Fn(http::Request<Incoming>) -> F + Send + Sync + Clone + 'static,
+    H: Fn(http::Request<Received>) -> F + Send + Sync + Clone + 'static,
     F: Future<Output = http::Response<ProxyBody>> + Send + 'static,
 {
-    let service = hyper::service::service_fn(move |request| {
-        let handle = handle.clone();
-        async move { Ok::<_, Infallible>(handle(request).await) }
+    if protocol == Protocol::Http2 {
+        return http2::serve(io, limits, drain, handle)
+            .await
+            .map_err(ServeError::Http2);
+    }
+    let service = hyper::service::service_fn(move |request: http::Request<_>| {
+        let response = handle(request.map(Received::Http1));
+        async move { Ok::<_, Infallible>(response.await) }
     });
-    let io = TokioIo::new(io);
-    // Both connection types shut down the same way; a macro spares writing
-    // the select twice for two unrelated types.
-    macro_rules! drive {
-        ($conn:expr) => {{
-            let conn = $conn;
-            tokio::pin!(conn);
-            tokio::select! {
-                result = conn.as_mut() => result,
-                // The watch guard must not live across the await below.
-                _ = async { drain.wait_for(|draining| *draining).await.is_ok() } => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            }
-        }};
-    }
-    let transport_header_bytes = limits.transport_header_bytes();
-    match protocol {
-        Protocol::Http2 => {
-            let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-            builder
-                .timer(TokioTimer::new())
-                .max_concurrent_streams(limits.max_concurrent_streams)
-                .max_header_list_size(u32::try_from(transport_header_bytes).unwrap_or(u32::MAX));
-            drive!(builder.serve_connection(io, service))
-        }
-        _ => {
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout)
-                .max_buf_size(transport_header_bytes);
-            drive!(builder.serve_connection(io, service))
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.transport_header_bytes());
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => result,
+        // The watch guard must not live across the await below.
+        _ = async { drain.wait_for(|draining| *draining).await.is_ok() } => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
         }
     }
+    .map_err(ServeError::Http1)
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 //! ```
 
 use crate::{
-    body::{ProxyBody, Recorder},
+    body::{ProxyBody, Received, Recorder},
     detect::{Prefixed, Protocol},
     errors,
     http::{Upstream, set_authority, strip_hop_by_hop},
@@ -15,7 +15,6 @@ use crate::{
     outbound::error_chain,
     tcp,
 };
-use hyper::body::Incoming;
 use std::{net::SocketAddr, sync::Arc, time::Instant};
 use tokio::net::TcpStream;
 
@@ -24,7 +23,7 @@ pub struct Inbound {
     app: SocketAddr,
     authority: http::uri::Authority,
     route: Arc<RouteMetrics>,
-    upstream: Upstream<Incoming>,
+    upstream: Upstream<Received>,
     metrics: Arc<Metrics>,
 }
 
@@ -47,7 +46,7 @@ impl Inbound {
     pub async fn proxy_http(
         &self,
         protocol: Protocol,
-        mut request: http::Request<Incoming>,
+        mut request: http::Request<Received>,
     ) -> http::Response<ProxyBody> {
         let grpc = errors::is_grpc(&request);
         let mut recorder = Recorder::new(self.route.clone(), Instant::now());

@@ -19,7 +19,8 @@
 //! Layout: [`config`] flags; [`detect`] protocol detection; [`discover`]
 //! endpoint sources; [`balance`] balancers and failure accrual; [`retry`]
 //! retry policy, budget and replayable bodies; [`limits`] limits against bad
-//! peers; [`outbound`] and [`inbound`] the two directions; [`http`], [`tcp`],
+//! peers; [`outbound`] and [`inbound`] the two directions; [`http`] (HTTP/1 via
+//! hyper) and [`http2`] (HTTP/2 on h2 directly), [`tcp`],
 //! [`body`], [`errors`] shared plumbing; [`metrics`] and [`admin`] what
 //! operators read; [`run`] wires it together and drains on shutdown;
 //! [`redirect`] the iptables rules of the `mesh-proxy-init` container;
@@ -33,6 +34,7 @@ pub mod detect;
 pub mod discover;
 pub mod errors;
 pub mod http;
+pub mod http2;
 pub mod inbound;
 pub mod limits;
 pub mod metrics;
@@ -296,7 +298,7 @@ trait Handler: Send + Sync + 'static {
     fn http(
         &self,
         protocol: Protocol,
-        request: ::http::Request<hyper::body::Incoming>,
+        request: ::http::Request<body::Received>,
     ) -> impl Future<Output = ::http::Response<body::ProxyBody>> + Send;
 }
 
@@ -317,7 +319,7 @@ impl Handler for OutboundTarget {
     async fn http(
         &self,
         protocol: Protocol,
-        request: ::http::Request<hyper::body::Incoming>,
+        request: ::http::Request<body::Received>,
     ) -> ::http::Response<body::ProxyBody> {
         self.outbound
             .proxy_http(protocol, &self.target, request)
@@ -335,7 +337,7 @@ impl Handler for inbound::Inbound {
     async fn http(
         &self,
         protocol: Protocol,
-        request: ::http::Request<hyper::body::Incoming>,
+        request: ::http::Request<body::Received>,
     ) -> ::http::Response<body::ProxyBody> {
         self.proxy_http(protocol, request).await
     }
@@ -438,12 +440,14 @@ async fn serve_connection<H: Handler>(
     if let Err(err) = served {
         // Limits the HTTP layer enforces itself are refusals like ours;
         // anything else is a peer that broke the protocol or went away.
-        let refusal = if err.is_parse_too_large() {
-            Some(limits::Refusal::HeaderTooLarge)
-        } else if err.is_timeout() {
-            Some(limits::Refusal::HeaderReadTimeout)
-        } else {
-            None
+        let refusal = match &err {
+            http::ServeError::Http1(err) if err.is_parse_too_large() => {
+                Some(limits::Refusal::HeaderTooLarge)
+            }
+            http::ServeError::Http1(err) if err.is_timeout() => {
+                Some(limits::Refusal::HeaderReadTimeout)
+            }
+            _ => None,
         };
         match refusal {
             Some(reason) => settings.refusals.refused(H::DIRECTION, reason, &err),

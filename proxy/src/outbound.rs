@@ -14,7 +14,7 @@
 
 use crate::{
     balance::{Balancer, EndpointState},
-    body::{ProxyBody, Recorder},
+    body::{ProxyBody, Received, Recorder},
     config::Config,
     detect::{Prefixed, Protocol},
     errors,
@@ -24,7 +24,6 @@ use crate::{
     tcp,
 };
 use http::HeaderValue;
-use hyper::body::Incoming;
 use std::{
     collections::HashMap,
     sync::Arc,
@@ -47,14 +46,14 @@ pub struct Service {
 pub struct Outbound {
     services: HashMap<Arc<str>, Arc<Service>>,
     retry: RetryConfig,
-    upstream: Upstream<ReplayBody<Incoming>>,
+    upstream: Upstream<ReplayBody<Received>>,
     metrics: Arc<Metrics>,
 }
 
 /// Why an attempt did not serve its request.
 enum Failure {
     /// A response the retry policy names.
-    Status(http::Response<Incoming>),
+    Status(http::Response<Received>),
     /// No response at all.
     Error(crate::http::UpstreamError),
 }
@@ -98,7 +97,7 @@ impl Outbound {
     /// names, if the proxy knows that service; else the listener's target.
     fn route<'a>(
         &'a self,
-        request: &http::Request<Incoming>,
+        request: &http::Request<Received>,
         target: &'a Arc<Service>,
     ) -> &'a Arc<Service> {
         let host = request.uri().host().or_else(|| {
@@ -118,7 +117,7 @@ impl Outbound {
         &self,
         protocol: Protocol,
         target: &Arc<Service>,
-        request: http::Request<Incoming>,
+        request: http::Request<Received>,
     ) -> http::Response<ProxyBody> {
         let started = Instant::now();
         let grpc = errors::is_grpc(&request);
@@ -146,7 +145,13 @@ impl Outbound {
         let mut tried: Vec<Arc<EndpointState>> = Vec::new();
         let mut attempt: u32 = 1;
         loop {
-            let picked = match service.balancer.pick_excluding(&tried).await {
+            let picked = match service.balancer.try_pick(&tried) {
+                Some(picked) => Ok(picked),
+                // Boxed: waiting for endpoints is rare, and would otherwise
+                // make every request's future larger.
+                None => Box::pin(service.balancer.pick_excluding(&tried)).await,
+            };
+            let picked = match picked {
                 Ok(picked) => picked,
                 Err(err) => {
                     tracing::debug!(%err, "no endpoint");
@@ -332,7 +337,7 @@ fn attempt_request<B>(head: &http::request::Parts, body: B) -> http::Request<B> 
 /// `recorder` until its end.
 fn forward(
     protocol: Protocol,
-    response: http::Response<Incoming>,
+    response: http::Response<Received>,
     mut recorder: Recorder,
     endpoint: &EndpointState,
     attempt: u32,

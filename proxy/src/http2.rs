@@ -1,0 +1,477 @@
+//! HTTP/2 on the `h2` library, both ways: serving a client's connection,
+//! and the one multiplexed connection per upstream address.
+//!
+//! Why not through hyper, as HTTP/1 goes: hyper spawns a task for every
+//! stream it serves and two for every request it sends (the response and the
+//! request body), and each of them hands frames to its connection's task
+//! and wakes it, so a unary call crossed five tasks and the connections
+//! wrote after nearly every frame. Here a client connection's streams are
+//! futures inside the connection's own task, polled before it writes, so
+//! responses that are ready together leave in one write; a request body
+//! that is complete before its response (every unary call) is sent without
+//! a task of its own. The profile and the ratios are in docs/benchmarks.md.
+//!
+//! Flow control: a received body releases its window as it is read, so a
+//! reader that stops slows its sender; a body is sent only as fast as the
+//! peer grants window, so nothing buffers beyond what HTTP/2 allows.
+
+use crate::{
+    body::{BodyError, ProxyBody, Received},
+    limits::LimitsConfig,
+    retry::replay::BoxError,
+};
+use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt as _};
+use h2::{Reason, RecvStream, SendStream};
+use http_body::{Body, Frame};
+use std::{
+    collections::HashMap,
+    future::{Future, poll_fn},
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    task::{Context, Poll, ready},
+    time::Duration,
+};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
+    sync::watch,
+};
+
+// Windows and buffers as hyper sets them: h2's own defaults (64 KiB
+// windows) would throttle any body larger than a few messages.
+const SERVER_STREAM_WINDOW: u32 = 1024 * 1024;
+const SERVER_CONNECTION_WINDOW: u32 = 1024 * 1024;
+const SERVER_SEND_BUFFER: usize = 400 * 1024;
+const CLIENT_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+const CLIENT_CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
+const CLIENT_SEND_BUFFER: usize = 1024 * 1024;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A body arriving over HTTP/2: a client's request or an upstream's
+/// response. Reading it releases flow-control window to its sender.
+#[derive(Debug)]
+pub struct RecvBody {
+    stream: RecvStream,
+    data_done: bool,
+}
+
+impl RecvBody {
+    pub fn new(stream: RecvStream) -> Self {
+        Self {
+            stream,
+            data_done: false,
+        }
+    }
+}
+
+impl Body for RecvBody {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        if !self.data_done {
+            match ready!(self.stream.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    // Fails only when the stream is already gone.
+                    let _ = self.stream.flow_control().release_capacity(data.len());
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(err)) => return Poll::Ready(Some(Err(err))),
+                None => self.data_done = true,
+            }
+        }
+        match ready!(self.stream.poll_trailers(cx)) {
+            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+            Ok(None) => Poll::Ready(None),
+            Err(err) => Poll::Ready(Some(Err(err))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.stream.is_end_stream()
+    }
+}
+
+/// Serves one client's HTTP/2 connection with `handle` as the per-request
+/// function, until the connection closes. When `drain` turns true it sends
+/// GOAWAY and lets the streams in flight finish.
+pub async fn serve<I, H, F>(
+    io: I,
+    limits: &LimitsConfig,
+    mut drain: watch::Receiver<bool>,
+    handle: H,
+) -> Result<(), h2::Error>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+    H: Fn(http::Request<Received>) -> F,
+    F: Future<Output = http::Response<ProxyBody>>,
+{
+    let mut connection = h2::server::Builder::new()
+        .initial_window_size(SERVER_STREAM_WINDOW)
+        .initial_connection_window_size(SERVER_CONNECTION_WINDOW)
+        .max_send_buffer_size(SERVER_SEND_BUFFER)
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.transport_header_bytes()).unwrap_or(u32::MAX))
+        .handshake::<_, Bytes>(io)
+        .await?;
+    let mut streams = FuturesUnordered::new();
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            // Streams first: what they send is queued before the connection
+            // is polled again, and it writes everything queued at once.
+            biased;
+            Some(()) = streams.next(), if !streams.is_empty() => {}
+            accepted = connection.accept() => match accepted {
+                Some(Ok((request, respond))) => streams.push(respond_to(request, respond, &handle)),
+                Some(Err(err)) => return Err(err),
+                // Closed, and after a GOAWAY only once every stream ended.
+                None => return Ok(()),
+            },
+            // The watch guard must not live across an await.
+            _ = async { drain.wait_for(|draining| *draining).await.is_ok() }, if !draining => {
+                draining = true;
+                connection.graceful_shutdown();
+            }
+        }
+    }
+}
+
+/// One stream of a served connection: the handler's response, then its
+/// body. A client that resets the stream cancels both (and with them the
+/// upstream request).
+async fn respond_to<H, F>(
+    request: http::Request<RecvStream>,
+    mut respond: h2::server::SendResponse<Bytes>,
+    handle: &H,
+) where
+    H: Fn(http::Request<Received>) -> F,
+    F: Future<Output = http::Response<ProxyBody>>,
+{
+    let request = request.map(|body| Received::Http2(RecvBody::new(body)));
+    // Boxed once here rather than kept inline: the handler's future is a
+    // few KiB, and this one is moved into the set of streams; inline, every
+    // request paid for copying it there (the profile's top memmove).
+    let mut response = Box::pin(handle(request));
+    let response = poll_fn(|cx| {
+        if let Poll::Ready(response) = response.as_mut().poll(cx) {
+            return Poll::Ready(Some(response));
+        }
+        respond.poll_reset(cx).map(|_| None)
+    })
+    .await;
+    let Some(response) = response else {
+        return;
+    };
+    let (head, body) = response.into_parts();
+    // A response without a body (a trailers-only gRPC status) stays one
+    // HEADERS frame, as strict clients require.
+    let end = body.is_end_stream();
+    match respond.send_response(http::Response::from_parts(head, ()), end) {
+        Ok(stream) if !end => Pipe::new(body, stream).await,
+        Ok(_) => {}
+        Err(err) => tracing::debug!(%err, "cannot send a response head"),
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Sends a body on an HTTP/2 stream as fast as the peer's window allows,
+    /// then its trailers or the end of the stream. Stops when the peer resets
+    /// the stream; resets it when the body fails.
+    pub struct Pipe<B> {
+        #[pin]
+        body: B,
+        stream: SendStream<Bytes>,
+        // Data read from the body and not yet sent, and whether it ends it.
+        pending: Option<(Bytes, bool)>,
+    }
+}
+
+impl<B> Pipe<B> {
+    pub fn new(body: B, stream: SendStream<Bytes>) -> Self {
+        Self {
+            body,
+            stream,
+            pending: None,
+        }
+    }
+}
+
+impl<B> Future for Pipe<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        loop {
+            if let Some((data, end)) = this.pending.as_mut() {
+                this.stream.reserve_capacity(data.len());
+                let granted = match this.stream.capacity() {
+                    0 => match ready!(this.stream.poll_capacity(cx)) {
+                        Some(Ok(granted)) => granted,
+                        // Reset or closed: nothing more can be sent.
+                        Some(Err(_)) | None => return Poll::Ready(()),
+                    },
+                    granted => granted,
+                };
+                let chunk = data.split_to(granted.min(data.len()));
+                let last = data.is_empty();
+                let end_stream = last && *end;
+                if last {
+                    *this.pending = None;
+                }
+                if this.stream.send_data(chunk, end_stream).is_err() || end_stream {
+                    return Poll::Ready(());
+                }
+                continue;
+            }
+            let frame = match this.body.as_mut().poll_frame(cx) {
+                Poll::Ready(frame) => frame,
+                Poll::Pending => {
+                    // Waiting on the body: notice a peer that gives up.
+                    return this.stream.poll_reset(cx).map(|_| ());
+                }
+            };
+            match frame {
+                None => {
+                    let _ = this.stream.send_data(Bytes::new(), true);
+                    return Poll::Ready(());
+                }
+                Some(Err(err)) => {
+                    let err: BoxError = err.into();
+                    tracing::debug!(%err, "body failed; resetting the stream");
+                    this.stream.send_reset(reset_reason(&*err));
+                    return Poll::Ready(());
+                }
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        let end = this.body.is_end_stream();
+                        if data.is_empty() {
+                            if end {
+                                let _ = this.stream.send_data(data, true);
+                                return Poll::Ready(());
+                            }
+                            continue;
+                        }
+                        *this.pending = Some((data, end));
+                    }
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            let _ = this.stream.send_trailers(trailers);
+                        }
+                        return Poll::Ready(());
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// The reset to pass on for a body that failed: the peer's own reason when
+/// it was an HTTP/2 reset (a CANCEL stays a CANCEL), else INTERNAL_ERROR.
+fn reset_reason(err: &(dyn std::error::Error + 'static)) -> Reason {
+    let mut cause = Some(err);
+    while let Some(err) = cause {
+        if let Some(reason) = err.downcast_ref::<h2::Error>().and_then(h2::Error::reason) {
+            return reason;
+        }
+        if let Some(BodyError::Http2(err)) = err.downcast_ref::<BodyError>()
+            && let Some(reason) = err.reason()
+        {
+            return reason;
+        }
+        cause = err.source();
+    }
+    Reason::INTERNAL_ERROR
+}
+
+/// Why a request got no response over HTTP/2.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to {addr}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("connecting to {addr} timed out after {CONNECT_TIMEOUT:?}")]
+    ConnectTimeout { addr: SocketAddr },
+    #[error("HTTP/2 handshake with {addr} failed")]
+    Handshake {
+        addr: SocketAddr,
+        #[source]
+        source: h2::Error,
+    },
+    #[error("HTTP/2 request failed")]
+    Request(#[source] h2::Error),
+}
+
+/// One upstream connection's handle.
+#[derive(Clone)]
+struct Connection {
+    sender: h2::client::SendRequest<Bytes>,
+    /// Set when the connection's task ends.
+    closed: Arc<AtomicBool>,
+}
+
+/// Connections to upstreams: one multiplexed HTTP/2 connection per address,
+/// shared by every request to it, opened on first use and again after it
+/// closes. A request takes one uncontended lock to find its connection.
+#[derive(Default)]
+pub struct Client {
+    connections: Mutex<HashMap<SocketAddr, Connection>>,
+    /// Held while connecting, per address, so concurrent first requests
+    /// share one new connection.
+    connecting: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("http2::Client").finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Sends `request` (with an absolute `http://ip:port/...` URI) to `addr`.
+    /// The request body is sent while the response is awaited; a body still
+    /// streaming when the response arrives continues in a task of its own.
+    pub async fn send<B>(
+        &self,
+        addr: SocketAddr,
+        request: http::Request<B>,
+    ) -> Result<http::Response<RecvBody>, ClientError>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let sender = match self.live(addr) {
+            Some(sender) => sender,
+            // Boxed: connecting is rare, and its future, large, would
+            // otherwise be part of every request's.
+            None => Box::pin(self.connect(addr)).await?,
+        };
+        // Waits while the connection is at its peer's stream limit.
+        let mut sender = match sender.ready().await {
+            Ok(sender) => sender,
+            // Closed since we looked (GOAWAY, reset): one new connection.
+            Err(_) => Box::pin(self.connect(addr))
+                .await?
+                .ready()
+                .await
+                .map_err(ClientError::Request)?,
+        };
+        let (head, body) = request.into_parts();
+        let end = body.is_end_stream();
+        let (mut response, stream) = sender
+            .send_request(http::Request::from_parts(head, ()), end)
+            .map_err(ClientError::Request)?;
+        let response = if end {
+            response.await
+        } else {
+            let mut pipe = Some(Pipe::new(body, stream));
+            let response = poll_fn(|cx| {
+                if let Some(sending) = pipe.as_mut()
+                    && Pin::new(sending).poll(cx).is_ready()
+                {
+                    pipe = None;
+                }
+                Pin::new(&mut response).poll(cx)
+            })
+            .await;
+            // A request still streaming (a client stream, a bidirectional
+            // call) goes on beside its response.
+            if let (Ok(_), Some(pipe)) = (&response, pipe) {
+                tokio::spawn(pipe);
+            }
+            response
+        };
+        let response = response.map_err(ClientError::Request)?;
+        Ok(response.map(RecvBody::new))
+    }
+
+    fn live(&self, addr: SocketAddr) -> Option<h2::client::SendRequest<Bytes>> {
+        let connections = self
+            .connections
+            .lock()
+            .expect("connection map lock is never poisoned");
+        connections
+            .get(&addr)
+            .filter(|connection| !connection.closed.load(Ordering::Acquire))
+            .map(|connection| connection.sender.clone())
+    }
+
+    /// A new connection to `addr`, unless a concurrent request just made one.
+    async fn connect(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<h2::client::SendRequest<Bytes>, ClientError> {
+        let gate = self
+            .connecting
+            .lock()
+            .expect("connect map lock is never poisoned")
+            .entry(addr)
+            .or_default()
+            .clone();
+        let _connecting = gate.lock().await;
+        if let Some(sender) = self.live(addr) {
+            return Ok(sender);
+        }
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| ClientError::ConnectTimeout { addr })?
+            .map_err(|source| ClientError::Connect { addr, source })?;
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = h2::client::Builder::new()
+            .initial_window_size(CLIENT_STREAM_WINDOW)
+            .initial_connection_window_size(CLIENT_CONNECTION_WINDOW)
+            .max_send_buffer_size(CLIENT_SEND_BUFFER)
+            .enable_push(false)
+            .handshake::<_, Bytes>(stream)
+            .await
+            .map_err(|source| ClientError::Handshake { addr, source })?;
+        let closed = Arc::new(AtomicBool::new(false));
+        let closed_by_task = closed.clone();
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(%addr, %err, "upstream HTTP/2 connection ended with an error");
+            }
+            closed_by_task.store(true, Ordering::Release);
+        });
+        {
+            // Connecting is rare: the moment to forget connections that
+            // closed (endpoints gone, peers restarted), so neither map grows
+            // with every address ever used.
+            let mut connections = self
+                .connections
+                .lock()
+                .expect("connection map lock is never poisoned");
+            connections.retain(|_, connection| !connection.closed.load(Ordering::Acquire));
+            connections.insert(
+                addr,
+                Connection {
+                    sender: sender.clone(),
+                    closed,
+                },
+            );
+            let live: Vec<SocketAddr> = connections.keys().copied().collect();
+            drop(connections);
+            self.connecting
+                .lock()
+                .expect("connect map lock is never poisoned")
+                .retain(|a, gate| *a == addr || live.contains(a) || Arc::strong_count(gate) > 1);
+        }
+        Ok(sender)
+    }
+}
