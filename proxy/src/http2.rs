@@ -1,15 +1,14 @@
 //! HTTP/2 on the `h2` library, both ways: serving a client's connection,
 //! and the one multiplexed connection per upstream address.
 //!
-//! Why not through hyper, as HTTP/1 goes: hyper spawns a task for every
-//! stream it serves and two for every request it sends (the response and the
-//! request body), and each of them hands frames to its connection's task
-//! and wakes it, so a unary call crossed five tasks and the connections
-//! wrote after nearly every frame. Here a client connection's streams are
-//! futures inside the connection's own task, polled before it writes, so
-//! responses that are ready together leave in one write; a request body
-//! that is complete before its response (every unary call) is sent without
-//! a task of its own. The profile and the ratios are in docs/benchmarks.md.
+//! Why not through hyper, as HTTP/1 goes: hyper sends every request through
+//! a channel to a dispatch task and spawns two tasks per request it sends
+//! (the response and the request body), each of which hands frames to its
+//! connection and wakes it. Here a request is written to the upstream
+//! connection by the stream's own task, and a request body that is complete
+//! before its response (every unary call) is sent without a task of its
+//! own: per request, one task (the served stream) instead of three, and no
+//! channel. The profile and the ratios are in docs/benchmarks.md.
 //!
 //! Flow control: a received body releases its window as it is read, so a
 //! reader that stops slows its sender; a body is sent only as fast as the
@@ -21,14 +20,13 @@ use crate::{
     retry::replay::BoxError,
 };
 use bytes::Bytes;
-use futures_util::stream::{FuturesUnordered, StreamExt as _};
 use h2::{Reason, RecvStream, SendStream};
 use http_body::{Body, Frame};
 use std::{
     collections::HashMap,
     future::{Future, poll_fn},
     net::SocketAddr,
-    pin::Pin,
+    pin::{Pin, pin},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -41,6 +39,7 @@ use tokio::{
     net::TcpStream,
     sync::watch,
 };
+use tracing::Instrument as _;
 
 // Windows and buffers as hyper sets them: h2's own defaults (64 KiB
 // windows) would throttle any body larger than a few messages.
@@ -112,8 +111,8 @@ pub async fn serve<I, H, F>(
 ) -> Result<(), h2::Error>
 where
     I: AsyncRead + AsyncWrite + Unpin,
-    H: Fn(http::Request<Received>) -> F,
-    F: Future<Output = http::Response<ProxyBody>>,
+    H: Fn(http::Request<Received>) -> F + Clone + Send + 'static,
+    F: Future<Output = http::Response<ProxyBody>> + Send + 'static,
 {
     let mut connection = h2::server::Builder::new()
         .initial_window_size(SERVER_STREAM_WINDOW)
@@ -123,16 +122,18 @@ where
         .max_header_list_size(u32::try_from(limits.transport_header_bytes()).unwrap_or(u32::MAX))
         .handshake::<_, Bytes>(io)
         .await?;
-    let mut streams = FuturesUnordered::new();
     let mut draining = false;
     loop {
         tokio::select! {
-            // Streams first: what they send is queued before the connection
-            // is polled again, and it writes everything queued at once.
-            biased;
-            Some(()) = streams.next(), if !streams.is_empty() => {}
             accepted = connection.accept() => match accepted {
-                Some(Ok((request, respond))) => streams.push(respond_to(request, respond, &handle)),
+                Some(Ok((request, respond))) => {
+                    // A task per stream, so that a proxy with several
+                    // workers spreads one connection's streams over them.
+                    // Polling the streams inside this task instead measured
+                    // the same CPU per request (docs/benchmarks.md).
+                    let stream = respond_to(request, respond, handle.clone());
+                    tokio::spawn(stream.in_current_span());
+                }
                 Some(Err(err)) => return Err(err),
                 // Closed, and after a GOAWAY only once every stream ended.
                 None => return Ok(()),
@@ -152,16 +153,13 @@ where
 async fn respond_to<H, F>(
     request: http::Request<RecvStream>,
     mut respond: h2::server::SendResponse<Bytes>,
-    handle: &H,
+    handle: H,
 ) where
     H: Fn(http::Request<Received>) -> F,
     F: Future<Output = http::Response<ProxyBody>>,
 {
     let request = request.map(|body| Received::Http2(RecvBody::new(body)));
-    // Boxed once here rather than kept inline: the handler's future is a
-    // few KiB, and this one is moved into the set of streams; inline, every
-    // request paid for copying it there (the profile's top memmove).
-    let mut response = Box::pin(handle(request));
+    let mut response = pin!(handle(request));
     let response = poll_fn(|cx| {
         if let Poll::Ready(response) = response.as_mut().poll(cx) {
             return Poll::Ready(Some(response));
@@ -473,5 +471,174 @@ impl Client {
                 .retain(|a, gate| *a == addr || live.contains(a) || Arc::strong_count(gate) > 1);
         }
         Ok(sender)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        body::Recorder,
+        metrics::{Direction, Metrics, RouteLabels},
+    };
+    use http_body_util::BodyExt as _;
+    use std::{collections::VecDeque, time::Instant};
+    use tokio::net::TcpListener;
+
+    /// A request body sent as the given frames, in order.
+    struct Frames(VecDeque<Frame<Bytes>>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(self.0.pop_front().map(Ok))
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.0.is_empty()
+        }
+    }
+
+    fn recorder() -> Recorder {
+        let metrics = Arc::new(Metrics::default());
+        let route = metrics.route(RouteLabels {
+            direction: Direction::Inbound,
+            target: "test".into(),
+            endpoint: "test".into(),
+        });
+        Recorder::new(Arc::new(route), Instant::now())
+    }
+
+    /// Serves HTTP/2 on a fresh loopback port with `handle`.
+    async fn server<H, F>(handle: H) -> SocketAddr
+    where
+        H: Fn(http::Request<Received>) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = http::Response<ProxyBody>> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (drain_tx, drain) = watch::channel(false);
+        tokio::spawn(async move {
+            let _drain_tx = drain_tx;
+            while let Ok((conn, _)) = listener.accept().await {
+                let (drain, handle) = (drain.clone(), handle.clone());
+                tokio::spawn(async move {
+                    let _ = serve(conn, &LimitsConfig::default(), drain, handle).await;
+                });
+            }
+        });
+        addr
+    }
+
+    fn request<B>(addr: SocketAddr, body: B) -> http::Request<B> {
+        http::Request::builder()
+            .method("POST")
+            .uri(format!("http://{addr}/echo"))
+            .body(body)
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_body_larger_than_every_window_is_echoed_whole_with_its_trailers() {
+        // The request streams back as the response while it is still being
+        // sent: both directions must release and wait for window, and the
+        // request keeps streaming after the response head arrived.
+        let addr = server(|request: http::Request<Received>| async move {
+            http::Response::new(ProxyBody::upstream(request.into_body(), recorder()))
+        })
+        .await;
+        let chunk: Bytes = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+        let chunks = 8 * 1024 * 1024 / chunk.len();
+        let mut frames: VecDeque<_> = (0..chunks).map(|_| Frame::data(chunk.clone())).collect();
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        frames.push_back(Frame::trailers(trailers));
+
+        let client = Client::default();
+        let response = client
+            .send(addr, request(addr, Frames(frames)))
+            .await
+            .unwrap();
+        let collected =
+            tokio::time::timeout(Duration::from_secs(30), response.into_body().collect())
+                .await
+                .expect("the echo finishes")
+                .unwrap();
+        let trailers = collected.trailers().cloned();
+        let bytes = collected.to_bytes();
+        assert_eq!(bytes.len(), chunks * chunk.len());
+        assert!(bytes.chunks(chunk.len()).all(|c| c == chunk));
+        assert_eq!(trailers.unwrap()["grpc-status"], "0");
+    }
+
+    #[tokio::test]
+    async fn a_response_without_a_body_stays_one_headers_frame() {
+        let addr = server(|_request| async move {
+            let mut response = http::Response::new(ProxyBody::local(""));
+            response
+                .headers_mut()
+                .insert("grpc-status", "14".parse().unwrap());
+            response
+        })
+        .await;
+        let response = Client::default()
+            .send(addr, request(addr, Frames(VecDeque::new())))
+            .await
+            .unwrap();
+        assert_eq!(response.headers()["grpc-status"], "14");
+        assert!(
+            response.body().is_end_stream(),
+            "END_STREAM on the HEADERS frame"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_client_that_gives_up_cancels_the_handler() {
+        struct Dropped(Option<tokio::sync::oneshot::Sender<()>>);
+        impl Drop for Dropped {
+            fn drop(&mut self) {
+                let _ = self.0.take().map(|tx| tx.send(()));
+            }
+        }
+        let (started_tx, started) = tokio::sync::mpsc::unbounded_channel();
+        let addr = server(move |_request| {
+            let started_tx = started_tx.clone();
+            async move {
+                let (dropped_tx, dropped) = tokio::sync::oneshot::channel();
+                let _guard = Dropped(Some(dropped_tx));
+                let _ = started_tx.send(dropped);
+                std::future::pending::<()>().await;
+                unreachable!()
+            }
+        })
+        .await;
+        let client = Client::default();
+        let mut started = started;
+        let dropped = {
+            let sending = client.send(addr, request(addr, Frames(VecDeque::new())));
+            tokio::pin!(sending);
+            tokio::select! {
+                _ = &mut sending => panic!("the handler never answers"),
+                dropped = started.recv() => dropped.unwrap(),
+            }
+            // Leaving this block drops the request: RST_STREAM(CANCEL).
+        };
+        tokio::time::timeout(Duration::from_secs(10), dropped)
+            .await
+            .expect("the handler is dropped when its client resets the stream")
+            .unwrap();
+    }
+
+    #[test]
+    fn a_reset_passes_on_its_reason() {
+        let err: BoxError = Box::new(BodyError::Http2(h2::Error::from(Reason::CANCEL)));
+        assert_eq!(reset_reason(&*err), Reason::CANCEL);
+        let err: BoxError = "something else".into();
+        assert_eq!(reset_reason(&*err), Reason::INTERNAL_ERROR);
     }
 }
