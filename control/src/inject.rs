@@ -66,6 +66,9 @@ pub fn proxy_container(config: &SidecarConfig, app_port: u16) -> Value {
             {"name": "MESH_PROXY_INBOUND", "value": format!("0.0.0.0:{INBOUND_PORT}")},
             {"name": "MESH_PROXY_APP", "value": format!("127.0.0.1:{app_port}")},
             {"name": "MESH_PROXY_ADMIN", "value": format!("0.0.0.0:{ADMIN_PORT}")},
+            // Its CPU limit is half a core: one worker, on the
+            // current-thread scheduler (docs/proxy.md).
+            {"name": "TOKIO_WORKER_THREADS", "value": "1"},
         ],
         "ports": [
             {"name": "mesh-inbound", "containerPort": INBOUND_PORT, "protocol": "TCP"},
