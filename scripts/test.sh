@@ -119,3 +119,6 @@ fi
 
 step "cargo test"
 cargo test --workspace --locked
+
+step "bench/ab.sh (smoke: one short round of the debug build; measures nothing)"
+BIN_DIR=target/debug bench/ab.sh --rounds 1 --run-time 1s target/debug/mesh-proxy

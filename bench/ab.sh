@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# A/B of mesh-proxy builds: the proxy's CPU per request and the throughput at
+# one hop, 1 connection x 100 streams, each build in turn, ROUNDS times, so
+# that drift is shared. For judging one change to the hot path; the suite
+# (bench/run.sh) is the comparison with other proxies.
+#
+#   bench/ab.sh [--rounds N] [--run-time 5s] PROXY_BINARY...
+#
+# Copy each build aside first (cp target/release/mesh-proxy /tmp/before).
+# The replicas and the load tool are stockdata and meshctl from $BIN_DIR
+# (default target/release).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+rounds=3
+run_time=5s
+while [ $# -gt 0 ]; do
+  case $1 in
+    --rounds) rounds=$2; shift 2 ;;
+    --run-time) run_time=$2; shift 2 ;;
+    -*) echo "bench/ab.sh: unknown flag $1" >&2; exit 2 ;;
+    *) break ;;
+  esac
+done
+[ $# -ge 1 ] || { echo "usage: bench/ab.sh [--rounds N] [--run-time 5s] PROXY_BINARY..." >&2; exit 2; }
+for proxy in "$@"; do
+  [ -x "$proxy" ] || { echo "bench/ab.sh: $proxy is not an executable" >&2; exit 2; }
+done
+bin=${BIN_DIR:-target/release}
+for tool in stockdata meshctl; do
+  [ -x "$bin/$tool" ] || { echo "bench/ab.sh: no $bin/$tool; build first: cargo build --release -p $tool" >&2; exit 2; }
+done
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+# Polls until ADDR accepts connections, for at most 10 s.
+wait_listening() {
+  local host=${1%:*} port=${1##*:}
+  for _ in $(seq 100); do
+    if (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "bench/ab.sh: nothing listens on $1" >&2
+  exit 1
+}
+
+replicas=()
+for id in r1 r2; do
+  addr=127.0.0.1:$(free_port)
+  RUST_LOG=warn "$bin/stockdata" --listen "$addr" --server-id "$id" >/dev/null &
+  pids+=($!)
+  wait_listening "$addr"
+  replicas+=("$addr")
+done
+
+# CPU ticks (utime + stime) of a process.
+ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
+declare -A results
+for round in $(seq "$rounds"); do
+  for proxy in "$@"; do
+    listen=127.0.0.1:$(free_port)
+    TOKIO_WORKER_THREADS=1 RUST_LOG=warn "$proxy" \
+      --outbound "stockdata=$listen" \
+      --discover "stockdata=static:${replicas[0]};${replicas[1]}" \
+      --admin 127.0.0.1:0 >/dev/null &
+    pid=$!
+    wait_listening "$listen"
+    # Warm up (connections, caches) outside the measured window.
+    "$bin/meshctl" bench --target "http://$listen" --streams 100 --requests 2000 --json >/dev/null
+    before=$(ticks "$pid")
+    json=$("$bin/meshctl" bench --target "http://$listen" --streams 100 --duration "$run_time" --warmup 0 --json)
+    after=$(ticks "$pid")
+    kill "$pid"
+    wait "$pid" 2>/dev/null || true
+    line=$(python3 -c '
+import json, os, sys
+r = json.loads(sys.argv[1])
+failed = sum(r["errors"].values())
+if failed:
+    sys.exit(f"bench/ab.sh: {failed} failed calls")
+ticks = int(sys.argv[2]) - int(sys.argv[3])
+us = ticks / os.sysconf("SC_CLK_TCK") * 1e6 / r["requests"]
+rps = r["rps"]
+print(f"{us:.2f} {rps:.0f}")
+' "$json" "$after" "$before")
+    echo "round $round  $proxy  ${line% *} µs CPU/request  ${line#* } requests/s"
+    results[$proxy]+="$line;"
+  done
+done
+
+echo
+echo "medians over $rounds rounds of $run_time (1 connection × 100 streams, one hop):"
+for proxy in "$@"; do
+  python3 -c '
+import statistics, sys
+rows = [r.split() for r in sys.argv[2].split(";") if r]
+us = statistics.median(float(r[0]) for r in rows)
+rps = statistics.median(float(r[1]) for r in rows)
+print(f"  {sys.argv[1]}: {us:.2f} µs CPU/request, {rps:.0f} requests/s")
+' "$proxy" "${results[$proxy]}"
+done
