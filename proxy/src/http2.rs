@@ -354,27 +354,40 @@ impl Client {
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
-        let sender = match self.live(addr) {
-            Some(sender) => sender,
+        let connection = match self.live(addr) {
+            Some(connection) => connection,
             // Boxed: connecting is rare, and its future, large, would
             // otherwise be part of every request's.
             None => Box::pin(self.connect(addr)).await?,
         };
         // Waits while the connection is at its peer's stream limit.
-        let mut sender = match sender.ready().await {
+        let mut sender = match connection.sender.ready().await {
             Ok(sender) => sender,
-            // Closed since we looked (GOAWAY, reset): one new connection.
-            Err(_) => Box::pin(self.connect(addr))
-                .await?
-                .ready()
-                .await
-                .map_err(ClientError::Request)?,
+            Err(_) => {
+                // Closed, or going away (the peer sent GOAWAY, and the
+                // connection lives on only for the streams it had): new
+                // requests go to a new connection.
+                connection.closed.store(true, Ordering::Release);
+                Box::pin(self.connect(addr))
+                    .await?
+                    .sender
+                    .ready()
+                    .await
+                    .map_err(ClientError::Request)?
+            }
         };
         let (head, body) = request.into_parts();
         let end = body.is_end_stream();
         let (mut response, stream) = sender
             .send_request(http::Request::from_parts(head, ()), end)
-            .map_err(ClientError::Request)?;
+            .map_err(|err| {
+                // A GOAWAY that arrived since `ready`: this request fails
+                // (and may be retried elsewhere), the next one reconnects.
+                if err.is_go_away() {
+                    connection.closed.store(true, Ordering::Release);
+                }
+                ClientError::Request(err)
+            })?;
         let response = if end {
             response.await
         } else {
@@ -399,7 +412,7 @@ impl Client {
         Ok(response.map(RecvBody::new))
     }
 
-    fn live(&self, addr: SocketAddr) -> Option<h2::client::SendRequest<Bytes>> {
+    fn live(&self, addr: SocketAddr) -> Option<Connection> {
         let connections = self
             .connections
             .lock()
@@ -407,14 +420,11 @@ impl Client {
         connections
             .get(&addr)
             .filter(|connection| !connection.closed.load(Ordering::Acquire))
-            .map(|connection| connection.sender.clone())
+            .cloned()
     }
 
     /// A new connection to `addr`, unless a concurrent request just made one.
-    async fn connect(
-        &self,
-        addr: SocketAddr,
-    ) -> Result<h2::client::SendRequest<Bytes>, ClientError> {
+    async fn connect(&self, addr: SocketAddr) -> Result<Connection, ClientError> {
         let gate = self
             .connecting
             .lock()
@@ -423,8 +433,8 @@ impl Client {
             .or_default()
             .clone();
         let _connecting = gate.lock().await;
-        if let Some(sender) = self.live(addr) {
-            return Ok(sender);
+        if let Some(connection) = self.live(addr) {
+            return Ok(connection);
         }
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
             .await
@@ -456,21 +466,16 @@ impl Client {
                 .lock()
                 .expect("connection map lock is never poisoned");
             connections.retain(|_, connection| !connection.closed.load(Ordering::Acquire));
-            connections.insert(
-                addr,
-                Connection {
-                    sender: sender.clone(),
-                    closed,
-                },
-            );
+            let connection = Connection { sender, closed };
+            connections.insert(addr, connection.clone());
             let live: Vec<SocketAddr> = connections.keys().copied().collect();
             drop(connections);
             self.connecting
                 .lock()
                 .expect("connect map lock is never poisoned")
                 .retain(|a, gate| *a == addr || live.contains(a) || Arc::strong_count(gate) > 1);
+            Ok(connection)
         }
-        Ok(sender)
     }
 }
 
@@ -632,6 +637,76 @@ mod tests {
             .await
             .expect("the handler is dropped when its client resets the stream")
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn after_a_goaway_new_requests_go_to_a_new_connection() {
+        // The first connection is drained (GOAWAY) while a request holds it
+        // open; later connections are not.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (drain_first, drain) = watch::channel(false);
+        let release = Arc::new(tokio::sync::Notify::new());
+        let (held_tx, mut held) = tokio::sync::mpsc::unbounded_channel();
+        let handle = {
+            let release = release.clone();
+            move |request: http::Request<Received>| {
+                let (release, held_tx) = (release.clone(), held_tx.clone());
+                async move {
+                    if request.uri().path() == "/hold" {
+                        let _ = held_tx.send(());
+                        release.notified().await;
+                    }
+                    http::Response::new(ProxyBody::local("ok"))
+                }
+            }
+        };
+        tokio::spawn(async move {
+            let mut first = Some(drain);
+            loop {
+                let (conn, _) = listener.accept().await.unwrap();
+                let drain = first.take().unwrap_or_else(|| watch::channel(false).1);
+                let handle = handle.clone();
+                tokio::spawn(async move {
+                    let _ = serve(conn, &LimitsConfig::default(), drain, handle).await;
+                });
+            }
+        });
+
+        let client = Arc::new(Client::default());
+        let uri = |path: &str| format!("http://{addr}{path}");
+        let get = |path: &str| {
+            http::Request::builder()
+                .uri(uri(path))
+                .body(Frames(VecDeque::new()))
+                .unwrap()
+        };
+        let holding = tokio::spawn({
+            let (client, request) = (client.clone(), get("/hold"));
+            async move { client.send(addr, request).await.map(|r| r.status()) }
+        });
+        held.recv().await.unwrap();
+        drain_first.send(true).unwrap();
+
+        // Requests go on while the old connection drains: none may fail.
+        let deadline = Instant::now() + Duration::from_millis(500);
+        let mut sent = 0;
+        while Instant::now() < deadline && sent < 200 {
+            let response = client.send(addr, get("/quick")).await;
+            assert_eq!(
+                response.unwrap().status(),
+                200,
+                "request {sent} after GOAWAY"
+            );
+            sent += 1;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        release.notify_one();
+        let held_status = tokio::time::timeout(Duration::from_secs(10), holding)
+            .await
+            .expect("the held request finishes on the draining connection")
+            .unwrap();
+        assert_eq!(held_status.unwrap(), 200);
     }
 
     #[test]
