@@ -228,3 +228,24 @@ impl Body for ProxyBody {
         }
     }
 }
+
+/// A body of fixed frames, as a client would send them; for tests.
+#[cfg(test)]
+pub(crate) struct Frames(pub std::collections::VecDeque<Frame<Bytes>>);
+
+#[cfg(test)]
+impl Body for Frames {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Poll::Ready(self.0.pop_front().map(Ok))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_empty()
+    }
+}

@@ -483,31 +483,12 @@ impl Client {
 mod tests {
     use super::*;
     use crate::{
-        body::Recorder,
+        body::{Frames, Recorder},
         metrics::{Direction, Metrics, RouteLabels},
     };
     use http_body_util::BodyExt as _;
     use std::{collections::VecDeque, time::Instant};
     use tokio::net::TcpListener;
-
-    /// A request body sent as the given frames, in order.
-    struct Frames(VecDeque<Frame<Bytes>>);
-
-    impl Body for Frames {
-        type Data = Bytes;
-        type Error = std::convert::Infallible;
-
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-            Poll::Ready(self.0.pop_front().map(Ok))
-        }
-
-        fn is_end_stream(&self) -> bool {
-            self.0.is_empty()
-        }
-    }
 
     fn recorder() -> Recorder {
         let metrics = Arc::new(Metrics::default());

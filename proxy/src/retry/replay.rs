@@ -216,22 +216,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::body::Frames;
     use http_body_util::BodyExt as _;
-
-    /// A body of fixed frames, as a client would send them.
-    struct Frames(std::collections::VecDeque<Frame<Bytes>>);
-
-    impl Body for Frames {
-        type Data = Bytes;
-        type Error = std::convert::Infallible;
-
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-            Poll::Ready(self.0.pop_front().map(Ok))
-        }
-    }
 
     fn body(chunks: &[&'static str], trailers: bool) -> Frames {
         let mut frames: std::collections::VecDeque<_> = chunks
