@@ -175,10 +175,24 @@ async fn respond_to<H, F>(
     // HEADERS frame, as strict clients require.
     let end = body.is_end_stream();
     match respond.send_response(http::Response::from_parts(head, ()), end) {
-        Ok(stream) if !end => Pipe::new(body, stream).await,
+        Ok(stream) if !end => {
+            // How it ended is the response's business: the recorder saw it.
+            let _ = Pipe::new(body, stream).await;
+        }
         Ok(_) => {}
         Err(err) => tracing::debug!(%err, "cannot send a response head"),
     }
+}
+
+/// How a [`Pipe`] ended.
+#[derive(Debug)]
+pub enum Piped {
+    /// The whole body was sent.
+    Sent,
+    /// The peer reset the stream or the connection closed.
+    PeerGone,
+    /// The body failed (its own sender went away); the stream was reset.
+    BodyFailed(BoxError),
 }
 
 pin_project_lite::pin_project! {
@@ -209,9 +223,9 @@ where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    type Output = ();
+    type Output = Piped;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Piped> {
         let mut this = self.project();
         loop {
             if let Some((data, end)) = this.pending.as_mut() {
@@ -220,7 +234,7 @@ where
                     0 => match ready!(this.stream.poll_capacity(cx)) {
                         Some(Ok(granted)) => granted,
                         // Reset or closed: nothing more can be sent.
-                        Some(Err(_)) | None => return Poll::Ready(()),
+                        Some(Err(_)) | None => return Poll::Ready(Piped::PeerGone),
                     },
                     granted => granted,
                 };
@@ -230,8 +244,11 @@ where
                 if last {
                     *this.pending = None;
                 }
-                if this.stream.send_data(chunk, end_stream).is_err() || end_stream {
-                    return Poll::Ready(());
+                if this.stream.send_data(chunk, end_stream).is_err() {
+                    return Poll::Ready(Piped::PeerGone);
+                }
+                if end_stream {
+                    return Poll::Ready(Piped::Sent);
                 }
                 continue;
             }
@@ -239,41 +256,46 @@ where
                 Poll::Ready(frame) => frame,
                 Poll::Pending => {
                     // Waiting on the body: notice a peer that gives up.
-                    return this.stream.poll_reset(cx).map(|_| ());
+                    return this.stream.poll_reset(cx).map(|_| Piped::PeerGone);
                 }
             };
             match frame {
-                None => {
-                    let _ = this.stream.send_data(Bytes::new(), true);
-                    return Poll::Ready(());
-                }
+                None => return Poll::Ready(finish(this.stream.send_data(Bytes::new(), true))),
                 Some(Err(err)) => {
                     let err: BoxError = err.into();
                     tracing::debug!(%err, "body failed; resetting the stream");
                     this.stream.send_reset(reset_reason(&*err));
-                    return Poll::Ready(());
+                    return Poll::Ready(Piped::BodyFailed(err));
                 }
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => {
                         let end = this.body.is_end_stream();
                         if data.is_empty() {
                             if end {
-                                let _ = this.stream.send_data(data, true);
-                                return Poll::Ready(());
+                                return Poll::Ready(finish(this.stream.send_data(data, true)));
                             }
                             continue;
                         }
                         *this.pending = Some((data, end));
                     }
                     Err(frame) => {
-                        if let Ok(trailers) = frame.into_trailers() {
-                            let _ = this.stream.send_trailers(trailers);
-                        }
-                        return Poll::Ready(());
+                        return Poll::Ready(match frame.into_trailers() {
+                            Ok(trailers) => finish(this.stream.send_trailers(trailers)),
+                            // A frame of a kind HTTP/2 has no use for.
+                            Err(_) => Piped::Sent,
+                        });
                     }
                 },
             }
         }
+    }
+}
+
+/// How a pipe ended after its last frame was handed to h2.
+fn finish(sent: Result<(), h2::Error>) -> Piped {
+    match sent {
+        Ok(()) => Piped::Sent,
+        Err(_) => Piped::PeerGone,
     }
 }
 
@@ -314,6 +336,10 @@ pub enum ClientError {
     },
     #[error("HTTP/2 request failed")]
     Request(#[source] h2::Error),
+    /// The request's own body failed before a response came: its client
+    /// reset the stream or went away. Not the upstream's doing.
+    #[error("the request body failed")]
+    RequestBody(#[source] BoxError),
 }
 
 /// One upstream connection's handle.
@@ -389,16 +415,21 @@ impl Client {
                 ClientError::Request(err)
             })?;
         let response = if end {
-            response.await
+            response.await.map_err(ClientError::Request)
         } else {
             let mut pipe = Some(Pipe::new(body, stream));
             let response = poll_fn(|cx| {
                 if let Some(sending) = pipe.as_mut()
-                    && Pin::new(sending).poll(cx).is_ready()
+                    && let Poll::Ready(piped) = Pin::new(sending).poll(cx)
                 {
                     pipe = None;
+                    if let Piped::BodyFailed(err) = piped {
+                        return Poll::Ready(Err(ClientError::RequestBody(err)));
+                    }
                 }
-                Pin::new(&mut response).poll(cx)
+                Pin::new(&mut response)
+                    .poll(cx)
+                    .map_err(ClientError::Request)
             })
             .await;
             // A request still streaming (a client stream, a bidirectional
@@ -408,7 +439,7 @@ impl Client {
             }
             response
         };
-        let response = response.map_err(ClientError::Request)?;
+        let response = response?;
         Ok(response.map(RecvBody::new))
     }
 

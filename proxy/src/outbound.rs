@@ -18,7 +18,8 @@ use crate::{
     config::Config,
     detect::{Prefixed, Protocol},
     errors,
-    http::{Upstream, set_authority, strip_hop_by_hop},
+    http::{Upstream, UpstreamError, set_authority, strip_hop_by_hop},
+    http2,
     metrics::{Direction, Metrics, RouteLabels},
     retry::{RetryConfig, RetryPolicy, budget::RetryBudget, replay::ReplayBody},
     tcp,
@@ -229,6 +230,22 @@ impl Outbound {
                             .map_or(String::new(), |v| format!("grpc-status {v:?}"))
                     ));
                     Failure::Status(response)
+                }
+                Err(UpstreamError::Http2(http2::ClientError::RequestBody(err))) => {
+                    // The client broke off its own request (reset the
+                    // stream, went away) while its body was on the way:
+                    // nothing to retry, and nothing the endpoint did.
+                    drop(picked);
+                    let message = format!("the client's request body failed: {err}");
+                    tracing::debug!(%message, endpoint = %endpoint.addr_label);
+                    let response = errors::recorded(
+                        recorder,
+                        grpc,
+                        http::StatusCode::BAD_REQUEST,
+                        tonic::Code::Cancelled,
+                        &message,
+                    );
+                    return annotate(response, &endpoint, attempt);
                 }
                 Err(err) => {
                     picked.failed(&error_chain(&err));

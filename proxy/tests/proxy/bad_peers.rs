@@ -276,3 +276,87 @@ async fn streams_beyond_the_limit_are_refused() {
     drop(conn);
     proxy.shutdown().await;
 }
+
+/// A request body that sends one frame, then fails when told: its client
+/// broke off the request mid-body.
+struct Abandoned {
+    first: Option<bytes::Bytes>,
+    abandon: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl http_body::Body for Abandoned {
+    type Data = bytes::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, std::io::Error>>> {
+        use std::future::Future as _;
+        if let Some(first) = self.first.take() {
+            return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(first))));
+        }
+        std::pin::Pin::new(&mut self.abandon).poll(cx).map(|_| {
+            Some(Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "the client gave up",
+            )))
+        })
+    }
+}
+
+#[tokio::test]
+async fn clients_that_abandon_their_requests_mid_body_cost_the_endpoint_nothing() {
+    let replica = spawn_replica("patient").await;
+    let proxy = proxy_in_front(&replica, &[]).await;
+    let client = std::sync::Arc::new(mesh_proxy::http2::Client::default());
+    let endpoint = || async {
+        let (_, json) = crate::support::http_get(proxy.admin, "/endpoints").await;
+        let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+        json["services"][0]["endpoints"][0].clone()
+    };
+    // More than --failure-accrual (7): were they blamed on the endpoint, it
+    // would be ejected.
+    for _ in 0..10 {
+        let (abandon, abandoned) = tokio::sync::oneshot::channel();
+        // A gRPC frame header announcing 100 bytes, and only 5 of them.
+        let partial = bytes::Bytes::from_static(&[0, 0, 0, 0, 100, 1, 2, 3, 4, 5]);
+        let request = http::Request::builder()
+            .method("POST")
+            .uri(format!("http://{}/StockData.Stocks/Get", proxy.outbound))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(Abandoned {
+                first: Some(partial),
+                abandon: abandoned,
+            })
+            .unwrap();
+        let sending = tokio::spawn({
+            let client = client.clone();
+            let outbound = proxy.outbound;
+            async move { client.send(outbound, request).await.map(|r| r.status()) }
+        });
+        eventually(
+            "the request reaches the endpoint",
+            Duration::from_secs(10),
+            || async { (endpoint().await["in_flight"] == 1).then_some(()) },
+        )
+        .await;
+        let _ = abandon.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(10), sending)
+            .await
+            .expect("the abandoned request ends");
+        eventually("the request is over", Duration::from_secs(10), || async {
+            (endpoint().await["in_flight"] == 0).then_some(())
+        })
+        .await;
+    }
+    let view = endpoint().await;
+    assert_eq!(view["failed"], 0, "{view}");
+    assert_eq!(view["ejected"], false, "{view}");
+    // And it serves as before.
+    let client = StocksClient::new(connect(proxy.outbound).await);
+    let tally = call_many(&client, 10, 2).await;
+    assert_eq!(tally.succeeded(), 10);
+    proxy.shutdown().await;
+}
