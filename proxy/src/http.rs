@@ -29,8 +29,6 @@ pub enum UpstreamError {
     Http1(#[source] hyper_util::client::legacy::Error),
 }
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-
 /// Clients to upstreams, sending request bodies of type `B`: one
 /// multiplexed HTTP/2 connection per endpoint address ([`http2::Client`]),
 /// pooled HTTP/1 connections.
@@ -54,7 +52,7 @@ where
     fn default() -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        connector.set_connect_timeout(Some(http2::CONNECT_TIMEOUT));
         let h1 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_timer(TokioTimer::new())

@@ -50,7 +50,8 @@ const CLIENT_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 const CLIENT_CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
 const CLIENT_SEND_BUFFER: usize = 1024 * 1024;
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long connecting to an upstream may take, HTTP/1 or HTTP/2.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A body arriving over HTTP/2: a client's request or an upstream's
 /// response. Reading it releases flow-control window to its sender.
