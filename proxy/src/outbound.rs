@@ -18,8 +18,7 @@ use crate::{
     config::Config,
     detect::{Prefixed, Protocol},
     errors,
-    http::{Upstream, UpstreamError, set_authority, strip_hop_by_hop},
-    http2,
+    http::{Upstream, set_authority, strip_hop_by_hop},
     metrics::{Direction, Metrics, RouteLabels},
     retry::{RetryConfig, RetryPolicy, budget::RetryBudget, replay::ReplayBody},
     tcp,
@@ -231,12 +230,15 @@ impl Outbound {
                     ));
                     Failure::Status(response)
                 }
-                Err(UpstreamError::Http2(http2::ClientError::RequestBody(err))) => {
+                Err(err) if replay.source_failed() => {
                     // The client broke off its own request (reset the
                     // stream, went away) while its body was on the way:
                     // nothing to retry, and nothing the endpoint did.
                     drop(picked);
-                    let message = format!("the client's request body failed: {err}");
+                    let message = format!(
+                        "the client broke off its request body: {}",
+                        error_chain(&err)
+                    );
                     tracing::debug!(%message, endpoint = %endpoint.addr_label);
                     let response = errors::recorded(
                         recorder,

@@ -36,6 +36,8 @@ struct Shared<B> {
     trailers: Option<http::HeaderMap>,
     /// Too large to keep, or the source failed: no replay is possible.
     unreplayable: bool,
+    /// The source failed: its client broke the request off.
+    source_failed: bool,
     max_bytes: usize,
     /// The attempt whose body may read; older ones are superseded.
     generation: u32,
@@ -62,6 +64,7 @@ impl<B> ReplayBody<B> {
                 buffered_bytes: 0,
                 trailers: None,
                 unreplayable: false,
+                source_failed: false,
                 max_bytes,
                 generation: 0,
             })),
@@ -78,6 +81,13 @@ impl<B> ReplayBody<B> {
     /// Whether a retry could send the whole body again.
     pub fn can_replay(&self) -> bool {
         !self.lock().unreplayable
+    }
+
+    /// Whether the client's body failed (it reset the stream or went away
+    /// while sending): then a failed attempt is the client's doing, not the
+    /// endpoint's.
+    pub fn source_failed(&self) -> bool {
+        self.lock().source_failed
     }
 
     /// A body for the next attempt, replaying from the start; the previous
@@ -139,6 +149,7 @@ where
             }
             Poll::Ready(Some(Err(err))) => {
                 shared.unreplayable = true;
+                shared.source_failed = true;
                 shared.chunks = Vec::new();
                 Poll::Ready(Some(Err(err.into())))
             }
@@ -285,6 +296,33 @@ mod tests {
         }
         assert_eq!(seen, b"abcdefghi");
         assert!(!first.can_replay());
+        assert!(first.retry().is_none());
+        assert!(!first.source_failed(), "too large is not a failure");
+    }
+
+    #[tokio::test]
+    async fn a_client_body_that_fails_is_marked_as_the_clients_doing() {
+        /// One chunk, then the client's connection breaks.
+        struct Broken(bool);
+        impl Body for Broken {
+            type Data = Bytes;
+            type Error = std::io::Error;
+            fn poll_frame(
+                mut self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+            ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+                if std::mem::replace(&mut self.0, true) {
+                    let broken = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+                    return Poll::Ready(Some(Err(broken)));
+                }
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"ab")))))
+            }
+        }
+        let mut first = ReplayBody::new(Broken(false), 64);
+        assert!(first.frame().await.unwrap().is_ok());
+        assert!(!first.source_failed());
+        assert!(first.frame().await.unwrap().is_err());
+        assert!(first.source_failed());
         assert!(first.retry().is_none());
     }
 

@@ -360,3 +360,48 @@ async fn clients_that_abandon_their_requests_mid_body_cost_the_endpoint_nothing(
     assert_eq!(tally.succeeded(), 10);
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn http1_clients_that_abandon_their_requests_mid_body_cost_the_endpoint_nothing() {
+    // An app that reads whole bodies before answering.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_addr = listener.local_addr().unwrap();
+    let app = axum::Router::new()
+        .fallback(|body: axum::body::Bytes| async move { format!("read {} bytes", body.len()) });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let proxy = spawn_proxy(&[
+        "--outbound",
+        "web=127.0.0.1:0",
+        "--discover",
+        &format!("web=static:{app_addr}"),
+    ])
+    .await;
+    let endpoint = || async {
+        let (_, json) = crate::support::http_get(proxy.admin, "/endpoints").await;
+        let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+        json["services"][0]["endpoints"][0].clone()
+    };
+    for _ in 0..10 {
+        let mut conn = TcpStream::connect(proxy.outbound).await.unwrap();
+        conn.write_all(b"POST /upload HTTP/1.1\r\nHost: web\r\nContent-Length: 100\r\n\r\nabcde")
+            .await
+            .unwrap();
+        eventually(
+            "the request reaches the endpoint",
+            Duration::from_secs(10),
+            || async { (endpoint().await["in_flight"] == 1).then_some(()) },
+        )
+        .await;
+        drop(conn);
+        eventually("the request is over", Duration::from_secs(10), || async {
+            (endpoint().await["in_flight"] == 0).then_some(())
+        })
+        .await;
+    }
+    let view = endpoint().await;
+    assert_eq!(view["failed"], 0, "{view}");
+    assert_eq!(view["ejected"], false, "{view}");
+    let (status, body) = crate::support::http_get(proxy.outbound, "/after").await;
+    assert_eq!(status, 200, "{body}");
+    proxy.shutdown().await;
+}
