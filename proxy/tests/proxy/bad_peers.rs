@@ -277,6 +277,34 @@ async fn streams_beyond_the_limit_are_refused() {
     proxy.shutdown().await;
 }
 
+/// The proxy's only endpoint, as `/endpoints` shows it.
+async fn sole_endpoint(admin: std::net::SocketAddr) -> serde_json::Value {
+    let (_, json) = crate::support::http_get(admin, "/endpoints").await;
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    json["services"][0]["endpoints"][0].clone()
+}
+
+/// Waits until the proxy's only endpoint has `requests` in flight.
+async fn until_in_flight(admin: std::net::SocketAddr, requests: u64) {
+    eventually(
+        &format!("{requests} requests in flight"),
+        Duration::from_secs(10),
+        || async { (sole_endpoint(admin).await["in_flight"] == requests).then_some(()) },
+    )
+    .await;
+}
+
+/// More abandoned requests than `--failure-accrual` (7): were they blamed on
+/// the endpoint, it would be ejected.
+const ABANDONED: usize = 10;
+
+/// The endpoint was charged no failure for them.
+async fn assert_uncharged(admin: std::net::SocketAddr) {
+    let view = sole_endpoint(admin).await;
+    assert_eq!(view["failed"], 0, "{view}");
+    assert_eq!(view["ejected"], false, "{view}");
+}
+
 /// A request body that sends one frame, then fails when told: its client
 /// broke off the request mid-body.
 struct Abandoned {
@@ -310,14 +338,7 @@ async fn clients_that_abandon_their_requests_mid_body_cost_the_endpoint_nothing(
     let replica = spawn_replica("patient").await;
     let proxy = proxy_in_front(&replica, &[]).await;
     let client = std::sync::Arc::new(mesh_proxy::http2::Client::default());
-    let endpoint = || async {
-        let (_, json) = crate::support::http_get(proxy.admin, "/endpoints").await;
-        let json: serde_json::Value = serde_json::from_str(&json).unwrap();
-        json["services"][0]["endpoints"][0].clone()
-    };
-    // More than --failure-accrual (7): were they blamed on the endpoint, it
-    // would be ejected.
-    for _ in 0..10 {
+    for _ in 0..ABANDONED {
         let (abandon, abandoned) = tokio::sync::oneshot::channel();
         // A gRPC frame header announcing 100 bytes, and only 5 of them.
         let partial = bytes::Bytes::from_static(&[0, 0, 0, 0, 100, 1, 2, 3, 4, 5]);
@@ -336,24 +357,14 @@ async fn clients_that_abandon_their_requests_mid_body_cost_the_endpoint_nothing(
             let outbound = proxy.outbound;
             async move { client.send(outbound, request).await.map(|r| r.status()) }
         });
-        eventually(
-            "the request reaches the endpoint",
-            Duration::from_secs(10),
-            || async { (endpoint().await["in_flight"] == 1).then_some(()) },
-        )
-        .await;
+        until_in_flight(proxy.admin, 1).await;
         let _ = abandon.send(());
         let _ = tokio::time::timeout(Duration::from_secs(10), sending)
             .await
             .expect("the abandoned request ends");
-        eventually("the request is over", Duration::from_secs(10), || async {
-            (endpoint().await["in_flight"] == 0).then_some(())
-        })
-        .await;
+        until_in_flight(proxy.admin, 0).await;
     }
-    let view = endpoint().await;
-    assert_eq!(view["failed"], 0, "{view}");
-    assert_eq!(view["ejected"], false, "{view}");
+    assert_uncharged(proxy.admin).await;
     // And it serves as before.
     let client = StocksClient::new(connect(proxy.outbound).await);
     let tally = call_many(&client, 10, 2).await;
@@ -376,31 +387,16 @@ async fn http1_clients_that_abandon_their_requests_mid_body_cost_the_endpoint_no
         &format!("web=static:{app_addr}"),
     ])
     .await;
-    let endpoint = || async {
-        let (_, json) = crate::support::http_get(proxy.admin, "/endpoints").await;
-        let json: serde_json::Value = serde_json::from_str(&json).unwrap();
-        json["services"][0]["endpoints"][0].clone()
-    };
-    for _ in 0..10 {
+    for _ in 0..ABANDONED {
         let mut conn = TcpStream::connect(proxy.outbound).await.unwrap();
         conn.write_all(b"POST /upload HTTP/1.1\r\nHost: web\r\nContent-Length: 100\r\n\r\nabcde")
             .await
             .unwrap();
-        eventually(
-            "the request reaches the endpoint",
-            Duration::from_secs(10),
-            || async { (endpoint().await["in_flight"] == 1).then_some(()) },
-        )
-        .await;
+        until_in_flight(proxy.admin, 1).await;
         drop(conn);
-        eventually("the request is over", Duration::from_secs(10), || async {
-            (endpoint().await["in_flight"] == 0).then_some(())
-        })
-        .await;
+        until_in_flight(proxy.admin, 0).await;
     }
-    let view = endpoint().await;
-    assert_eq!(view["failed"], 0, "{view}");
-    assert_eq!(view["ejected"], false, "{view}");
+    assert_uncharged(proxy.admin).await;
     let (status, body) = crate::support::http_get(proxy.outbound, "/after").await;
     assert_eq!(status, 200, "{body}");
     proxy.shutdown().await;
