@@ -198,14 +198,17 @@ impl Outbound {
                                 "mesh-proxy: {} did not answer within {deadline:?}",
                                 route.target
                             );
-                            let response = errors::recorded(
+                            return answer_failure(
                                 recorder,
                                 grpc,
-                                http::StatusCode::GATEWAY_TIMEOUT,
-                                tonic::Code::DeadlineExceeded,
+                                (
+                                    http::StatusCode::GATEWAY_TIMEOUT,
+                                    tonic::Code::DeadlineExceeded,
+                                ),
                                 &message,
+                                &endpoint,
+                                attempt,
                             );
-                            return annotate(response, &endpoint, attempt);
                         }
                     }
                 }
@@ -240,14 +243,14 @@ impl Outbound {
                         error_chain(&err)
                     );
                     tracing::debug!(%message, endpoint = %endpoint.addr_label);
-                    let response = errors::recorded(
+                    return answer_failure(
                         recorder,
                         grpc,
-                        http::StatusCode::BAD_REQUEST,
-                        tonic::Code::Cancelled,
+                        (http::StatusCode::BAD_REQUEST, tonic::Code::Cancelled),
                         &message,
+                        &endpoint,
+                        attempt,
                     );
-                    return annotate(response, &endpoint, attempt);
                 }
                 Err(err) => {
                     picked.failed(&error_chain(&err));
@@ -282,14 +285,14 @@ impl Outbound {
                                 error_chain(&err)
                             );
                             tracing::debug!(%message, attempt, not_retried = why);
-                            let response = errors::recorded(
+                            answer_failure(
                                 recorder,
                                 grpc,
-                                http::StatusCode::BAD_GATEWAY,
-                                tonic::Code::Unavailable,
+                                (http::StatusCode::BAD_GATEWAY, tonic::Code::Unavailable),
                                 &message,
-                            );
-                            annotate(response, &endpoint, attempt)
+                                &endpoint,
+                                attempt,
+                            )
                         }
                     };
                 }
@@ -371,6 +374,20 @@ fn forward(
         endpoint,
         attempt,
     )
+}
+
+/// The proxy's own answer to a request whose attempt failed: recorded in
+/// the attempt's metrics, with the endpoint and attempt headers.
+fn answer_failure(
+    recorder: Recorder,
+    grpc: bool,
+    (status, grpc_code): (http::StatusCode, tonic::Code),
+    message: &str,
+    endpoint: &EndpointState,
+    attempt: u32,
+) -> http::Response<ProxyBody> {
+    let response = errors::recorded(recorder, grpc, status, grpc_code, message);
+    annotate(response, endpoint, attempt)
 }
 
 /// Adds the headers that tell the client which endpoint answered and after
