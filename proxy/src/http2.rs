@@ -347,7 +347,8 @@ pub enum ClientError {
 #[derive(Clone)]
 struct Connection {
     sender: h2::client::SendRequest<Bytes>,
-    /// Set when the connection's task ends.
+    /// Set when the connection's task ends, or once the peer said GOAWAY:
+    /// no new request goes to it.
     closed: Arc<AtomicBool>,
 }
 
