@@ -1,6 +1,6 @@
 //! Peers that misbehave do not hurt the proxy or its other clients.
 
-use crate::support::{Proxy, call_many, spawn_proxy, static_list};
+use crate::support::{Proxy, call_many, spawn_proxy, stockdata_proxy};
 use std::time::Duration;
 use stockdata::test_util::{connect, eventually, spawn_replica};
 use stockkube_proto::stockdata::stocks_client::StocksClient;
@@ -55,17 +55,7 @@ async fn garbage_resets_and_idle_connections_leave_others_served() {
 
 /// An outbound proxy in front of `replica`, with `limits` added to its flags.
 async fn proxy_in_front(replica: &stockdata::test_util::Replica, limits: &[&str]) -> Proxy {
-    let discover = static_list(&[replica.addr]);
-    let flags: Vec<&str> = [
-        "--outbound",
-        "stockdata=127.0.0.1:0",
-        "--discover",
-        &discover,
-    ]
-    .into_iter()
-    .chain(limits.iter().copied())
-    .collect();
-    spawn_proxy(&flags).await
+    stockdata_proxy(&[replica.addr], limits).await
 }
 
 async fn refused(admin: std::net::SocketAddr, reason: &str) -> f64 {

@@ -1,6 +1,6 @@
 //! Per-request balancing: what the mesh is for.
 
-use crate::support::{call_many, spawn_proxy, static_list};
+use crate::support::{call_many, spawn_proxy, stockdata_proxy};
 use stockdata::{
     Faults,
     test_util::{ConnectionBalancer, connect, spawn_replica, spawn_replica_with},
@@ -24,13 +24,7 @@ async fn one_connection_is_spread_over_every_replica() {
     assert_eq!(tally.servers.len(), 1, "{:?}", tally.servers);
 
     // Through the outbound proxy: the same one connection, every replica.
-    let proxy = spawn_proxy(&[
-        "--outbound",
-        "stockdata=127.0.0.1:0",
-        "--discover",
-        &static_list(&addrs),
-    ])
-    .await;
+    let proxy = stockdata_proxy(&addrs, &[]).await;
     let meshed = StocksClient::new(connect(proxy.outbound).await);
     let tally = call_many(&meshed, 100, 100).await;
     assert!(tally.failures.is_empty(), "{:?}", tally.failures);
@@ -61,14 +55,10 @@ async fn slow_share(balance: &str) -> f64 {
     )
     .await;
     let fast = [spawn_replica("fast-1").await, spawn_replica("fast-2").await];
-    let proxy = spawn_proxy(&[
-        "--outbound",
-        "stockdata=127.0.0.1:0",
-        "--discover",
-        &static_list(&[slow.addr, fast[0].addr, fast[1].addr]),
-        "--balance",
-        balance,
-    ])
+    let proxy = stockdata_proxy(
+        &[slow.addr, fast[0].addr, fast[1].addr],
+        &["--balance", balance],
+    )
     .await;
     let client = StocksClient::new(connect(proxy.outbound).await);
     let tally = call_many(&client, 1000, 10).await;
@@ -103,13 +93,7 @@ async fn two_hops_outbound_to_inbound_to_the_app() {
     let app = replica.addr.to_string();
     let inbound = spawn_proxy(&["--inbound", "127.0.0.1:0", "--app", &app]).await;
     let inbound_addr = inbound.inbound.unwrap();
-    let outbound = spawn_proxy(&[
-        "--outbound",
-        "stockdata=127.0.0.1:0",
-        "--discover",
-        &static_list(&[inbound_addr]),
-    ])
-    .await;
+    let outbound = stockdata_proxy(&[inbound_addr], &[]).await;
     let client = StocksClient::new(connect(outbound.outbound).await);
     let tally = call_many(&client, 50, 25).await;
     assert!(tally.failures.is_empty(), "{:?}", tally.failures);
@@ -128,13 +112,7 @@ async fn each_endpoint_gets_one_multiplexed_connection() {
         ConnectionBalancer::start(vec![replicas[0].addr]).await,
         ConnectionBalancer::start(vec![replicas[1].addr]).await,
     ];
-    let proxy = spawn_proxy(&[
-        "--outbound",
-        "stockdata=127.0.0.1:0",
-        "--discover",
-        &static_list(&[fronts[0].addr, fronts[1].addr]),
-    ])
-    .await;
+    let proxy = stockdata_proxy(&[fronts[0].addr, fronts[1].addr], &[]).await;
     let client = StocksClient::new(connect(proxy.outbound).await);
     for _ in 0..3 {
         let tally = call_many(&client, 100, 100).await;
@@ -153,16 +131,10 @@ async fn a_dead_endpoint_is_ejected_after_consecutive_failures() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let proxy = spawn_proxy(&[
-        "--outbound",
-        "stockdata=127.0.0.1:0",
-        "--discover",
-        &static_list(&[dead, live.addr]),
-        "--balance",
-        "round-robin",
-        "--failure-accrual",
-        "3",
-    ])
+    let proxy = stockdata_proxy(
+        &[dead, live.addr],
+        &["--balance", "round-robin", "--failure-accrual", "3"],
+    )
     .await;
     let client = StocksClient::new(connect(proxy.outbound).await);
     // Every call that met the dead endpoint was retried on the live one,

@@ -1,7 +1,7 @@
 //! The admin endpoints: metrics match the calls made; endpoints list the
 //! replicas; ready and live answer.
 
-use crate::support::{call_many, http_get, parse_prometheus, spawn_proxy, static_list, sum};
+use crate::support::{call_many, http_get, parse_prometheus, stockdata_proxy, sum};
 use stockdata::test_util::{connect, spawn_replica};
 use stockkube_proto::stockdata::stocks_client::StocksClient;
 
@@ -9,13 +9,7 @@ use stockkube_proto::stockdata::stocks_client::StocksClient;
 async fn metrics_count_every_call_per_endpoint() {
     let replicas = [spawn_replica("m1").await, spawn_replica("m2").await];
     let addrs: Vec<_> = replicas.iter().map(|r| r.addr).collect();
-    let proxy = spawn_proxy(&[
-        "--outbound",
-        "stockdata=127.0.0.1:0",
-        "--discover",
-        &static_list(&addrs),
-    ])
-    .await;
+    let proxy = stockdata_proxy(&addrs, &[]).await;
     let client = StocksClient::new(connect(proxy.outbound).await);
     let tally = call_many(&client, 200, 50).await;
     assert!(tally.failures.is_empty());
@@ -87,13 +81,7 @@ async fn metrics_count_every_call_per_endpoint() {
 #[tokio::test]
 async fn grpc_errors_are_counted_as_failures() {
     let replica = spawn_replica("e1").await;
-    let proxy = spawn_proxy(&[
-        "--outbound",
-        "stockdata=127.0.0.1:0",
-        "--discover",
-        &static_list(&[replica.addr]),
-    ])
-    .await;
+    let proxy = stockdata_proxy(&[replica.addr], &[]).await;
     let mut client = StocksClient::new(connect(proxy.outbound).await);
     let status = client
         .get(stockkube_proto::stockdata::GetRequest { id: 0 })

@@ -1,6 +1,6 @@
 //! HTTP/1.1 and opaque TCP through the proxy.
 
-use crate::support::{http_get, spawn_proxy};
+use crate::support::{http_get, spawn_proxy, stockdata_proxy};
 use std::net::SocketAddr;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
@@ -129,15 +129,7 @@ async fn a_python_grpcio_client_is_balanced_through_the_proxy() {
         stockdata::test_util::spawn_replica("py-a").await,
         stockdata::test_util::spawn_replica("py-b").await,
     );
-    let proxy = spawn_proxy(&[
-        "--outbound",
-        "stockdata=127.0.0.1:0",
-        "--discover",
-        &crate::support::static_list(&[a.addr, b.addr]),
-        "--balance",
-        "round-robin",
-    ])
-    .await;
+    let proxy = stockdata_proxy(&[a.addr, b.addr], &["--balance", "round-robin"]).await;
     let Some(report) = stockdata::test_util::python_interop_report(proxy.outbound).await else {
         return;
     };

@@ -3,7 +3,7 @@
 //! answers, a killed replica coming back, and SIGTERM to the proxy itself.
 //! The client must lose nothing the mesh can save.
 
-use crate::support::{Load, call_many, parse_prometheus, spawn_proxy, static_list, sum};
+use crate::support::{Load, call_many, parse_prometheus, static_list, stockdata_proxy, sum};
 use std::{net::SocketAddr, process::Stdio, time::Duration};
 use stockdata::{
     Faults,
@@ -123,13 +123,7 @@ async fn a_replica_killed_under_load_costs_no_call() {
         ChildReplica::spawn("k3", 0).await,
     ];
     let addrs: Vec<_> = replicas.iter().map(|r| r.addr).collect();
-    let proxy = spawn_proxy(&[
-        "--outbound",
-        "stockdata=127.0.0.1:0",
-        "--discover",
-        &static_list(&addrs),
-    ])
-    .await;
+    let proxy = stockdata_proxy(&addrs, &[]).await;
     let client = StocksClient::new(connect(proxy.outbound).await);
     // 100 concurrent streams over one connection, before and after the kill.
     let load = Load::start(&client, 100);
@@ -171,13 +165,7 @@ async fn a_replica_failing_half_its_calls_is_retried_within_the_budget() {
         },
     )
     .await;
-    let proxy = spawn_proxy(&[
-        "--outbound",
-        "stockdata=127.0.0.1:0",
-        "--discover",
-        &static_list(&[healthy[0].addr, healthy[1].addr, flaky.addr]),
-    ])
-    .await;
+    let proxy = stockdata_proxy(&[healthy[0].addr, healthy[1].addr, flaky.addr], &[]).await;
     let client = StocksClient::new(connect(proxy.outbound).await);
     let load = Load::start(&client, 100);
     load.run_for_calls(5000).await;
@@ -243,14 +231,10 @@ async fn a_spent_budget_stops_retries() {
         )
         .await,
     ];
-    let proxy = spawn_proxy(&[
-        "--outbound",
-        "stockdata=127.0.0.1:0",
-        "--discover",
-        &static_list(&[failing[0].addr, failing[1].addr]),
-        "--failure-accrual",
-        "0",
-    ])
+    let proxy = stockdata_proxy(
+        &[failing[0].addr, failing[1].addr],
+        &["--failure-accrual", "0"],
+    )
     .await;
     let client = StocksClient::new(connect(proxy.outbound).await);
     let tally = call_many(&client, 500, 10).await;
@@ -286,14 +270,10 @@ async fn a_black_hole_times_out_is_ejected_and_gets_no_more_calls() {
     // Accepts connections (the kernel does) and never reads or answers.
     let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let hole_addr = hole.local_addr().unwrap();
-    let proxy = spawn_proxy(&[
-        "--outbound",
-        "stockdata=127.0.0.1:0",
-        "--discover",
-        &static_list(&[healthy[0].addr, healthy[1].addr, hole_addr]),
-        "--timeout",
-        "stockdata=1s",
-    ])
+    let proxy = stockdata_proxy(
+        &[healthy[0].addr, healthy[1].addr, hole_addr],
+        &["--timeout", "stockdata=1s"],
+    )
     .await;
     let client = StocksClient::new(connect(proxy.outbound).await);
     let load = Load::start(&client, 20);
@@ -353,13 +333,7 @@ async fn a_killed_replica_that_comes_back_is_probed_and_served_again() {
     let steady = spawn_replica("steady").await;
     let returning = ChildReplica::spawn("returning", 0).await;
     let addr = returning.addr;
-    let proxy = spawn_proxy(&[
-        "--outbound",
-        "stockdata=127.0.0.1:0",
-        "--discover",
-        &static_list(&[steady.addr, addr]),
-    ])
-    .await;
+    let proxy = stockdata_proxy(&[steady.addr, addr], &[]).await;
     let client = StocksClient::new(connect(proxy.outbound).await);
     let load = Load::start(&client, 10);
     load.run_for_calls(500).await;

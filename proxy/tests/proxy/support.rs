@@ -75,6 +75,22 @@ impl Drop for Proxy {
     }
 }
 
+/// A proxy whose outbound listener is for `stockdata`, balancing over
+/// `replicas`, with `flags` added.
+pub async fn stockdata_proxy(replicas: &[SocketAddr], flags: &[&str]) -> Proxy {
+    let discover = static_list(replicas);
+    let all: Vec<&str> = [
+        "--outbound",
+        "stockdata=127.0.0.1:0",
+        "--discover",
+        &discover,
+    ]
+    .into_iter()
+    .chain(flags.iter().copied())
+    .collect();
+    spawn_proxy(&all).await
+}
+
 /// `static:a;b;c` for `--discover`.
 pub fn static_list(addrs: &[SocketAddr]) -> String {
     let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
