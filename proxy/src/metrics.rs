@@ -27,7 +27,7 @@
 //! headers), empty for plain HTTP; `classification` `success` or `failure`
 //! (HTTP 5xx, a non-OK gRPC status, or no complete response).
 
-use crate::balance::Balancer;
+use crate::balance::{Balancer, EndpointSnapshot, ServiceSnapshot};
 use prometheus_client::{
     collector::Collector,
     encoding::{
@@ -219,39 +219,48 @@ struct Ejections {
 impl Collector for Ejections {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let snapshots: Vec<_> = self.balancers.iter().map(|b| b.snapshot()).collect();
-        let mut ejected = encoder.encode_descriptor(
-            "endpoint_ejected",
-            "1 while failure accrual keeps the endpoint out of its balancer",
-            None,
-            MetricType::Gauge,
+        per_endpoint(
+            &mut encoder,
+            &snapshots,
+            (
+                "endpoint_ejected",
+                "1 while failure accrual keeps the endpoint out of its balancer",
+                MetricType::Gauge,
+            ),
+            |endpoint| ConstGauge::new(i64::from(endpoint.ejected)),
         )?;
-        for service in &snapshots {
-            for endpoint in &service.endpoints {
-                let labels = [
-                    ("target", service.service.as_str()),
-                    ("endpoint", endpoint.addr.as_str()),
-                ];
-                ConstGauge::new(i64::from(endpoint.ejected))
-                    .encode(ejected.encode_family(&labels)?)?;
-            }
-        }
-        let mut ejections = encoder.encode_descriptor(
-            "endpoint_ejections",
-            "Times failure accrual ejected the endpoint",
-            None,
-            MetricType::Counter,
-        )?;
-        for service in &snapshots {
-            for endpoint in &service.endpoints {
-                let labels = [
-                    ("target", service.service.as_str()),
-                    ("endpoint", endpoint.addr.as_str()),
-                ];
-                ConstCounter::new(endpoint.ejections).encode(ejections.encode_family(&labels)?)?;
-            }
-        }
-        Ok(())
+        per_endpoint(
+            &mut encoder,
+            &snapshots,
+            (
+                "endpoint_ejections",
+                "Times failure accrual ejected the endpoint",
+                MetricType::Counter,
+            ),
+            |endpoint| ConstCounter::new(endpoint.ejections),
+        )
     }
+}
+
+/// One metric family with a sample per endpoint of every service,
+/// labelled by target and endpoint.
+fn per_endpoint<M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder<'_>,
+    snapshots: &[ServiceSnapshot],
+    (name, help, metric_type): (&str, &str, MetricType),
+    sample: impl Fn(&EndpointSnapshot) -> M,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, metric_type)?;
+    for service in snapshots {
+        for endpoint in &service.endpoints {
+            let labels = [
+                ("target", service.service.as_str()),
+                ("endpoint", endpoint.addr.as_str()),
+            ];
+            sample(endpoint).encode(family.encode_family(&labels)?)?;
+        }
+    }
+    Ok(())
 }
 
 /// One route's metric handles, resolved once (per endpoint, or per inbound
