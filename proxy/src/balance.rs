@@ -713,7 +713,11 @@ mod tests {
             drop(picked);
         }
         assert_eq!(counts.get(&1), None, "{counts:?}");
-        assert!(counts[&2] > 300 && counts[&3] > 300, "{counts:?}");
+        // The two fast ones never cost exactly the same (taught a moment
+        // apart), so the cheaper wins every pair they share: it expects 2/3
+        // of the picks, the other 1/3 (333 ± 15). 300 failed about once in
+        // seventy runs; 250 is more than five deviations away.
+        assert!(counts[&2] > 250 && counts[&3] > 250, "{counts:?}");
     }
 
     #[tokio::test]
