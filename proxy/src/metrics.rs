@@ -91,6 +91,24 @@ pub struct ResponseLabels {
     pub classification: Classification,
 }
 
+impl ResponseLabels {
+    fn new(
+        route: &RouteLabels,
+        status_code: u16,
+        grpc_status: Option<u8>,
+        classification: Classification,
+    ) -> Self {
+        Self {
+            direction: route.direction,
+            target: route.target.clone(),
+            endpoint: route.endpoint.clone(),
+            status_code,
+            grpc_status,
+            classification,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConnectionLabels {
     pub direction: Direction,
@@ -313,14 +331,12 @@ impl Metrics {
     pub fn route(self: &Arc<Self>, route: RouteLabels) -> RouteMetrics {
         let response = |status_code, grpc_status| {
             self.responses
-                .get_or_create(&ResponseLabels {
-                    direction: route.direction,
-                    target: route.target.clone(),
-                    endpoint: route.endpoint.clone(),
+                .get_or_create(&ResponseLabels::new(
+                    &route,
                     status_code,
                     grpc_status,
-                    classification: Classification::Success,
-                })
+                    Classification::Success,
+                ))
                 .clone()
         };
         RouteMetrics {
@@ -397,19 +413,18 @@ impl Metrics {
         complete: bool,
     ) {
         let failed = !complete || status_code >= 500 || grpc_status.is_some_and(|code| code != 0);
+        let classification = if failed {
+            Classification::Failure
+        } else {
+            Classification::Success
+        };
         self.responses
-            .get_or_create(&ResponseLabels {
-                direction: route.direction,
-                target: route.target.clone(),
-                endpoint: route.endpoint.clone(),
+            .get_or_create(&ResponseLabels::new(
+                route,
                 status_code,
                 grpc_status,
-                classification: if failed {
-                    Classification::Failure
-                } else {
-                    Classification::Success
-                },
-            })
+                classification,
+            ))
             .inc();
     }
 
