@@ -5,6 +5,10 @@
 //!   descriptor set for server reflection.
 //! - [`mesh`]: the mesh's control APIs (`Destination`, `Registry`).
 //! - [`headers`]: names of the metadata headers the apps and the mesh agree on.
+//! - [`ports`], [`admin`], [`metrics`]: the sidecar's contract with everything
+//!   around it: its well-known ports, its admin routes, and the names and
+//!   labels of the metrics it exports (the dashboard reads them, the
+//!   injector wires the ports).
 //!
 //! Nothing here does I/O; the crates above decide how the contracts are served.
 
@@ -47,10 +51,100 @@ pub mod headers {
     pub const MESH_ATTEMPTS: &str = "x-mesh-attempts";
 }
 
+/// The mesh's well-known ports, as Linkerd numbers its own.
+pub mod ports {
+    /// The sidecar's outbound listener, where the local app's calls arrive.
+    pub const PROXY_OUTBOUND: u16 = 4140;
+    /// The sidecar's inbound listener, where other proxies' calls arrive.
+    pub const PROXY_INBOUND: u16 = 4143;
+    /// The sidecar's admin server (see [`super::admin`]).
+    pub const PROXY_ADMIN: u16 = 4191;
+    /// The controller's gRPC APIs (`Destination`, `Registry`).
+    pub const CONTROLLER: u16 = 8086;
+    /// The dashboard's web server.
+    pub const DASHBOARD: u16 = 8084;
+}
+
+/// The routes of the sidecar's admin server.
+pub mod admin {
+    /// Prometheus metrics, OpenMetrics text (see [`super::metrics`]).
+    pub const METRICS: &str = "/metrics";
+    /// 200 while serving, 503 once draining: the readiness probe.
+    pub const READY: &str = "/ready";
+    /// 200 while the process runs: the liveness probe.
+    pub const LIVE: &str = "/live";
+    /// JSON: each outbound service, its balancing and its endpoints.
+    pub const ENDPOINTS: &str = "/endpoints";
+}
+
+/// Names and label keys of the metrics the sidecar exports. Names are
+/// registered without the [`PREFIX`]; the exported sample names (with the
+/// prefix and, for counters, `_total`) are the `*_TOTAL`-style constants.
+pub mod metrics {
+    /// Every metric's prefix.
+    pub const PREFIX: &str = "mesh";
+
+    /// Registered names (the prefix and the counter suffix are added on export).
+    pub mod names {
+        pub const REQUESTS: &str = "requests";
+        pub const RESPONSES: &str = "responses";
+        pub const RESPONSE_LATENCY: &str = "response_latency_seconds";
+        pub const TCP_CONNECTIONS: &str = "tcp_connections";
+        pub const CONNECTIONS: &str = "connections";
+        pub const RETRIES: &str = "retries";
+        pub const RETRIES_SKIPPED: &str = "retries_skipped";
+        pub const REQUEST_TIMEOUTS: &str = "request_timeouts";
+        pub const REFUSED: &str = "refused";
+        pub const ENDPOINT_EJECTED: &str = "endpoint_ejected";
+        pub const ENDPOINT_EJECTIONS: &str = "endpoint_ejections";
+    }
+
+    /// Sample names as scraped.
+    pub const REQUESTS_TOTAL: &str = "mesh_requests_total";
+    pub const RESPONSES_TOTAL: &str = "mesh_responses_total";
+    pub const RESPONSE_LATENCY_BUCKET: &str = "mesh_response_latency_seconds_bucket";
+    pub const ENDPOINT_EJECTED: &str = "mesh_endpoint_ejected";
+
+    /// Label keys, and the values that are fixed.
+    pub mod labels {
+        /// `inbound` or `outbound`.
+        pub const DIRECTION: &str = "direction";
+        pub const INBOUND: &str = "inbound";
+        pub const OUTBOUND: &str = "outbound";
+        /// The service (outbound), or `app` (inbound).
+        pub const TARGET: &str = "target";
+        /// The inbound side's target.
+        pub const APP: &str = "app";
+        /// The `ip:port` that served the request.
+        pub const ENDPOINT: &str = "endpoint";
+        pub const STATUS_CODE: &str = "status_code";
+        pub const GRPC_STATUS: &str = "grpc_status";
+        /// `success` or `failure`.
+        pub const CLASSIFICATION: &str = "classification";
+        pub const SUCCESS: &str = "success";
+        pub const FAILURE: &str = "failure";
+        pub const PROTOCOL: &str = "protocol";
+        pub const REASON: &str = "reason";
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::stockdata;
     use prost::Message as _;
+
+    #[test]
+    fn sample_names_are_the_prefixed_registered_names() {
+        use super::metrics::{names, *};
+        let exported = |name: &str, suffix: &str| format!("{PREFIX}_{name}{suffix}");
+        assert_eq!(REQUESTS_TOTAL, exported(names::REQUESTS, "_total"));
+        assert_eq!(RESPONSES_TOTAL, exported(names::RESPONSES, "_total"));
+        assert_eq!(
+            RESPONSE_LATENCY_BUCKET,
+            exported(names::RESPONSE_LATENCY, "_bucket")
+        );
+        assert_eq!(ENDPOINT_EJECTED, exported(names::ENDPOINT_EJECTED, ""));
+    }
 
     #[test]
     fn descriptor_set_describes_the_original_package_and_service() {

@@ -11,7 +11,8 @@ use mesh_proxy::{
     discover::{Endpoint, normalize},
     metrics::{Direction, Metrics, RouteLabels},
 };
-use std::{hint::black_box, net::SocketAddr, sync::Arc, time::Duration, time::Instant};
+use std::{hint::black_box, net::SocketAddr, sync::Arc, time::Duration};
+use tokio::time::Instant;
 
 fn balancer(runtime: &tokio::runtime::Runtime, endpoints: u16) -> Arc<Balancer> {
     let set = normalize(

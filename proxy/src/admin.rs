@@ -9,10 +9,15 @@
 
 use crate::{balance::Balancer, metrics::Metrics};
 use axum::{Json, Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, Ordering},
+use std::{
+    future::IntoFuture as _,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
 };
+use stockkube_proto::admin::{ENDPOINTS, LIVE, METRICS, READY};
+use tokio::{net::TcpListener, sync::watch};
 
 #[derive(Debug, Clone)]
 pub struct AdminState {
@@ -23,11 +28,24 @@ pub struct AdminState {
 
 pub fn app(state: AdminState) -> Router {
     Router::new()
-        .route("/metrics", get(metrics))
-        .route("/ready", get(ready))
-        .route("/live", get(|| async { "live\n" }))
-        .route("/endpoints", get(endpoints))
+        .route(METRICS, get(metrics))
+        .route(READY, get(ready))
+        .route(LIVE, get(|| async { "live\n" }))
+        .route(ENDPOINTS, get(endpoints))
         .with_state(state)
+}
+
+/// Serves the admin routes on `listener` until `drain` turns true.
+pub async fn serve(listener: TcpListener, state: AdminState, mut drain: watch::Receiver<bool>) {
+    let served = axum::serve(listener, app(state))
+        .with_graceful_shutdown(async move {
+            let _ = drain.wait_for(|draining| *draining).await;
+        })
+        .into_future()
+        .await;
+    if let Err(err) = served {
+        tracing::warn!(%err, "the admin server failed");
+    }
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {

@@ -7,7 +7,10 @@
 //! `grpc-status` from trailers) or when it is dropped unfinished (a client
 //! that went away, an upstream that reset).
 
-use crate::{http2::RecvBody, metrics::RouteMetrics};
+use crate::{
+    http2::RecvBody,
+    metrics::{RouteLabels, RouteMetrics},
+};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -15,8 +18,8 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
-    time::Instant,
 };
+use tokio::time::Instant;
 
 /// Records one response's outcome when it is finished or dropped.
 #[derive(Debug)]
@@ -36,6 +39,11 @@ impl Recorder {
             status_code: 0,
             grpc_status: None,
         }
+    }
+
+    /// The route whose metrics it records into.
+    pub fn route(&self) -> &RouteLabels {
+        self.metrics.route()
     }
 
     /// Notes the response head; a trailers-only gRPC response carries its

@@ -1,12 +1,20 @@
 //! Flags and environment (`MESH_PROXY_*`) of `mesh-proxy`, parsed into a
 //! checked [`Config`]. Every bad value names its flag before anything binds.
 
+mod service_value;
+
+pub use service_value::{DiscoverySpec, ServiceValue, Timeout};
+
 use crate::{
+    balance::{AccrualConfig, BalancerConfig, EwmaConfig},
     limits::LimitsConfig,
+    register::Registration,
     retry::{RetryConfig, RetryPolicy, budget::BudgetConfig},
+    serve::DetectConfig,
 };
 use mesh_runtime::parse_duration;
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+use stockkube_proto::ports;
 
 /// mesh-proxy: the StockKube Mesh sidecar. Balances every HTTP/2 (gRPC) and
 /// HTTP/1 request across a service's endpoints; forwards anything else as
@@ -47,7 +55,7 @@ pub struct Args {
     #[arg(
         long,
         env = "MESH_PROXY_ADMIN",
-        default_value = "127.0.0.1:4191",
+        default_value_t = SocketAddr::from(([127, 0, 0, 1], ports::PROXY_ADMIN)),
         value_name = "ADDR"
     )]
     pub admin: SocketAddr,
@@ -213,15 +221,8 @@ pub enum BalanceStrategy {
     RoundRobin,
 }
 
-/// Where one service's endpoints come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DiscoverySpec {
-    Static(Vec<SocketAddr>),
-    Dns { host: String, port: u16 },
-    Destination,
-}
-
-/// A checked configuration.
+/// A checked configuration: every value parsed, every sub-configuration
+/// built. Making one does no I/O.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Outbound listener address to its service.
@@ -234,20 +235,15 @@ pub struct Config {
     /// Request timeout per service; services without one have none.
     pub timeouts: BTreeMap<String, Duration>,
     pub destination: Option<http::Uri>,
-    pub balance: BalanceStrategy,
     pub dns_refresh: Duration,
-    pub detect_timeout: Duration,
-    pub detect_max_bytes: usize,
-    pub ewma_decay: Duration,
-    pub ewma_default_rtt: Duration,
-    pub failfast_timeout: Duration,
-    pub failure_accrual: u32,
+    pub detect: DetectConfig,
+    pub balancer: BalancerConfig,
     pub retry: RetryConfig,
     /// Retry policy per service; services without one use the default.
     pub retry_policies: BTreeMap<String, RetryPolicy>,
     pub limits: LimitsConfig,
     /// Self-registration with the controller, when asked for.
-    pub registration: Option<crate::register::Registration>,
+    pub registration: Option<Registration>,
     pub drain_timeout: Duration,
 }
 
@@ -268,40 +264,40 @@ fn bad(flag: &'static str, env: &'static str, message: impl Into<String>) -> Con
     }
 }
 
+/// Parses every `SERVICE=VALUE` entry of one flag; a later entry for the
+/// same service wins.
+fn per_service<T>(
+    entries: &[String],
+    flag: &'static str,
+    env: &'static str,
+) -> Result<Vec<(String, T)>, ConfigError>
+where
+    ServiceValue<T>: std::str::FromStr<Err = String>,
+{
+    entries
+        .iter()
+        .map(|entry| {
+            let ServiceValue { service, value } = entry.parse().map_err(|m| bad(flag, env, m))?;
+            Ok((service, value))
+        })
+        .collect()
+}
+
 impl TryFrom<Args> for Config {
     type Error = ConfigError;
 
     fn try_from(args: Args) -> Result<Self, ConfigError> {
-        let outbound_err = |m: String| bad("--outbound", "MESH_PROXY_OUTBOUND", m);
-        let mut outbound = Vec::new();
-        for entry in &args.outbound {
-            let (service, addr) = entry
-                .split_once('=')
-                .ok_or_else(|| outbound_err(format!("expected SERVICE=ADDR, got {entry:?}")))?;
-            check_service_name(service).map_err(outbound_err)?;
-            let addr: SocketAddr = addr
-                .parse()
-                .map_err(|_| outbound_err(format!("{addr:?} is not an ip:port address")))?;
-            outbound.push((service.to_owned(), addr));
-        }
+        let outbound: Vec<(String, SocketAddr)> =
+            per_service(&args.outbound, "--outbound", "MESH_PROXY_OUTBOUND")?;
 
         let destination = args
             .destination
             .as_deref()
             .map(|url| {
-                let uri: http::Uri = url.parse().map_err(|e| {
-                    bad(
-                        "--destination",
-                        "MESH_PROXY_DESTINATION",
-                        format!("{url:?}: {e}"),
-                    )
-                })?;
+                let bad = |m| bad("--destination", "MESH_PROXY_DESTINATION", m);
+                let uri: http::Uri = url.parse().map_err(|e| bad(format!("{url:?}: {e}")))?;
                 if uri.scheme_str() != Some("http") || uri.authority().is_none() {
-                    return Err(bad(
-                        "--destination",
-                        "MESH_PROXY_DESTINATION",
-                        format!("{url:?} must be an http://host:port URL"),
-                    ));
+                    return Err(bad(format!("{url:?} must be an http://host:port URL")));
                 }
                 Ok(uri)
             })
@@ -309,18 +305,13 @@ impl TryFrom<Args> for Config {
 
         let discover_err = |m: String| bad("--discover", "MESH_PROXY_DISCOVER", m);
         let mut discovery = BTreeMap::new();
-        for entry in &args.discover {
-            let (service, spec) = entry
-                .split_once('=')
-                .ok_or_else(|| discover_err(format!("expected SERVICE=SPEC, got {entry:?}")))?;
-            check_service_name(service).map_err(discover_err)?;
-            let spec = parse_spec(spec).map_err(discover_err)?;
+        for (service, spec) in per_service(&args.discover, "--discover", "MESH_PROXY_DISCOVER")? {
             if spec == DiscoverySpec::Destination && destination.is_none() {
                 return Err(discover_err(format!(
                     "{service} uses the destination API but --destination is not set"
                 )));
             }
-            discovery.insert(service.to_owned(), spec);
+            discovery.insert(service, spec);
         }
         for (service, _) in &outbound {
             if !discovery.contains_key(service) {
@@ -333,142 +324,16 @@ impl TryFrom<Args> for Config {
             }
         }
 
-        let timeout_err = |m: String| bad("--timeout", "MESH_PROXY_TIMEOUT", m);
-        let mut timeouts = BTreeMap::new();
-        for entry in &args.timeout {
-            let (service, duration) = entry
-                .split_once('=')
-                .ok_or_else(|| timeout_err(format!("expected SERVICE=DURATION, got {entry:?}")))?;
-            check_service_name(service).map_err(timeout_err)?;
-            let duration = parse_duration(duration).map_err(timeout_err)?;
-            if duration.is_zero() {
-                return Err(timeout_err(format!(
-                    "{service}: a timeout must be more than zero"
-                )));
-            }
-            timeouts.insert(service.to_owned(), duration);
-        }
+        let timeouts = per_service::<Timeout>(&args.timeout, "--timeout", "MESH_PROXY_TIMEOUT")?
+            .into_iter()
+            .map(|(service, Timeout(after))| (service, after))
+            .collect();
+        let retry_policies = per_service(&args.retry_on, "--retry-on", "MESH_PROXY_RETRY_ON")?
+            .into_iter()
+            .collect();
 
-        let retry_err = |m: String| bad("--retry-on", "MESH_PROXY_RETRY_ON", m);
-        let mut retry_policies = BTreeMap::new();
-        for entry in &args.retry_on {
-            let (service, statuses) = entry
-                .split_once('=')
-                .ok_or_else(|| retry_err(format!("expected SERVICE=STATUSES, got {entry:?}")))?;
-            check_service_name(service).map_err(retry_err)?;
-            let policy = statuses
-                .parse()
-                .map_err(|e| retry_err(format!("{service}: {e}")))?;
-            retry_policies.insert(service.to_owned(), policy);
-        }
-        if args.retry_attempts == 0 {
-            return Err(bad(
-                "--retry-attempts",
-                "MESH_PROXY_RETRY_ATTEMPTS",
-                "must be at least 1 (1 turns retries off)",
-            ));
-        }
-        if !(0.0..=10.0).contains(&args.retry_budget_ratio) {
-            return Err(bad(
-                "--retry-budget-ratio",
-                "MESH_PROXY_RETRY_BUDGET_RATIO",
-                format!("must be between 0 and 10, got {}", args.retry_budget_ratio),
-            ));
-        }
-        if !(0.0..=1e6).contains(&args.retry_budget_min_per_second) {
-            return Err(bad(
-                "--retry-budget-min-per-second",
-                "MESH_PROXY_RETRY_BUDGET_MIN_PER_SECOND",
-                format!(
-                    "must be between 0 and 1000000, got {}",
-                    args.retry_budget_min_per_second
-                ),
-            ));
-        }
-        if args.max_header_bytes < 1024 {
-            return Err(bad(
-                "--max-header-bytes",
-                "MESH_PROXY_MAX_HEADER_BYTES",
-                format!("must be at least 1024, got {}", args.max_header_bytes),
-            ));
-        }
-        for (flag, env, value) in [
-            (
-                "--max-concurrent-streams",
-                "MESH_PROXY_MAX_CONCURRENT_STREAMS",
-                args.max_concurrent_streams as usize,
-            ),
-            (
-                "--max-connections",
-                "MESH_PROXY_MAX_CONNECTIONS",
-                args.max_connections,
-            ),
-        ] {
-            if value == 0 {
-                return Err(bad(flag, env, "must be at least 1"));
-            }
-        }
-
-        if args.detect_max_bytes < 64 {
-            return Err(bad(
-                "--detect-max-bytes",
-                "MESH_PROXY_DETECT_MAX_BYTES",
-                format!(
-                    "must be at least 64 (an HTTP/2 preface is 24), got {}",
-                    args.detect_max_bytes
-                ),
-            ));
-        }
-        for (flag, env, value) in [
-            (
-                "--detect-timeout",
-                "MESH_PROXY_DETECT_TIMEOUT",
-                args.detect_timeout,
-            ),
-            ("--ewma-decay", "MESH_PROXY_EWMA_DECAY", args.ewma_decay),
-            ("--dns-refresh", "MESH_PROXY_DNS_REFRESH", args.dns_refresh),
-            (
-                "--retry-budget-ttl",
-                "MESH_PROXY_RETRY_BUDGET_TTL",
-                args.retry_budget_ttl,
-            ),
-            (
-                "--header-read-timeout",
-                "MESH_PROXY_HEADER_READ_TIMEOUT",
-                args.header_read_timeout,
-            ),
-        ] {
-            if value.is_zero() {
-                return Err(bad(flag, env, "must be more than zero"));
-            }
-        }
-        let registration = match (&args.register_workload, &destination) {
-            (Some(workload), Some(controller)) => {
-                check_service_name(workload)
-                    .map_err(|m| bad("--register-workload", "MESH_PROXY_REGISTER_WORKLOAD", m))?;
-                if let Some(service) = &args.register_service {
-                    check_service_name(service)
-                        .map_err(|m| bad("--register-service", "MESH_PROXY_REGISTER_SERVICE", m))?;
-                }
-                let hostname = crate::register::hostname();
-                Some(crate::register::Registration {
-                    controller: controller.clone(),
-                    workload: workload.clone(),
-                    instance: args
-                        .register_instance
-                        .clone()
-                        .unwrap_or_else(|| hostname.clone()),
-                    advertise: args.advertise.clone().unwrap_or(hostname),
-                    admin_port: args.admin.port(),
-                    service: args
-                        .register_service
-                        .clone()
-                        .zip(args.inbound.map(|addr| addr.port())),
-                })
-            }
-            _ => None,
-        };
-
+        check_ranges(&args)?;
+        let registration = registration(&args, &destination)?;
         if outbound.is_empty() && args.inbound.is_none() {
             return Err(bad(
                 "--outbound",
@@ -484,14 +349,23 @@ impl TryFrom<Args> for Config {
             discovery,
             timeouts,
             destination,
-            balance: args.balance,
             dns_refresh: args.dns_refresh,
-            detect_timeout: args.detect_timeout,
-            detect_max_bytes: args.detect_max_bytes,
-            ewma_decay: args.ewma_decay,
-            ewma_default_rtt: args.ewma_default_rtt,
-            failfast_timeout: args.failfast_timeout,
-            failure_accrual: args.failure_accrual,
+            detect: DetectConfig {
+                timeout: args.detect_timeout,
+                max_bytes: args.detect_max_bytes,
+            },
+            balancer: BalancerConfig {
+                strategy: args.balance,
+                ewma: EwmaConfig {
+                    decay: args.ewma_decay,
+                    default_rtt: args.ewma_default_rtt,
+                },
+                accrual: AccrualConfig {
+                    failures: args.failure_accrual,
+                    ..AccrualConfig::default()
+                },
+                failfast: args.failfast_timeout,
+            },
             retry: RetryConfig {
                 max_attempts: args.retry_attempts,
                 max_body_bytes: args.retry_max_body,
@@ -514,175 +388,116 @@ impl TryFrom<Args> for Config {
     }
 }
 
-fn check_service_name(service: &str) -> Result<(), String> {
-    let ok = !service.is_empty()
-        && service
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{service:?} is not a service name (letters, digits, '-', '.', '_')"
-        ))
+/// Numbers and durations within what the proxy can work with.
+fn check_ranges(args: &Args) -> Result<(), ConfigError> {
+    if args.retry_attempts == 0 {
+        return Err(bad(
+            "--retry-attempts",
+            "MESH_PROXY_RETRY_ATTEMPTS",
+            "must be at least 1 (1 turns retries off)",
+        ));
     }
+    if !(0.0..=10.0).contains(&args.retry_budget_ratio) {
+        return Err(bad(
+            "--retry-budget-ratio",
+            "MESH_PROXY_RETRY_BUDGET_RATIO",
+            format!("must be between 0 and 10, got {}", args.retry_budget_ratio),
+        ));
+    }
+    if !(0.0..=1e6).contains(&args.retry_budget_min_per_second) {
+        return Err(bad(
+            "--retry-budget-min-per-second",
+            "MESH_PROXY_RETRY_BUDGET_MIN_PER_SECOND",
+            format!(
+                "must be between 0 and 1000000, got {}",
+                args.retry_budget_min_per_second
+            ),
+        ));
+    }
+    if args.max_header_bytes < 1024 {
+        return Err(bad(
+            "--max-header-bytes",
+            "MESH_PROXY_MAX_HEADER_BYTES",
+            format!("must be at least 1024, got {}", args.max_header_bytes),
+        ));
+    }
+    if args.detect_max_bytes < 64 {
+        return Err(bad(
+            "--detect-max-bytes",
+            "MESH_PROXY_DETECT_MAX_BYTES",
+            format!(
+                "must be at least 64 (an HTTP/2 preface is 24), got {}",
+                args.detect_max_bytes
+            ),
+        ));
+    }
+    let counts = [
+        (
+            "--max-concurrent-streams",
+            "MESH_PROXY_MAX_CONCURRENT_STREAMS",
+            args.max_concurrent_streams as usize,
+        ),
+        (
+            "--max-connections",
+            "MESH_PROXY_MAX_CONNECTIONS",
+            args.max_connections,
+        ),
+    ];
+    if let Some((flag, env, _)) = counts.into_iter().find(|(_, _, n)| *n == 0) {
+        return Err(bad(flag, env, "must be at least 1"));
+    }
+    let durations = [
+        (
+            "--detect-timeout",
+            "MESH_PROXY_DETECT_TIMEOUT",
+            args.detect_timeout,
+        ),
+        ("--ewma-decay", "MESH_PROXY_EWMA_DECAY", args.ewma_decay),
+        ("--dns-refresh", "MESH_PROXY_DNS_REFRESH", args.dns_refresh),
+        (
+            "--retry-budget-ttl",
+            "MESH_PROXY_RETRY_BUDGET_TTL",
+            args.retry_budget_ttl,
+        ),
+        (
+            "--header-read-timeout",
+            "MESH_PROXY_HEADER_READ_TIMEOUT",
+            args.header_read_timeout,
+        ),
+    ];
+    if let Some((flag, env, _)) = durations.into_iter().find(|(_, _, d)| d.is_zero()) {
+        return Err(bad(flag, env, "must be more than zero"));
+    }
+    Ok(())
 }
 
-fn parse_spec(spec: &str) -> Result<DiscoverySpec, String> {
-    if spec == "destination" {
-        return Ok(DiscoverySpec::Destination);
+/// Self-registration, when asked for. The host name behind the instance
+/// and advertised host defaults is read when the proxy runs, not here.
+fn registration(
+    args: &Args,
+    destination: &Option<http::Uri>,
+) -> Result<Option<Registration>, ConfigError> {
+    let (Some(workload), Some(controller)) = (&args.register_workload, destination) else {
+        return Ok(None);
+    };
+    service_value::check_service_name(workload)
+        .map_err(|m| bad("--register-workload", "MESH_PROXY_REGISTER_WORKLOAD", m))?;
+    if let Some(service) = &args.register_service {
+        service_value::check_service_name(service)
+            .map_err(|m| bad("--register-service", "MESH_PROXY_REGISTER_SERVICE", m))?;
     }
-    if let Some(list) = spec.strip_prefix("static:") {
-        let addrs = list
-            .split(';')
-            .filter(|s| !s.is_empty())
-            .map(|a| {
-                a.parse()
-                    .map_err(|_| format!("{a:?} is not an ip:port address"))
-            })
-            .collect::<Result<Vec<SocketAddr>, _>>()?;
-        if addrs.is_empty() {
-            return Err("static: needs at least one address".into());
-        }
-        return Ok(DiscoverySpec::Static(addrs));
-    }
-    if let Some(target) = spec.strip_prefix("dns:") {
-        let (host, port) = target
-            .rsplit_once(':')
-            .ok_or_else(|| format!("dns:{target} needs HOST:PORT"))?;
-        let port = port
-            .parse()
-            .map_err(|_| format!("{port:?} is not a port"))?;
-        if host.is_empty() {
-            return Err(format!("dns:{target} has no host"));
-        }
-        return Ok(DiscoverySpec::Dns {
-            host: host.to_owned(),
-            port,
-        });
-    }
-    Err(format!(
-        "{spec:?} is not static:..., dns:HOST:PORT or destination"
-    ))
+    Ok(Some(Registration {
+        controller: controller.clone(),
+        workload: workload.clone(),
+        instance: args.register_instance.clone(),
+        advertise: args.advertise.clone(),
+        admin_port: args.admin.port(),
+        service: args
+            .register_service
+            .clone()
+            .zip(args.inbound.map(|addr| addr.port())),
+    }))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::Parser;
-
-    fn parse(args: &[&str]) -> Result<Config, String> {
-        let args = Args::try_parse_from(std::iter::once("mesh-proxy").chain(args.iter().copied()))
-            .map_err(|e| e.to_string())?;
-        Config::try_from(args).map_err(|e| e.to_string())
-    }
-
-    #[test]
-    fn outbound_with_static_discovery() {
-        let config = parse(&[
-            "--outbound",
-            "stockdata=127.0.0.1:4140",
-            "--discover",
-            "stockdata=static:127.0.0.1:1;127.0.0.1:2",
-        ])
-        .unwrap();
-        assert_eq!(
-            config.outbound,
-            [("stockdata".into(), "127.0.0.1:4140".parse().unwrap())]
-        );
-        assert_eq!(
-            config.discovery["stockdata"],
-            DiscoverySpec::Static(vec![
-                "127.0.0.1:1".parse().unwrap(),
-                "127.0.0.1:2".parse().unwrap()
-            ])
-        );
-        assert_eq!(config.balance, BalanceStrategy::P2cEwma);
-    }
-
-    #[test]
-    fn outbound_defaults_to_the_destination_api() {
-        let config = parse(&[
-            "--outbound",
-            "stockdata=127.0.0.1:4140",
-            "--destination",
-            "http://127.0.0.1:8086",
-            "--discover",
-            "other=dns:stockdata:80",
-        ])
-        .unwrap();
-        assert_eq!(config.discovery["stockdata"], DiscoverySpec::Destination);
-        assert_eq!(
-            config.discovery["other"],
-            DiscoverySpec::Dns {
-                host: "stockdata".into(),
-                port: 80
-            }
-        );
-    }
-
-    #[test]
-    fn bad_values_name_their_flag() {
-        for (args, flag) in [
-            (&["--outbound", "stockdata"][..], "--outbound"),
-            (&["--outbound", "stockdata=nowhere"][..], "--outbound"),
-            (&["--outbound", "s=127.0.0.1:1"][..], "--discover"),
-            (
-                &[
-                    "--outbound",
-                    "s=127.0.0.1:1",
-                    "--discover",
-                    "s=carrier-pigeon",
-                ][..],
-                "--discover",
-            ),
-            (
-                &["--outbound", "s=127.0.0.1:1", "--discover", "s=destination"][..],
-                "--discover",
-            ),
-            (
-                &["--outbound", "s=127.0.0.1:1", "--destination", "grpc://x"][..],
-                "--destination",
-            ),
-            (&["--inbound", "127.0.0.1:1"][..], "--app"),
-            (&["--balance", "random"][..], "--balance"),
-            (
-                &[
-                    "--outbound",
-                    "s=127.0.0.1:1",
-                    "--discover",
-                    "s=static:127.0.0.1:2",
-                    "--timeout",
-                    "s=soon",
-                ][..],
-                "--timeout",
-            ),
-            (
-                &[
-                    "--outbound",
-                    "s=127.0.0.1:1",
-                    "--discover",
-                    "s=static:127.0.0.1:2",
-                    "--timeout",
-                    "s=0ms",
-                ][..],
-                "--timeout",
-            ),
-            (&["--detect-timeout", "soon"][..], "--detect-timeout"),
-            (&["--retry-on", "s=sometimes"][..], "--retry-on"),
-            (&["--retry-on", "s"][..], "--retry-on"),
-            (&["--retry-attempts", "0"][..], "--retry-attempts"),
-            (&["--retry-budget-ratio", "20"][..], "--retry-budget-ratio"),
-            (&["--max-header-bytes", "10"][..], "--max-header-bytes"),
-            (&["--max-connections", "0"][..], "--max-connections"),
-            (
-                &["--header-read-timeout", "0s"][..],
-                "--header-read-timeout",
-            ),
-            (&[][..], "nothing to proxy"),
-        ] {
-            let err = parse(args).unwrap_err();
-            assert!(err.contains(flag), "{args:?}: {err}");
-        }
-    }
-}
+mod tests;

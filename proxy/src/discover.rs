@@ -15,6 +15,7 @@ pub mod destination;
 pub mod dns;
 pub mod static_list;
 
+use crate::config::{Config, DiscoverySpec};
 use std::{net::SocketAddr, sync::Arc};
 use tokio::sync::watch;
 
@@ -50,4 +51,29 @@ pub fn normalize(mut endpoints: Vec<Endpoint>) -> Endpoints {
     endpoints.sort();
     endpoints.dedup_by(|a, b| a.addr == b.addr);
     endpoints.into()
+}
+
+/// Starts watching every service of `config` with its source.
+pub fn watch_services(config: &Config) -> Vec<(String, watch::Receiver<Endpoints>)> {
+    let destination = config
+        .destination
+        .clone()
+        .map(destination::Destination::new);
+    config
+        .discovery
+        .iter()
+        .map(|(service, spec)| {
+            let endpoints = match spec {
+                DiscoverySpec::Static(addrs) => static_list::StaticList::new(addrs).watch(service),
+                DiscoverySpec::Dns { host, port } => {
+                    dns::Dns::new(host, *port, config.dns_refresh).watch(service)
+                }
+                DiscoverySpec::Destination => destination
+                    .as_ref()
+                    .expect("Config checks that --destination is set")
+                    .watch(service),
+            };
+            (service.clone(), endpoints)
+        })
+        .collect()
 }

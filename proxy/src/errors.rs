@@ -1,8 +1,144 @@
-//! Responses the proxy makes itself when it cannot forward a request: gRPC
-//! callers get a trailers-only gRPC status, others a plain HTTP status.
+//! [`ProxyError`]: every answer the proxy makes itself instead of
+//! forwarding one. Each kind knows its HTTP status, its gRPC code, whether
+//! the request may be sent again, and whom it blames; it renders its own
+//! response (a trailers-only gRPC status for gRPC callers, a plain-text HTTP
+//! status for others). No other place chooses a status pair.
 
-use crate::body::{ProxyBody, Recorder};
+use crate::{
+    body::{ProxyBody, Recorder},
+    http::UpstreamError,
+};
 use http::{HeaderValue, Response, StatusCode, header};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+/// Who caused a failure, which decides what the balancer learns from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blame {
+    /// The endpoint: charged to its latency estimate and failure accrual.
+    Endpoint,
+    /// The request's own client: nobody else is charged.
+    Client,
+    /// Nobody the proxy can charge (no endpoint was involved).
+    Nobody,
+}
+
+/// A request the proxy answers itself.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// Discovery found no endpoints within the fail-fast timeout.
+    #[error("service {service} has no endpoints")]
+    NoEndpoints { service: Arc<str> },
+
+    /// The request's deadline passed before response headers arrived; the
+    /// upstream stream was cancelled.
+    #[error("mesh-proxy: {target} did not answer within {after:?}")]
+    Timeout {
+        target: Arc<str>,
+        after: Duration,
+        /// `Endpoint` when the service's own timeout ran out; `Client` for a
+        /// client's `grpc-timeout` shorter than that.
+        blame: Blame,
+    },
+
+    /// The client broke off its own request (reset the stream, went away)
+    /// while its body was on the way.
+    #[error("the client broke off its request body")]
+    ClientCancelled(#[source] UpstreamError),
+
+    /// An endpoint of a service gave no response at all: refused, timed out
+    /// connecting, reset, GOAWAY. Nothing came back, so it may be retried.
+    #[error("endpoint {endpoint} of {target} failed")]
+    Upstream {
+        target: Arc<str>,
+        endpoint: Arc<str>,
+        #[source]
+        source: UpstreamError,
+    },
+
+    /// The local app behind the inbound listener gave no response.
+    #[error("local app at {app} failed")]
+    App {
+        app: SocketAddr,
+        #[source]
+        source: UpstreamError,
+    },
+
+    /// The request's header block is over `--max-header-bytes`.
+    #[error("request headers are {size} bytes, more than the {limit} allowed")]
+    HeaderTooLarge { size: usize, limit: usize },
+}
+
+impl ProxyError {
+    /// The HTTP status a plain HTTP caller gets, and the gRPC code a gRPC
+    /// caller gets.
+    pub fn status(&self) -> (StatusCode, tonic::Code) {
+        match self {
+            ProxyError::NoEndpoints { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, tonic::Code::Unavailable)
+            }
+            ProxyError::Timeout { .. } => {
+                (StatusCode::GATEWAY_TIMEOUT, tonic::Code::DeadlineExceeded)
+            }
+            ProxyError::ClientCancelled(_) => (StatusCode::BAD_REQUEST, tonic::Code::Cancelled),
+            ProxyError::Upstream { .. } | ProxyError::App { .. } => {
+                (StatusCode::BAD_GATEWAY, tonic::Code::Unavailable)
+            }
+            ProxyError::HeaderTooLarge { .. } => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                tonic::Code::ResourceExhausted,
+            ),
+        }
+    }
+
+    /// Whether another attempt may be made: only when nothing came back
+    /// from an endpoint. A timeout has spent the request's time; a client
+    /// that broke off wants nothing more; no endpoints stays no endpoints.
+    pub fn retryable(&self) -> bool {
+        matches!(self, ProxyError::Upstream { .. })
+    }
+
+    pub fn blame(&self) -> Blame {
+        match self {
+            ProxyError::Upstream { .. } => Blame::Endpoint,
+            ProxyError::Timeout { blame, .. } => *blame,
+            ProxyError::ClientCancelled(_) | ProxyError::HeaderTooLarge { .. } => Blame::Client,
+            ProxyError::NoEndpoints { .. } | ProxyError::App { .. } => Blame::Nobody,
+        }
+    }
+
+    /// What the endpoint did, as its balancer remembers it (`/endpoints`
+    /// shows it beside the endpoint, so the endpoint is not named again).
+    pub fn endpoint_fault(&self) -> String {
+        match self {
+            ProxyError::Upstream { source, .. } | ProxyError::App { source, .. } => {
+                error_chain(source)
+            }
+            ProxyError::Timeout { after, .. } => format!("no answer within {after:?}"),
+            other => other.message(),
+        }
+    }
+
+    /// The error and its causes on one line, as callers read it.
+    pub fn message(&self) -> String {
+        error_chain(self)
+    }
+
+    /// The answer to a caller: gRPC callers get a trailers-only status with
+    /// `grpc-message`, others the HTTP status with the message as text.
+    pub fn response(&self, grpc: bool) -> Response<ProxyBody> {
+        let (status, code) = self.status();
+        render(grpc, status, code, &self.message())
+    }
+
+    /// The answer to a request already counted by `recorder`, recorded as
+    /// finished so that metrics see every failure.
+    pub fn recorded(&self, mut recorder: Recorder, grpc: bool) -> Response<ProxyBody> {
+        let response = self.response(grpc);
+        recorder.head(response.status(), response.headers());
+        recorder.finish(true);
+        response
+    }
+}
 
 /// Whether the request is gRPC (its content type says so).
 pub fn is_grpc<B>(request: &http::Request<B>) -> bool {
@@ -12,13 +148,20 @@ pub fn is_grpc<B>(request: &http::Request<B>) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
-/// A synthetic failure: `status` for HTTP, `grpc_code` for gRPC callers.
-pub fn response(
-    grpc: bool,
-    status: StatusCode,
-    grpc_code: tonic::Code,
-    message: &str,
-) -> Response<ProxyBody> {
+/// An error and its causes on one line: hyper's client errors say little at
+/// the top ("client error (Connect)") and the reason underneath.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn render(grpc: bool, status: StatusCode, code: tonic::Code, message: &str) -> Response<ProxyBody> {
     if grpc {
         let mut response = Response::new(ProxyBody::local(""));
         let headers = response.headers_mut();
@@ -26,7 +169,7 @@ pub fn response(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/grpc"),
         );
-        headers.insert("grpc-status", HeaderValue::from(grpc_code as i32));
+        headers.insert("grpc-status", HeaderValue::from(code as i32));
         // grpc-message is percent-encoded; keep it to safe ASCII instead.
         let safe: String = message
             .chars()
@@ -53,89 +196,151 @@ pub fn response(
     }
 }
 
-/// A synthetic failure for a request already counted by `recorder`: the
-/// response is recorded as finished, so metrics see every refusal.
-pub fn recorded(
-    recorder: Recorder,
-    grpc: bool,
-    status: StatusCode,
-    grpc_code: tonic::Code,
-    message: &str,
-) -> Response<ProxyBody> {
-    let mut recorder = recorder;
-    let response = response(grpc, status, grpc_code, message);
-    recorder.head(response.status(), response.headers());
-    recorder.finish(true);
-    response
-}
-
-/// The deadline a gRPC client asked for in `grpc-timeout`: an integer of up
-/// to 8 digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`). `None` when absent
-/// or malformed (the header is then ignored, as gRPC servers do).
-pub fn grpc_timeout(headers: &http::HeaderMap) -> Option<std::time::Duration> {
-    use std::time::Duration;
-    let value = headers.get("grpc-timeout")?.to_str().ok()?;
-    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n * 3600),
-        "M" => Duration::from_secs(n * 60),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
-
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
-    #[test]
-    fn grpc_timeouts_parse_by_the_spec() {
-        let timeout = |v: &str| {
-            let mut headers = http::HeaderMap::new();
-            headers.insert("grpc-timeout", v.parse().unwrap());
-            super::grpc_timeout(&headers)
-        };
-        assert_eq!(timeout("100m"), Some(Duration::from_millis(100)));
-        assert_eq!(timeout("2S"), Some(Duration::from_secs(2)));
-        assert_eq!(timeout("1H"), Some(Duration::from_secs(3600)));
-        assert_eq!(timeout("5u"), Some(Duration::from_micros(5)));
-        assert_eq!(timeout("99999999n"), Some(Duration::from_nanos(99_999_999)));
-        for bad in ["", "m", "100", "100x", "123456789m", "-1S", "1.5S"] {
-            assert_eq!(timeout(bad), None, "{bad:?}");
-        }
-        assert_eq!(super::grpc_timeout(&http::HeaderMap::new()), None);
-    }
-
     use super::*;
+    use crate::http2::ClientError;
+    use http_body::Body as _;
 
-    #[test]
-    fn grpc_failures_are_trailers_only_responses() {
-        let response = response(
-            true,
-            StatusCode::BAD_GATEWAY,
-            tonic::Code::Unavailable,
-            "no endpoints, 100%",
-        );
-        assert_eq!(response.status(), StatusCode::OK);
-        assert_eq!(response.headers()["grpc-status"], "14");
-        assert_eq!(response.headers()["grpc-message"], "no endpoints, 100%25");
+    fn upstream_error() -> UpstreamError {
+        UpstreamError::Http2(ClientError::ConnectTimeout {
+            addr: "127.0.0.1:1".parse().unwrap(),
+        })
+    }
+
+    /// One of each kind.
+    fn every_kind() -> Vec<ProxyError> {
+        vec![
+            ProxyError::NoEndpoints {
+                service: "stockdata".into(),
+            },
+            ProxyError::Timeout {
+                target: "stockdata".into(),
+                after: Duration::from_millis(200),
+                blame: Blame::Endpoint,
+            },
+            ProxyError::Timeout {
+                target: "stockdata".into(),
+                after: Duration::from_millis(100),
+                blame: Blame::Client,
+            },
+            ProxyError::ClientCancelled(upstream_error()),
+            ProxyError::Upstream {
+                target: "stockdata".into(),
+                endpoint: "127.0.0.1:1".into(),
+                source: upstream_error(),
+            },
+            ProxyError::App {
+                app: "127.0.0.1:2".parse().unwrap(),
+                source: upstream_error(),
+            },
+            ProxyError::HeaderTooLarge {
+                size: 6000,
+                limit: 4096,
+            },
+        ]
     }
 
     #[test]
-    fn http_failures_keep_their_status() {
-        let response = response(
-            false,
-            StatusCode::SERVICE_UNAVAILABLE,
-            tonic::Code::Unavailable,
-            "none",
+    fn each_kind_has_its_status_pair_retry_decision_and_blame() {
+        use tonic::Code;
+        let table: Vec<_> = every_kind()
+            .iter()
+            .map(|e| (e.status(), e.retryable(), e.blame()))
+            .collect();
+        assert_eq!(
+            table,
+            [
+                (
+                    (StatusCode::SERVICE_UNAVAILABLE, Code::Unavailable),
+                    false,
+                    Blame::Nobody
+                ),
+                (
+                    (StatusCode::GATEWAY_TIMEOUT, Code::DeadlineExceeded),
+                    false,
+                    Blame::Endpoint
+                ),
+                (
+                    (StatusCode::GATEWAY_TIMEOUT, Code::DeadlineExceeded),
+                    false,
+                    Blame::Client
+                ),
+                (
+                    (StatusCode::BAD_REQUEST, Code::Cancelled),
+                    false,
+                    Blame::Client
+                ),
+                (
+                    (StatusCode::BAD_GATEWAY, Code::Unavailable),
+                    true,
+                    Blame::Endpoint
+                ),
+                (
+                    (StatusCode::BAD_GATEWAY, Code::Unavailable),
+                    false,
+                    Blame::Nobody
+                ),
+                (
+                    (
+                        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                        Code::ResourceExhausted
+                    ),
+                    false,
+                    Blame::Client
+                ),
+            ]
         );
-        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn every_kind_renders_its_pair_for_grpc_and_http_callers() {
+        for err in every_kind() {
+            let (status, code) = err.status();
+            let grpc = err.response(true);
+            assert_eq!(grpc.status(), StatusCode::OK, "{err:?}");
+            assert_eq!(grpc.headers()["grpc-status"], (code as i32).to_string());
+            assert_eq!(grpc.headers()["content-type"], "application/grpc");
+            assert!(grpc.body().is_end_stream(), "trailers-only: {err:?}");
+            let http = err.response(false);
+            assert_eq!(http.status(), status, "{err:?}");
+            assert!(!http.body().is_end_stream(), "the message is the body");
+        }
+    }
+
+    #[test]
+    fn messages_carry_their_causes_and_stay_safe_ascii() {
+        let err = ProxyError::Upstream {
+            target: "stockdata".into(),
+            endpoint: "127.0.0.1:1".into(),
+            source: upstream_error(),
+        };
+        assert_eq!(
+            err.message(),
+            "endpoint 127.0.0.1:1 of stockdata failed: connecting to 127.0.0.1:1 timed out after 3s"
+        );
+        let response = render(true, StatusCode::OK, tonic::Code::Unavailable, "100%, ünï");
+        assert_eq!(response.headers()["grpc-message"], "100%25, ?n?");
+    }
+
+    #[test]
+    fn a_recorded_answer_counts_as_one_finished_response() {
+        use crate::metrics::{Direction, Metrics, RouteLabels};
+        let metrics = Arc::new(Metrics::default());
+        let route = metrics.route(RouteLabels {
+            direction: Direction::Outbound,
+            target: "stockdata".into(),
+            endpoint: "127.0.0.1:1".into(),
+        });
+        let recorder = Recorder::new(Arc::new(route), tokio::time::Instant::now());
+        let err = ProxyError::NoEndpoints {
+            service: "stockdata".into(),
+        };
+        err.recorded(recorder, true);
+        assert!(
+            metrics
+                .encode()
+                .contains(r#"grpc_status="14",classification="failure"} 1"#)
+        );
     }
 }

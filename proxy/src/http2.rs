@@ -530,7 +530,7 @@ mod tests {
             target: "test".into(),
             endpoint: "test".into(),
         });
-        Recorder::new(Arc::new(route), Instant::now())
+        Recorder::new(Arc::new(route), tokio::time::Instant::now())
     }
 
     /// Serves HTTP/2 on a fresh loopback port with `handle`.

@@ -9,14 +9,13 @@
 use crate::{
     body::{ProxyBody, Received, Recorder},
     detect::{Prefixed, Protocol},
-    errors,
+    errors::{self, ProxyError},
     http::{Upstream, set_authority, strip_hop_by_hop},
     metrics::{Direction, Metrics, RouteLabels, RouteMetrics},
-    outbound::error_chain,
     tcp,
 };
-use std::{net::SocketAddr, sync::Arc, time::Instant};
-use tokio::net::TcpStream;
+use std::{net::SocketAddr, sync::Arc};
+use tokio::{net::TcpStream, time::Instant};
 
 #[derive(Debug)]
 pub struct Inbound {
@@ -63,16 +62,13 @@ impl Inbound {
                 recorder.head(parts.status, &parts.headers);
                 http::Response::from_parts(parts, ProxyBody::upstream(body, recorder))
             }
-            Err(err) => {
-                let message = format!("local app at {} failed: {}", self.app, error_chain(&err));
-                tracing::debug!(%message);
-                errors::recorded(
-                    recorder,
-                    grpc,
-                    http::StatusCode::BAD_GATEWAY,
-                    tonic::Code::Unavailable,
-                    &message,
-                )
+            Err(source) => {
+                let err = ProxyError::App {
+                    app: self.app,
+                    source,
+                };
+                tracing::debug!(err = %err.message());
+                err.recorded(recorder, grpc)
             }
         }
     }

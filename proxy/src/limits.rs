@@ -1,15 +1,26 @@
-//! Limits against peers that send too much or too slowly: request header
-//! size, time to send a request head, streams per HTTP/2 connection,
-//! connections per proxy. Each refusal is counted in `/metrics`
+//! Limits against peers that send too much or too slowly, all checked
+//! here: connections per proxy ([`Limits::admit`]), request header size
+//! ([`Limits::check_head`]), and the limits the HTTP layer enforces itself
+//! (time to send a request head, streams per HTTP/2 connection, a head past
+//! the transport's maximum), whose errors become refusals
+//! ([`Limits::connection_error`]). Each refusal is counted in `/metrics`
 //! (`mesh_refused_total{direction,reason}`) and logged: every one at debug
 //! level, and at most one warning per reason and direction every 10 s, with
 //! how many there were, so a flood of bad peers does not flood the log.
 
-use crate::metrics::{Direction, Metrics};
+use crate::{
+    errors::ProxyError,
+    http::ServeError,
+    metrics::{Direction, Metrics},
+};
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
+};
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore},
+    time::Instant,
 };
 
 /// Limit settings (flags in `config`).
@@ -49,6 +60,78 @@ impl LimitsConfig {
     }
 }
 
+/// The limits in force, shared by every listener: the configuration, the
+/// open-connection permits, and where refusals are counted.
+#[derive(Debug)]
+pub struct Limits {
+    pub config: LimitsConfig,
+    /// One permit per open client connection.
+    connections: Arc<Semaphore>,
+    refusals: Refusals,
+}
+
+impl Limits {
+    pub fn new(config: LimitsConfig, metrics: Arc<Metrics>) -> Self {
+        Self {
+            connections: Arc::new(Semaphore::new(config.max_connections)),
+            refusals: Refusals::new(metrics),
+            config,
+        }
+    }
+
+    /// A permit for a new connection from `peer`, held until it closes;
+    /// `None` (counted) when the proxy has its maximum open.
+    pub fn admit(
+        &self,
+        direction: Direction,
+        peer: &dyn std::fmt::Display,
+    ) -> Option<OwnedSemaphorePermit> {
+        let permit = self.connections.clone().try_acquire_owned().ok();
+        if permit.is_none() {
+            self.refusals.refused(
+                direction,
+                Refusal::MaxConnections,
+                &format_args!("{peer}: {} connections open", self.config.max_connections),
+            );
+        }
+        permit
+    }
+
+    /// Refuses (counted) a request whose header block is over the limit.
+    pub fn check_head<B>(
+        &self,
+        direction: Direction,
+        request: &http::Request<B>,
+    ) -> Result<(), ProxyError> {
+        let size = header_bytes(request);
+        if size <= self.config.max_header_bytes {
+            return Ok(());
+        }
+        let err = ProxyError::HeaderTooLarge {
+            size,
+            limit: self.config.max_header_bytes,
+        };
+        self.refusals
+            .refused(direction, Refusal::HeaderTooLarge, &err);
+        Err(err)
+    }
+
+    /// A connection that ended with an error: a limit the HTTP layer
+    /// enforced itself is counted as a refusal like the proxy's own;
+    /// anything else is a peer that broke the protocol or went away.
+    pub fn connection_error(&self, direction: Direction, err: &ServeError) {
+        let refusal = match err {
+            ServeError::Http1(err) if err.is_parse_too_large() => Some(Refusal::HeaderTooLarge),
+            ServeError::Http1(err) if err.is_timeout() => Some(Refusal::HeaderReadTimeout),
+            _ => None,
+        };
+        match refusal {
+            Some(reason) => self.refusals.refused(direction, reason, err),
+            None => tracing::debug!(%err, "connection ended with an error"),
+        }
+    }
+}
+
 /// Why a peer was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Refusal {
@@ -69,24 +152,28 @@ impl Refusal {
 
 /// Counts and logs refusals.
 #[derive(Debug)]
-pub struct Refusals {
+struct Refusals {
     metrics: Arc<Metrics>,
     /// Per reason and direction: when the last warning went out, and how
     /// many refusals came since.
-    warned: Mutex<HashMap<(Direction, Refusal), (Instant, u64)>>,
+    warned: Mutex<HashMap<(Direction, Refusal), Warned>>,
 }
+
+/// When the last warning of one kind went out (`None`: never), and how
+/// many refusals came since.
+type Warned = (Option<Instant>, u64);
 
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
 impl Refusals {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    fn new(metrics: Arc<Metrics>) -> Self {
         Self {
             metrics,
             warned: Mutex::new(HashMap::new()),
         }
     }
 
-    pub fn refused(&self, direction: Direction, reason: Refusal, detail: &dyn std::fmt::Display) {
+    fn refused(&self, direction: Direction, reason: Refusal, detail: &dyn std::fmt::Display) {
         self.metrics.refused(direction, reason.as_str());
         tracing::debug!(reason = reason.as_str(), %detail, "refused");
         let now = Instant::now();
@@ -94,11 +181,13 @@ impl Refusals {
             .warned
             .lock()
             .expect("refusal log lock is never poisoned");
-        let entry = warned
-            .entry((direction, reason))
-            .or_insert((now - WARN_EVERY, 0));
+        let entry = warned.entry((direction, reason)).or_insert((None, 0));
         entry.1 += 1;
-        if now.duration_since(entry.0) >= WARN_EVERY {
+        // The first refusal of a kind warns at once.
+        if entry
+            .0
+            .is_none_or(|last| now.duration_since(last) >= WARN_EVERY)
+        {
             tracing::warn!(
                 ?direction,
                 reason = reason.as_str(),
@@ -106,7 +195,7 @@ impl Refusals {
                 %detail,
                 "refused peers (one warning per reason every 10 s; each at debug level)"
             );
-            *entry = (now, 0);
+            *entry = (Some(now), 0);
         }
     }
 }
@@ -165,6 +254,72 @@ mod tests {
             metrics
                 .encode()
                 .contains(r#"mesh_refused_total{direction="inbound",reason="max_connections"} 5"#)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_next_warning_comes_ten_seconds_later_with_the_count() {
+        let refusals = Refusals::new(Arc::new(Metrics::default()));
+        let key = (Direction::Outbound, Refusal::HeaderTooLarge);
+        let pending = |r: &Refusals| r.warned.lock().unwrap()[&key].1;
+        refusals.refused(key.0, key.1, &"big");
+        tokio::time::advance(Duration::from_secs(9)).await;
+        refusals.refused(key.0, key.1, &"big");
+        assert_eq!(pending(&refusals), 1, "held back");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        refusals.refused(key.0, key.1, &"big");
+        assert_eq!(pending(&refusals), 0, "warned with the two since");
+    }
+
+    #[test]
+    fn connections_past_the_maximum_are_refused_until_one_closes() {
+        let metrics = Arc::new(Metrics::default());
+        let limits = Limits::new(
+            LimitsConfig {
+                max_connections: 2,
+                ..LimitsConfig::default()
+            },
+            metrics.clone(),
+        );
+        let first = limits.admit(Direction::Inbound, &"a").unwrap();
+        let _second = limits.admit(Direction::Inbound, &"b").unwrap();
+        assert!(limits.admit(Direction::Inbound, &"c").is_none());
+        drop(first);
+        assert!(limits.admit(Direction::Inbound, &"d").is_some());
+        assert!(
+            metrics
+                .encode()
+                .contains(r#"mesh_refused_total{direction="inbound",reason="max_connections"} 1"#)
+        );
+    }
+
+    #[test]
+    fn a_head_over_the_limit_is_refused_with_its_size() {
+        let limits = Limits::new(
+            LimitsConfig {
+                max_header_bytes: 1024,
+                ..LimitsConfig::default()
+            },
+            Arc::new(Metrics::default()),
+        );
+        let request = |value: usize| {
+            http::Request::builder()
+                .uri("http://stockdata/x")
+                .header("x-big", "a".repeat(value))
+                .body(())
+                .unwrap()
+        };
+        assert!(
+            limits
+                .check_head(Direction::Outbound, &request(100))
+                .is_ok()
+        );
+        let err = limits
+            .check_head(Direction::Outbound, &request(2000))
+            .unwrap_err();
+        assert!(
+            matches!(err, ProxyError::HeaderTooLarge { limit: 1024, .. }),
+            "{err:?}"
         );
     }
 }

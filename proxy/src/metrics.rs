@@ -40,6 +40,7 @@ use prometheus_client::{
     registry::Registry,
 };
 use std::sync::Arc;
+use stockkube_proto::metrics::{PREFIX, labels, names};
 
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum Direction {
@@ -50,8 +51,8 @@ pub enum Direction {
 impl EncodeLabelValue for Direction {
     fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
         let name = match self {
-            Direction::Inbound => "inbound",
-            Direction::Outbound => "outbound",
+            Direction::Inbound => labels::INBOUND,
+            Direction::Outbound => labels::OUTBOUND,
         };
         EncodeLabelValue::encode(&name, encoder)
     }
@@ -66,8 +67,8 @@ pub enum Classification {
 impl EncodeLabelValue for Classification {
     fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
         let name = match self {
-            Classification::Success => "success",
-            Classification::Failure => "failure",
+            Classification::Success => labels::SUCCESS,
+            Classification::Failure => labels::FAILURE,
         };
         EncodeLabelValue::encode(&name, encoder)
     }
@@ -162,30 +163,30 @@ fn latency_histogram() -> Histogram {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("mesh");
+        let mut registry = Registry::with_prefix(PREFIX);
         let requests = Family::default();
         let responses = Family::default();
         let latency: HistogramFamily = Family::new_with_constructor(latency_histogram);
         let tcp_connections = Family::default();
         let connections = Family::default();
-        registry.register("requests", "Requests proxied", requests.clone());
+        registry.register(names::REQUESTS, "Requests proxied", requests.clone());
         registry.register(
-            "responses",
+            names::RESPONSES,
             "Responses proxied, by status",
             responses.clone(),
         );
         registry.register(
-            "response_latency_seconds",
+            names::RESPONSE_LATENCY,
             "Time from a request's arrival to the end of its response",
             latency.clone(),
         );
         registry.register(
-            "tcp_connections",
+            names::TCP_CONNECTIONS,
             "Opaque TCP connections forwarded",
             tcp_connections.clone(),
         );
         registry.register(
-            "connections",
+            names::CONNECTIONS,
             "Connections accepted, by detected protocol",
             connections.clone(),
         );
@@ -194,22 +195,22 @@ impl Default for Metrics {
         let timeouts = Family::default();
         let refused = Family::default();
         registry.register(
-            "retries",
+            names::RETRIES,
             "Attempts re-sent after a failed one, by why it failed",
             retries.clone(),
         );
         registry.register(
-            "retries_skipped",
+            names::RETRIES_SKIPPED,
             "Failed attempts that were not retried, by why not",
             retries_skipped.clone(),
         );
         registry.register(
-            "request_timeouts",
+            names::REQUEST_TIMEOUTS,
             "Requests that ran out of time",
             timeouts.clone(),
         );
         registry.register(
-            "refused",
+            names::REFUSED,
             "Peers refused by a limit, by limit",
             refused.clone(),
         );
@@ -241,7 +242,7 @@ impl Collector for Ejections {
             &mut encoder,
             &snapshots,
             (
-                "endpoint_ejected",
+                names::ENDPOINT_EJECTED,
                 "1 while failure accrual keeps the endpoint out of its balancer",
                 MetricType::Gauge,
             ),
@@ -251,7 +252,7 @@ impl Collector for Ejections {
             &mut encoder,
             &snapshots,
             (
-                "endpoint_ejections",
+                names::ENDPOINT_EJECTIONS,
                 "Times failure accrual ejected the endpoint",
                 MetricType::Counter,
             ),
@@ -272,8 +273,8 @@ fn per_endpoint<M: EncodeMetric>(
     for service in snapshots {
         for endpoint in &service.endpoints {
             let labels = [
-                ("target", service.service.as_str()),
-                ("endpoint", endpoint.addr.as_str()),
+                (labels::TARGET, service.service.as_str()),
+                (labels::ENDPOINT, endpoint.addr.as_str()),
             ];
             sample(endpoint).encode(family.encode_family(&labels)?)?;
         }

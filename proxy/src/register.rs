@@ -22,13 +22,26 @@ pub struct Registration {
     /// The controller's URL (`--destination`).
     pub controller: http::Uri,
     pub workload: String,
-    pub instance: String,
-    /// The host others reach this proxy at; resolved at each announcement,
-    /// since a container's address is only known once it runs.
-    pub advertise: String,
+    /// The instance name; the host name when not given.
+    pub instance: Option<String>,
+    /// The host others reach this proxy at (the host name when not given);
+    /// resolved at each announcement, since a container's address is only
+    /// known once it runs.
+    pub advertise: Option<String>,
     pub admin_port: u16,
     /// The service whose endpoint the inbound listener is, with its port.
     pub service: Option<(String, u16)>,
+}
+
+impl Registration {
+    /// With the ports actually bound (a flag may have said 0).
+    pub fn bound(mut self, admin: SocketAddr, inbound: Option<SocketAddr>) -> Self {
+        self.admin_port = admin.port();
+        if let (Some((_, port)), Some(inbound)) = (&mut self.service, inbound) {
+            *port = inbound.port();
+        }
+        self
+    }
 }
 
 /// The machine's host name, the default instance name and advertised host
@@ -52,7 +65,12 @@ async fn resolve(host: &str) -> Result<std::net::IpAddr, String> {
 }
 
 /// Announces until `drain` turns true, then withdraws.
-pub async fn run(registration: Registration, mut drain: watch::Receiver<bool>) {
+pub async fn run(mut registration: Registration, mut drain: watch::Receiver<bool>) {
+    if registration.instance.is_none() || registration.advertise.is_none() {
+        let name = hostname();
+        registration.instance.get_or_insert_with(|| name.clone());
+        registration.advertise.get_or_insert(name);
+    }
     let channel = tonic::transport::Endpoint::from(registration.controller.clone())
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(5))
@@ -117,7 +135,9 @@ async fn announce(
     client: &mut RegistryClient<Channel>,
     registration: &Registration,
 ) -> Result<(SocketAddr, Option<SocketAddr>), String> {
-    let ip = resolve(&registration.advertise).await?;
+    let advertise = registration.advertise.as_deref().unwrap_or("localhost");
+    let ip = resolve(advertise).await?;
+    let instance = registration.instance.clone().unwrap_or_default();
     let admin = SocketAddr::new(ip, registration.admin_port);
     let mut endpoint = None;
     if let Some((service, port)) = &registration.service {
@@ -127,7 +147,7 @@ async fn announce(
                 service: service.clone(),
                 endpoint: Some(Endpoint {
                     addr: addr.to_string(),
-                    instance: registration.instance.clone(),
+                    instance: instance.clone(),
                 }),
             })
             .await
@@ -137,7 +157,7 @@ async fn announce(
     client
         .register_proxy(ProxyInfo {
             workload: registration.workload.clone(),
-            instance: registration.instance.clone(),
+            instance,
             admin_addr: admin.to_string(),
         })
         .await

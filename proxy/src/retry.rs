@@ -27,6 +27,18 @@ pub struct RetryConfig {
     pub budget: budget::BudgetConfig,
 }
 
+impl RetryConfig {
+    /// How much of a request body is kept for replay: nothing when retries
+    /// are off.
+    pub fn replay_limit(&self) -> usize {
+        if self.max_attempts > 1 {
+            self.max_body_bytes
+        } else {
+            0
+        }
+    }
+}
+
 impl Default for RetryConfig {
     fn default() -> Self {
         Self {

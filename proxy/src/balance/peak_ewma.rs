@@ -3,7 +3,8 @@
 //! samples pull it down gradually; with no samples it decays towards zero,
 //! so an endpoint that was slow is probed again in time.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 #[derive(Debug, Clone, Copy)]
 pub struct PeakEwma {

@@ -1,7 +1,9 @@
 //! Discovery through the controller's destination API, changed under load.
 
-use crate::support::{Tally, spawn_proxy};
-use mesh_controller::Registry;
+use crate::{
+    fake_control::FakeControl,
+    support::{Tally, spawn_proxy},
+};
 use std::{
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -14,18 +16,7 @@ use stockkube_proto::{
     headers::SERVER_ID,
     stockdata::{GetRequest, stocks_client::StocksClient},
 };
-use tokio::{net::TcpListener, sync::watch};
-
-/// A controller in this process, serving `registry`.
-async fn spawn_controller(registry: Registry) -> (String, tokio::sync::oneshot::Sender<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(mesh_controller::run(registry, listener, async {
-        let _ = stopped.await;
-    }));
-    (url, stop)
-}
+use tokio::sync::watch;
 
 async fn replica(id: &str) -> Replica {
     // A little latency keeps calls in flight while the set changes.
@@ -41,8 +32,8 @@ async fn replica(id: &str) -> Replica {
 
 #[tokio::test]
 async fn endpoints_added_and_removed_under_load() {
-    let registry = Registry::default();
-    let (controller, _stop) = spawn_controller(registry.clone()).await;
+    let registry = FakeControl::default();
+    let (controller, _stop) = registry.spawn().await;
     let (a, b, c) = (replica("a").await, replica("b").await, replica("c").await);
     registry.register("stockdata", a.addr, "a");
     registry.register("stockdata", b.addr, "b");
@@ -153,8 +144,8 @@ async fn endpoints_added_and_removed_under_load() {
 
 #[tokio::test]
 async fn a_proxy_registers_itself_and_withdraws_when_it_drains() {
-    let registry = Registry::default();
-    let (controller, _stop) = spawn_controller(registry.clone()).await;
+    let registry = FakeControl::default();
+    let (controller, _stop) = registry.spawn().await;
     let app = replica("self-registered").await;
     let app_addr = app.addr.to_string();
     let proxy = spawn_proxy(&[
@@ -183,7 +174,7 @@ async fn a_proxy_registers_itself_and_withdraws_when_it_drains() {
         let proxies = registry.proxies();
         let known = proxies
             .iter()
-            .any(|p| p.admin_addr == proxy.admin && p.workload == "stockdata");
+            .any(|p| p.admin_addr == proxy.admin.to_string() && p.workload == "stockdata");
         (listed && known).then_some(())
     })
     .await;

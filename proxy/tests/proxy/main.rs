@@ -2,6 +2,7 @@
 //! over one client connection, discovery changes under load, peak-EWMA
 //! against a slow replica, HTTP/1 and opaque TCP, metrics, and bad peers.
 
+mod fake_control;
 mod support;
 
 mod bad_peers;

@@ -1,0 +1,75 @@
+//! The respond stage: what the client gets for a request's outcome. An
+//! endpoint's response goes back observed by its attempt's recorder until
+//! its end; a failure becomes the proxy's own answer ([`ProxyError`]). Both
+//! carry `x-mesh-endpoint` and `x-mesh-attempts`.
+//!
+//! [`ProxyError`]: crate::errors::ProxyError
+
+use super::{Attempt, Outcome};
+use crate::{
+    balance::EndpointState,
+    body::{ProxyBody, Received},
+    detect::Protocol,
+    http::strip_hop_by_hop,
+};
+use http::HeaderValue;
+use stockkube_proto::headers::{MESH_ATTEMPTS, MESH_ENDPOINT};
+
+/// The client's response for `outcome`.
+pub fn respond(
+    protocol: Protocol,
+    grpc: bool,
+    outcome: Outcome<Received>,
+) -> http::Response<ProxyBody> {
+    match outcome {
+        Outcome::NotSent(err) => err.response(grpc),
+        Outcome::Answered(response, attempt) => forward(protocol, response, attempt),
+        Outcome::Failed(err, attempt) => {
+            let response = err.recorded(attempt.recorder, grpc);
+            annotate(response, &attempt.endpoint, attempt.number)
+        }
+    }
+}
+
+/// An endpoint's response on its way back to the client, observed by its
+/// attempt's recorder until its end.
+fn forward(
+    protocol: Protocol,
+    response: http::Response<Received>,
+    attempt: Attempt,
+) -> http::Response<ProxyBody> {
+    let Attempt {
+        mut recorder,
+        endpoint,
+        number,
+    } = attempt;
+    let (mut parts, body) = response.into_parts();
+    if protocol == Protocol::Http1 {
+        strip_hop_by_hop(&mut parts.headers);
+    }
+    recorder.head(parts.status, &parts.headers);
+    annotate(
+        http::Response::from_parts(parts, ProxyBody::upstream(body, recorder)),
+        &endpoint,
+        number,
+    )
+}
+
+/// Adds the headers that tell the client which endpoint answered and after
+/// how many attempts.
+fn annotate(
+    mut response: http::Response<ProxyBody>,
+    endpoint: &EndpointState,
+    attempts: u32,
+) -> http::Response<ProxyBody> {
+    let headers = response.headers_mut();
+    headers.insert(MESH_ENDPOINT, endpoint.header.clone());
+    let attempts = match attempts {
+        1 => HeaderValue::from_static("1"),
+        2 => HeaderValue::from_static("2"),
+        3 => HeaderValue::from_static("3"),
+        n => HeaderValue::from(n),
+    };
+    headers.insert(MESH_ATTEMPTS, attempts);
+    response
+}

@@ -1,0 +1,287 @@
+//! Serving, in one place: accepting on a listener, the connection permit,
+//! protocol detection, and handing each connection (opaque) or each of its
+//! requests (HTTP) to its direction. Limits are checked in [`crate::limits`];
+//! the HTTP protocols are served by [`crate::http`] and [`crate::http2`].
+//!
+//! ```text
+//! accept -> permit (limits) -> detect -> opaque: Direction::tcp
+//!                                     -> HTTP/1, HTTP/2: per request: head size (limits) -> Direction::http
+//! ```
+//!
+//! Also the drain: every connection holds a guard, and [`Drain::wait`]
+//! returns once all are gone or the drain timeout passed.
+
+use crate::{
+    Config,
+    body::{ProxyBody, Received},
+    detect::{self, Prefixed, Protocol},
+    errors,
+    http::{self, DrainGuard},
+    inbound::Inbound,
+    limits::Limits,
+    metrics::{Direction, Metrics},
+    outbound::{Outbound, Service},
+};
+use anyhow::Context as _;
+use std::{future::Future, sync::Arc, time::Duration};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{OwnedSemaphorePermit, mpsc, watch},
+};
+use tracing::Instrument as _;
+
+/// The proxy's bound sockets; bound before [`crate::run`] so tests can use
+/// port 0 and `main` can report a taken port by its flag.
+#[derive(Debug)]
+pub struct Listeners {
+    pub outbound: Vec<(String, TcpListener)>,
+    pub inbound: Option<TcpListener>,
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(config: &Config) -> anyhow::Result<Self> {
+        let mut outbound = Vec::new();
+        for (service, addr) in &config.outbound {
+            let listener = TcpListener::bind(addr).await.with_context(|| {
+                format!("cannot listen on {addr} (--outbound {service}=... / MESH_PROXY_OUTBOUND)")
+            })?;
+            outbound.push((service.clone(), listener));
+        }
+        let inbound = match config.inbound {
+            Some((addr, _)) => Some(TcpListener::bind(addr).await.with_context(|| {
+                format!("cannot listen on {addr} (--inbound / MESH_PROXY_INBOUND)")
+            })?),
+            None => None,
+        };
+        let admin = TcpListener::bind(config.admin).await.with_context(|| {
+            format!(
+                "cannot listen on {} (--admin / MESH_PROXY_ADMIN)",
+                config.admin
+            )
+        })?;
+        Ok(Self {
+            outbound,
+            inbound,
+            admin,
+        })
+    }
+}
+
+/// What a direction does with a connection once its protocol is known.
+pub trait Handler: Send + Sync + 'static {
+    const DIRECTION: Direction;
+
+    fn tcp(&self, io: Prefixed<TcpStream>) -> impl Future<Output = ()> + Send;
+
+    fn http(
+        &self,
+        protocol: Protocol,
+        request: ::http::Request<Received>,
+    ) -> impl Future<Output = ::http::Response<ProxyBody>> + Send;
+}
+
+/// An outbound listener: the proxy's outbound side with this listener's
+/// target service.
+pub struct OutboundTarget {
+    pub outbound: Arc<Outbound>,
+    pub target: Arc<Service>,
+}
+
+impl Handler for OutboundTarget {
+    const DIRECTION: Direction = Direction::Outbound;
+
+    async fn tcp(&self, io: Prefixed<TcpStream>) {
+        self.outbound.proxy_tcp(&self.target, io).await
+    }
+
+    async fn http(
+        &self,
+        protocol: Protocol,
+        request: ::http::Request<Received>,
+    ) -> ::http::Response<ProxyBody> {
+        self.outbound
+            .proxy_http(protocol, &self.target, request)
+            .await
+    }
+}
+
+impl Handler for Inbound {
+    const DIRECTION: Direction = Direction::Inbound;
+
+    async fn tcp(&self, io: Prefixed<TcpStream>) {
+        self.proxy_tcp(io).await
+    }
+
+    async fn http(
+        &self,
+        protocol: Protocol,
+        request: ::http::Request<Received>,
+    ) -> ::http::Response<ProxyBody> {
+        self.proxy_http(protocol, request).await
+    }
+}
+
+/// Detection settings.
+#[derive(Debug, Clone, Copy)]
+pub struct DetectConfig {
+    /// How long to wait for a client's first bytes.
+    pub timeout: Duration,
+    /// How many bytes to read at most before deciding.
+    pub max_bytes: usize,
+}
+
+/// What every connection of every listener shares.
+#[derive(Debug)]
+pub struct Server {
+    detect: DetectConfig,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+    drain: watch::Receiver<bool>,
+    guard: DrainGuard,
+}
+
+impl Server {
+    /// Serves until `drain` says so; connections hold a guard of `drain`.
+    pub fn new(detect: DetectConfig, limits: Limits, metrics: Arc<Metrics>, drain: &Drain) -> Self {
+        Self {
+            detect,
+            limits,
+            metrics,
+            drain: drain.signal(),
+            guard: drain
+                .guard
+                .clone()
+                .expect("a drain hands out guards until it waits"),
+        }
+    }
+
+    /// Accepts until the drain starts, serving each connection in its own task.
+    pub async fn accept<H: Handler>(self: Arc<Self>, listener: TcpListener, handler: Arc<H>) {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "listening");
+        }
+        let mut stop = self.drain.clone();
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = stop.wait_for(|draining| *draining) => return,
+            };
+            match accepted {
+                Ok((conn, peer)) => {
+                    // Closing at once tells a refused client to go
+                    // elsewhere; the backlog would only make it wait.
+                    let Some(permit) = self.limits.admit(H::DIRECTION, &peer) else {
+                        drop(conn);
+                        continue;
+                    };
+                    let span = tracing::debug_span!("conn", %peer);
+                    let connection = self.clone().connection(handler.clone(), conn, permit);
+                    tokio::spawn(connection.instrument(span));
+                }
+                Err(err) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(%err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    /// Detects a connection's protocol and hands it to its direction. Holds
+    /// the drain guard and the connection's permit until it closes.
+    async fn connection<H: Handler>(
+        self: Arc<Self>,
+        handler: Arc<H>,
+        mut conn: TcpStream,
+        _permit: OwnedSemaphorePermit,
+    ) {
+        let _ = conn.set_nodelay(true);
+        let (protocol, io) =
+            match detect::detect(&mut conn, self.detect.timeout, self.detect.max_bytes).await {
+                Ok(Some((protocol, prefix))) => (protocol, Prefixed::new(prefix, conn)),
+                Ok(None) => return,
+                Err(err) => {
+                    tracing::debug!(%err, "connection failed during detection");
+                    return;
+                }
+            };
+        self.metrics.accepted(H::DIRECTION, protocol.as_str());
+        // `self` holds a drain guard until the connection is done.
+        if protocol == Protocol::Opaque {
+            return handler.tcp(io).await;
+        }
+        let server = self.clone();
+        let served = http::serve(
+            protocol,
+            io,
+            &self.limits.config,
+            self.drain.clone(),
+            self.guard.clone(),
+            move |request| {
+                let (handler, server) = (handler.clone(), server.clone());
+                async move {
+                    if let Err(err) = server.limits.check_head(H::DIRECTION, &request) {
+                        return err.response(errors::is_grpc(&request));
+                    }
+                    handler.http(protocol, request).await
+                }
+            },
+        )
+        .await;
+        if let Err(err) = served {
+            self.limits.connection_error(H::DIRECTION, &err);
+        }
+    }
+}
+
+/// The drain: a signal every connection watches, and the guards whose
+/// release tells when the last connection closed.
+#[derive(Debug)]
+pub struct Drain {
+    signal: watch::Sender<bool>,
+    guard: Option<DrainGuard>,
+    released: mpsc::Receiver<()>,
+}
+
+impl Default for Drain {
+    fn default() -> Self {
+        let (signal, _) = watch::channel(false);
+        // Nothing is ever sent: the receiver only learns when every guard
+        // is dropped.
+        let (guard, released) = mpsc::channel(1);
+        Self {
+            signal,
+            guard: Some(guard),
+            released,
+        }
+    }
+}
+
+impl Drain {
+    /// Turns true when the drain starts.
+    pub fn signal(&self) -> watch::Receiver<bool> {
+        self.signal.subscribe()
+    }
+
+    /// Starts the drain: listeners stop, connections shut down gracefully.
+    pub fn start(&self) {
+        self.signal.send_replace(true);
+    }
+
+    /// Waits until every connection closed, at most `timeout`.
+    pub async fn wait(mut self, timeout: Duration) {
+        // Dropped so that the last connection's guard is the last guard.
+        // The Server holds one too; it goes with the accept loops.
+        self.guard = None;
+        if tokio::time::timeout(timeout, self.released.recv())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?timeout,
+                "drain timed out; closing the remaining connections"
+            );
+        }
+    }
+}
