@@ -5,10 +5,8 @@
 //! (Linkerd's model; its defaults are 20%, 10/s, 10 s). The window is ten
 //! slots, each counting the requests and retries of a tenth of `ttl`.
 
-use std::{
-    sync::Mutex,
-    time::{Duration, Instant},
-};
+use std::{sync::Mutex, time::Duration};
+use tokio::time::Instant;
 
 const SLOTS: usize = 10;
 
@@ -164,5 +162,16 @@ mod tests {
         }
         assert!(budget.withdraw_at(start + Duration::from_secs(5)));
         assert!(!budget.withdraw_at(start + Duration::from_secs(11)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_window_slides_with_the_clock() {
+        let budget = budget(0.0, 0.5);
+        // 0.5/s over 10 s: five retries, then none until they age out.
+        assert_eq!((0..10).filter(|_| budget.withdraw()).count(), 5);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(!budget.withdraw());
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!((0..10).filter(|_| budget.withdraw()).count(), 5);
     }
 }

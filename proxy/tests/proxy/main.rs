@@ -2,6 +2,10 @@
 //! over one client connection, discovery changes under load, peak-EWMA
 //! against a slow replica, HTTP/1 and opaque TCP, metrics, and bad peers.
 
+// Whole-process tests time real sockets: real time is the point here
+// (`proxy/clippy.toml` keeps the library on tokio's pausable clock).
+#![allow(clippy::disallowed_types)]
+
 mod fake_control;
 mod support;
 

@@ -1,0 +1,210 @@
+//! The flags, each with its `MESH_PROXY_*` variable, default and help.
+
+use mesh_runtime::parse_duration;
+use std::{net::SocketAddr, time::Duration};
+use stockkube_proto::ports;
+
+/// mesh-proxy: the StockKube Mesh sidecar. Balances every HTTP/2 (gRPC) and
+/// HTTP/1 request across a service's endpoints; forwards anything else as
+/// opaque TCP.
+#[derive(Debug, clap::Parser)]
+#[command(name = "mesh-proxy", version)]
+pub struct Args {
+    /// Outbound listeners, SERVICE=ADDR: the local app connects to ADDR to
+    /// reach SERVICE (like a Consul upstream). Repeat, or comma-separate in
+    /// the variable.
+    #[arg(
+        long = "outbound",
+        env = "MESH_PROXY_OUTBOUND",
+        value_delimiter = ',',
+        value_name = "SERVICE=ADDR"
+    )]
+    pub outbound: Vec<String>,
+
+    /// Inbound listener: other proxies connect here to reach the local app.
+    #[arg(
+        long,
+        env = "MESH_PROXY_INBOUND",
+        value_name = "ADDR",
+        requires = "app"
+    )]
+    pub inbound: Option<SocketAddr>,
+
+    /// The local app's address, where inbound traffic is forwarded.
+    #[arg(
+        long,
+        env = "MESH_PROXY_APP",
+        value_name = "ADDR",
+        requires = "inbound"
+    )]
+    pub app: Option<SocketAddr>,
+
+    /// Admin server: /metrics, /ready, /live, /endpoints.
+    #[arg(
+        long,
+        env = "MESH_PROXY_ADMIN",
+        default_value_t = SocketAddr::from(([127, 0, 0, 1], ports::PROXY_ADMIN)),
+        value_name = "ADDR"
+    )]
+    pub admin: SocketAddr,
+
+    /// How to discover a service's endpoints, SERVICE=SPEC, where SPEC is
+    /// `static:ADDR[;ADDR...]`, `dns:HOST:PORT` (every A/AAAA record,
+    /// re-resolved) or `destination` (the controller, see --destination).
+    /// Services without one use `destination` when --destination is set.
+    #[arg(
+        long = "discover",
+        env = "MESH_PROXY_DISCOVER",
+        value_delimiter = ',',
+        value_name = "SERVICE=SPEC"
+    )]
+    pub discover: Vec<String>,
+
+    /// Request timeouts, SERVICE=DURATION (off by default). A request still
+    /// waiting for its response headers then answers DEADLINE_EXCEEDED
+    /// (gRPC) or 504, and its upstream stream is cancelled. A gRPC
+    /// `grpc-timeout` header is honoured too; the shorter one wins.
+    #[arg(
+        long = "timeout",
+        env = "MESH_PROXY_TIMEOUT",
+        value_delimiter = ',',
+        value_name = "SERVICE=DURATION"
+    )]
+    pub timeout: Vec<String>,
+
+    /// The controller's destination API, an http:// URL.
+    #[arg(long, env = "MESH_PROXY_DESTINATION", value_name = "URL")]
+    pub destination: Option<String>,
+
+    /// Balancing: `p2c-ewma` (power of two choices over peak-EWMA latency,
+    /// Linkerd's) or `round-robin`.
+    #[arg(long, env = "MESH_PROXY_BALANCE", default_value = "p2c-ewma")]
+    pub balance: BalanceStrategy,
+
+    /// How often `dns:` discovery re-resolves.
+    #[arg(long, env = "MESH_PROXY_DNS_REFRESH", default_value = "5s", value_parser = parse_duration)]
+    pub dns_refresh: Duration,
+
+    /// How long protocol detection waits for a client's first bytes before
+    /// treating the connection as opaque TCP.
+    #[arg(long, env = "MESH_PROXY_DETECT_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub detect_timeout: Duration,
+
+    /// How many bytes detection reads at most before deciding.
+    #[arg(long, env = "MESH_PROXY_DETECT_MAX_BYTES", default_value_t = 8192)]
+    pub detect_max_bytes: usize,
+
+    /// Peak-EWMA decay: how fast a latency sample is forgotten.
+    #[arg(long, env = "MESH_PROXY_EWMA_DECAY", default_value = "10s", value_parser = parse_duration)]
+    pub ewma_decay: Duration,
+
+    /// Latency assumed for an endpoint with no sample yet.
+    #[arg(long, env = "MESH_PROXY_EWMA_DEFAULT_RTT", default_value = "30ms", value_parser = parse_duration)]
+    pub ewma_default_rtt: Duration,
+
+    /// How long a request waits for a service to have endpoints before it
+    /// fails with 503 / UNAVAILABLE.
+    #[arg(long, env = "MESH_PROXY_FAILFAST_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    pub failfast_timeout: Duration,
+
+    /// Consecutive failures (no answer: refused, reset) after which an
+    /// endpoint is ejected from its balancer for a backoff of 1 s doubling
+    /// up to 60 s; 0 turns ejection off.
+    #[arg(long, env = "MESH_PROXY_FAILURE_ACCRUAL", default_value_t = 7)]
+    pub failure_accrual: u32,
+
+    /// Response statuses a service's requests are retried on,
+    /// SERVICE=STATUSES: `off`, or `;`-separated gRPC codes and HTTP
+    /// statuses (`unavailable;resource-exhausted;503`). The default for
+    /// every service is `unavailable;503`. Requests that got no response at
+    /// all (refused, reset) are retried whatever the policy.
+    #[arg(
+        long = "retry-on",
+        env = "MESH_PROXY_RETRY_ON",
+        value_delimiter = ',',
+        value_name = "SERVICE=STATUSES"
+    )]
+    pub retry_on: Vec<String>,
+
+    /// Attempts per request, the first included; 1 turns retries off.
+    #[arg(long, env = "MESH_PROXY_RETRY_ATTEMPTS", default_value_t = 3)]
+    pub retry_attempts: u32,
+
+    /// Request bodies up to this many bytes are kept so they can be retried;
+    /// larger ones stream through and are not retried.
+    #[arg(long, env = "MESH_PROXY_RETRY_MAX_BODY", default_value_t = 64 * 1024, value_name = "BYTES")]
+    pub retry_max_body: usize,
+
+    /// Retry budget: retries may add this ratio of a service's requests...
+    #[arg(long, env = "MESH_PROXY_RETRY_BUDGET_RATIO", default_value_t = 0.2)]
+    pub retry_budget_ratio: f64,
+
+    /// ...plus this many per second...
+    #[arg(
+        long,
+        env = "MESH_PROXY_RETRY_BUDGET_MIN_PER_SECOND",
+        default_value_t = 10.0
+    )]
+    pub retry_budget_min_per_second: f64,
+
+    /// ...counted over this sliding window.
+    #[arg(long, env = "MESH_PROXY_RETRY_BUDGET_TTL", default_value = "10s", value_parser = parse_duration)]
+    pub retry_budget_ttl: Duration,
+
+    /// Largest request header block accepted (name + value + 32 per field);
+    /// larger ones answer RESOURCE_EXHAUSTED (gRPC) or 431.
+    #[arg(long, env = "MESH_PROXY_MAX_HEADER_BYTES", default_value_t = 16 * 1024, value_name = "BYTES")]
+    pub max_header_bytes: usize,
+
+    /// How long an HTTP/1 client may take to send a request head
+    /// (slowloris); the connection is closed after it.
+    #[arg(long, env = "MESH_PROXY_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// Streams one HTTP/2 client connection may have open at once
+    /// (advertised in SETTINGS; clients queue the rest).
+    #[arg(long, env = "MESH_PROXY_MAX_CONCURRENT_STREAMS", default_value_t = 256)]
+    pub max_concurrent_streams: u32,
+
+    /// Client connections open at once, all listeners together; more are
+    /// closed as soon as they are accepted.
+    #[arg(long, env = "MESH_PROXY_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+
+    /// Register with the controller (--destination) as a proxy of this
+    /// workload, so the dashboard finds it, where nothing else registers it
+    /// (docker compose, a VM).
+    #[arg(
+        long,
+        env = "MESH_PROXY_REGISTER_WORKLOAD",
+        value_name = "NAME",
+        requires = "destination"
+    )]
+    pub register_workload: Option<String>,
+
+    /// With --register-workload: also register the inbound listener as an
+    /// endpoint of this service, so other proxies discover it.
+    #[arg(long, env = "MESH_PROXY_REGISTER_SERVICE", value_name = "SERVICE", requires_all = ["register_workload", "inbound"])]
+    pub register_service: Option<String>,
+
+    /// The instance name to register (default: the host name).
+    #[arg(long, env = "MESH_PROXY_REGISTER_INSTANCE", value_name = "NAME")]
+    pub register_instance: Option<String>,
+
+    /// The host other components reach this proxy at, a name or an IP
+    /// (default: the host name, resolved at each registration).
+    #[arg(long, env = "MESH_PROXY_ADVERTISE", value_name = "HOST")]
+    pub advertise: Option<String>,
+
+    /// How long in-flight requests get to finish after SIGTERM.
+    #[arg(long, env = "MESH_PROXY_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+}
+
+/// The balancing algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BalanceStrategy {
+    P2cEwma,
+    RoundRobin,
+}
