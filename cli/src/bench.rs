@@ -37,7 +37,7 @@ use tonic::transport::Channel;
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
     /// The StockData (or proxy) address, http://HOST:PORT.
-    #[arg(long, default_value = "http://127.0.0.1:4140", value_name = "URL")]
+    #[arg(long, default_value_t = format!("http://127.0.0.1:{}", stockkube_proto::ports::PROXY_OUTBOUND), value_name = "URL")]
     pub target: String,
 
     /// HTTP/2 connections.

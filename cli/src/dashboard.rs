@@ -4,6 +4,7 @@
 use crate::process::{self, Service};
 use anyhow::{Context as _, bail};
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use stockkube_proto::ports;
 
 #[derive(Debug, clap::Args)]
 pub struct DashboardArgs {
@@ -11,13 +12,13 @@ pub struct DashboardArgs {
     #[arg(
         long,
         env = "MESHCTL_CONTROLLER",
-        default_value = "http://127.0.0.1:8086",
+        default_value_t = format!("http://127.0.0.1:{}", ports::CONTROLLER),
         value_name = "URL"
     )]
     pub controller: String,
 
     /// Address the dashboard listens on.
-    #[arg(long, env = "MESHCTL_DASHBOARD_ADDR", default_value = "127.0.0.1:8084")]
+    #[arg(long, env = "MESHCTL_DASHBOARD_ADDR", default_value_t = SocketAddr::from(([127, 0, 0, 1], ports::DASHBOARD)))]
     pub addr: SocketAddr,
 
     /// StockWeb's URL, for the Servers page's "Load StockWeb once".

@@ -458,7 +458,7 @@ async fn run(args: DemoArgs, bin_dir: PathBuf) -> anyhow::Result<()> {
 async fn wait_for_endpoints(admin: SocketAddr, expected: usize) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + process::READY_TIMEOUT;
     loop {
-        if let Ok(body) = http_get(admin, "/endpoints").await {
+        if let Ok(body) = http_get(admin, stockkube_proto::admin::ENDPOINTS).await {
             let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
             let known = json["services"][0]["endpoints"]
                 .as_array()

@@ -12,6 +12,7 @@
 //! container does not redirect outbound traffic.
 
 use serde_json::{Value, json};
+use stockkube_proto::{admin, ports};
 
 /// Pod-template annotation that asks the injector for a sidecar.
 pub const INJECT_ANNOTATION: &str = "mesh.stockkube.dev/inject";
@@ -25,9 +26,9 @@ pub const INIT_CONTAINER: &str = "mesh-init";
 /// alone, which is what keeps them from looping back into it.
 pub const PROXY_UID: i64 = 2102;
 /// Where redirected inbound connections arrive.
-pub const INBOUND_PORT: u16 = 4143;
+pub const INBOUND_PORT: u16 = ports::PROXY_INBOUND;
 /// The proxy's admin server: /metrics, /ready, /live, /endpoints.
-pub const ADMIN_PORT: u16 = 4191;
+pub const ADMIN_PORT: u16 = ports::PROXY_ADMIN;
 
 /// What the sidecar is made of; the defaults match the images built from
 /// this repository and the mesh's manifests in `k8s/mesh/`.
@@ -74,8 +75,8 @@ pub fn proxy_container(config: &SidecarConfig, app_port: u16) -> Value {
             {"name": "mesh-inbound", "containerPort": INBOUND_PORT, "protocol": "TCP"},
             {"name": "mesh-admin", "containerPort": ADMIN_PORT, "protocol": "TCP"},
         ],
-        "readinessProbe": {"httpGet": {"path": "/ready", "port": ADMIN_PORT}, "periodSeconds": 5},
-        "livenessProbe": {"httpGet": {"path": "/live", "port": ADMIN_PORT}, "periodSeconds": 10},
+        "readinessProbe": {"httpGet": {"path": admin::READY, "port": ADMIN_PORT}, "periodSeconds": 5},
+        "livenessProbe": {"httpGet": {"path": admin::LIVE, "port": ADMIN_PORT}, "periodSeconds": 10},
         "resources": {
             "requests": {"cpu": "10m", "memory": "16Mi"},
             "limits": {"cpu": "500m", "memory": "64Mi"},

@@ -29,7 +29,7 @@ pub use registry::Registry;
 #[command(name = "mesh-controller", version)]
 pub struct Args {
     /// Address of the gRPC server (Destination, Registry, health, reflection).
-    #[arg(long, env = "MESH_CONTROLLER_LISTEN", default_value = "127.0.0.1:8086")]
+    #[arg(long, env = "MESH_CONTROLLER_LISTEN", default_value_t = SocketAddr::from(([127, 0, 0, 1], stockkube_proto::ports::CONTROLLER)))]
     pub listen: SocketAddr,
 }
 

@@ -19,6 +19,7 @@ pub mod views;
 pub mod web;
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, time::Duration};
+use stockkube_proto::ports;
 use tokio::net::TcpListener;
 
 /// Flags and environment of the `mesh-dashboard` binary.
@@ -26,14 +27,14 @@ use tokio::net::TcpListener;
 #[command(name = "mesh-dashboard", version)]
 pub struct Args {
     /// Address the dashboard listens on.
-    #[arg(long, env = "MESH_DASHBOARD_LISTEN", default_value = "127.0.0.1:8084")]
+    #[arg(long, env = "MESH_DASHBOARD_LISTEN", default_value_t = SocketAddr::from(([127, 0, 0, 1], ports::DASHBOARD)))]
     pub listen: SocketAddr,
 
     /// The controller, whose registry lists the proxies to scrape.
     #[arg(
         long,
         env = "MESH_DASHBOARD_CONTROLLER",
-        default_value = "http://127.0.0.1:8086",
+        default_value_t = format!("http://127.0.0.1:{}", ports::CONTROLLER),
         value_name = "URL"
     )]
     pub controller: String,

@@ -17,7 +17,10 @@ use std::{
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
-use stockkube_proto::mesh::{ListProxiesRequest, registry_client::RegistryClient};
+use stockkube_proto::{
+    admin,
+    mesh::{ListProxiesRequest, registry_client::RegistryClient},
+};
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
@@ -204,8 +207,8 @@ async fn scrape_proxy(
 ) -> ProxyScrape {
     let addr = target.admin_addr;
     let work = async {
-        let metrics = get(&http, addr, "/metrics").await?;
-        let endpoints = get(&http, addr, "/endpoints").await?;
+        let metrics = get(&http, addr, admin::METRICS).await?;
+        let endpoints = get(&http, addr, admin::ENDPOINTS).await?;
         let (samples, bad) = prom::parse(&metrics);
         if bad > 0 {
             tracing::debug!(%addr, bad, "unreadable metric lines skipped");

@@ -17,9 +17,10 @@ use std::{
 /// Below this success rate a workload or edge is shown in trouble.
 pub const HEALTHY_SUCCESS_RATE: f64 = 0.95;
 
-const REQUESTS: &str = "mesh_requests_total";
-const RESPONSES: &str = "mesh_responses_total";
-const LATENCY_BUCKET: &str = "mesh_response_latency_seconds_bucket";
+use stockkube_proto::metrics::{
+    REQUESTS_TOTAL as REQUESTS, RESPONSE_LATENCY_BUCKET as LATENCY_BUCKET,
+    RESPONSES_TOTAL as RESPONSES, labels,
+};
 
 /// The snapshots inside the window, oldest first.
 pub struct Window<'a> {
@@ -81,7 +82,7 @@ impl<'a> Window<'a> {
     ) -> Golden {
         let responses = self.increase(proxy, RESPONSES, filter);
         let successes = self.increase(proxy, RESPONSES, &|s| {
-            filter(s) && s.label("classification") == Some("success")
+            filter(s) && s.label(labels::CLASSIFICATION) == Some(labels::SUCCESS)
         });
         let requests = self.increase(proxy, REQUESTS, filter);
         // Bucket bounds as the latest scrape names them.
@@ -204,13 +205,17 @@ pub fn overview(window: &Window<'_>) -> Overview {
         .map(|workload| {
             let instances = instances(latest, &workload);
             let of_workload = |t: &ProxyTarget| t.workload == workload;
-            let inbound = window.golden(&of_workload, &|s| s.label("direction") == Some("inbound"));
+            let inbound = window.golden(&of_workload, &|s| {
+                s.label(labels::DIRECTION) == Some(labels::INBOUND)
+            });
             let (direction, golden) = if inbound.requests > 0.0 {
-                ("inbound", inbound)
+                (labels::INBOUND, inbound)
             } else {
                 (
-                    "outbound",
-                    window.golden(&of_workload, &|s| s.label("direction") == Some("outbound")),
+                    labels::OUTBOUND,
+                    window.golden(&of_workload, &|s| {
+                        s.label(labels::DIRECTION) == Some(labels::OUTBOUND)
+                    }),
                 )
             };
             let meshed = instances.iter().filter(|i| i.up).count();
@@ -278,8 +283,8 @@ pub fn topology(window: &Window<'_>) -> Topology {
     for snap in &window.snaps {
         for proxy in &snap.proxies {
             for sample in proxy.samples.iter().filter(|s| s.name == REQUESTS) {
-                if sample.label("direction") == Some("outbound")
-                    && let Some(target) = sample.label("target")
+                if sample.label(labels::DIRECTION) == Some(labels::OUTBOUND)
+                    && let Some(target) = sample.label(labels::TARGET)
                 {
                     pairs.insert((proxy.target.workload.clone(), target.to_owned()));
                 }
@@ -310,7 +315,9 @@ pub fn topology(window: &Window<'_>) -> Topology {
             let y = *rows_used.entry(column).or_insert(20);
             rows_used.insert(column, y + h + ROW_GAP);
             let of_workload = |t: &ProxyTarget| t.workload == *workload;
-            let inbound = window.golden(&of_workload, &|s| s.label("direction") == Some("inbound"));
+            let inbound = window.golden(&of_workload, &|s| {
+                s.label(labels::DIRECTION) == Some(labels::INBOUND)
+            });
             Node {
                 in_trouble: inbound.in_trouble() || instances.iter().any(|i| !i.up),
                 workload: workload.clone(),
@@ -329,7 +336,8 @@ pub fn topology(window: &Window<'_>) -> Topology {
         .map(|pair| {
             let (source, target) = pair;
             let golden = window.golden(&|t: &ProxyTarget| t.workload == *source, &|s| {
-                s.label("direction") == Some("outbound") && s.label("target") == Some(target)
+                s.label(labels::DIRECTION) == Some(labels::OUTBOUND)
+                    && s.label(labels::TARGET) == Some(target)
             });
             (pair, golden)
         })
@@ -431,9 +439,9 @@ pub fn servers(window: &Window<'_>) -> Servers {
                 }
             }
             for sample in proxy.samples.iter().filter(|s| s.name == RESPONSES) {
-                if sample.label("direction") == Some("outbound")
+                if sample.label(labels::DIRECTION) == Some(labels::OUTBOUND)
                     && let (Some(target), Some(endpoint)) =
-                        (sample.label("target"), sample.label("endpoint"))
+                        (sample.label(labels::TARGET), sample.label(labels::ENDPOINT))
                 {
                     services.insert(target.to_owned());
                     addrs
@@ -461,9 +469,9 @@ pub fn servers(window: &Window<'_>) -> Servers {
                 .flatten()
                 .map(|addr| {
                     let served = window.increase(&|_| true, RESPONSES, &|s| {
-                        s.label("direction") == Some("outbound")
-                            && s.label("target") == Some(&service)
-                            && s.label("endpoint") == Some(addr)
+                        s.label(labels::DIRECTION) == Some(labels::OUTBOUND)
+                            && s.label(labels::TARGET) == Some(&service)
+                            && s.label(labels::ENDPOINT) == Some(addr)
                     });
                     let instance = names.get(addr).cloned().unwrap_or_else(|| addr.clone());
                     let views: Vec<_> = current.iter().filter(|e| e.addr == *addr).collect();

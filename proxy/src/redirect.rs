@@ -14,6 +14,8 @@
 //! 127.0.0.1 cannot loop. Outbound redirection waits for the proxy to
 //! route by original destination.
 
+use stockkube_proto::ports;
+
 /// The chain the rules live in.
 pub const INBOUND_CHAIN: &str = "MESH_INBOUND";
 
@@ -22,12 +24,12 @@ pub const INBOUND_CHAIN: &str = "MESH_INBOUND";
 #[command(name = "mesh-proxy-init", version)]
 pub struct InitArgs {
     /// The proxy's inbound port: where redirected connections arrive.
-    #[arg(long, default_value_t = 4143)]
+    #[arg(long, default_value_t = ports::PROXY_INBOUND)]
     pub inbound_port: u16,
 
     /// Ports whose inbound connections are not redirected (the proxy's own
     /// admin and inbound ports, at least), comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "4191,4143")]
+    #[arg(long, value_delimiter = ',', default_values_t = [ports::PROXY_ADMIN, ports::PROXY_INBOUND])]
     pub ignore_inbound_ports: Vec<u16>,
 
     /// The iptables-restore to run (`iptables-legacy-restore` on nodes that

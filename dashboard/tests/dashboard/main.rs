@@ -1,19 +1,23 @@
-//! The dashboard over real sockets, against a real controller, proxy and
-//! replicas in this process: its JSON API reports what the proxies did; a
-//! proxy that stops answering is shown down; the binary refuses bad flags.
+//! The dashboard over real sockets, against a real controller and a proxy
+//! admin server that serves recorded documents (`tests/fixtures/`): its JSON
+//! API reports what the proxy did; a proxy that stops answering is shown
+//! down; the binary refuses bad flags.
 
 use clap::Parser as _;
 use serde_json::Value;
-use std::{net::SocketAddr, time::Duration};
-use stockdata::test_util::{connect, eventually, spawn_replica};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use stockdata::test_util::eventually;
 use stockkube_proto::{
+    admin,
     mesh::{ProxyInfo, registry_client::RegistryClient},
-    stockdata::{GetRequest, stocks_client::StocksClient},
 };
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
-    sync::oneshot,
 };
 
 async fn get_json(addr: SocketAddr, path: &str) -> Value {
@@ -25,6 +29,58 @@ async fn get_json(addr: SocketAddr, path: &str) -> Value {
     let (head, body) = raw.split_once("\r\n\r\n").unwrap();
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
+}
+
+/// A recorded pair of admin documents: `/metrics` and `/endpoints`.
+#[derive(Clone, Copy)]
+struct Recorded {
+    metrics: &'static str,
+    endpoints: &'static str,
+}
+
+const IDLE: Recorded = Recorded {
+    metrics: include_str!("../fixtures/stockweb-idle.metrics.txt"),
+    endpoints: include_str!("../fixtures/stockweb-idle.endpoints.json"),
+};
+
+const AFTER_40_CALLS: Recorded = Recorded {
+    metrics: include_str!("../fixtures/stockweb-40-calls.metrics.txt"),
+    endpoints: include_str!("../fixtures/stockweb-40-calls.endpoints.json"),
+};
+
+/// A proxy's admin server that serves whichever recorded documents it is
+/// given; aborting its task takes it down.
+async fn spawn_admin(serving: Arc<Mutex<Recorded>>) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    use axum::{extract::State, routing::get};
+    type Shared = State<Arc<Mutex<Recorded>>>;
+    let app = axum::Router::new()
+        .route(
+            admin::METRICS,
+            get(|State(now): Shared| async move {
+                let metrics = now.lock().unwrap().metrics;
+                (
+                    [(
+                        "content-type",
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    metrics,
+                )
+            }),
+        )
+        .route(
+            admin::ENDPOINTS,
+            get(|State(now): Shared| async move {
+                let endpoints = now.lock().unwrap().endpoints;
+                ([("content-type", "application/json")], endpoints)
+            }),
+        )
+        .with_state(serving);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (addr, task)
 }
 
 #[tokio::test]
@@ -39,29 +95,9 @@ async fn api_reports_traffic_per_replica_and_proxies_that_went_down() {
         std::future::pending(),
     ));
 
-    // Two replicas behind one outbound proxy.
-    let (a, b) = (spawn_replica("a").await, spawn_replica("b").await);
-    registry.register("stockdata", a.addr, "a");
-    registry.register("stockdata", b.addr, "b");
-    let args = mesh_proxy::Args::try_parse_from([
-        "mesh-proxy",
-        "--outbound",
-        "stockdata=127.0.0.1:0",
-        "--destination",
-        &format!("http://{controller}"),
-        "--admin",
-        "127.0.0.1:0",
-    ])
-    .unwrap();
-    let config = mesh_proxy::Config::try_from(args).unwrap();
-    let listeners = mesh_proxy::Listeners::bind(&config).await.unwrap();
-    let outbound = mesh_proxy::local_addr(&listeners.outbound[0].1);
-    let admin = mesh_proxy::local_addr(&listeners.admin);
-    let (stop_proxy, proxy_stopped) = oneshot::channel::<()>();
-    let proxy = tokio::spawn(mesh_proxy::run(config, listeners, async {
-        let _ = proxy_stopped.await;
-    }));
-
+    // StockWeb's proxy, just started.
+    let serving = Arc::new(Mutex::new(IDLE));
+    let (admin, proxy) = spawn_admin(serving.clone()).await;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{controller}"))
         .unwrap()
         .connect()
@@ -106,11 +142,8 @@ async fn api_reports_traffic_per_replica_and_proxies_that_went_down() {
     )
     .await;
 
-    let client = StocksClient::new(connect(outbound).await);
-    for id in 1..=40 {
-        client.clone().get(GetRequest { id }).await.unwrap();
-    }
-
+    // 40 calls went through it.
+    *serving.lock().unwrap() = AFTER_40_CALLS;
     let servers = eventually("40 requests counted", Duration::from_secs(10), || async {
         let servers = get_json(dashboard, "/api/servers").await;
         (servers["services"][0]["total"] == 40.0).then_some(servers)
@@ -121,7 +154,7 @@ async fn api_reports_traffic_per_replica_and_proxies_that_went_down() {
         .iter()
         .map(|r| r["instance"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["a", "b"], "{servers}");
+    assert_eq!(names, ["stockdata-1", "stockdata-2"], "{servers}");
     let served: f64 = replicas.iter().map(|r| r["served"].as_f64().unwrap()).sum();
     assert_eq!(served, 40.0);
     assert!(
@@ -143,8 +176,8 @@ async fn api_reports_traffic_per_replica_and_proxies_that_went_down() {
     assert_eq!(topology["edges"][0]["target"], "stockdata");
 
     // The proxy stops: it is shown down, not dropped.
-    let _ = stop_proxy.send(());
-    proxy.await.unwrap().unwrap();
+    proxy.abort();
+    let _ = proxy.await;
     eventually("the proxy shown down", Duration::from_secs(10), || async {
         let proxies = get_json(dashboard, "/api/proxies").await;
         (proxies[0]["up"] == false && proxies[0]["error"].is_string()).then_some(())
