@@ -245,7 +245,7 @@ async fn get(
     let response = http
         .get(uri)
         .await
-        .map_err(|e| format!("{path}: {}", error_chain(&e)))?;
+        .map_err(|e| format!("{path}: {}", mesh_runtime::error_chain(&e)))?;
     if !response.status().is_success() {
         return Err(format!("{path} answered {}", response.status()));
     }
@@ -256,15 +256,4 @@ async fn get(
         .map_err(|e| format!("{path}: {e}"))?
         .to_bytes();
     String::from_utf8(body.to_vec()).map_err(|_| format!("{path} is not UTF-8"))
-}
-
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

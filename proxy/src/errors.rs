@@ -9,6 +9,7 @@ use crate::{
     http::UpstreamError,
 };
 use http::{HeaderValue, Response, StatusCode, header};
+use mesh_runtime::error_chain;
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 /// Who caused a failure, which decides what the balancer learns from it.
@@ -146,19 +147,6 @@ pub fn is_grpc<B>(request: &http::Request<B>) -> bool {
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-}
-
-/// An error and its causes on one line: hyper's client errors say little at
-/// the top ("client error (Connect)") and the reason underneath.
-pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn render(grpc: bool, status: StatusCode, code: tonic::Code, message: &str) -> Response<ProxyBody> {

@@ -19,6 +19,19 @@ pub fn exit(binary: &str, result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
+/// An error and its causes on one line: many libraries' errors say little
+/// at the top ("client error (Connect)") and the reason underneath.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// Logs to stderr. `RUST_LOG` wins; otherwise `info` for `crate_name` and
 /// `warn` for everything else. Colours only on a terminal.
 pub fn init_tracing(crate_name: &str) {
