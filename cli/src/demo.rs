@@ -192,6 +192,7 @@ impl Demo {
                 endpoint: Some(Endpoint {
                     addr: inbound.to_string(),
                     instance: name.clone(),
+                    ..Default::default()
                 }),
             })
             .await

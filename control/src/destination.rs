@@ -1,31 +1,45 @@
 //! The gRPC servers of the control plane: `Destination` streams a service's
-//! endpoints as additions and removals; `Registry` writes the local backend.
+//! endpoints as additions and removals and resolves addresses to services,
+//! from either [`Backend`]; `Registry` writes the local backend.
 
-use crate::registry::{EndpointSet, Registry};
+use crate::{
+    backend::{Backend, EndpointMeta, LookupError, Published},
+    registry::Registry,
+};
 use std::{net::SocketAddr, pin::Pin};
 use stockkube_proto::mesh::{
     self, AddrSet, DeregisterProxyRequest, DeregisterProxyResponse, DeregisterRequest,
     DeregisterResponse, GetDestination, ListProxiesRequest, ListProxiesResponse, ListRequest,
     ListResponse, NoEndpoints, ProxyInfo, RegisterProxyResponse, RegisterRequest, RegisterResponse,
-    ServiceEndpoints, Update, destination_server::Destination, registry_server, update,
+    ResolveRequest, ResolveResponse, ServiceEndpoints, Update, destination_server::Destination,
+    registry_server, update,
 };
 use tokio::sync::mpsc;
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
-/// Serves `Destination.Get` from a [`Registry`].
+/// Serves `Destination` from a [`Backend`].
 #[derive(Debug, Clone)]
 pub struct DestinationService {
-    registry: Registry,
+    backend: Backend,
 }
 
 impl DestinationService {
-    pub fn new(registry: Registry) -> Self {
-        Self { registry }
+    pub fn new(backend: Backend) -> Self {
+        Self { backend }
     }
 }
 
 type UpdateStream = Pin<Box<dyn Stream<Item = Result<Update, Status>> + Send>>;
+
+impl From<LookupError> for Status {
+    fn from(err: LookupError) -> Self {
+        match err {
+            LookupError::Name(_) => Status::invalid_argument(err.to_string()),
+            LookupError::Ambiguous { .. } => Status::failed_precondition(err.to_string()),
+        }
+    }
+}
 
 #[tonic::async_trait]
 impl Destination for DestinationService {
@@ -35,25 +49,28 @@ impl Destination for DestinationService {
         &self,
         request: Request<GetDestination>,
     ) -> Result<Response<Self::GetStream>, Status> {
-        let service = request.into_inner().service;
+        let GetDestination {
+            service,
+            context_namespace,
+        } = request.into_inner();
         validate_service(&service)?;
-        tracing::debug!(%service, "destination watch");
-        let mut watch = self.registry.watch(&service);
+        tracing::debug!(%service, %context_namespace, "destination watch");
+        let mut subscription = self.backend.subscribe(&service, &context_namespace).await?;
         // A small buffer: a slow client only delays its own stream, and
         // diffs against the latest set keep it correct however far behind.
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(async move {
-            let mut previous: Option<EndpointSet> = None;
+            let mut previous: Option<Published> = None;
             loop {
-                let current = watch.borrow_and_update().clone();
-                for update in diff(previous.as_deref(), &current) {
+                let current = subscription.current();
+                for update in diff(previous.as_ref(), &current) {
                     if tx.send(Ok(update)).await.is_err() {
                         return;
                     }
                 }
                 previous = Some(current);
                 tokio::select! {
-                    changed = watch.changed() => if changed.is_err() { return },
+                    changed = subscription.changed() => if changed.is_err() { return },
                     // The client went away; stop watching.
                     _ = tx.closed() => return,
                 }
@@ -61,25 +78,41 @@ impl Destination for DestinationService {
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+
+    async fn resolve(
+        &self,
+        request: Request<ResolveRequest>,
+    ) -> Result<Response<ResolveResponse>, Status> {
+        let ResolveRequest { ip, port } = request.into_inner();
+        let ip = ip
+            .parse()
+            .map_err(|_| Status::invalid_argument(format!("{ip:?} is not an IP address")))?;
+        let port = u16::try_from(port)
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| Status::invalid_argument(format!("{port} is not a port")))?;
+        let service = self.backend.resolve(ip, port).await?.unwrap_or_default();
+        Ok(Response::new(ResolveResponse { service }))
+    }
 }
 
 /// The updates that take a client from `previous` (None: nothing sent yet)
-/// to `current`. The first answer is always the whole set or `no_endpoints`.
-pub fn diff(
-    previous: Option<&std::collections::BTreeMap<SocketAddr, String>>,
-    current: &std::collections::BTreeMap<SocketAddr, String>,
-) -> Vec<Update> {
+/// to `current`. The first answer is always the whole set or `no_endpoints`
+/// (saying whether the service exists); an endpoint whose details changed
+/// is sent again in an `add`.
+pub fn diff(previous: Option<&Published>, current: &Published) -> Vec<Update> {
     let Some(previous) = previous else {
-        return vec![if current.is_empty() {
-            no_endpoints()
+        return vec![if current.endpoints.is_empty() {
+            no_endpoints(current.exists)
         } else {
-            add(current.iter())
+            add(current.endpoints.iter())
         }];
     };
     let mut updates = Vec::new();
     let removed: Vec<String> = previous
+        .endpoints
         .keys()
-        .filter(|addr| !current.contains_key(addr))
+        .filter(|addr| !current.endpoints.contains_key(addr))
         .map(ToString::to_string)
         .collect();
     if !removed.is_empty() {
@@ -88,38 +121,41 @@ pub fn diff(
         });
     }
     let added: Vec<_> = current
+        .endpoints
         .iter()
-        .filter(|(addr, instance)| previous.get(addr) != Some(instance))
+        .filter(|(addr, meta)| previous.endpoints.get(addr) != Some(meta))
         .collect();
     if !added.is_empty() {
         updates.push(add(added.into_iter()));
     }
-    if current.is_empty() && !previous.is_empty() {
-        updates.push(no_endpoints());
+    let emptied = current.endpoints.is_empty() && !previous.endpoints.is_empty();
+    if emptied || (current.endpoints.is_empty() && current.exists != previous.exists) {
+        updates.push(no_endpoints(current.exists));
     }
     updates
 }
 
-fn add<'a>(endpoints: impl Iterator<Item = (&'a SocketAddr, &'a String)>) -> Update {
+fn add<'a>(endpoints: impl Iterator<Item = (&'a SocketAddr, &'a EndpointMeta)>) -> Update {
     Update {
         update: Some(update::Update::Add(mesh::EndpointSet {
-            endpoints: endpoints
-                .map(|(addr, instance)| endpoint(addr, instance))
-                .collect(),
+            endpoints: endpoints.map(|(addr, meta)| endpoint(addr, meta)).collect(),
         })),
     }
 }
 
-fn no_endpoints() -> Update {
+fn no_endpoints(exists: bool) -> Update {
     Update {
-        update: Some(update::Update::NoEndpoints(NoEndpoints {})),
+        update: Some(update::Update::NoEndpoints(NoEndpoints { exists })),
     }
 }
 
-fn endpoint(addr: &SocketAddr, instance: &str) -> mesh::Endpoint {
+fn endpoint(addr: &SocketAddr, meta: &EndpointMeta) -> mesh::Endpoint {
     mesh::Endpoint {
         addr: addr.to_string(),
-        instance: instance.to_owned(),
+        instance: meta.instance.clone(),
+        meshed: meta.meshed,
+        service_account: meta.service_account.clone(),
+        node: meta.node.clone(),
     }
 }
 
@@ -128,12 +164,12 @@ fn validate_service(service: &str) -> Result<(), Status> {
         && service.len() <= 253
         && service
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':'));
     if valid {
         Ok(())
     } else {
         Err(Status::invalid_argument(format!(
-            "service name must be 1-253 letters, digits, '-', '.' or '_', got {service:?}"
+            "service name must be 1-253 letters, digits, '-', '.', '_' or ':', got {service:?}"
         )))
     }
 }
@@ -195,7 +231,13 @@ impl registry_server::Registry for RegistryService {
                 service,
                 endpoints: set
                     .iter()
-                    .map(|(addr, instance)| endpoint(addr, instance))
+                    .map(|(addr, instance)| {
+                        let meta = EndpointMeta {
+                            instance: instance.clone(),
+                            ..EndpointMeta::default()
+                        };
+                        endpoint(addr, &meta)
+                    })
                     .collect(),
             })
             .collect();
@@ -248,18 +290,23 @@ impl registry_server::Registry for RegistryService {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
 
-    fn set(entries: &[(u16, &str)]) -> BTreeMap<SocketAddr, String> {
-        entries
-            .iter()
-            .map(|(port, name)| {
-                (
-                    SocketAddr::from(([127, 0, 0, 1], *port)),
-                    (*name).to_owned(),
-                )
-            })
-            .collect()
+    fn set(entries: &[(u16, &str)]) -> Published {
+        Published {
+            exists: !entries.is_empty(),
+            endpoints: std::sync::Arc::new(
+                entries
+                    .iter()
+                    .map(|(port, name)| {
+                        let meta = EndpointMeta {
+                            instance: (*name).to_owned(),
+                            ..EndpointMeta::default()
+                        };
+                        (SocketAddr::from(([127, 0, 0, 1], *port)), meta)
+                    })
+                    .collect(),
+            ),
+        }
     }
 
     fn kinds(updates: &[Update]) -> Vec<String> {
@@ -275,14 +322,20 @@ mod tests {
                         .join(",")
                 ),
                 update::Update::Remove(s) => format!("remove {}", s.addrs.join(",")),
-                update::Update::NoEndpoints(_) => "none".to_owned(),
+                update::Update::NoEndpoints(n) if n.exists => "none".to_owned(),
+                update::Update::NoEndpoints(_) => "no such service".to_owned(),
             })
             .collect()
     }
 
     #[test]
     fn first_update_is_the_whole_set_or_none() {
-        assert_eq!(kinds(&diff(None, &set(&[]))), ["none"]);
+        assert_eq!(kinds(&diff(None, &set(&[]))), ["no such service"]);
+        let empty_but_there = Published {
+            exists: true,
+            ..Published::default()
+        };
+        assert_eq!(kinds(&diff(None, &empty_but_there)), ["none"]);
         assert_eq!(
             kinds(&diff(None, &set(&[(1, "a"), (2, "b")]))),
             ["add 127.0.0.1:1,127.0.0.1:2"]
@@ -300,8 +353,15 @@ mod tests {
         assert!(diff(Some(&after), &after).is_empty());
         assert_eq!(
             kinds(&diff(Some(&after), &set(&[]))),
-            ["remove 127.0.0.1:2,127.0.0.1:3", "none"]
+            ["remove 127.0.0.1:2,127.0.0.1:3", "no such service"]
         );
+        // An endpoint whose details changed is sent again.
+        let mut renamed = after.clone();
+        std::sync::Arc::make_mut(&mut renamed.endpoints)
+            .get_mut(&SocketAddr::from(([127, 0, 0, 1], 3)))
+            .unwrap()
+            .meshed = true;
+        assert_eq!(kinds(&diff(Some(&after), &renamed)), ["add 127.0.0.1:3"]);
     }
 
     #[test]
@@ -309,6 +369,7 @@ mod tests {
         assert!(validate_service("stockdata.stocks").is_ok());
         assert!(validate_service("").is_err());
         assert!(validate_service("a b").is_err());
+        assert!(validate_service("stockdata.stocks.svc.cluster.local:80").is_ok());
         assert!(parse_addr("127.0.0.1:80").is_ok());
         assert!(parse_addr("stockdata:80").is_err());
     }

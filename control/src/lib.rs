@@ -1,27 +1,35 @@
 //! `mesh-controller`: the StockKube Mesh control plane.
 //!
 //! Proxies ask it where a service's endpoints are (the `Destination` API, a
-//! server stream of additions and removals). Today its backend is the local
-//! in-memory [`registry`], written through the `Registry` API by `meshctl
-//! demo` and tests; a Kubernetes backend will feed the same API.
+//! server stream of additions and removals) and which service an address
+//! is. Its [`backend`] is either the local in-memory [`registry`], written
+//! through the `Registry` API by `meshctl demo`, compose and tests, or the
+//! [`kubernetes`] index of Services, EndpointSlices and Pods.
 //!
 //! Layout:
+//! - [`backend`]: the two backends behind one interface.
 //! - [`registry`]: services and endpoints in memory, published on watches.
+//! - [`kubernetes`]: the API server's objects, watched into an index.
 //! - [`destination`]: the `Destination` and `Registry` gRPC services.
 //! - [`inject`]: the sidecar the mesh adds to a pod (pure data; `meshctl
 //!   inject` writes it, the admission webhook will add the same).
 //! - [`run`]: serves both, health and reflection on a bound listener.
 
+pub mod backend;
 pub mod destination;
 pub mod inject;
+pub mod kubernetes;
 pub mod registry;
+#[cfg(feature = "test-util")]
+pub mod test_util;
 
-use std::{future::Future, net::SocketAddr};
+use std::{future::Future, net::SocketAddr, sync::Arc};
 use stockkube_proto::mesh::{
     destination_server::DestinationServer, registry_server::RegistryServer,
 };
 use tokio::net::TcpListener;
 
+pub use backend::Backend;
 pub use registry::Registry;
 
 /// Flags and environment of the `mesh-controller` binary.
@@ -31,6 +39,36 @@ pub struct Args {
     /// Address of the gRPC server (Destination, Registry, health, reflection).
     #[arg(long, env = "MESH_CONTROLLER_LISTEN", default_value_t = SocketAddr::from(([127, 0, 0, 1], stockkube_proto::ports::CONTROLLER)))]
     pub listen: SocketAddr,
+
+    /// Where endpoints come from: `local` (the in-memory registry, written
+    /// through the Registry API) or `kubernetes` (Services, EndpointSlices
+    /// and Pods from the API server, found in-cluster or through
+    /// KUBECONFIG, as every Kubernetes tool does).
+    #[arg(long, env = "MESH_CONTROLLER_BACKEND", default_value = "local")]
+    pub backend: BackendKind,
+
+    /// The cluster's DNS domain (Kubernetes backend).
+    #[arg(
+        long,
+        env = "MESH_CONTROLLER_CLUSTER_DOMAIN",
+        default_value = "cluster.local"
+    )]
+    pub cluster_domain: String,
+
+    /// The namespace of callers that do not say theirs (Kubernetes backend).
+    #[arg(
+        long,
+        env = "MESH_CONTROLLER_DEFAULT_NAMESPACE",
+        default_value = "default"
+    )]
+    pub default_namespace: String,
+}
+
+/// The controller's source of endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendKind {
+    Local,
+    Kubernetes,
 }
 
 /// Why serving failed.
@@ -44,15 +82,35 @@ pub enum ServeError {
 
 /// Serves the control plane on `listener` until `shutdown` completes; open
 /// destination streams end then, so proxies reconnect elsewhere.
+///
+/// Health (`grpc.health.v1`) says the `Destination` service is serving once
+/// the backend can answer: at once for the local registry; for Kubernetes,
+/// once every kind was listed, and not while a watch fails.
 pub async fn run(
-    registry: Registry,
+    backend: impl Into<Backend>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    let backend = backend.into();
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<DestinationServer<destination::DestinationService>>()
-        .await;
+    let readiness = match &backend {
+        Backend::Local(_) => {
+            health_reporter
+                .set_serving::<DestinationServer<destination::DestinationService>>()
+                .await;
+            None
+        }
+        Backend::Kubernetes(index) => Some(tokio::spawn(report_readiness(
+            index.clone(),
+            health_reporter,
+        ))),
+    };
+    // The Registry API writes the local registry; with the Kubernetes
+    // backend it keeps only the proxies that announce themselves.
+    let registry = match &backend {
+        Backend::Local(registry) => registry.clone(),
+        Backend::Kubernetes(_) => Registry::default(),
+    };
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(stockkube_proto::mesh::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -61,11 +119,11 @@ pub async fn run(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "mesh-controller listening");
     }
-    tonic::transport::Server::builder()
+    let served = tonic::transport::Server::builder()
         .add_service(health)
         .add_service(reflection)
         .add_service(DestinationServer::new(
-            destination::DestinationService::new(registry.clone()),
+            destination::DestinationService::new(backend),
         ))
         .add_service(RegistryServer::new(destination::RegistryService::new(
             registry,
@@ -75,5 +133,45 @@ pub async fn run(
             shutdown,
         )
         .await
-        .map_err(ServeError::Transport)
+        .map_err(ServeError::Transport);
+    if let Some(readiness) = readiness {
+        readiness.abort();
+    }
+    served
+}
+
+/// Follows the Kubernetes index's health into the gRPC health service.
+async fn report_readiness(
+    index: Arc<kubernetes::Index>,
+    reporter: tonic_health::server::HealthReporter,
+) {
+    let mut health = index.health();
+    loop {
+        let state = health.borrow_and_update().clone();
+        if state.ready() {
+            reporter
+                .set_serving::<DestinationServer<destination::DestinationService>>()
+                .await;
+        } else {
+            tracing::debug!(?state, "not ready");
+            reporter
+                .set_not_serving::<DestinationServer<destination::DestinationService>>()
+                .await;
+        }
+        if health.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The Kubernetes backend: the index, fed by watchers on `client` (which
+/// run until the returned tasks are aborted).
+pub fn kubernetes_backend(
+    client: kube::Client,
+    cluster_domain: &str,
+    default_namespace: &str,
+) -> (Backend, Vec<tokio::task::JoinHandle<()>>) {
+    let index = Arc::new(kubernetes::Index::new(cluster_domain, default_namespace));
+    let watchers = kubernetes::watchers::spawn(client, index.clone());
+    (Backend::Kubernetes(index), watchers)
 }

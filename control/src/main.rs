@@ -21,6 +21,25 @@ async fn serve() -> anyhow::Result<()> {
                 args.listen
             )
         })?;
-    mesh_controller::run(mesh_controller::Registry::default(), listener, shutdown).await?;
+    let (backend, watchers) = match args.backend {
+        mesh_controller::BackendKind::Local => {
+            (mesh_controller::Registry::default().into(), Vec::new())
+        }
+        mesh_controller::BackendKind::Kubernetes => {
+            let client = mesh_controller::kubernetes::client()
+                .await
+                .context("cannot configure a Kubernetes client (--backend kubernetes): no in-cluster configuration and no usable KUBECONFIG")?;
+            mesh_controller::kubernetes_backend(
+                client,
+                &args.cluster_domain,
+                &args.default_namespace,
+            )
+        }
+    };
+    let served = mesh_controller::run(backend, listener, shutdown).await;
+    for watcher in watchers {
+        watcher.abort();
+    }
+    served?;
     Ok(())
 }

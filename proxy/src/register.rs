@@ -148,6 +148,7 @@ async fn announce(
                 endpoint: Some(Endpoint {
                     addr: addr.to_string(),
                     instance: instance.clone(),
+                    ..Default::default()
                 }),
             })
             .await

@@ -2,6 +2,8 @@
 //! writes made through the Registry API; bad input is refused; the binary
 //! reports a taken port.
 
+mod kubernetes;
+
 use std::time::Duration;
 use stockkube_proto::mesh::{
     DeregisterRequest, Endpoint, GetDestination, ListRequest, RegisterRequest, Update,
@@ -35,6 +37,7 @@ fn register(service: &str, addr: &str, instance: &str) -> RegisterRequest {
         endpoint: Some(Endpoint {
             addr: addr.into(),
             instance: instance.into(),
+            ..Default::default()
         }),
     }
 }
@@ -58,6 +61,7 @@ async fn destination_streams_follow_registry_writes() {
     let mut stream = destination
         .get(GetDestination {
             service: "stockdata".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -105,6 +109,7 @@ async fn destination_streams_follow_registry_writes() {
     let mut late = destination
         .get(GetDestination {
             service: "stockdata".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -138,6 +143,7 @@ async fn bad_names_and_addresses_are_refused() {
     let status = DestinationClient::new(channel)
         .get(GetDestination {
             service: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

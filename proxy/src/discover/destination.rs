@@ -63,6 +63,7 @@ async fn follow(
     let mut stream = client
         .get(GetDestination {
             service: service.to_owned(),
+            ..Default::default()
         })
         .await?
         .into_inner();

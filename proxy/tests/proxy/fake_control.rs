@@ -13,7 +13,7 @@ use stockkube_proto::mesh::{
     AddrSet, DeregisterProxyRequest, DeregisterProxyResponse, DeregisterRequest,
     DeregisterResponse, Endpoint, EndpointSet, GetDestination, ListProxiesRequest,
     ListProxiesResponse, ListRequest, ListResponse, NoEndpoints, ProxyInfo, RegisterProxyResponse,
-    RegisterRequest, RegisterResponse, Update,
+    RegisterRequest, RegisterResponse, ResolveRequest, ResolveResponse, Update,
     destination_server::{self, DestinationServer},
     registry_server::{self, RegistryServer},
     update,
@@ -97,6 +97,7 @@ fn endpoints<'a>(table: impl Iterator<Item = (&'a SocketAddr, &'a String)>) -> U
                 .map(|(addr, instance)| Endpoint {
                     addr: addr.to_string(),
                     instance: instance.clone(),
+                    ..Default::default()
                 })
                 .collect(),
         })),
@@ -120,7 +121,7 @@ fn updates(previous: Option<&EndpointTable>, current: &EndpointTable) -> Vec<Upd
     }
     if current.is_empty() {
         updates.push(Update {
-            update: Some(update::Update::NoEndpoints(NoEndpoints {})),
+            update: Some(update::Update::NoEndpoints(NoEndpoints { exists: false })),
         });
     } else {
         updates.push(endpoints(current.iter()));
@@ -159,6 +160,14 @@ impl destination_server::Destination for FakeControl {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
+    }
+
+    async fn resolve(
+        &self,
+        _: Request<ResolveRequest>,
+    ) -> Result<Response<ResolveResponse>, Status> {
+        // No address is a service here: what the local registry answers.
+        Ok(Response::new(ResolveResponse::default()))
     }
 }
 

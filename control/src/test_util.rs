@@ -1,0 +1,433 @@
+//! A fake Kubernetes API server for tests (feature `test-util`), speaking
+//! the real wire format over real HTTP on loopback: cluster-wide LIST of
+//! Services, EndpointSlices and Pods with a `resourceVersion`, streamed
+//! WATCH from a version (newline-delimited events), BOOKMARK events, and
+//! `410 Gone` for a version older than the server keeps. Tests change the
+//! objects and break the server on purpose: expire old versions, cut open
+//! watches, go down and come back (an API server restart).
+
+use axum::{
+    body::Body,
+    extract::{Query, State},
+    http::{StatusCode, Uri},
+    response::{IntoResponse, Response},
+};
+use bytes::Bytes;
+use serde_json::{Value, json};
+use std::{
+    collections::{BTreeMap, HashMap},
+    convert::Infallible,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use tokio::sync::{broadcast, mpsc, watch};
+
+/// The resources the fake serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Resource {
+    Services,
+    EndpointSlices,
+    Pods,
+}
+
+impl Resource {
+    const ALL: [Resource; 3] = [Resource::Services, Resource::EndpointSlices, Resource::Pods];
+
+    fn path(self) -> &'static str {
+        match self {
+            Resource::Services => "/api/v1/services",
+            Resource::EndpointSlices => "/apis/discovery.k8s.io/v1/endpointslices",
+            Resource::Pods => "/api/v1/pods",
+        }
+    }
+
+    fn kind(self) -> &'static str {
+        match self {
+            Resource::Services => "Service",
+            Resource::EndpointSlices => "EndpointSlice",
+            Resource::Pods => "Pod",
+        }
+    }
+
+    fn api_version(self) -> &'static str {
+        match self {
+            Resource::EndpointSlices => "discovery.k8s.io/v1",
+            _ => "v1",
+        }
+    }
+
+    fn of_kind(kind: &str) -> Option<Self> {
+        Resource::ALL.into_iter().find(|r| r.kind() == kind)
+    }
+}
+
+/// One change, as the watch stream sends it.
+#[derive(Debug, Clone)]
+struct Change {
+    version: u64,
+    resource: Resource,
+    kind: &'static str,
+    object: Value,
+}
+
+#[derive(Debug, Default)]
+struct Objects {
+    version: u64,
+    objects: BTreeMap<(Resource, String, String), Value>,
+    log: Vec<Change>,
+    /// Watches from a version below this answer 410 Gone.
+    oldest: u64,
+    down: bool,
+    requests: Vec<String>,
+}
+
+#[derive(Clone)]
+struct Shared {
+    objects: Arc<Mutex<Objects>>,
+    changes: broadcast::Sender<Change>,
+    /// Bumped to end every open watch.
+    cuts: Arc<watch::Sender<u64>>,
+    bookmark_every: Duration,
+}
+
+/// The fake API server; stops when dropped.
+pub struct FakeApiServer {
+    addr: SocketAddr,
+    shared: Shared,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeApiServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FakeApiServer {
+    /// Serves on a fresh loopback port, with a bookmark every second on
+    /// watches that allow them.
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a loopback port");
+        let addr = listener
+            .local_addr()
+            .expect("a bound listener has an address");
+        let shared = Shared {
+            objects: Arc::new(Mutex::new(Objects {
+                version: 1,
+                ..Objects::default()
+            })),
+            changes: broadcast::channel(4096).0,
+            cuts: Arc::new(watch::channel(0).0),
+            bookmark_every: Duration::from_secs(1),
+        };
+        let app = axum::Router::new()
+            .fallback(serve)
+            .with_state(shared.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { addr, shared, task }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A client for in-process tests.
+    pub fn client(&self) -> kube::Client {
+        let config = kube::Config::new(self.url().parse().expect("a valid URL"));
+        crate::kubernetes::client_for(config).expect("a client for a plain HTTP server")
+    }
+
+    /// Writes a kubeconfig for this server into `dir`, for a process that
+    /// finds its API server through `KUBECONFIG`.
+    pub fn write_kubeconfig(&self, dir: &Path) -> PathBuf {
+        let path = dir.join("kubeconfig");
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\n\
+             users:\n- name: fake\n  user:\n    token: fake-token\ncontexts:\n- name: fake\n  context:\n    \
+             cluster: fake\n    user: fake\n    namespace: default\ncurrent-context: fake\n",
+            self.url()
+        );
+        std::fs::write(&path, text).expect("write the kubeconfig");
+        path
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Objects> {
+        self.shared.objects.lock().expect("fake API lock")
+    }
+
+    /// Creates or replaces an object (its `kind` says which resource); it
+    /// gets the next resource version, which is returned.
+    pub fn apply(&self, mut object: Value) -> u64 {
+        let kind = object["kind"].as_str().unwrap_or_default().to_owned();
+        let resource = Resource::of_kind(&kind).unwrap_or_else(|| {
+            panic!("the fake serves Services, EndpointSlices and Pods, not {kind:?}")
+        });
+        let namespace = object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("default")
+            .to_owned();
+        let name = object["metadata"]["name"]
+            .as_str()
+            .expect("an object has a name")
+            .to_owned();
+        object["apiVersion"] = json!(resource.api_version());
+        let mut objects = self.lock();
+        objects.version += 1;
+        let version = objects.version;
+        object["metadata"]["namespace"] = json!(namespace);
+        object["metadata"]["resourceVersion"] = json!(version.to_string());
+        let key = (resource, namespace, name);
+        let kind = if objects.objects.insert(key, object.clone()).is_some() {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        self.record(&mut objects, resource, kind, object);
+        version
+    }
+
+    /// Deletes an object, if it is there.
+    pub fn delete(&self, kind: &str, namespace: &str, name: &str) {
+        let resource = Resource::of_kind(kind).expect("a kind the fake serves");
+        let mut objects = self.lock();
+        if let Some(mut object) =
+            objects
+                .objects
+                .remove(&(resource, namespace.to_owned(), name.to_owned()))
+        {
+            objects.version += 1;
+            object["metadata"]["resourceVersion"] = json!(objects.version.to_string());
+            self.record(&mut objects, resource, "DELETED", object);
+        }
+    }
+
+    fn record(&self, objects: &mut Objects, resource: Resource, kind: &'static str, object: Value) {
+        let change = Change {
+            version: objects.version,
+            resource,
+            kind,
+            object,
+        };
+        objects.log.push(change.clone());
+        let _ = self.shared.changes.send(change);
+    }
+
+    /// Forgets every version up to now: a watch that resumes from one gets
+    /// `410 Gone` and must list again. Open watches are cut, so they do.
+    pub fn expire_versions(&self) {
+        {
+            let mut objects = self.lock();
+            objects.oldest = objects.version + 1;
+            objects.log.clear();
+        }
+        self.cut_watches();
+    }
+
+    /// Ends every open watch, as a dropped connection or a load balancer
+    /// timeout does.
+    pub fn cut_watches(&self) {
+        self.shared.cuts.send_modify(|n| *n += 1);
+    }
+
+    /// Takes the server down (every request answers 503 and open watches
+    /// end) or brings it back, as a restarting API server does.
+    pub fn set_down(&self, down: bool) {
+        self.lock().down = down;
+        if down {
+            self.cut_watches();
+        }
+    }
+
+    /// The requests served so far (`GET path?query`).
+    pub fn requests(&self) -> Vec<String> {
+        self.lock().requests.clone()
+    }
+}
+
+async fn serve(
+    State(shared): State<Shared>,
+    uri: Uri,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let (down, path) = {
+        let mut objects = shared.objects.lock().expect("fake API lock");
+        objects.requests.push(format!("GET {uri}"));
+        (objects.down, uri.path().to_owned())
+    };
+    if down {
+        return status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "the API server is restarting",
+        );
+    }
+    let Some(resource) = Resource::ALL.into_iter().find(|r| r.path() == path) else {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "the fake serves Services, EndpointSlices and Pods, cluster wide",
+        );
+    };
+    if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) {
+        let from = query
+            .get("resourceVersion")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let bookmarks = query
+            .get("allowWatchBookmarks")
+            .is_some_and(|v| v == "true");
+        let timeout = query
+            .get("timeoutSeconds")
+            .and_then(|v| v.parse().ok())
+            .map_or(Duration::from_secs(300), Duration::from_secs);
+        watch_response(shared, resource, from, bookmarks, timeout)
+    } else {
+        list(&shared, resource)
+    }
+}
+
+fn status(code: StatusCode, reason: &str, message: &str) -> Response {
+    let body = json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {},
+        "status": "Failure", "message": message, "reason": reason, "code": code.as_u16(),
+    });
+    (
+        code,
+        [("content-type", "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn list(shared: &Shared, resource: Resource) -> Response {
+    let objects = shared.objects.lock().expect("fake API lock");
+    let items: Vec<&Value> = objects
+        .objects
+        .iter()
+        .filter(|((r, _, _), _)| *r == resource)
+        .map(|(_, object)| object)
+        .collect();
+    let body = json!({
+        "apiVersion": resource.api_version(),
+        "kind": format!("{}List", resource.kind()),
+        "metadata": {"resourceVersion": objects.version.to_string()},
+        "items": items,
+    });
+    ([("content-type", "application/json")], body.to_string()).into_response()
+}
+
+fn event_line(kind: &str, object: &Value) -> Bytes {
+    let mut line = json!({"type": kind, "object": object}).to_string();
+    line.push('\n');
+    line.into()
+}
+
+fn watch_response(
+    shared: Shared,
+    resource: Resource,
+    from: u64,
+    bookmarks: bool,
+    timeout: Duration,
+) -> Response {
+    let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(64);
+    // Subscribed under the lock that also reads the backlog, so no change
+    // falls between the two.
+    let (backlog, gone, mut live) = {
+        let objects = shared.objects.lock().expect("fake API lock");
+        let gone = from < objects.oldest;
+        let backlog: Vec<Change> = objects
+            .log
+            .iter()
+            .filter(|c| c.resource == resource && c.version > from)
+            .cloned()
+            .collect();
+        (backlog, gone, shared.changes.subscribe())
+    };
+    let mut cuts = shared.cuts.subscribe();
+    tokio::spawn(async move {
+        if gone {
+            let expired = json!({
+                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": format!("too old resource version: {from}"), "reason": "Expired", "code": 410,
+            });
+            let _ = tx.send(Ok(event_line("ERROR", &expired))).await;
+            return;
+        }
+        let mut last = from;
+        for change in backlog {
+            last = change.version;
+            if tx
+                .send(Ok(event_line(change.kind, &change.object)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        let mut bookmark = tokio::time::interval(shared.bookmark_every);
+        bookmark.tick().await;
+        cuts.borrow_and_update();
+        loop {
+            let line = tokio::select! {
+                // A cut wins over changes already waiting: nothing goes out
+                // after the connection "dropped".
+                biased;
+                _ = cuts.changed() => return,
+                _ = &mut deadline => return,
+                change = live.recv() => match change {
+                    Ok(change) if change.resource == resource && change.version > last => {
+                        last = change.version;
+                        event_line(change.kind, &change.object)
+                    }
+                    Ok(_) => continue,
+                    // Fell behind or the server stopped: the client resumes.
+                    Err(_) => return,
+                },
+                _ = bookmark.tick(), if bookmarks => {
+                    // Every change up to `version` is in the channel by now
+                    // (changes are sent under the lock): pass them on first,
+                    // so the bookmark never skips one.
+                    let version = shared.objects.lock().expect("fake API lock").version;
+                    let mut lines = Vec::new();
+                    loop {
+                        match live.try_recv() {
+                            Ok(change) if change.resource == resource && change.version > last => {
+                                last = change.version;
+                                lines.push(event_line(change.kind, &change.object));
+                            }
+                            Ok(_) => {}
+                            Err(broadcast::error::TryRecvError::Empty) => break,
+                            Err(_) => return,
+                        }
+                    }
+                    last = last.max(version);
+                    let object = json!({
+                        "kind": resource.kind(), "apiVersion": resource.api_version(),
+                        "metadata": {"resourceVersion": last.to_string()},
+                    });
+                    lines.push(event_line("BOOKMARK", &object));
+                    for line in lines {
+                        if tx.send(Ok(line)).await.is_err() {
+                            return;
+                        }
+                    }
+                    continue;
+                }
+            };
+            if tx.send(Ok(line)).await.is_err() {
+                return;
+            }
+        }
+    });
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    ([("content-type", "application/json")], body).into_response()
+}
