@@ -95,6 +95,7 @@ pub mod metrics {
         pub const RETRIES_SKIPPED: &str = "retries_skipped";
         pub const REQUEST_TIMEOUTS: &str = "request_timeouts";
         pub const REFUSED: &str = "refused";
+        pub const RESOLUTIONS: &str = "resolutions";
         pub const ENDPOINT_EJECTED: &str = "endpoint_ejected";
         pub const ENDPOINT_EJECTIONS: &str = "endpoint_ejections";
     }

@@ -7,7 +7,7 @@
 //! | `GET /live` | 200 `live` while the process runs |
 //! | `GET /endpoints` | JSON: each outbound service, its balancing and endpoints |
 
-use crate::{balance::Balancer, metrics::Metrics};
+use crate::{balance::Balancers, metrics::Metrics};
 use axum::{Json, Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use std::{
     future::IntoFuture as _,
@@ -22,7 +22,7 @@ use tokio::{net::TcpListener, sync::watch};
 #[derive(Debug, Clone)]
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
-    pub balancers: Arc<[Arc<Balancer>]>,
+    pub balancers: Arc<Balancers>,
     pub ready: Arc<AtomicBool>,
 }
 
@@ -73,6 +73,6 @@ struct EndpointsView {
 
 async fn endpoints(State(state): State<AdminState>) -> Json<EndpointsView> {
     Json(EndpointsView {
-        services: state.balancers.iter().map(|b| b.snapshot()).collect(),
+        services: state.balancers.snapshots(),
     })
 }

@@ -91,6 +91,36 @@ pub struct NoEndpoints {
     pub service: Arc<str>,
 }
 
+/// Every balancer of the proxy: those of its named services, and those made
+/// for services found by intercepting connections. Read by `/endpoints` and
+/// `/metrics`; grows as new services are found (a lock, but never on the
+/// request path).
+#[derive(Debug, Default)]
+pub struct Balancers(std::sync::RwLock<Vec<Arc<Balancer>>>);
+
+impl Balancers {
+    pub fn new(balancers: impl IntoIterator<Item = Arc<Balancer>>) -> Self {
+        Self(std::sync::RwLock::new(balancers.into_iter().collect()))
+    }
+
+    pub fn add(&self, balancer: Arc<Balancer>) {
+        self.0
+            .write()
+            .expect("balancer list lock is never poisoned")
+            .push(balancer);
+    }
+
+    /// Every balancer's view, as `/endpoints` shows it.
+    pub fn snapshots(&self) -> Vec<ServiceSnapshot> {
+        self.0
+            .read()
+            .expect("balancer list lock is never poisoned")
+            .iter()
+            .map(|b| b.snapshot())
+            .collect()
+    }
+}
+
 /// One service's balancer; shared by every connection that targets it.
 #[derive(Debug)]
 pub struct Balancer {

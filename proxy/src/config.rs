@@ -22,8 +22,14 @@ use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 pub struct Config {
     /// Outbound listener address to its service.
     pub outbound: Vec<(String, SocketAddr)>,
-    /// Inbound listener and the app it forwards to.
-    pub inbound: Option<(SocketAddr, SocketAddr)>,
+    /// The listener for redirected outbound connections.
+    pub outbound_transparent: Option<SocketAddr>,
+    pub resolve_timeout: Duration,
+    /// The proxy's namespace (Kubernetes), for names without one.
+    pub namespace: String,
+    /// Inbound listener and the app it forwards to (`None`: each
+    /// connection's original destination port on 127.0.0.1).
+    pub inbound: Option<(SocketAddr, Option<SocketAddr>)>,
     pub admin: SocketAddr,
     /// Discovery per service; every outbound service has one.
     pub discovery: BTreeMap<String, DiscoverySpec>,
@@ -129,17 +135,20 @@ impl TryFrom<Args> for Config {
 
         check_ranges(&args)?;
         let registration = registration(&args, &destination)?;
-        if outbound.is_empty() && args.inbound.is_none() {
+        if outbound.is_empty() && args.outbound_transparent.is_none() && args.inbound.is_none() {
             return Err(bad(
                 "--outbound",
                 "MESH_PROXY_OUTBOUND",
-                "nothing to proxy: give --outbound SERVICE=ADDR and/or --inbound ADDR --app ADDR",
+                "nothing to proxy: give --outbound SERVICE=ADDR, --outbound-transparent ADDR and/or --inbound ADDR",
             ));
         }
 
         Ok(Config {
             outbound,
-            inbound: args.inbound.zip(args.app),
+            outbound_transparent: args.outbound_transparent,
+            resolve_timeout: args.resolve_timeout,
+            namespace: args.namespace.clone(),
+            inbound: args.inbound.map(|addr| (addr, args.app)),
             admin: args.admin,
             discovery,
             timeouts,
@@ -248,6 +257,11 @@ fn check_ranges(args: &Args) -> Result<(), ConfigError> {
             args.detect_timeout,
         ),
         ("--ewma-decay", "MESH_PROXY_EWMA_DECAY", args.ewma_decay),
+        (
+            "--resolve-timeout",
+            "MESH_PROXY_RESOLVE_TIMEOUT",
+            args.resolve_timeout,
+        ),
         ("--dns-refresh", "MESH_PROXY_DNS_REFRESH", args.dns_refresh),
         (
             "--retry-budget-ttl",

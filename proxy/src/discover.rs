@@ -6,13 +6,16 @@
 //! - [`static_list`]: a fixed list from the command line;
 //! - [`dns`]: every A/AAAA record of a name, re-resolved on an interval
 //!   (docker compose service names, headless Kubernetes Services);
-//! - [`destination`]: the controller's `Destination` gRPC stream.
+//! - [`destination`]: the controller's `Destination` gRPC stream;
+//! - [`resolve`]: which service an intercepted connection's original
+//!   destination is (the controller's `Destination.Resolve`).
 //!
 //! A source keeps the last set it knew when its backend is unreachable: an
 //! outage of DNS or of the controller must not empty a working balancer.
 
 pub mod destination;
 pub mod dns;
+pub mod resolve;
 pub mod static_list;
 
 use crate::config::{Config, DiscoverySpec};
@@ -55,10 +58,7 @@ pub fn normalize(mut endpoints: Vec<Endpoint>) -> Endpoints {
 
 /// Starts watching every service of `config` with its source.
 pub fn watch_services(config: &Config) -> Vec<(String, watch::Receiver<Endpoints>)> {
-    let destination = config
-        .destination
-        .clone()
-        .map(destination::Destination::new);
+    let destination = self::destination(config);
     config
         .discovery
         .iter()
@@ -76,4 +76,12 @@ pub fn watch_services(config: &Config) -> Vec<(String, watch::Receiver<Endpoints
             (service.clone(), endpoints)
         })
         .collect()
+}
+
+/// The controller's destination API, when `--destination` is set.
+pub fn destination(config: &Config) -> Option<destination::Destination> {
+    config
+        .destination
+        .clone()
+        .map(|uri| destination::Destination::new(uri, &config.namespace))
 }

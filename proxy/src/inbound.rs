@@ -1,9 +1,10 @@
 //! Inbound: traffic from other proxies to the local app.
 //!
 //! ```text
-//! peer proxy -> inbound listener -> detect
-//!                 HTTP/1, HTTP/2: forward to the app (connections reused)
-//!                 opaque TCP:     relay to the app
+//! peer proxy -> inbound listener -> which app port: --app, or the port the
+//!                                   peer dialled (original destination)
+//!            -> detect -> HTTP/1, HTTP/2: forward to the app (connections reused)
+//!                         opaque TCP:     relay to the app
 //! ```
 
 use crate::{
@@ -14,8 +15,61 @@ use crate::{
     metrics::{Direction, Metrics, RouteLabels, RouteMetrics},
     tcp,
 };
-use std::{net::SocketAddr, sync::Arc};
+use crate::{
+    limits::Refusal,
+    orig_dst,
+    serve::{Accepted, Listener},
+};
+use std::{
+    collections::HashMap,
+    net::{Ipv4Addr, SocketAddr},
+    sync::{Arc, Mutex},
+};
 use tokio::{net::TcpStream, time::Instant};
+
+/// The inbound listener: every connection to `--app`, or, without it, to
+/// the port its peer dialled, on 127.0.0.1 (the pod's iptables rules
+/// redirected it here; the app listens on that port).
+#[derive(Debug)]
+pub struct InboundListener {
+    app: Option<Arc<Inbound>>,
+    /// One per app port seen, made on first use.
+    ports: Mutex<HashMap<u16, Arc<Inbound>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl InboundListener {
+    pub fn new(app: Option<SocketAddr>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            app: app.map(|app| Arc::new(Inbound::new(app, metrics.clone()))),
+            ports: Mutex::new(HashMap::new()),
+            metrics,
+        }
+    }
+}
+
+impl Listener for InboundListener {
+    type Handler = Inbound;
+
+    async fn accept(&self, conn: &TcpStream) -> Accepted<Inbound> {
+        if let Some(app) = &self.app {
+            return Accepted::Handle(app.clone());
+        }
+        let Some(destination) = orig_dst::redirected(conn) else {
+            return Accepted::Refuse(
+                Refusal::NoOriginalDestination,
+                "a connection to the inbound listener that was not redirected to it, and no --app"
+                    .into(),
+            );
+        };
+        let mut ports = self.ports.lock().expect("port map lock is never poisoned");
+        let inbound = ports.entry(destination.port()).or_insert_with(|| {
+            let app = SocketAddr::from((Ipv4Addr::LOCALHOST, destination.port()));
+            Arc::new(Inbound::new(app, self.metrics.clone()))
+        });
+        Accepted::Handle(inbound.clone())
+    }
+}
 
 #[derive(Debug)]
 pub struct Inbound {

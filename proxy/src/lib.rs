@@ -37,6 +37,7 @@ pub mod http2;
 pub mod inbound;
 pub mod limits;
 pub mod metrics;
+pub mod orig_dst;
 pub mod outbound;
 pub mod redirect;
 pub mod register;
@@ -44,7 +45,12 @@ pub mod retry;
 pub mod serve;
 pub mod tcp;
 
-use crate::{balance::Balancer, limits::Limits, metrics::Metrics, serve::Server};
+use crate::{
+    balance::{Balancer, Balancers},
+    limits::Limits,
+    metrics::Metrics,
+    serve::Server,
+};
 use std::{
     future::Future,
     net::SocketAddr,
@@ -54,7 +60,6 @@ use std::{
     },
 };
 use tokio::net::TcpListener;
-use tracing::Instrument as _;
 
 pub use config::{Args, Config};
 pub use serve::Listeners;
@@ -71,9 +76,12 @@ pub async fn run(
         .into_iter()
         .map(|(service, endpoints)| Balancer::new(&service, endpoints, config.balancer))
         .collect();
-    let metrics = Arc::new(Metrics::with_balancers(balancers.clone()));
+    let all_balancers = Arc::new(Balancers::new(balancers.iter().cloned()));
+    let metrics = Arc::new(Metrics::with_balancers(all_balancers.clone()));
     let outbound = Arc::new(outbound::Outbound::new(
-        balancers.iter().cloned(),
+        balancers,
+        all_balancers.clone(),
+        discover::destination(&config),
         &config,
         metrics.clone(),
     ));
@@ -81,28 +89,20 @@ pub async fn run(
     let limits = Limits::new(config.limits, metrics.clone());
     let server = Arc::new(Server::new(config.detect, limits, metrics.clone(), &drain));
 
-    let mut accept_loops = tokio::task::JoinSet::new();
-    for (service, listener) in listeners.outbound {
-        let target = outbound
-            .service(&service)
-            .expect("every outbound service has a balancer")
-            .clone();
-        let handler = Arc::new(serve::OutboundTarget {
-            outbound: outbound.clone(),
-            target,
-        });
-        let span = tracing::info_span!("outbound", %service);
-        accept_loops.spawn(server.clone().accept(listener, handler).instrument(span));
-    }
     let inbound_addr = listeners.inbound.as_ref().map(local_addr);
-    if let (Some(listener), Some((_, app))) = (listeners.inbound, config.inbound) {
-        let handler = Arc::new(inbound::Inbound::new(app, metrics.clone()));
-        let span = tracing::info_span!("inbound", %app);
-        accept_loops.spawn(server.clone().accept(listener, handler).instrument(span));
-    }
-    // From here on only the accept loops and connections hold the server
+    // Only the accept loops and connections hold the server from here on
     // (and with it a drain guard).
-    drop(server);
+    let mut accept_loops = serve::accept_all(
+        server,
+        serve::Accepting {
+            named: listeners.outbound,
+            intercepted: listeners.outbound_transparent,
+            inbound: listeners.inbound,
+        },
+        &outbound,
+        &config,
+        &metrics,
+    );
 
     let ready = Arc::new(AtomicBool::new(false));
     let admin_addr = local_addr(&listeners.admin);
@@ -110,7 +110,7 @@ pub async fn run(
         listeners.admin,
         admin::AdminState {
             metrics,
-            balancers: balancers.into(),
+            balancers: all_balancers,
             ready: ready.clone(),
         },
         drain.signal(),

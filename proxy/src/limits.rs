@@ -97,6 +97,11 @@ impl Limits {
         permit
     }
 
+    /// Counts and logs a refusal the caller made.
+    pub fn refused(&self, direction: Direction, reason: Refusal, detail: &dyn std::fmt::Display) {
+        self.refusals.refused(direction, reason, detail);
+    }
+
     /// Refuses (counted) a request whose header block is over the limit.
     pub fn check_head<B>(
         &self,
@@ -138,6 +143,9 @@ pub enum Refusal {
     MaxConnections,
     HeaderTooLarge,
     HeaderReadTimeout,
+    /// A connection to a transparent listener that was not redirected to
+    /// it, or whose original destination cannot be read.
+    NoOriginalDestination,
 }
 
 impl Refusal {
@@ -146,6 +154,7 @@ impl Refusal {
             Refusal::MaxConnections => "max_connections",
             Refusal::HeaderTooLarge => "header_too_large",
             Refusal::HeaderReadTimeout => "header_read_timeout",
+            Refusal::NoOriginalDestination => "no_original_destination",
         }
     }
 }

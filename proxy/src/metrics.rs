@@ -12,6 +12,7 @@
 //! | `mesh_retries_skipped_total` | counter (failures that could not be retried) | direction, target, reason |
 //! | `mesh_request_timeouts_total` | counter (requests answered DEADLINE_EXCEEDED / 504) | direction, target, endpoint |
 //! | `mesh_refused_total` | counter (peers refused by a limit) | direction, reason |
+//! | `mesh_resolutions_total` | counter (intercepted connections' original destinations looked up) | result |
 //! | `mesh_endpoint_ejected` | gauge (1 while failure accrual keeps it out) | target, endpoint |
 //! | `mesh_endpoint_ejections_total` | counter | target, endpoint |
 //!
@@ -19,7 +20,10 @@
 //! per endpoint it was sent to. Retry reasons: `error` (no response) or
 //! `status` (a status the retry policy names); skip reasons: `budget`
 //! (the retry budget is spent), `body` (too large to replay), `attempts`.
-//! Refusal reasons are listed in `limits`.
+//! Refusal reasons are listed in `limits`. Resolution results: `service`
+//! (balanced as that service), `unknown` (no service: forwarded to the
+//! original destination untouched), `unavailable` (the controller did not
+//! answer in time: forwarded untouched too).
 //!
 //! `direction` is `inbound` or `outbound`; `target` the service (outbound) or
 //! `app` (inbound); `endpoint` the `ip:port` that served the request;
@@ -27,7 +31,7 @@
 //! headers), empty for plain HTTP; `classification` `success` or `failure`
 //! (HTTP 5xx, a non-OK gRPC status, or no complete response).
 
-use crate::balance::{Balancer, EndpointSnapshot, ServiceSnapshot};
+use crate::balance::{Balancers, EndpointSnapshot, ServiceSnapshot};
 use prometheus_client::{
     collector::Collector,
     encoding::{
@@ -152,6 +156,12 @@ pub struct Metrics {
     retries_skipped: Family<ReasonLabels, Counter>,
     timeouts: Family<RouteLabels, Counter>,
     refused: Family<RefusedLabels, Counter>,
+    resolutions: Family<ResultLabels, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
 }
 
 fn latency_histogram() -> Histogram {
@@ -194,6 +204,7 @@ impl Default for Metrics {
         let retries_skipped = Family::default();
         let timeouts = Family::default();
         let refused = Family::default();
+        let resolutions = Family::default();
         registry.register(
             names::RETRIES,
             "Attempts re-sent after a failed one, by why it failed",
@@ -214,6 +225,11 @@ impl Default for Metrics {
             "Peers refused by a limit, by limit",
             refused.clone(),
         );
+        registry.register(
+            names::RESOLUTIONS,
+            "Original destinations of intercepted connections looked up, by result",
+            resolutions.clone(),
+        );
         Self {
             registry,
             requests,
@@ -225,6 +241,7 @@ impl Default for Metrics {
             retries_skipped,
             timeouts,
             refused,
+            resolutions,
         }
     }
 }
@@ -232,12 +249,12 @@ impl Default for Metrics {
 /// Failure-accrual state, read from the balancers at each scrape.
 #[derive(Debug)]
 struct Ejections {
-    balancers: Vec<Arc<Balancer>>,
+    balancers: Arc<Balancers>,
 }
 
 impl Collector for Ejections {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let snapshots: Vec<_> = self.balancers.iter().map(|b| b.snapshot()).collect();
+        let snapshots = self.balancers.snapshots();
         per_endpoint(
             &mut encoder,
             &snapshots,
@@ -351,7 +368,7 @@ impl Metrics {
     }
 
     /// Metrics that also report the accrual state of `balancers`.
-    pub fn with_balancers(balancers: Vec<Arc<Balancer>>) -> Self {
+    pub fn with_balancers(balancers: Arc<Balancers>) -> Self {
         let mut metrics = Self::default();
         metrics
             .registry
@@ -387,6 +404,12 @@ impl Metrics {
     pub fn refused(&self, direction: Direction, reason: &'static str) {
         self.refused
             .get_or_create(&RefusedLabels { direction, reason })
+            .inc();
+    }
+
+    pub fn resolved(&self, result: &'static str) {
+        self.resolutions
+            .get_or_create(&ResultLabels { result })
             .inc();
     }
 

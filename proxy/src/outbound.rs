@@ -14,12 +14,13 @@
 //! ```
 //!
 //! Opaque TCP is balanced per connection ([`Outbound::proxy_tcp`]). The
-//! listener hands over a target service; where that came from (a port mapped
-//! to a service today, the original destination of an intercepted connection
-//! later) is the listener's business.
+//! listener hands over a target service; where that came from (a port
+//! mapped to a service, or the original destination of an intercepted
+//! connection, see [`intercept`]) is the listener's business.
 
 mod attempt;
 mod deadline;
+pub mod intercept;
 mod respond;
 mod route;
 
@@ -27,17 +28,22 @@ pub use attempt::{Attempt, Attempts, Classified, Decision, Outcome, SendRequest,
 pub use deadline::{Deadline, grpc_timeout};
 
 use crate::{
-    balance::Balancer,
+    balance::{Balancer, BalancerConfig, Balancers},
     body::{ProxyBody, Received},
     config::Config,
     detect::{Prefixed, Protocol},
+    discover::{Discover as _, destination::Destination},
     errors,
     http::{Upstream, strip_hop_by_hop},
     metrics::{Direction, Metrics, RouteLabels},
     retry::{RetryConfig, RetryPolicy, budget::RetryBudget, replay::ReplayBody},
     tcp,
 };
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 use tokio::{net::TcpStream, time::Instant};
 
 /// One target service: its balancer and the policies its requests follow.
@@ -68,45 +74,85 @@ impl Service {
 /// The outbound side of one proxy: its services and the upstream clients.
 #[derive(Debug)]
 pub struct Outbound {
+    /// The services named on the command line.
     services: HashMap<Arc<str>, Arc<Service>>,
+    /// Services found by intercepting connections, by the controller's name
+    /// for them; made on first use and kept (looked up once per connection).
+    discovered: Mutex<HashMap<Arc<str>, Arc<Service>>>,
+    destination: Option<Destination>,
+    balancers: Arc<Balancers>,
+    balancer: BalancerConfig,
+    timeouts: BTreeMap<String, Duration>,
+    retry_policies: BTreeMap<String, RetryPolicy>,
     retry: RetryConfig,
     upstream: Upstream<ReplayBody<Received>>,
     metrics: Arc<Metrics>,
 }
 
 impl Outbound {
+    /// The outbound side over the named services' `balancers` (in
+    /// `all_balancers` too); services found later through `destination` are
+    /// added there.
     pub fn new(
         balancers: impl IntoIterator<Item = Arc<Balancer>>,
+        all_balancers: Arc<Balancers>,
+        destination: Option<Destination>,
         config: &Config,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let services = balancers
-            .into_iter()
-            .map(|balancer| {
-                let name = balancer.service().clone();
-                let service = Service::new(
-                    balancer,
-                    config.timeouts.get(&*name).copied(),
-                    config
-                        .retry_policies
-                        .get(&*name)
-                        .cloned()
-                        .unwrap_or_default(),
-                    RetryBudget::new(config.retry.budget),
-                );
-                (name, Arc::new(service))
-            })
-            .collect();
-        Self {
-            services,
+        let mut outbound = Self {
+            services: HashMap::new(),
+            discovered: Mutex::new(HashMap::new()),
+            destination,
+            balancers: all_balancers,
+            balancer: config.balancer,
+            timeouts: config.timeouts.clone(),
+            retry_policies: config.retry_policies.clone(),
             retry: config.retry.clone(),
             upstream: Upstream::default(),
             metrics,
+        };
+        for balancer in balancers {
+            let name = balancer.service().clone();
+            let service = outbound.service_over(balancer);
+            outbound.services.insert(name, Arc::new(service));
         }
+        outbound
+    }
+
+    /// A service over `balancer`, with the policies configured for its name.
+    fn service_over(&self, balancer: Arc<Balancer>) -> Service {
+        let name = balancer.service().clone();
+        Service::new(
+            balancer,
+            self.timeouts.get(&*name).copied(),
+            self.retry_policies.get(&*name).cloned().unwrap_or_default(),
+            RetryBudget::new(self.retry.budget),
+        )
     }
 
     pub fn service(&self, name: &str) -> Option<&Arc<Service>> {
         self.services.get(name)
+    }
+
+    /// The service the controller calls `name` (as `Resolve` answered it),
+    /// followed through the destination API from its first use on; `None`
+    /// without a controller.
+    pub fn discovered(&self, name: &Arc<str>) -> Option<Arc<Service>> {
+        let destination = self.destination.as_ref()?;
+        let mut discovered = self
+            .discovered
+            .lock()
+            .expect("discovered services lock is never poisoned");
+        if let Some(service) = discovered.get(name) {
+            return Some(service.clone());
+        }
+        let balancer = Balancer::new(name, destination.watch(name), self.balancer);
+        self.balancers.add(balancer.clone());
+        let service = Arc::new(self.service_over(balancer));
+        discovered.insert(name.clone(), service.clone());
+        tracing::info!(service = %name, "following a service found by interception");
+        Some(service)
     }
 
     /// Forwards one HTTP request to an endpoint of its service, and again

@@ -15,26 +15,32 @@ use crate::{
     Config,
     body::{ProxyBody, Received},
     detect::{self, Prefixed, Protocol},
+    discover::resolve::Resolver,
     errors,
     http::{self, DrainGuard},
-    inbound::Inbound,
-    limits::Limits,
-    metrics::{Direction, Metrics},
-    outbound::{Outbound, Service},
+    inbound::{Inbound, InboundListener},
+    limits::{Limits, Refusal},
+    metrics::{Direction, Metrics, RouteLabels},
+    outbound::{Outbound, Service, intercept::Intercepted},
+    tcp,
 };
 use anyhow::Context as _;
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::{OwnedSemaphorePermit, mpsc, watch},
 };
 use tracing::Instrument as _;
 
+/// The `target` label of connections forwarded untouched.
+pub const PASSTHROUGH: &str = "passthrough";
+
 /// The proxy's bound sockets; bound before [`crate::run`] so tests can use
 /// port 0 and `main` can report a taken port by its flag.
 #[derive(Debug)]
 pub struct Listeners {
     pub outbound: Vec<(String, TcpListener)>,
+    pub outbound_transparent: Option<TcpListener>,
     pub inbound: Option<TcpListener>,
     pub admin: TcpListener,
 }
@@ -48,6 +54,12 @@ impl Listeners {
             })?;
             outbound.push((service.clone(), listener));
         }
+        let outbound_transparent = match config.outbound_transparent {
+            Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
+                format!("cannot listen on {addr} (--outbound-transparent / MESH_PROXY_OUTBOUND_TRANSPARENT)")
+            })?),
+            None => None,
+        };
         let inbound = match config.inbound {
             Some((addr, _)) => Some(TcpListener::bind(addr).await.with_context(|| {
                 format!("cannot listen on {addr} (--inbound / MESH_PROXY_INBOUND)")
@@ -62,9 +74,92 @@ impl Listeners {
         })?;
         Ok(Self {
             outbound,
+            outbound_transparent,
             inbound,
             admin,
         })
+    }
+}
+
+/// The sockets that take traffic, by what serves them.
+#[derive(Debug)]
+pub struct Accepting {
+    /// Named outbound services' listeners.
+    pub named: Vec<(String, TcpListener)>,
+    /// The transparent outbound listener.
+    pub intercepted: Option<TcpListener>,
+    pub inbound: Option<TcpListener>,
+}
+
+/// Starts the accept loop of every listener; they end when the drain starts.
+pub fn accept_all(
+    server: Arc<Server>,
+    sockets: Accepting,
+    outbound: &Arc<Outbound>,
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> tokio::task::JoinSet<()> {
+    let mut loops = tokio::task::JoinSet::new();
+    for (service, listener) in sockets.named {
+        let target = outbound
+            .service(&service)
+            .expect("every outbound service has a balancer")
+            .clone();
+        let handler = Arc::new(OutboundTarget {
+            outbound: outbound.clone(),
+            target,
+        });
+        let span = tracing::info_span!("outbound", %service);
+        let accepting = server.clone().accept(listener, Arc::new(Fixed(handler)));
+        loops.spawn(accepting.instrument(span));
+    }
+    if let (Some(listener), Some(controller)) = (sockets.intercepted, config.destination.clone()) {
+        let intercepted = Intercepted {
+            outbound: outbound.clone(),
+            resolver: Resolver::new(controller, config.resolve_timeout),
+            metrics: metrics.clone(),
+        };
+        let span = tracing::info_span!("outbound", service = "intercepted");
+        let accepting = server.clone().accept(listener, Arc::new(intercepted));
+        loops.spawn(accepting.instrument(span));
+    }
+    if let (Some(listener), Some((_, app))) = (sockets.inbound, config.inbound) {
+        let inbound = InboundListener::new(app, metrics.clone());
+        let span = tracing::info_span!("inbound", app = ?app);
+        let accepting = server.clone().accept(listener, Arc::new(inbound));
+        loops.spawn(accepting.instrument(span));
+    }
+    loops
+}
+
+/// What a listener makes of a connection it accepted, before anything is
+/// read from it.
+pub enum Accepted<H> {
+    /// Detect its protocol and hand it to this direction.
+    Handle(Arc<H>),
+    /// Forward it untouched to this address, without detection (an
+    /// intercepted connection to no service the mesh knows).
+    Forward(SocketAddr),
+    /// Close it, counted with this reason.
+    Refuse(Refusal, String),
+}
+
+/// One listener's way of choosing what serves each connection.
+pub trait Listener: Send + Sync + 'static {
+    type Handler: Handler;
+
+    fn accept(&self, conn: &TcpStream) -> impl Future<Output = Accepted<Self::Handler>> + Send;
+}
+
+/// A listener whose connections all go to one handler (a named outbound
+/// service, an inbound listener with `--app`).
+pub struct Fixed<H>(pub Arc<H>);
+
+impl<H: Handler> Listener for Fixed<H> {
+    type Handler = H;
+
+    async fn accept(&self, _: &TcpStream) -> Accepted<H> {
+        Accepted::Handle(self.0.clone())
     }
 }
 
@@ -157,7 +252,7 @@ impl Server {
     }
 
     /// Accepts until the drain starts, serving each connection in its own task.
-    pub async fn accept<H: Handler>(self: Arc<Self>, listener: TcpListener, handler: Arc<H>) {
+    pub async fn accept<L: Listener>(self: Arc<Self>, listener: TcpListener, handler: Arc<L>) {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, "listening");
         }
@@ -171,12 +266,13 @@ impl Server {
                 Ok((conn, peer)) => {
                     // Closing at once tells a refused client to go
                     // elsewhere; the backlog would only make it wait.
-                    let Some(permit) = self.limits.admit(H::DIRECTION, &peer) else {
+                    let Some(permit) = self.limits.admit(L::Handler::DIRECTION, &peer) else {
                         drop(conn);
                         continue;
                     };
                     let span = tracing::debug_span!("conn", %peer);
-                    let connection = self.clone().connection(handler.clone(), conn, permit);
+                    let handler = handler.clone();
+                    let connection = self.clone().connection(handler, conn, permit);
                     tokio::spawn(connection.instrument(span));
                 }
                 Err(err) => {
@@ -188,15 +284,41 @@ impl Server {
         }
     }
 
-    /// Detects a connection's protocol and hands it to its direction. Holds
-    /// the drain guard and the connection's permit until it closes.
-    async fn connection<H: Handler>(
+    /// Asks the listener what serves the connection, detects its protocol
+    /// and hands it to its direction. Holds the drain guard and the
+    /// connection's permit until it closes.
+    async fn connection<L: Listener>(
         self: Arc<Self>,
-        handler: Arc<H>,
-        mut conn: TcpStream,
+        listener: Arc<L>,
+        conn: TcpStream,
         _permit: OwnedSemaphorePermit,
     ) {
         let _ = conn.set_nodelay(true);
+        let direction = L::Handler::DIRECTION;
+        let handler = match listener.accept(&conn).await {
+            Accepted::Handle(handler) => handler,
+            Accepted::Forward(addr) => {
+                self.metrics.tcp_connection(&RouteLabels {
+                    direction,
+                    target: PASSTHROUGH.into(),
+                    endpoint: addr.to_string().into(),
+                });
+                let io = Prefixed::new(Default::default(), conn);
+                if let Err(err) = tcp::forward(io, addr).await {
+                    tracing::debug!(%err, %addr, "forwarded connection ended with an error");
+                }
+                return;
+            }
+            Accepted::Refuse(reason, detail) => {
+                self.limits.refused(direction, reason, &detail);
+                return;
+            }
+        };
+        self.serve(handler, conn).await
+    }
+
+    /// Detects a connection's protocol and hands it to its direction.
+    async fn serve<H: Handler>(self: Arc<Self>, handler: Arc<H>, mut conn: TcpStream) {
         let (protocol, io) =
             match detect::detect(&mut conn, self.detect.timeout, self.detect.max_bytes).await {
                 Ok(Some((protocol, prefix))) => (protocol, Prefixed::new(prefix, conn)),

@@ -21,13 +21,35 @@ pub struct Args {
     )]
     pub outbound: Vec<String>,
 
-    /// Inbound listener: other proxies connect here to reach the local app.
+    /// Outbound listener for connections the pod's iptables rules redirect
+    /// (`mesh-proxy-init --outbound-port`): each goes where the app sent it
+    /// (its original destination). When the controller (--destination) knows
+    /// that address as a Service, its requests are balanced over the
+    /// Service's endpoints; otherwise the connection is forwarded untouched.
     #[arg(
         long,
-        env = "MESH_PROXY_INBOUND",
+        env = "MESH_PROXY_OUTBOUND_TRANSPARENT",
         value_name = "ADDR",
-        requires = "app"
+        requires = "destination"
     )]
+    pub outbound_transparent: Option<SocketAddr>,
+
+    /// How long an intercepted connection waits for the controller to say
+    /// which service its destination is; after it, the connection goes to
+    /// its original destination untouched (counted).
+    #[arg(long, env = "MESH_PROXY_RESOLVE_TIMEOUT", default_value = "500ms", value_parser = parse_duration)]
+    pub resolve_timeout: Duration,
+
+    /// The namespace the proxy runs in (Kubernetes: from the downward API),
+    /// for service names without one.
+    #[arg(long, env = "MESH_PROXY_NAMESPACE", default_value = "")]
+    pub namespace: String,
+
+    /// Inbound listener: other proxies connect here to reach the local app.
+    /// With --app, every connection goes to that address; without it, to
+    /// the port the peer dialled (the original destination of a connection
+    /// the pod's iptables rules redirected), on 127.0.0.1.
+    #[arg(long, env = "MESH_PROXY_INBOUND", value_name = "ADDR")]
     pub inbound: Option<SocketAddr>,
 
     /// The local app's address, where inbound traffic is forwarded.

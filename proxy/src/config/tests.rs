@@ -75,7 +75,11 @@ fn bad_values_name_their_flag() {
             &["--outbound", "s=127.0.0.1:1", "--destination", "grpc://x"][..],
             "--destination",
         ),
-        (&["--inbound", "127.0.0.1:1"][..], "--app"),
+        (&["--app", "127.0.0.1:1"][..], "--inbound"),
+        (
+            &["--outbound-transparent", "127.0.0.1:4140"][..],
+            "--destination",
+        ),
         (&["--balance", "random"][..], "--balance"),
         (
             &[

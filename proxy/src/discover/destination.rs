@@ -11,16 +11,19 @@ use tonic::transport::Channel;
 #[derive(Debug, Clone)]
 pub struct Destination {
     client: DestinationClient<Channel>,
+    /// The proxy's namespace, for names without one (Kubernetes).
+    namespace: String,
 }
 
 impl Destination {
     /// Connects lazily; an unreachable controller only delays discovery.
-    pub fn new(uri: http::Uri) -> Self {
+    pub fn new(uri: http::Uri, namespace: &str) -> Self {
         let channel = tonic::transport::Endpoint::from(uri)
             .connect_timeout(Duration::from_secs(3))
             .connect_lazy();
         Self {
             client: DestinationClient::new(channel),
+            namespace: namespace.to_owned(),
         }
     }
 }
@@ -30,11 +33,12 @@ impl Discover for Destination {
         let (tx, rx) = watch::channel(Endpoints::from([]));
         let mut client = self.client.clone();
         let service = service.to_owned();
+        let namespace = self.namespace.clone();
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
             loop {
                 let outcome = tokio::select! {
-                    outcome = follow(&mut client, &service, &tx) => outcome,
+                    outcome = follow(&mut client, &service, &namespace, &tx) => outcome,
                     _ = tx.closed() => return,
                 };
                 match outcome {
@@ -58,12 +62,13 @@ impl Discover for Destination {
 async fn follow(
     client: &mut DestinationClient<Channel>,
     service: &str,
+    namespace: &str,
     tx: &watch::Sender<Endpoints>,
 ) -> Result<(), tonic::Status> {
     let mut stream = client
         .get(GetDestination {
             service: service.to_owned(),
-            ..Default::default()
+            context_namespace: namespace.to_owned(),
         })
         .await?
         .into_inner();
