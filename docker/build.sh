@@ -54,7 +54,9 @@ rm -rf "$init" && mkdir -p "$init/usr/sbin" "$init/etc"
 xtables=$(readlink -f /usr/sbin/xtables-nft-multi)
 extensions=$(dirname "$(readlink -f /usr/lib/x86_64-linux-gnu/xtables/libxt_REDIRECT.so)")
 cp "$xtables" "$init/usr/sbin/xtables-nft-multi"
-ln -s xtables-nft-multi "$init/usr/sbin/iptables-restore"
+for tool in iptables-restore iptables-save ip6tables-restore ip6tables-save; do
+  ln -s xtables-nft-multi "$init/usr/sbin/$tool"
+done
 mkdir -p "$init$extensions" && cp -a "$extensions"/. "$init$extensions/"
 for file in "$xtables" "$extensions"/*.so; do
   ldd "$file" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\/.*ld-linux/ {print $1}'

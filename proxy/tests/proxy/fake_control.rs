@@ -32,6 +32,8 @@ type EndpointTable = BTreeMap<SocketAddr, String>;
 pub struct FakeControl {
     services: Arc<Mutex<BTreeMap<String, watch::Sender<EndpointTable>>>>,
     proxies: Arc<Mutex<Vec<ProxyInfo>>>,
+    /// Addresses `Resolve` names as services.
+    addresses: Arc<Mutex<BTreeMap<SocketAddr, String>>>,
 }
 
 impl FakeControl {
@@ -60,6 +62,14 @@ impl FakeControl {
             .entry(service.to_owned())
             .or_insert_with(|| watch::channel(EndpointTable::new()).0)
             .clone()
+    }
+
+    /// `Resolve` answers `service` for `addr` (a Service's cluster IP).
+    pub fn resolve_as(&self, addr: SocketAddr, service: &str) {
+        self.addresses
+            .lock()
+            .unwrap()
+            .insert(addr, service.to_owned());
     }
 
     pub fn register(&self, service: &str, addr: SocketAddr, instance: &str) {
@@ -164,10 +174,18 @@ impl destination_server::Destination for FakeControl {
 
     async fn resolve(
         &self,
-        _: Request<ResolveRequest>,
+        request: Request<ResolveRequest>,
     ) -> Result<Response<ResolveResponse>, Status> {
-        // No address is a service here: what the local registry answers.
-        Ok(Response::new(ResolveResponse::default()))
+        let ResolveRequest { ip, port } = request.into_inner();
+        let addr = format!("{ip}:{port}");
+        let service = self
+            .addresses
+            .lock()
+            .unwrap()
+            .get(&self::addr(&addr)?)
+            .cloned()
+            .unwrap_or_default();
+        Ok(Response::new(ResolveResponse { service }))
     }
 }
 

@@ -7,11 +7,13 @@
 #![allow(clippy::disallowed_types)]
 
 mod fake_control;
+mod netns;
 mod support;
 
 mod bad_peers;
 mod balancing;
 mod discovery;
+mod intercept;
 mod metrics;
 mod process;
 mod protocols;

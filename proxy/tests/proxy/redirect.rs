@@ -3,96 +3,17 @@
 //! proxy. A connection to the pod's app port must arrive through the proxy.
 //! Needs root (CI runs as root); nothing outside the namespaces is touched.
 
-use std::{
-    process::Stdio,
-    sync::atomic::{AtomicU32, Ordering},
-    time::Duration,
-};
+use crate::netns::{Namespaces, curl_in, prerequisites, sh, spawn_in, tag};
+use std::time::Duration;
 use stockdata::test_util::eventually;
-use tokio::process::{Child, Command};
-
-/// Deletes the test's namespaces, whatever happens to the test.
-struct Namespaces(Vec<String>);
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for name in &self.0 {
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "del", name])
-                .status();
-        }
-    }
-}
-
-fn sh(args: &[&str]) {
-    let status = std::process::Command::new(args[0])
-        .args(&args[1..])
-        .status()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(status.success(), "{args:?}: {status}");
-}
-
-fn spawn_in(ns: &str, program: &str, args: &[&str]) -> Child {
-    Command::new("ip")
-        .args(["netns", "exec", ns, program])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
-}
-
-/// `curl` from namespace `ns`: the body, or None if the connection failed
-/// or the answer was an HTTP error.
-async fn curl_in(ns: &str, url: &str) -> Option<String> {
-    let output = Command::new("ip")
-        .args(["netns", "exec", ns, "curl", "-fsS", "--max-time", "3", url])
-        .output()
-        .await
-        .unwrap();
-    output
-        .status
-        .success()
-        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
-/// Whether this machine can run the test; with CI=true it must.
-fn prerequisites() -> bool {
-    let root = rustix::process::geteuid().is_root();
-    let tools = ["ip", "iptables-restore", "curl", "python3"]
-        .iter()
-        .all(|tool| {
-            std::process::Command::new("sh")
-                .args(["-c", &format!("command -v {tool}")])
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        });
-    if root && tools {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "the redirection test needs root and ip, iptables-restore, curl, python3 \
-         (scripts/test.sh installs them); root: {root}, tools: {tools}"
-    );
-    eprintln!("SKIPPED: needs root and ip, iptables-restore, curl, python3");
-    false
-}
+use tokio::process::Command;
 
 #[tokio::test]
 async fn inbound_connections_to_the_app_arrive_through_the_proxy() {
     if !prerequisites() {
         return;
     }
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let tag = format!(
-        "{}{}",
-        std::process::id() % 100_000,
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    );
+    let tag = tag();
     let (node, pod) = (format!("mkn{tag}"), format!("mkp{tag}"));
     let (node_if, pod_if) = (format!("mkvn{tag}"), format!("mkvp{tag}"));
     sh(&["ip", "netns", "add", &node]);

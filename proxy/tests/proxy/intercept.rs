@@ -1,0 +1,320 @@
+//! Transparent interception in a real kernel: a client pod whose app
+//! connects to a Service's cluster IP, a node whose kube-proxy stand-in
+//! sends each connection to one replica pod at random, and the client's
+//! sidecar behind `mesh-proxy-init`'s inbound and outbound rules. Without
+//! the sidecar one connection's requests all reach one replica; with it
+//! they spread over both, and a destination the controller does not know
+//! passes through byte for byte. The control plane is a fake on the wire
+//! contract, served inside the client pod. Needs root.
+
+use crate::{
+    fake_control::FakeControl,
+    netns::{Namespaces, curl_in, prerequisites, serve_in, sh, spawn_in, tag},
+};
+use std::time::Duration;
+use stockdata::test_util::eventually;
+use tokio::process::Command;
+
+const CLUSTER_IP: &str = "10.96.77.10";
+
+/// Routed pods, as a routed CNI lays them out: pod `i` is 10.212.i.2/30,
+/// its node-side link 10.212.i.1, the node forwards between them.
+fn add_pod(node: &str, pod: &str, i: u8, tag: &str) {
+    let (node_if, pod_if) = (format!("mkv{i}n{tag}"), format!("mkv{i}p{tag}"));
+    sh(&["ip", "netns", "add", pod]);
+    sh(&[
+        "ip", "link", "add", &node_if, "netns", node, "type", "veth", "peer", "name", &pod_if,
+        "netns", pod,
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        node,
+        "addr",
+        "add",
+        &format!("10.212.{i}.1/30"),
+        "dev",
+        &node_if,
+    ]);
+    sh(&["ip", "-n", node, "link", "set", &node_if, "up"]);
+    sh(&[
+        "ip",
+        "-n",
+        pod,
+        "addr",
+        "add",
+        &format!("10.212.{i}.2/30"),
+        "dev",
+        &pod_if,
+    ]);
+    sh(&["ip", "-n", pod, "link", "set", &pod_if, "up"]);
+    sh(&["ip", "-n", pod, "link", "set", "lo", "up"]);
+    sh(&[
+        "ip",
+        "-n",
+        pod,
+        "route",
+        "add",
+        "default",
+        "via",
+        &format!("10.212.{i}.1"),
+    ]);
+}
+
+/// `curl` fetching `count` URLs on one connection from `ns`: the bodies,
+/// concatenated.
+async fn one_connection(ns: &str, url: &str, count: usize) -> String {
+    let output = Command::new("ip")
+        .args(["netns", "exec", ns, "curl", "-fsS", "--max-time", "10"])
+        .args(std::iter::repeat_n(url, count))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn intercepted_connections_are_balanced_per_request_or_passed_through() {
+    if !prerequisites() {
+        return;
+    }
+    let tag = tag();
+    let node = format!("mkn{tag}");
+    let pods: Vec<String> = ["c", "a", "b"]
+        .iter()
+        .map(|p| format!("mk{p}{tag}"))
+        .collect();
+    sh(&["ip", "netns", "add", &node]);
+    let _cleanup = Namespaces([vec![node.clone()], pods.clone()].concat());
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &node,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=1",
+    ]);
+    sh(&["ip", "-n", &node, "link", "set", "lo", "up"]);
+    for (i, pod) in pods.iter().enumerate() {
+        add_pod(&node, pod, i as u8 + 1, &tag);
+    }
+    let client = &pods[0];
+
+    // Replicas a and b: an HTTP server saying which one it is, and a TCP
+    // echo server.
+    let site = std::env::temp_dir().join(format!("mesh-intercept-{tag}"));
+    let _site = RemoveDir(site.clone());
+    let mut servers = Vec::new();
+    for (name, pod) in [("a", &pods[1]), ("b", &pods[2])] {
+        let dir = site.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("who"), name).unwrap();
+        let dir = dir.to_str().unwrap().to_owned();
+        // HTTP/1.1, so that one connection carries many requests.
+        let http = format!(
+            "import functools, http.server as h\n\
+             h.SimpleHTTPRequestHandler.protocol_version = 'HTTP/1.1'\n\
+             handler = functools.partial(h.SimpleHTTPRequestHandler, directory={dir:?})\n\
+             h.ThreadingHTTPServer(('0.0.0.0', 8080), handler).serve_forever()"
+        );
+        servers.push(spawn_in(pod, "python3", &["-c", &http]));
+        servers.push(spawn_in(
+            pod,
+            "python3",
+            &["-c", "import socketserver as s\nclass E(s.StreamRequestHandler):\n def handle(self):\n  while d := self.request.recv(65536): self.request.sendall(d)\ns.ThreadingTCPServer(('0.0.0.0', 9000), E).serve_forever()"],
+        ));
+    }
+    // The kube-proxy stand-in: the cluster IP, a replica per connection.
+    let rules = format!(
+        "*nat\n\
+         -A PREROUTING -d {CLUSTER_IP}/32 -p tcp --dport 80 -m statistic --mode random --probability 0.5 -j DNAT --to-destination 10.212.2.2:8080\n\
+         -A PREROUTING -d {CLUSTER_IP}/32 -p tcp --dport 80 -j DNAT --to-destination 10.212.3.2:8080\n\
+         COMMIT\n"
+    );
+    load_rules(&node, &rules).await;
+    let service = format!("http://{CLUSTER_IP}/who");
+    eventually("both replicas serve", Duration::from_secs(20), || async {
+        let a = curl_in(client, "http://10.212.2.2:8080/who").await?;
+        let b = curl_in(client, "http://10.212.3.2:8080/who").await?;
+        (a == "a" && b == "b").then_some(())
+    })
+    .await;
+
+    // Without the sidecar: one connection, one replica.
+    let answers = one_connection(client, &service, 20).await;
+    assert!(
+        answers == "a".repeat(20) || answers == "b".repeat(20),
+        "{answers}"
+    );
+
+    // The control plane knows the cluster IP as the Service `web`.
+    let control = FakeControl::default();
+    control.resolve_as(format!("{CLUSTER_IP}:80").parse().unwrap(), "web");
+    for (ip, name) in [("10.212.2.2", "a"), ("10.212.3.2", "b")] {
+        control.register("web", format!("{ip}:8080").parse().unwrap(), name);
+    }
+    let controller: String = serve_in(client, move |ready| async move {
+        let (url, _stop) = control.spawn().await;
+        ready.send(url).unwrap();
+        std::future::pending::<()>().await;
+    });
+
+    // The sidecar, as its own user, and the rules.
+    let proxy_bin = env!("CARGO_BIN_EXE_mesh-proxy");
+    let _proxy = spawn_in(
+        client,
+        "setpriv",
+        &[
+            "--reuid=2102",
+            "--regid=2102",
+            "--clear-groups",
+            proxy_bin,
+            "--outbound-transparent",
+            "127.0.0.1:4140",
+            "--inbound",
+            "0.0.0.0:4143",
+            "--destination",
+            &controller,
+            "--admin",
+            "127.0.0.1:4191",
+        ],
+    );
+    eventually("the proxy is ready", Duration::from_secs(20), || {
+        curl_in(client, "http://127.0.0.1:4191/ready")
+    })
+    .await;
+    let init = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            client,
+            env!("CARGO_BIN_EXE_mesh-proxy-init"),
+        ])
+        .args(["--outbound-port", "4140", "--proxy-uid", "2102"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let installed = String::from_utf8_lossy(&init.stdout);
+    assert!(
+        installed.contains("# IPv4") && installed.contains("# IPv6"),
+        "{installed}"
+    );
+
+    // Loading again changes nothing.
+    let before = nat_table(client).await;
+    let again = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            client,
+            env!("CARGO_BIN_EXE_mesh-proxy-init"),
+        ])
+        .args(["--outbound-port", "4140", "--proxy-uid", "2102"])
+        .output()
+        .await
+        .unwrap();
+    assert!(again.status.success());
+    assert_eq!(nat_table(client).await, before, "idempotent");
+
+    // With it: one connection, both replicas.
+    let answers = one_connection(client, &service, 40).await;
+    let (a, b) = (answers.matches('a').count(), answers.matches('b').count());
+    assert_eq!(a + b, 40, "{answers}");
+    assert!(a >= 5 && b >= 5, "spread over both: {answers}");
+
+    // A destination the controller does not know passes through untouched.
+    let echoed = Command::new("ip")
+        .args(["netns", "exec", client, "python3", "-c"])
+        .arg(
+            "import os, socket\n\
+             data = os.urandom(200000)\n\
+             c = socket.create_connection(('10.212.2.2', 9000), timeout=10)\n\
+             c.sendall(data); c.shutdown(socket.SHUT_WR)\n\
+             got = b''\n\
+             while chunk := c.recv(65536): got += chunk\n\
+             print('same' if got == data else f'differs: {len(got)} bytes')",
+        )
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&echoed.stdout).trim(),
+        "same",
+        "{}",
+        String::from_utf8_lossy(&echoed.stderr)
+    );
+
+    let metrics = curl_in(client, "http://127.0.0.1:4191/metrics")
+        .await
+        .expect("admin port");
+    let samples = crate::support::parse_prometheus(&metrics);
+    let sum = |name, labels: &[(&str, &str)]| crate::support::sum(&samples, name, labels);
+    assert_eq!(
+        sum("mesh_requests_total", &[("target", "web")]),
+        40.0,
+        "{metrics}"
+    );
+    assert!(
+        sum("mesh_resolutions_total", &[("result", "service")]) >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        sum("mesh_resolutions_total", &[("result", "unknown")]) >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        sum("mesh_tcp_connections_total", &[("target", "passthrough")]) >= 1.0,
+        "{metrics}"
+    );
+}
+
+/// Removes a directory the test made, whatever happens to the test.
+struct RemoveDir(std::path::PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn load_rules(ns: &str, rules: &str) {
+    use tokio::io::AsyncWriteExt as _;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "iptables-restore", "--noflush"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(rules.as_bytes())
+        .await
+        .unwrap();
+    assert!(child.wait().await.unwrap().success(), "{rules}");
+}
+
+/// The namespace's nat table, without counters and comments.
+async fn nat_table(ns: &str) -> String {
+    let output = Command::new("ip")
+        .args(["netns", "exec", ns, "iptables-save", "-t", "nat"])
+        .output()
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.starts_with(':'))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
