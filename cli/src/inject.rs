@@ -439,25 +439,9 @@ fn add_sidecar(template: &mut Yaml, config: &SidecarConfig) -> Result<Outcome, S
     if has_container(spec, "containers", PROXY_CONTAINER) {
         return Ok(Outcome::AlreadyInjected);
     }
-    // Inbound traffic is forwarded to the app's first declared port.
-    let app_port = match get(spec, "containers") {
-        Some(Yaml::Array(containers)) => containers
-            .iter()
-            .filter_map(|c| match get(c, "ports") {
-                Some(Yaml::Array(ports)) => ports.first(),
-                _ => None,
-            })
-            .find_map(|p| match get(p, "containerPort") {
-                Some(Yaml::Integer(port)) => u16::try_from(*port).ok(),
-                _ => None,
-            }),
-        _ => return Err("the pod template has no containers".into()),
-    };
-    let Some(app_port) = app_port else {
-        return Ok(Outcome::Skipped(
-            "no container port for the proxy to forward inbound traffic to".into(),
-        ));
-    };
+    if !matches!(get(spec, "containers"), Some(Yaml::Array(_))) {
+        return Err("the pod template has no containers".into());
+    }
     let spec = mapping_yaml(template, "spec")?;
     let Yaml::Hash(spec) = spec else {
         unreachable!("mapping_yaml returns a mapping")
@@ -470,7 +454,7 @@ fn add_sidecar(template: &mut Yaml, config: &SidecarConfig) -> Result<Outcome, S
         _ => return Err("`initContainers` is not a sequence".into()),
     }
     match spec.get_mut(&key("containers")) {
-        Some(Yaml::Array(list)) => list.push(to_yaml(&proxy_container(config, app_port))),
+        Some(Yaml::Array(list)) => list.push(to_yaml(&proxy_container(config))),
         _ => return Err("`containers` is not a sequence".into()),
     }
     Ok(Outcome::Injected)

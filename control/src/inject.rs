@@ -1,15 +1,15 @@
 //! The sidecar the mesh adds to a pod, as Kubernetes JSON: the proxy
-//! container and the init container that redirects the pod's inbound TCP
-//! traffic to it. Pure data, no I/O: `meshctl inject --manual` writes it into
-//! YAML, and the admission webhook will patch pods with the same values.
+//! container and the init container that redirects the pod's TCP traffic to
+//! it. Pure data, no I/O: `meshctl inject --manual` writes it into YAML, and
+//! the admission webhook will patch pods with the same values.
 //!
-//! What the sidecar does today: inbound traffic to the pod is redirected to
-//! the proxy (port 4143), which forwards it to the app's first container port
-//! on localhost and reports it in its metrics (admin port 4191). Outbound
-//! interception (the app's calls to other services, redirected to the
-//! proxy's outbound port) needs the proxy to route by original destination
-//! and the controller's Kubernetes backend; until those land, the init
-//! container does not redirect outbound traffic.
+//! What the sidecar does: the pod's inbound TCP is redirected to the proxy
+//! (port 4143), which forwards it to the port the peer dialled, on
+//! localhost; the app's outbound TCP is redirected to the proxy (port 4140),
+//! which asks the controller which Service the destination is and balances
+//! its requests over the Service's endpoints, or forwards the connection
+//! untouched when it is no Service. The proxy's own connections (its user,
+//! 2102) are never redirected. Its metrics and probes are on port 4191.
 
 use serde_json::{Value, json};
 use stockkube_proto::{admin, ports};
@@ -27,6 +27,8 @@ pub const INIT_CONTAINER: &str = "mesh-init";
 pub const PROXY_UID: i64 = 2102;
 /// Where redirected inbound connections arrive.
 pub const INBOUND_PORT: u16 = ports::PROXY_INBOUND;
+/// Where the app's redirected outbound connections arrive.
+pub const OUTBOUND_PORT: u16 = ports::PROXY_OUTBOUND;
 /// The proxy's admin server: /metrics, /ready, /live, /endpoints.
 pub const ADMIN_PORT: u16 = ports::PROXY_ADMIN;
 
@@ -36,6 +38,8 @@ pub const ADMIN_PORT: u16 = ports::PROXY_ADMIN;
 pub struct SidecarConfig {
     pub proxy_image: String,
     pub init_image: String,
+    /// The controller's destination API, as the proxy reaches it.
+    pub controller: String,
 }
 
 impl Default for SidecarConfig {
@@ -43,6 +47,10 @@ impl Default for SidecarConfig {
         Self {
             proxy_image: "stockkube/mesh-proxy:dev".into(),
             init_image: "stockkube/mesh-proxy-init:dev".into(),
+            controller: format!(
+                "http://mesh-controller.stockkube-mesh.svc.cluster.local:{}",
+                ports::CONTROLLER
+            ),
         }
     }
 }
@@ -57,15 +65,17 @@ fn hardened(run_as_user: i64, capabilities: Value) -> Value {
     })
 }
 
-/// The proxy container for a pod whose app listens on `app_port`.
-pub fn proxy_container(config: &SidecarConfig, app_port: u16) -> Value {
+/// The proxy container.
+pub fn proxy_container(config: &SidecarConfig) -> Value {
     json!({
         "name": PROXY_CONTAINER,
         "image": config.proxy_image,
         "imagePullPolicy": "IfNotPresent",
         "env": [
             {"name": "MESH_PROXY_INBOUND", "value": format!("0.0.0.0:{INBOUND_PORT}")},
-            {"name": "MESH_PROXY_APP", "value": format!("127.0.0.1:{app_port}")},
+            {"name": "MESH_PROXY_OUTBOUND_TRANSPARENT", "value": format!("127.0.0.1:{OUTBOUND_PORT}")},
+            {"name": "MESH_PROXY_DESTINATION", "value": config.controller},
+            {"name": "MESH_PROXY_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
             {"name": "MESH_PROXY_ADMIN", "value": format!("0.0.0.0:{ADMIN_PORT}")},
             // Its CPU limit is half a core: one worker, on the
             // current-thread scheduler (docs/proxy.md).
@@ -86,8 +96,8 @@ pub fn proxy_container(config: &SidecarConfig, app_port: u16) -> Value {
 }
 
 /// The init container: redirects inbound TCP, except to the proxy's own
-/// ports, to the proxy. It needs NET_ADMIN and NET_RAW, and root, for the
-/// moment it runs.
+/// ports, and outbound TCP, except the proxy's own, to the proxy. It needs
+/// NET_ADMIN and NET_RAW, and root, for the moment it runs.
 pub fn init_container(config: &SidecarConfig) -> Value {
     json!({
         "name": INIT_CONTAINER,
@@ -96,6 +106,8 @@ pub fn init_container(config: &SidecarConfig) -> Value {
         "args": [
             "--inbound-port", INBOUND_PORT.to_string(),
             "--ignore-inbound-ports", format!("{ADMIN_PORT},{INBOUND_PORT}"),
+            "--outbound-port", OUTBOUND_PORT.to_string(),
+            "--proxy-uid", PROXY_UID.to_string(),
         ],
         "resources": {
             "requests": {"cpu": "10m", "memory": "10Mi"},
@@ -110,23 +122,43 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_proxy_forwards_to_the_app_port_and_is_probed_on_admin() {
-        let proxy = proxy_container(&SidecarConfig::default(), 80);
+    fn the_proxy_intercepts_both_ways_and_is_probed_on_admin() {
+        let proxy = proxy_container(&SidecarConfig::default());
         assert_eq!(proxy["name"], PROXY_CONTAINER);
-        assert_eq!(proxy["env"][1]["value"], "127.0.0.1:80");
+        let env = |name: &str| {
+            proxy["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["name"] == name)
+                .unwrap_or_else(|| panic!("{name}"))
+                .clone()
+        };
+        assert_eq!(
+            env("MESH_PROXY_OUTBOUND_TRANSPARENT")["value"],
+            "127.0.0.1:4140"
+        );
+        assert_eq!(
+            env("MESH_PROXY_DESTINATION")["value"],
+            "http://mesh-controller.stockkube-mesh.svc.cluster.local:8086"
+        );
+        assert_eq!(
+            env("MESH_PROXY_NAMESPACE")["valueFrom"]["fieldRef"]["fieldPath"],
+            "metadata.namespace"
+        );
         assert_eq!(proxy["readinessProbe"]["httpGet"]["port"], 4191);
         assert_eq!(proxy["securityContext"]["runAsUser"], 2102);
         assert_eq!(proxy["securityContext"]["runAsNonRoot"], true);
     }
 
     #[test]
-    fn the_init_container_skips_the_proxy_ports() {
+    fn the_init_container_skips_the_proxy_ports_and_its_user() {
         let init = init_container(&SidecarConfig::default());
         let args: Vec<_> = init["args"].as_array().unwrap().iter().collect();
-        assert!(
-            args.windows(2)
-                .any(|w| w[0] == "--ignore-inbound-ports" && w[1] == "4191,4143")
-        );
+        let pair = |flag: &str, value: &str| args.windows(2).any(|w| w[0] == flag && w[1] == value);
+        assert!(pair("--ignore-inbound-ports", "4191,4143"));
+        assert!(pair("--outbound-port", "4140"));
+        assert!(pair("--proxy-uid", "2102"));
         assert_eq!(init["securityContext"]["runAsNonRoot"], false);
     }
 }

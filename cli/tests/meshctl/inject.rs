@@ -175,7 +175,7 @@ fn every_workload_kind_gets_its_pod_template_annotated() {
 }
 
 #[test]
-fn manual_injection_adds_the_sidecar_forwarding_to_the_app_port() {
+fn manual_injection_adds_the_intercepting_sidecar() {
     let input = repo("k8s/stocks/stockdata.yml");
     let (out, _) = ok(&["inject", "--manual", input.to_str().unwrap()], "");
     let out = docs(&out);
@@ -188,16 +188,40 @@ fn manual_injection_adds_the_sidecar_forwarding_to_the_app_port() {
         .as_vec()
         .unwrap()
         .iter()
-        .map(|e| (e["name"].as_str().unwrap(), e["value"].as_str().unwrap()))
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap(),
+                e["value"].as_str().unwrap_or("(from the pod)"),
+            )
+        })
         .collect();
-    assert!(env.contains(&("MESH_PROXY_APP", "127.0.0.1:80")), "{env:?}");
+    for expected in [
+        ("MESH_PROXY_INBOUND", "0.0.0.0:4143"),
+        ("MESH_PROXY_OUTBOUND_TRANSPARENT", "127.0.0.1:4140"),
+        (
+            "MESH_PROXY_DESTINATION",
+            "http://mesh-controller.stockkube-mesh.svc.cluster.local:8086",
+        ),
+        ("MESH_PROXY_NAMESPACE", "(from the pod)"),
+    ] {
+        assert!(env.contains(&expected), "{expected:?} in {env:?}");
+    }
     assert!(
-        env.contains(&("MESH_PROXY_INBOUND", "0.0.0.0:4143")),
-        "{env:?}"
+        !env.iter()
+            .any(|(name, _)| *name == "MESH_PROXY_APP" || *name == "MESH_PROXY_OUTBOUND"),
+        "no app address, no per-service listeners: {env:?}"
     );
-    assert_eq!(
-        spec["initContainers"][0]["name"].as_str(),
-        Some("mesh-init")
+    let init = &spec["initContainers"][0];
+    assert_eq!(init["name"].as_str(), Some("mesh-init"));
+    let args: Vec<_> = init["args"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    assert!(
+        args.windows(2).any(|w| w == ["--outbound-port", "4140"]),
+        "{args:?}"
     );
     assert_eq!(
         path(&out[0], &["spec", "template", "metadata", "annotations"]),
