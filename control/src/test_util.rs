@@ -109,9 +109,14 @@ impl FakeApiServer {
     /// Serves on a fresh loopback port, with a bookmark every second on
     /// watches that allow them.
     pub async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        Self::start_on("127.0.0.1:0".parse().expect("an address")).await
+    }
+
+    /// Serves on `addr` (port 0: a fresh one).
+    pub async fn start_on(addr: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind(addr)
             .await
-            .expect("bind a loopback port");
+            .expect("bind the fake API server's port");
         let addr = listener
             .local_addr()
             .expect("a bound listener has an address");
@@ -133,9 +138,14 @@ impl FakeApiServer {
         Self { addr, shared, task }
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://ADDR:PORT`, as bound.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
     }
 
     /// A client for in-process tests.

@@ -17,6 +17,7 @@ mod bench;
 mod compose;
 mod dashboard;
 mod inject;
+mod kbox;
 mod tutorial;
 mod webdriver;
 
