@@ -255,6 +255,24 @@ async fn intercepted_connections_are_balanced_per_request_or_passed_through() {
         String::from_utf8_lossy(&echoed.stderr)
     );
 
+    // A connection to the transparent listener that was not redirected there
+    // is refused and counted.
+    let direct = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            client,
+            "curl",
+            "-sS",
+            "--max-time",
+            "3",
+            "http://127.0.0.1:4140/",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(!direct.status.success(), "a direct connection is closed");
+
     let metrics = curl_in(client, "http://127.0.0.1:4191/metrics")
         .await
         .expect("admin port");
@@ -275,6 +293,14 @@ async fn intercepted_connections_are_balanced_per_request_or_passed_through() {
     );
     assert!(
         sum("mesh_tcp_connections_total", &[("target", "passthrough")]) >= 1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        sum(
+            "mesh_refused_total",
+            &[("reason", "no_original_destination")]
+        ),
+        1.0,
         "{metrics}"
     );
 }

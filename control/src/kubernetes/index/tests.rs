@@ -327,3 +327,26 @@ async fn lookups_wait_until_every_kind_was_listed() {
     waiting.await.unwrap();
     assert!(index.is_synced());
 }
+
+#[test]
+fn a_headless_service_resolves_by_name_to_its_pods() {
+    let index = index();
+    let rx = follow(&index, "stockdata-headless");
+    index
+        .apply_service(&service("stockdata-headless", "None", &[("grpc", 80)]))
+        .unwrap();
+    index
+        .apply_slice(&slice(
+            "sdh",
+            "stockdata-headless",
+            &[("grpc", 8080)],
+            &[("10.0.0.1", READY, "a"), ("10.0.0.2", READY, "b")],
+        ))
+        .unwrap();
+    assert_eq!(addrs(&rx.borrow()), ["10.0.0.1:8080", "10.0.0.2:8080"]);
+    // It has no cluster IP to resolve.
+    assert_eq!(
+        index.resolve("10.0.0.1".parse().unwrap(), 8080).unwrap(),
+        None
+    );
+}
