@@ -140,3 +140,6 @@ cargo test --workspace --locked
 
 step "bench/ab.sh (smoke: one short round of the debug build; measures nothing)"
 BIN_DIR=target/debug bench/ab.sh --rounds 1 --run-time 1s target/debug/mesh-proxy
+
+step "bench/intercept.sh (smoke: one short round of the debug build through real iptables; measures nothing)"
+BIN_DIR=target/debug PYTHON="$PWD/$venv/bin/python" bench/intercept.sh --rounds 1 --run-time 1s
