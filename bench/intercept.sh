@@ -90,7 +90,7 @@ ip netns exec "$ns" setpriv --reuid=2102 --regid=2102 --clear-groups env TOKIO_W
 proxy=$!
 pids+=("$proxy")
 wait_listening 127.0.0.1:4141
-in_ns "$bin/mesh-proxy-init" --outbound-port 4140 --proxy-uid 2102 --no-ipv6 >/dev/null
+in_ns "$bin/mesh-proxy-init" --outbound-port 4140 --proxy-uid 2102 >/dev/null
 
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 declare -A results

@@ -1,8 +1,9 @@
 //! Traffic redirection for a pod: the iptables rules that send the pod's
 //! TCP to its proxy, as Linkerd's proxy-init sets them. The
 //! `mesh-proxy-init` binary (the sidecar's init container) loads them with
-//! `iptables-restore --noflush` and `ip6tables-restore --noflush` into the
-//! pod's network namespace, before the app and the proxy start.
+//! `iptables-restore --noflush` (and, with `--ipv6`, `ip6tables-restore
+//! --noflush`) into the pod's network namespace, before the app and the
+//! proxy start.
 //!
 //! ```text
 //! PREROUTING -> MESH_INBOUND:  the proxy's own ports and skipped ports: RETURN
@@ -59,9 +60,11 @@ pub struct InitArgs {
     #[arg(long, default_value = "ip6tables-restore")]
     pub ip6tables_restore: String,
 
-    /// Leave IPv6 alone (nodes without IPv6 NAT).
+    /// Load the rules for IPv6 too. Only for a proxy that listens on IPv6
+    /// as well: the proxy's listeners are IPv4 today, and IPv6 connections
+    /// redirected to them would fail, so IPv6 is left alone by default.
     #[arg(long)]
-    pub no_ipv6: bool,
+    pub ipv6: bool,
 
     /// Print the rules instead of loading them.
     #[arg(long)]

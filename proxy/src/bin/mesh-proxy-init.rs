@@ -1,7 +1,7 @@
 //! `mesh-proxy-init`: the sidecar's init container. Loads the rules that
 //! redirect the pod's inbound TCP, and with `--outbound-port` its outbound
-//! TCP, to the proxy (see `mesh_proxy::redirect`), for IPv4 and IPv6,
-//! prints what it installed, and exits; it needs NET_ADMIN (and NET_RAW) in
+//! TCP, to the proxy (see `mesh_proxy::redirect`), for IPv4 (and with
+//! `--ipv6` for IPv6), prints what it installed, and exits; it needs NET_ADMIN (and NET_RAW) in
 //! the pod's network namespace.
 
 use anyhow::Context as _;
@@ -20,7 +20,7 @@ fn init() -> anyhow::Result<()> {
     let args = InitArgs::parse();
     let redirect = Redirect::from(&args);
     let mut families = vec![("IPv4", args.iptables_restore.as_str())];
-    if !args.no_ipv6 {
+    if args.ipv6 {
         families.push(("IPv6", args.ip6tables_restore.as_str()));
     }
     for (family, restore) in families {

@@ -196,7 +196,7 @@ async fn intercepted_connections_are_balanced_per_request_or_passed_through() {
             client,
             env!("CARGO_BIN_EXE_mesh-proxy-init"),
         ])
-        .args(["--outbound-port", "4140", "--proxy-uid", "2102"])
+        .args(["--outbound-port", "4140", "--proxy-uid", "2102", "--ipv6"])
         .output()
         .await
         .unwrap();
@@ -220,7 +220,7 @@ async fn intercepted_connections_are_balanced_per_request_or_passed_through() {
             client,
             env!("CARGO_BIN_EXE_mesh-proxy-init"),
         ])
-        .args(["--outbound-port", "4140", "--proxy-uid", "2102"])
+        .args(["--outbound-port", "4140", "--proxy-uid", "2102", "--ipv6"])
         .output()
         .await
         .unwrap();
