@@ -11,7 +11,9 @@ fn main() -> ExitCode {
 #[tokio::main]
 async fn serve() -> anyhow::Result<()> {
     let args = mesh_controller::Args::parse();
-    mesh_runtime::init_tracing("mesh_controller");
+    // kube's client logs every failed request as an error, several a second
+    // while the API server is away; the watchers say it once per outage.
+    mesh_runtime::init_tracing_with("mesh_controller", &["kube_client::client::builder=off"]);
     let shutdown = mesh_runtime::shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

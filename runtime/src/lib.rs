@@ -35,8 +35,19 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
 /// Logs to stderr. `RUST_LOG` wins; otherwise `info` for `crate_name` and
 /// `warn` for everything else. Colours only on a terminal.
 pub fn init_tracing(crate_name: &str) {
+    init_tracing_with(crate_name, &[]);
+}
+
+/// As [`init_tracing`], with more default directives (`target=level`) for
+/// libraries that would otherwise say too much; `RUST_LOG` still wins.
+pub fn init_tracing_with(crate_name: &str, directives: &[&str]) {
+    let mut default = format!("warn,{crate_name}=info");
+    for directive in directives {
+        default.push(',');
+        default.push_str(directive);
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("warn,{crate_name}=info")));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

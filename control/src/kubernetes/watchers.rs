@@ -18,17 +18,52 @@ use k8s_openapi::api::{
 use kube::{
     Api, Client, Resource,
     core::{DeserializeGuard, error_boundary::InvalidObject},
-    runtime::{WatchStreamExt as _, watcher},
+    runtime::{WatchStreamExt as _, utils::Backoff, watcher},
 };
 use serde::de::DeserializeOwned;
-use std::{collections::HashSet, fmt::Debug, sync::Arc};
+use std::{collections::HashSet, fmt::Debug, sync::Arc, time::Duration};
 
 /// How long a watch request may stay open before the watcher renews it. A
 /// connection that died silently is noticed by then (kube adds 5 s).
 const WATCH_TIMEOUT_SECS: u32 = 55;
 
 /// How often a failing kind checks whether the API server answers again.
-const RECOVERY_PROBE: std::time::Duration = std::time::Duration::from_secs(1);
+const RECOVERY_PROBE: Duration = Duration::from_secs(2);
+
+/// Retries after a failed list or watch: 250 ms, doubling up to 5 s, less up
+/// to 20% jitter. kube's default grows to 30 s, so an API server back after
+/// a restart went unused for half a minute (seen against a real one).
+#[derive(Debug)]
+struct WatchBackoff {
+    next: Duration,
+}
+
+impl WatchBackoff {
+    const FIRST: Duration = Duration::from_millis(250);
+    const MAX: Duration = Duration::from_secs(5);
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        Self { next: Self::FIRST }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let wait = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        Some(wait.mul_f64(1.0 - 0.2 * fastrand::f64()))
+    }
+}
+
+impl Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
 
 /// A kind the index follows.
 trait Watched:
@@ -93,7 +128,9 @@ async fn follow<K: Watched>(client: Client, index: Arc<Index>) {
     let kind = K::KIND.as_str();
     let api: Api<DeserializeGuard<K>> = Api::all(client);
     let config = watcher::Config::default().timeout(WATCH_TIMEOUT_SECS);
-    let mut events = watcher(api.clone(), config).default_backoff().boxed();
+    let mut events = watcher(api.clone(), config)
+        .backoff(WatchBackoff::default())
+        .boxed();
     let mut listing: Vec<K> = Vec::new();
     let mut skipped = Skipped::default();
     let mut probe = tokio::time::interval(RECOVERY_PROBE);
@@ -117,6 +154,12 @@ async fn follow<K: Watched>(client: Client, index: Arc<Index>) {
         };
         let event = match event {
             Ok(event) => event,
+            // The versions it watched from are gone (a restarted API server,
+            // compaction): not an outage; the watcher lists again.
+            Err(watcher::Error::WatchError(status)) if status.code == 410 => {
+                tracing::info!(kind, "resource version expired (410 Gone); listing again");
+                continue;
+            }
             Err(err) => {
                 let message = mesh_runtime::error_chain(&err);
                 let failing_before = index.health().borrow().failing.contains_key(kind);
