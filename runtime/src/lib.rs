@@ -1,8 +1,12 @@
 //! Process plumbing shared by the mesh's own binaries (`mesh-proxy`,
 //! `mesh-controller`, `mesh-dashboard`): logging set-up, shutdown signals,
-//! how a fatal error ends the process, and duration flags. The demo apps
-//! keep their own copies: they stand for any user's app and depend on
+//! how a fatal error ends the process, and duration flags; with the
+//! `test-util` feature, [`netns`]: network namespaces for tests. The demo
+//! apps keep their own copies: they stand for any user's app and depend on
 //! nothing of the mesh.
+
+#[cfg(feature = "test-util")]
+pub mod netns;
 
 use std::{future::Future, io::IsTerminal as _, process::ExitCode, time::Duration};
 

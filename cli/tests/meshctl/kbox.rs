@@ -12,10 +12,10 @@
 //! removed afterwards, also when it fails.
 
 use mesh_controller::test_util::FakeApiServer;
+use mesh_runtime::netns::{add_node, add_routed_pod, serve_in, sh};
 use serde_json::{Value, json};
 use std::{
     collections::BTreeMap,
-    os::fd::AsFd as _,
     path::{Path, PathBuf},
     process::Stdio,
     time::{Duration, Instant},
@@ -37,44 +37,6 @@ fn bin_dir() -> PathBuf {
         .parent()
         .expect("meshctl sits in the target directory")
         .to_owned()
-}
-
-fn sh(args: &[&str]) {
-    let status = std::process::Command::new(args[0])
-        .args(&args[1..])
-        .status()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(status.success(), "{args:?}: {status}");
-}
-
-/// Whether this machine can run the test; with CI=true it must.
-fn prerequisites() -> bool {
-    let root = rustix::process::geteuid().is_root();
-    let tools = [
-        "ip",
-        "iptables-restore",
-        "ip6tables-restore",
-        "curl",
-        "python3",
-        "setpriv",
-    ]
-    .iter()
-    .all(|tool| {
-        std::process::Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    });
-    if root && tools {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "the cluster-in-a-box test needs root and ip, iptables, curl, python3, setpriv; root: {root}, tools: {tools}"
-    );
-    eprintln!("SKIPPED: needs root and ip, iptables, curl, python3, setpriv");
-    false
 }
 
 /// The first document of a manifest file whose kind is `kind`.
@@ -145,23 +107,13 @@ impl Cluster {
         let node = format!("kbn{tag}");
         let dir = std::env::temp_dir().join(format!("kbox-{tag}"));
         std::fs::create_dir_all(dir.join("logs")).unwrap();
-        sh(&["ip", "netns", "add", &node]);
+        add_node(&node);
         // The API server lives in the node namespace, on a thread of its own.
         let api = serve_in(&node, |ready| async move {
             let api = FakeApiServer::start_on(format!("0.0.0.0:{API_PORT}").parse().unwrap()).await;
             let _ = ready.send(api);
             std::future::pending::<()>().await;
         });
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            &node,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-        ]);
-        sh(&["ip", "-n", &node, "link", "set", "lo", "up"]);
         Self {
             tag,
             node,
@@ -252,54 +204,16 @@ impl Cluster {
         let i = self.next;
         self.next += 1;
         let netns = format!("kb{i}p{}", self.tag);
-        let (node_if, pod_if) = (format!("kb{i}n{}", self.tag), format!("kb{i}v{}", self.tag));
         sh(&["ip", "netns", "add", &netns]);
-        let ip = format!("10.213.{i}.2");
         self.pods.push(Pod {
             name: name.to_owned(),
             namespace: namespace.to_owned(),
             netns: netns.clone(),
-            ip: ip.clone(),
+            ip: format!("10.213.{i}.2"),
             containers: BTreeMap::new(),
             template: template.clone(),
         });
-        sh(&[
-            "ip", "link", "add", &node_if, "netns", &self.node, "type", "veth", "peer", "name",
-            &pod_if, "netns", &netns,
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            &self.node,
-            "addr",
-            "add",
-            &format!("10.213.{i}.1/30"),
-            "dev",
-            &node_if,
-        ]);
-        sh(&["ip", "-n", &self.node, "link", "set", &node_if, "up"]);
-        sh(&[
-            "ip",
-            "-n",
-            &netns,
-            "addr",
-            "add",
-            &format!("{ip}/30"),
-            "dev",
-            &pod_if,
-        ]);
-        sh(&["ip", "-n", &netns, "link", "set", &pod_if, "up"]);
-        sh(&["ip", "-n", &netns, "link", "set", "lo", "up"]);
-        sh(&[
-            "ip",
-            "-n",
-            &netns,
-            "route",
-            "add",
-            "default",
-            "via",
-            &format!("10.213.{i}.1"),
-        ]);
+        let ip = add_routed_pod(&self.node, &netns, "10.213", i, &format!("kb{}v", self.tag));
         // Cluster DNS, as far as these pods need it.
         let hosts = format!(
             "127.0.0.1 localhost\n{STOCKDATA_IP} stockdata stockdata.stocks stockdata.stocks.svc stockdata.stocks.svc.cluster.local\n\
@@ -590,32 +504,6 @@ async fn restore(netns: &str, rules: &str) {
     assert!(child.wait().await.unwrap().success(), "{rules}");
 }
 
-/// Runs `run` on a thread of its own inside network namespace `ns`; what it
-/// sends back once serving is returned.
-fn serve_in<T, F, Fut>(ns: &str, run: F) -> T
-where
-    T: Send + 'static,
-    F: FnOnce(std::sync::mpsc::Sender<T>) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()>,
-{
-    let (tx, rx) = std::sync::mpsc::channel();
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let netns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        rustix::thread::move_into_link_name_space(
-            netns.as_fd(),
-            Some(rustix::thread::LinkNameSpaceType::Network),
-        )
-        .expect("enter the namespace");
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a runtime")
-            .block_on(run(tx));
-    });
-    rx.recv().expect("the namespace's server started")
-}
-
 /// Loads StockWeb's page `rounds` times at once; every answer's
 /// (servers, errors, rows).
 async fn load(
@@ -632,7 +520,15 @@ async fn load(
 
 #[tokio::test]
 async fn k8s_the_tutorial_in_a_cluster_in_a_box() {
-    if !prerequisites() {
+    let tools = [
+        "ip",
+        "iptables-restore",
+        "curl",
+        "python3",
+        "setpriv",
+        "bash",
+    ];
+    if !mesh_runtime::netns::prerequisites("the cluster-in-a-box test", &tools) {
         return;
     }
     let mut cluster = Cluster::new().await;

@@ -9,57 +9,15 @@
 
 use crate::{
     fake_control::FakeControl,
-    netns::{Namespaces, curl_in, prerequisites, serve_in, sh, spawn_in, tag},
+    netns::{
+        Namespaces, add_node, add_routed_pod, curl_in, prerequisites, serve_in, sh, spawn_in, tag,
+    },
 };
 use std::time::Duration;
 use stockdata::test_util::eventually;
 use tokio::process::Command;
 
 const CLUSTER_IP: &str = "10.96.77.10";
-
-/// Routed pods, as a routed CNI lays them out: pod `i` is 10.212.i.2/30,
-/// its node-side link 10.212.i.1, the node forwards between them.
-fn add_pod(node: &str, pod: &str, i: u8, tag: &str) {
-    let (node_if, pod_if) = (format!("mkv{i}n{tag}"), format!("mkv{i}p{tag}"));
-    sh(&["ip", "netns", "add", pod]);
-    sh(&[
-        "ip", "link", "add", &node_if, "netns", node, "type", "veth", "peer", "name", &pod_if,
-        "netns", pod,
-    ]);
-    sh(&[
-        "ip",
-        "-n",
-        node,
-        "addr",
-        "add",
-        &format!("10.212.{i}.1/30"),
-        "dev",
-        &node_if,
-    ]);
-    sh(&["ip", "-n", node, "link", "set", &node_if, "up"]);
-    sh(&[
-        "ip",
-        "-n",
-        pod,
-        "addr",
-        "add",
-        &format!("10.212.{i}.2/30"),
-        "dev",
-        &pod_if,
-    ]);
-    sh(&["ip", "-n", pod, "link", "set", &pod_if, "up"]);
-    sh(&["ip", "-n", pod, "link", "set", "lo", "up"]);
-    sh(&[
-        "ip",
-        "-n",
-        pod,
-        "route",
-        "add",
-        "default",
-        "via",
-        &format!("10.212.{i}.1"),
-    ]);
-}
 
 /// `curl` fetching `count` URLs on one connection from `ns`: the bodies,
 /// concatenated.
@@ -89,20 +47,11 @@ async fn intercepted_connections_are_balanced_per_request_or_passed_through() {
         .iter()
         .map(|p| format!("mk{p}{tag}"))
         .collect();
-    sh(&["ip", "netns", "add", &node]);
     let _cleanup = Namespaces([vec![node.clone()], pods.clone()].concat());
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &node,
-        "sysctl",
-        "-qw",
-        "net.ipv4.ip_forward=1",
-    ]);
-    sh(&["ip", "-n", &node, "link", "set", "lo", "up"]);
+    add_node(&node);
     for (i, pod) in pods.iter().enumerate() {
-        add_pod(&node, pod, i as u8 + 1, &tag);
+        sh(&["ip", "netns", "add", pod]);
+        add_routed_pod(&node, pod, "10.212", i as u8 + 1, &format!("mk{tag}v"));
     }
     let client = &pods[0];
 
@@ -189,23 +138,7 @@ async fn intercepted_connections_are_balanced_per_request_or_passed_through() {
         curl_in(client, "http://127.0.0.1:4191/ready")
     })
     .await;
-    let init = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            client,
-            env!("CARGO_BIN_EXE_mesh-proxy-init"),
-        ])
-        .args(["--outbound-port", "4140", "--proxy-uid", "2102", "--ipv6"])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
-    let installed = String::from_utf8_lossy(&init.stdout);
+    let installed = init(client).await;
     assert!(
         installed.contains("# IPv4") && installed.contains("# IPv6"),
         "{installed}"
@@ -213,18 +146,7 @@ async fn intercepted_connections_are_balanced_per_request_or_passed_through() {
 
     // Loading again changes nothing.
     let before = nat_table(client).await;
-    let again = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            client,
-            env!("CARGO_BIN_EXE_mesh-proxy-init"),
-        ])
-        .args(["--outbound-port", "4140", "--proxy-uid", "2102", "--ipv6"])
-        .output()
-        .await
-        .unwrap();
-    assert!(again.status.success());
+    init(client).await;
     assert_eq!(nat_table(client).await, before, "idempotent");
 
     // With it: one connection, both replicas.
@@ -312,6 +234,23 @@ impl Drop for RemoveDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Runs `mesh-proxy-init` in `ns` as the injected sidecar does (IPv6 too):
+/// what it printed.
+async fn init(ns: &str) -> String {
+    let init = Command::new("ip")
+        .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_mesh-proxy-init")])
+        .args(["--outbound-port", "4140", "--proxy-uid", "2102", "--ipv6"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    String::from_utf8_lossy(&init.stdout).into_owned()
 }
 
 async fn load_rules(ns: &str, rules: &str) {

@@ -1,10 +1,8 @@
-//! Network namespaces for the tests that need a real kernel's iptables:
-//! made by the test, named with its pid, and deleted whatever happens to
-//! the test. Needs root (CI runs as root); nothing outside the namespaces
-//! is touched.
+//! Network namespaces for the tests that need a real kernel's iptables
+//! (the helpers they share with other crates are `mesh_runtime::netns`).
 
+pub use mesh_runtime::netns::{Namespaces, add_node, add_routed_pod, serve_in, sh};
 use std::{
-    os::fd::AsFd as _,
     process::Stdio,
     sync::atomic::{AtomicU32, Ordering},
 };
@@ -21,55 +19,15 @@ pub fn tag() -> String {
     )
 }
 
-/// Runs `run` on a thread of its own inside network namespace `ns`, on a
-/// runtime of its own: the sockets it opens are the namespace's. Returns
-/// what `run` sends back once it is serving; the thread ends with the test
-/// process.
-pub fn serve_in<T, F, Fut>(ns: &str, run: F) -> T
-where
-    T: Send + 'static,
-    F: FnOnce(std::sync::mpsc::Sender<T>) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()>,
-{
-    let (tx, rx) = std::sync::mpsc::channel();
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let netns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        rustix::thread::move_into_link_name_space(
-            netns.as_fd(),
-            Some(rustix::thread::LinkNameSpaceType::Network),
-        )
-        .expect("enter the namespace");
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a runtime")
-            .block_on(run(tx));
-    });
-    rx.recv().expect("the namespace's server started")
+/// Whether this machine can run the namespace tests; with CI=true it must.
+pub fn prerequisites() -> bool {
+    mesh_runtime::netns::prerequisites(
+        "the redirection and interception tests",
+        &["ip", "iptables-restore", "curl", "python3", "setpriv"],
+    )
 }
 
-/// Deletes the test's namespaces, whatever happens to the test.
-pub struct Namespaces(pub Vec<String>);
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for name in &self.0 {
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "del", name])
-                .status();
-        }
-    }
-}
-
-pub fn sh(args: &[&str]) {
-    let status = std::process::Command::new(args[0])
-        .args(&args[1..])
-        .status()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(status.success(), "{args:?}: {status}");
-}
-
+/// `program` in namespace `ns`, killed when dropped.
 pub fn spawn_in(ns: &str, program: &str, args: &[&str]) -> Child {
     Command::new("ip")
         .args(["netns", "exec", ns, program])
@@ -94,28 +52,4 @@ pub async fn curl_in(ns: &str, url: &str) -> Option<String> {
         .status
         .success()
         .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
-/// Whether this machine can run the test; with CI=true it must.
-pub fn prerequisites() -> bool {
-    let root = rustix::process::geteuid().is_root();
-    let tools = ["ip", "iptables-restore", "curl", "python3"]
-        .iter()
-        .all(|tool| {
-            std::process::Command::new("sh")
-                .args(["-c", &format!("command -v {tool}")])
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        });
-    if root && tools {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "the redirection test needs root and ip, iptables-restore, curl, python3 \
-         (scripts/test.sh installs them); root: {root}, tools: {tools}"
-    );
-    eprintln!("SKIPPED: needs root and ip, iptables-restore, curl, python3");
-    false
 }
