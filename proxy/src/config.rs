@@ -22,14 +22,16 @@ use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 pub struct Config {
     /// Outbound listener address to its service.
     pub outbound: Vec<(String, SocketAddr)>,
-    /// The listener for redirected outbound connections.
-    pub outbound_transparent: Option<SocketAddr>,
+    /// The listeners for redirected outbound connections.
+    pub outbound_transparent: Vec<SocketAddr>,
     pub resolve_timeout: Duration,
     /// The proxy's namespace (Kubernetes), for names without one.
     pub namespace: String,
-    /// Inbound listener and the app it forwards to (`None`: each
-    /// connection's original destination port on 127.0.0.1).
-    pub inbound: Option<(SocketAddr, Option<SocketAddr>)>,
+    /// Inbound listeners.
+    pub inbound: Vec<SocketAddr>,
+    /// Where inbound connections go (`None`: each connection's original
+    /// destination port on 127.0.0.1).
+    pub app: Option<SocketAddr>,
     pub admin: SocketAddr,
     /// Discovery per service; every outbound service has one.
     pub discovery: BTreeMap<String, DiscoverySpec>,
@@ -135,7 +137,7 @@ impl TryFrom<Args> for Config {
 
         check_ranges(&args)?;
         let registration = registration(&args, &destination)?;
-        if outbound.is_empty() && args.outbound_transparent.is_none() && args.inbound.is_none() {
+        if outbound.is_empty() && args.outbound_transparent.is_empty() && args.inbound.is_empty() {
             return Err(bad(
                 "--outbound",
                 "MESH_PROXY_OUTBOUND",
@@ -145,10 +147,11 @@ impl TryFrom<Args> for Config {
 
         Ok(Config {
             outbound,
-            outbound_transparent: args.outbound_transparent,
+            outbound_transparent: args.outbound_transparent.clone(),
             resolve_timeout: args.resolve_timeout,
             namespace: args.namespace.clone(),
-            inbound: args.inbound.map(|addr| (addr, args.app)),
+            inbound: args.inbound.clone(),
+            app: args.app,
             admin: args.admin,
             discovery,
             timeouts,
@@ -304,7 +307,7 @@ fn registration(
         service: args
             .register_service
             .clone()
-            .zip(args.inbound.map(|addr| addr.port())),
+            .zip(args.inbound.first().map(|addr| addr.port())),
     }))
 }
 

@@ -89,7 +89,7 @@ pub async fn run(
     let limits = Limits::new(config.limits, metrics.clone());
     let server = Arc::new(Server::new(config.detect, limits, metrics.clone(), &drain));
 
-    let inbound_addr = listeners.inbound.as_ref().map(local_addr);
+    let inbound_addr = listeners.inbound.first().map(local_addr);
     // Only the accept loops and connections hold the server from here on
     // (and with it a drain guard).
     let mut accept_loops = serve::accept_all(

@@ -60,9 +60,10 @@ pub struct InitArgs {
     #[arg(long, default_value = "ip6tables-restore")]
     pub ip6tables_restore: String,
 
-    /// Load the rules for IPv6 too. Only for a proxy that listens on IPv6
-    /// as well: the proxy's listeners are IPv4 today, and IPv6 connections
-    /// redirected to them would fail, so IPv6 is left alone by default.
+    /// Load the rules for IPv6 too: only for a proxy that listens on IPv6
+    /// as well (`--outbound-transparent 127.0.0.1:4140,[::1]:4140 --inbound
+    /// 0.0.0.0:4143,[::]:4143`); redirected to an IPv4-only proxy, the pod's
+    /// IPv6 connections would fail, so IPv6 is left alone by default.
     #[arg(long)]
     pub ipv6: bool,
 

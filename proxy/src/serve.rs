@@ -40,8 +40,8 @@ pub const PASSTHROUGH: &str = "passthrough";
 #[derive(Debug)]
 pub struct Listeners {
     pub outbound: Vec<(String, TcpListener)>,
-    pub outbound_transparent: Option<TcpListener>,
-    pub inbound: Option<TcpListener>,
+    pub outbound_transparent: Vec<TcpListener>,
+    pub inbound: Vec<TcpListener>,
     pub admin: TcpListener,
 }
 
@@ -49,24 +49,25 @@ impl Listeners {
     pub async fn bind(config: &Config) -> anyhow::Result<Self> {
         let mut outbound = Vec::new();
         for (service, addr) in &config.outbound {
-            let listener = TcpListener::bind(addr).await.with_context(|| {
+            let listener = bind(*addr).with_context(|| {
                 format!("cannot listen on {addr} (--outbound {service}=... / MESH_PROXY_OUTBOUND)")
             })?;
             outbound.push((service.clone(), listener));
         }
-        let outbound_transparent = match config.outbound_transparent {
-            Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
-                format!("cannot listen on {addr} (--outbound-transparent / MESH_PROXY_OUTBOUND_TRANSPARENT)")
-            })?),
-            None => None,
+        let bind_all = |addrs: &[SocketAddr], flag: &str| {
+            addrs
+                .iter()
+                .map(|addr| {
+                    bind(*addr).with_context(|| format!("cannot listen on {addr} ({flag})"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()
         };
-        let inbound = match config.inbound {
-            Some((addr, _)) => Some(TcpListener::bind(addr).await.with_context(|| {
-                format!("cannot listen on {addr} (--inbound / MESH_PROXY_INBOUND)")
-            })?),
-            None => None,
-        };
-        let admin = TcpListener::bind(config.admin).await.with_context(|| {
+        let outbound_transparent = bind_all(
+            &config.outbound_transparent,
+            "--outbound-transparent / MESH_PROXY_OUTBOUND_TRANSPARENT",
+        )?;
+        let inbound = bind_all(&config.inbound, "--inbound / MESH_PROXY_INBOUND")?;
+        let admin = bind(config.admin).with_context(|| {
             format!(
                 "cannot listen on {} (--admin / MESH_PROXY_ADMIN)",
                 config.admin
@@ -81,14 +82,32 @@ impl Listeners {
     }
 }
 
+/// A listener on `addr`. An IPv6 one takes IPv6 only, so that one for each
+/// family can share a port (`0.0.0.0:4143` and `[::]:4143`).
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
 /// The sockets that take traffic, by what serves them.
 #[derive(Debug)]
 pub struct Accepting {
     /// Named outbound services' listeners.
     pub named: Vec<(String, TcpListener)>,
-    /// The transparent outbound listener.
-    pub intercepted: Option<TcpListener>,
-    pub inbound: Option<TcpListener>,
+    /// The transparent outbound listeners.
+    pub intercepted: Vec<TcpListener>,
+    pub inbound: Vec<TcpListener>,
 }
 
 /// Starts the accept loop of every listener; they end when the drain starts.
@@ -113,20 +132,23 @@ pub fn accept_all(
         let accepting = server.clone().accept(listener, Arc::new(Fixed(handler)));
         loops.spawn(accepting.instrument(span));
     }
-    if let (Some(listener), Some(controller)) = (sockets.intercepted, config.destination.clone()) {
-        let intercepted = Intercepted {
+    if let Some(controller) = config.destination.clone() {
+        // One for every family's listener: they share the resolve cache.
+        let intercepted = Arc::new(Intercepted {
             outbound: outbound.clone(),
             resolver: Resolver::new(controller, config.resolve_timeout),
             metrics: metrics.clone(),
-        };
-        let span = tracing::info_span!("outbound", service = "intercepted");
-        let accepting = server.clone().accept(listener, Arc::new(intercepted));
-        loops.spawn(accepting.instrument(span));
+        });
+        for listener in sockets.intercepted {
+            let span = tracing::info_span!("outbound", service = "intercepted");
+            let accepting = server.clone().accept(listener, intercepted.clone());
+            loops.spawn(accepting.instrument(span));
+        }
     }
-    if let (Some(listener), Some((_, app))) = (sockets.inbound, config.inbound) {
-        let inbound = InboundListener::new(app, metrics.clone());
-        let span = tracing::info_span!("inbound", app = ?app);
-        let accepting = server.clone().accept(listener, Arc::new(inbound));
+    let inbound = Arc::new(InboundListener::new(config.app, metrics.clone()));
+    for listener in sockets.inbound {
+        let span = tracing::info_span!("inbound", app = ?config.app);
+        let accepting = server.clone().accept(listener, inbound.clone());
         loops.spawn(accepting.instrument(span));
     }
     loops

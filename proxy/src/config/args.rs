@@ -21,18 +21,20 @@ pub struct Args {
     )]
     pub outbound: Vec<String>,
 
-    /// Outbound listener for connections the pod's iptables rules redirect
-    /// (`mesh-proxy-init --outbound-port`): each goes where the app sent it
-    /// (its original destination). When the controller (--destination) knows
-    /// that address as a Service, its requests are balanced over the
-    /// Service's endpoints; otherwise the connection is forwarded untouched.
+    /// Outbound listeners for connections the pod's iptables rules redirect
+    /// (`mesh-proxy-init --outbound-port`; one address per IP family, e.g.
+    /// `127.0.0.1:4140,[::1]:4140`): each goes where the app sent it (its
+    /// original destination). When the controller (--destination) knows that
+    /// address as a Service, its requests are balanced over the Service's
+    /// endpoints; otherwise the connection is forwarded untouched.
     #[arg(
         long,
         env = "MESH_PROXY_OUTBOUND_TRANSPARENT",
         value_name = "ADDR",
+        value_delimiter = ',',
         requires = "destination"
     )]
-    pub outbound_transparent: Option<SocketAddr>,
+    pub outbound_transparent: Vec<SocketAddr>,
 
     /// How long an intercepted connection waits for the controller to say
     /// which service its destination is; after it, the connection goes to
@@ -45,12 +47,18 @@ pub struct Args {
     #[arg(long, env = "MESH_PROXY_NAMESPACE", default_value = "")]
     pub namespace: String,
 
-    /// Inbound listener: other proxies connect here to reach the local app.
-    /// With --app, every connection goes to that address; without it, to
-    /// the port the peer dialled (the original destination of a connection
-    /// the pod's iptables rules redirected), on 127.0.0.1.
-    #[arg(long, env = "MESH_PROXY_INBOUND", value_name = "ADDR")]
-    pub inbound: Option<SocketAddr>,
+    /// Inbound listeners (one address per IP family, e.g.
+    /// `0.0.0.0:4143,[::]:4143`): other proxies connect here to reach the
+    /// local app. With --app, every connection goes to that address; without
+    /// it, to the port the peer dialled (the original destination of a
+    /// connection the pod's iptables rules redirected), on 127.0.0.1.
+    #[arg(
+        long,
+        env = "MESH_PROXY_INBOUND",
+        value_name = "ADDR",
+        value_delimiter = ','
+    )]
+    pub inbound: Vec<SocketAddr>,
 
     /// The local app's address, where inbound traffic is forwarded.
     #[arg(

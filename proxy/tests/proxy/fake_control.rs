@@ -177,12 +177,15 @@ impl destination_server::Destination for FakeControl {
         request: Request<ResolveRequest>,
     ) -> Result<Response<ResolveResponse>, Status> {
         let ResolveRequest { ip, port } = request.into_inner();
-        let addr = format!("{ip}:{port}");
+        let ip: std::net::IpAddr = ip
+            .parse()
+            .map_err(|_| Status::invalid_argument(format!("not an IP: {ip:?}")))?;
+        let port = u16::try_from(port).map_err(|_| Status::invalid_argument("not a port"))?;
         let service = self
             .addresses
             .lock()
             .unwrap()
-            .get(&self::addr(&addr)?)
+            .get(&SocketAddr::new(ip, port))
             .cloned()
             .unwrap_or_default();
         Ok(Response::new(ResolveResponse { service }))

@@ -18,6 +18,7 @@ use stockdata::test_util::eventually;
 use tokio::process::Command;
 
 const CLUSTER_IP: &str = "10.96.77.10";
+const CLUSTER_IP6: &str = "fd96::77:10";
 
 /// `curl` fetching `count` URLs on one connection from `ns`: the bodies,
 /// concatenated.
@@ -49,9 +50,49 @@ async fn intercepted_connections_are_balanced_per_request_or_passed_through() {
         .collect();
     let _cleanup = Namespaces([vec![node.clone()], pods.clone()].concat());
     add_node(&node);
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &node,
+        "sysctl",
+        "-qw",
+        "net.ipv6.conf.all.forwarding=1",
+    ]);
     for (i, pod) in pods.iter().enumerate() {
+        let i = i as u8 + 1;
         sh(&["ip", "netns", "add", pod]);
-        add_routed_pod(&node, pod, "10.212", i as u8 + 1, &format!("mk{tag}v"));
+        add_routed_pod(&node, pod, "10.212", i, &format!("mk{tag}v"));
+        // IPv6 beside IPv4, routed the same way.
+        let (node_if, pod_if) = (format!("mk{tag}v{i}n"), format!("mk{tag}v{i}p"));
+        let (node6, pod6) = (format!("fd12:{i}::1"), format!("fd12:{i}::2"));
+        sh(&[
+            "ip",
+            "-n",
+            &node,
+            "-6",
+            "addr",
+            "add",
+            &format!("{node6}/64"),
+            "dev",
+            &node_if,
+            "nodad",
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            pod,
+            "-6",
+            "addr",
+            "add",
+            &format!("{pod6}/64"),
+            "dev",
+            &pod_if,
+            "nodad",
+        ]);
+        sh(&[
+            "ip", "-n", pod, "-6", "route", "add", "default", "via", &node6,
+        ]);
     }
     let client = &pods[0];
 
@@ -70,13 +111,15 @@ async fn intercepted_connections_are_balanced_per_request_or_passed_through() {
             "import functools, http.server as h\n\
              h.SimpleHTTPRequestHandler.protocol_version = 'HTTP/1.1'\n\
              handler = functools.partial(h.SimpleHTTPRequestHandler, directory={dir:?})\n\
-             h.ThreadingHTTPServer(('0.0.0.0', 8080), handler).serve_forever()"
+             import socket\n\
+             class Server(h.ThreadingHTTPServer):\n    address_family = socket.AF_INET6\n\
+             Server(('::', 8080), handler).serve_forever()"
         );
         servers.push(spawn_in(pod, "python3", &["-c", &http]));
         servers.push(spawn_in(
             pod,
             "python3",
-            &["-c", "import socketserver as s\nclass E(s.StreamRequestHandler):\n def handle(self):\n  while d := self.request.recv(65536): self.request.sendall(d)\ns.ThreadingTCPServer(('0.0.0.0', 9000), E).serve_forever()"],
+            &["-c", "import socket, socketserver as s\nclass E(s.StreamRequestHandler):\n def handle(self):\n  while d := self.request.recv(65536): self.request.sendall(d)\nclass T(s.ThreadingTCPServer):\n address_family = socket.AF_INET6\nT(('::', 9000), E).serve_forever()"],
         ));
     }
     // The kube-proxy stand-in: the cluster IP, a replica per connection.
@@ -86,7 +129,14 @@ async fn intercepted_connections_are_balanced_per_request_or_passed_through() {
          -A PREROUTING -d {CLUSTER_IP}/32 -p tcp --dport 80 -j DNAT --to-destination 10.212.3.2:8080\n\
          COMMIT\n"
     );
-    load_rules(&node, &rules).await;
+    load_rules(&node, "iptables-restore", &rules).await;
+    let rules6 = format!(
+        "*nat\n\
+         -A PREROUTING -d {CLUSTER_IP6}/128 -p tcp --dport 80 -m statistic --mode random --probability 0.5 -j DNAT --to-destination [fd12:2::2]:8080\n\
+         -A PREROUTING -d {CLUSTER_IP6}/128 -p tcp --dport 80 -j DNAT --to-destination [fd12:3::2]:8080\n\
+         COMMIT\n"
+    );
+    load_rules(&node, "ip6tables-restore", &rules6).await;
     let service = format!("http://{CLUSTER_IP}/who");
     eventually("both replicas serve", Duration::from_secs(20), || async {
         let a = curl_in(client, "http://10.212.2.2:8080/who").await?;
@@ -105,8 +155,12 @@ async fn intercepted_connections_are_balanced_per_request_or_passed_through() {
     // The control plane knows the cluster IP as the Service `web`.
     let control = FakeControl::default();
     control.resolve_as(format!("{CLUSTER_IP}:80").parse().unwrap(), "web");
+    control.resolve_as(format!("[{CLUSTER_IP6}]:80").parse().unwrap(), "web6");
     for (ip, name) in [("10.212.2.2", "a"), ("10.212.3.2", "b")] {
         control.register("web", format!("{ip}:8080").parse().unwrap(), name);
+    }
+    for (ip, name) in [("fd12:2::2", "a"), ("fd12:3::2", "b")] {
+        control.register("web6", format!("[{ip}]:8080").parse().unwrap(), name);
     }
     let controller: String = serve_in(client, move |ready| async move {
         let (url, _stop) = control.spawn().await;
@@ -125,7 +179,9 @@ async fn intercepted_connections_are_balanced_per_request_or_passed_through() {
             "--clear-groups",
             proxy_bin,
             "--outbound-transparent",
-            "127.0.0.1:4140",
+            "127.0.0.1:4140,[::1]:4140",
+            "--balance",
+            "round-robin",
             "--inbound",
             "0.0.0.0:4143",
             "--destination",
@@ -152,30 +208,37 @@ async fn intercepted_connections_are_balanced_per_request_or_passed_through() {
     // With it: one connection, both replicas.
     let answers = one_connection(client, &service, 40).await;
     let (a, b) = (answers.matches('a').count(), answers.matches('b').count());
-    assert_eq!(a + b, 40, "{answers}");
-    assert!(a >= 5 && b >= 5, "spread over both: {answers}");
+    assert_eq!((a, b), (20, 20), "round-robin over both: {answers}");
+
+    // The same over IPv6.
+    let service6 = format!("http://[{CLUSTER_IP6}]/who");
+    let answers = one_connection(client, &service6, 40).await;
+    let (a, b) = (answers.matches('a').count(), answers.matches('b').count());
+    assert_eq!((a, b), (20, 20), "over IPv6: {answers}");
 
     // A destination the controller does not know passes through untouched.
-    let echoed = Command::new("ip")
-        .args(["netns", "exec", client, "python3", "-c"])
-        .arg(
-            "import os, socket\n\
+    for host in ["10.212.2.2", "fd12:2::2"] {
+        let echoed = Command::new("ip")
+            .args(["netns", "exec", client, "python3", "-c"])
+            .arg(format!(
+                "import os, socket\n\
              data = os.urandom(200000)\n\
-             c = socket.create_connection(('10.212.2.2', 9000), timeout=10)\n\
+             c = socket.create_connection(('{host}', 9000), timeout=10)\n\
              c.sendall(data); c.shutdown(socket.SHUT_WR)\n\
              got = b''\n\
              while chunk := c.recv(65536): got += chunk\n\
-             print('same' if got == data else f'differs: {len(got)} bytes')",
-        )
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&echoed.stdout).trim(),
-        "same",
-        "{}",
-        String::from_utf8_lossy(&echoed.stderr)
-    );
+             print('same' if got == data else f'differs: {{len(got)}} bytes')"
+            ))
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&echoed.stdout).trim(),
+            "same",
+            "{host}: {}",
+            String::from_utf8_lossy(&echoed.stderr)
+        );
+    }
 
     // A connection to the transparent listener that was not redirected there
     // is refused and counted.
@@ -210,7 +273,12 @@ async fn intercepted_connections_are_balanced_per_request_or_passed_through() {
         "{metrics}"
     );
     assert!(
-        sum("mesh_resolutions_total", &[("result", "unknown")]) >= 1.0,
+        sum("mesh_resolutions_total", &[("result", "unknown")]) >= 2.0,
+        "both families' unknown destinations: {metrics}"
+    );
+    assert_eq!(
+        sum("mesh_requests_total", &[("target", "web6")]),
+        40.0,
         "{metrics}"
     );
     assert!(
@@ -253,10 +321,10 @@ async fn init(ns: &str) -> String {
     String::from_utf8_lossy(&init.stdout).into_owned()
 }
 
-async fn load_rules(ns: &str, rules: &str) {
+async fn load_rules(ns: &str, restore: &str, rules: &str) {
     use tokio::io::AsyncWriteExt as _;
     let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, "iptables-restore", "--noflush"])
+        .args(["netns", "exec", ns, restore, "--noflush"])
         .stdin(std::process::Stdio::piped())
         .spawn()
         .unwrap();

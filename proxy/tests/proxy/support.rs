@@ -40,7 +40,7 @@ pub async fn spawn_proxy(flags: &[&str]) -> Proxy {
         .first()
         .map(|(_, l)| mesh_proxy::local_addr(l))
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
-    let inbound = listeners.inbound.as_ref().map(mesh_proxy::local_addr);
+    let inbound = listeners.inbound.first().map(mesh_proxy::local_addr);
     let admin = mesh_proxy::local_addr(&listeners.admin);
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(mesh_proxy::run(config, listeners, async {
