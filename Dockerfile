@@ -41,7 +41,10 @@ ENTRYPOINT ["/usr/bin/mesh-proxy"]
 FROM scratch AS mesh-proxy-init
 COPY target/docker/init-rootfs/ /
 COPY target/docker/bin/mesh-proxy-init /usr/bin/mesh-proxy-init
-ENTRYPOINT ["/usr/bin/mesh-proxy-init", "--iptables-restore", "/usr/sbin/iptables-restore"]
+# The iptables tools are found on PATH (nft by default; legacy with
+# `--iptables-restore iptables-legacy-restore`).
+ENV PATH=/usr/sbin:/usr/bin
+ENTRYPOINT ["/usr/bin/mesh-proxy-init"]
 
 # The control plane: MESH_CONTROLLER_LISTEN (gRPC :8086).
 FROM base AS mesh-controller

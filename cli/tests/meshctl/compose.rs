@@ -205,16 +205,31 @@ async fn docker_compose_runs_the_demo_in_containers() {
         assert!(!servers.contains_key("stockdata-2"), "{servers:?}");
     }
 
-    // The init container's image loads its rules (into its own namespace).
-    run(Command::new("docker").args([
-        "run",
-        "--rm",
-        "--cap-add",
-        "NET_ADMIN",
-        "--cap-add",
-        "NET_RAW",
-        "stockkube/mesh-proxy-init:dev",
-    ]));
+    // The init container's image loads its rules (into its own namespace),
+    // inbound only, both ways and for IPv6, as the injected sidecar asks.
+    for args in [
+        &[][..],
+        &["--outbound-port", "4140", "--proxy-uid", "2102", "--ipv6"][..],
+        // Nodes still on the legacy backend.
+        &[
+            "--outbound-port",
+            "4140",
+            "--iptables-restore",
+            "iptables-legacy-restore",
+        ][..],
+    ] {
+        run(Command::new("docker")
+            .args([
+                "run",
+                "--rm",
+                "--cap-add",
+                "NET_ADMIN",
+                "--cap-add",
+                "NET_RAW",
+            ])
+            .arg("stockkube/mesh-proxy-init:dev")
+            .args(args));
+    }
 
     let down = project.down();
     assert!(
