@@ -41,8 +41,7 @@ ENTRYPOINT ["/usr/bin/mesh-proxy"]
 FROM scratch AS mesh-proxy-init
 COPY target/docker/init-rootfs/ /
 COPY target/docker/bin/mesh-proxy-init /usr/bin/mesh-proxy-init
-# The iptables tools are found on PATH (nft by default; legacy with
-# `--iptables-restore iptables-legacy-restore`).
+# The iptables tools (nft) are found on PATH.
 ENV PATH=/usr/sbin:/usr/bin
 ENTRYPOINT ["/usr/bin/mesh-proxy-init"]
 

@@ -48,22 +48,18 @@ printf 'root:x:0:\nnonroot:x:65532:\nmesh-proxy:x:2102:\n' >"$rootfs/etc/group"
 cp /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/"
 cp "$bin/mesh-probe" "$rootfs/usr/bin/"
 
-# The init container's root: iptables (nft, and legacy for nodes that still
-# use it: `--iptables-restore iptables-legacy-restore`), its extensions,
-# their libraries and loader, so it runs on any x86_64 node.
+# The init container's root: iptables-nft (IPv4 and IPv6, restore and
+# save), its extensions, their libraries and loader.
 init=target/docker/init-rootfs
 rm -rf "$init" && mkdir -p "$init/usr/sbin" "$init/etc"
 xtables=$(readlink -f /usr/sbin/xtables-nft-multi)
-legacy=$(readlink -f /usr/sbin/xtables-legacy-multi)
 extensions=$(dirname "$(readlink -f /usr/lib/x86_64-linux-gnu/xtables/libxt_REDIRECT.so)")
 cp "$xtables" "$init/usr/sbin/xtables-nft-multi"
-cp "$legacy" "$init/usr/sbin/xtables-legacy-multi"
 for tool in iptables-restore iptables-save ip6tables-restore ip6tables-save; do
   ln -s xtables-nft-multi "$init/usr/sbin/$tool"
-  ln -s xtables-legacy-multi "$init/usr/sbin/${tool/tables/tables-legacy}"
 done
 mkdir -p "$init$extensions" && cp -a "$extensions"/. "$init$extensions/"
-for file in "$xtables" "$legacy" "$extensions"/*.so; do
+for file in "$xtables" "$extensions"/*.so; do
   ldd "$file" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\/.*ld-linux/ {print $1}'
 done | sort -u | while read -r lib; do
   mkdir -p "$init$(dirname "$lib")" && cp -L "$lib" "$init$lib"

@@ -210,18 +210,13 @@ async fn docker_compose_runs_the_demo_in_containers() {
     for args in [
         &[][..],
         &["--outbound-port", "4140", "--proxy-uid", "2102", "--ipv6"][..],
-        // Nodes still on the legacy backend.
-        &[
-            "--outbound-port",
-            "4140",
-            "--iptables-restore",
-            "iptables-legacy-restore",
-        ][..],
     ] {
         run(Command::new("docker")
             .args([
                 "run",
                 "--rm",
+                // Read-only, as the injected init container's securityContext says.
+                "--read-only",
                 "--cap-add",
                 "NET_ADMIN",
                 "--cap-add",
