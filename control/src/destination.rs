@@ -184,11 +184,18 @@ fn parse_addr(addr: &str) -> Result<SocketAddr, Status> {
 #[derive(Debug, Clone)]
 pub struct RegistryService {
     registry: Registry,
+    /// With the Kubernetes backend, the pods with the sidecar are proxies
+    /// too (the dashboard scrapes them).
+    pods: Option<std::sync::Arc<crate::kubernetes::Index>>,
 }
 
 impl RegistryService {
-    pub fn new(registry: Registry) -> Self {
-        Self { registry }
+    pub fn new(registry: Registry, backend: &Backend) -> Self {
+        let pods = match backend {
+            Backend::Local(_) => None,
+            Backend::Kubernetes(index) => Some(index.clone()),
+        };
+        Self { registry, pods }
     }
 }
 
@@ -273,7 +280,7 @@ impl registry_server::Registry for RegistryService {
         &self,
         _: Request<ListProxiesRequest>,
     ) -> Result<Response<ListProxiesResponse>, Status> {
-        let proxies = self
+        let mut proxies: Vec<ProxyInfo> = self
             .registry
             .proxies()
             .into_iter()
@@ -283,6 +290,21 @@ impl registry_server::Registry for RegistryService {
                 admin_addr: p.admin_addr.to_string(),
             })
             .collect();
+        // Pods with the sidecar, unless they announced themselves too.
+        let pods = self
+            .pods
+            .iter()
+            .flat_map(|index| index.meshed_pods(crate::inject::ADMIN_PORT));
+        for pod in pods {
+            let admin_addr = pod.admin.to_string();
+            if !proxies.iter().any(|p| p.admin_addr == admin_addr) {
+                proxies.push(ProxyInfo {
+                    workload: pod.workload,
+                    instance: pod.instance,
+                    admin_addr,
+                });
+            }
+        }
         Ok(Response::new(ListProxiesResponse { proxies }))
     }
 }

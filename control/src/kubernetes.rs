@@ -10,7 +10,7 @@ pub mod index;
 pub mod names;
 pub mod watchers;
 
-pub use index::{Index, Kind};
+pub use index::{Index, Kind, MeshedPod};
 
 /// A client for the cluster the controller runs in (in-cluster
 /// configuration), else the one `KUBECONFIG` (or `~/.kube/config`) names.

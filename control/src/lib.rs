@@ -106,7 +106,8 @@ pub async fn run(
         ))),
     };
     // The Registry API writes the local registry; with the Kubernetes
-    // backend it keeps only the proxies that announce themselves.
+    // backend it keeps only the proxies that announce themselves, and lists
+    // the pods with the sidecar beside them.
     let registry = match &backend {
         Backend::Local(registry) => registry.clone(),
         Backend::Kubernetes(_) => Registry::default(),
@@ -122,12 +123,12 @@ pub async fn run(
     let served = tonic::transport::Server::builder()
         .add_service(health)
         .add_service(reflection)
+        .add_service(RegistryServer::new(destination::RegistryService::new(
+            registry, &backend,
+        )))
         .add_service(DestinationServer::new(
             destination::DestinationService::new(backend),
         ))
-        .add_service(RegistryServer::new(destination::RegistryService::new(
-            registry,
-        )))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown,

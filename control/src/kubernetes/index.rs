@@ -98,6 +98,20 @@ struct PodInfo {
     service_account: String,
     node: String,
     meshed: bool,
+    /// Its address, once it has one.
+    ip: Option<IpAddr>,
+    /// What the dashboard calls it: its Deployment (or other owner).
+    workload: String,
+}
+
+/// A pod with the mesh's sidecar, as the dashboard scrapes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeshedPod {
+    pub workload: String,
+    /// The pod's name.
+    pub instance: String,
+    /// The sidecar's admin server: the pod's address and `admin_port`.
+    pub admin: SocketAddr,
 }
 
 #[derive(Debug, Default)]
@@ -241,6 +255,25 @@ impl Index {
             }
             None => health.failing.remove(kind.as_str()).is_some(),
         })
+    }
+
+    /// Every pod with the sidecar and an address, by namespace and name.
+    pub fn meshed_pods(&self, admin_port: u16) -> Vec<MeshedPod> {
+        let state = self.lock();
+        let mut pods: Vec<MeshedPod> = state
+            .pods
+            .iter()
+            .filter(|(_, pod)| pod.meshed)
+            .filter_map(|((_, name), pod)| {
+                Some(MeshedPod {
+                    workload: pod.workload.clone(),
+                    instance: name.clone(),
+                    admin: SocketAddr::new(pod.ip?, admin_port),
+                })
+            })
+            .collect();
+        pods.sort_by(|a, b| (&a.workload, &a.instance).cmp(&(&b.workload, &b.instance)));
+        pods
     }
 
     // === Writes: the watchers ===
@@ -602,6 +635,12 @@ fn pod_info(pod: &Pod) -> Result<(Key, PodInfo), Uninterpretable> {
             .chain(s.init_containers.iter().flatten())
             .any(|c| c.name == PROXY_CONTAINER)
     });
+    let ip = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.as_deref())
+        .and_then(|ip| ip.parse().ok());
+    let workload = workload(pod, &key.1);
     Ok((
         key,
         PodInfo {
@@ -610,8 +649,30 @@ fn pod_info(pod: &Pod) -> Result<(Key, PodInfo), Uninterpretable> {
                 .unwrap_or_else(|| "default".into()),
             node: spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
             meshed,
+            ip,
+            workload,
         },
     ))
+}
+
+/// A pod's workload: its controller's name, with a ReplicaSet's
+/// pod-template-hash taken off (so a Deployment's pods say the Deployment);
+/// the pod's own name when nothing controls it.
+fn workload(pod: &Pod, name: &str) -> String {
+    let owner = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true));
+    match owner {
+        Some(owner) if owner.kind == "ReplicaSet" => match owner.name.rsplit_once('-') {
+            Some((deployment, _hash)) => deployment.to_owned(),
+            None => owner.name.clone(),
+        },
+        Some(owner) => owner.name.clone(),
+        None => name.to_owned(),
+    }
 }
 
 #[cfg(test)]

@@ -444,3 +444,46 @@ async fn k8s_the_binary_says_when_it_has_no_cluster_configuration() {
     assert!(!output.status.success(), "{stderr}");
     assert!(stderr.contains("--backend kubernetes"), "{stderr}");
 }
+
+#[tokio::test]
+async fn k8s_pods_with_the_sidecar_are_listed_for_the_dashboard() {
+    use stockkube_proto::mesh::{ListProxiesRequest, registry_client::RegistryClient};
+    let api = cluster().await;
+    let mut running = pod("stockdata-7d9f8-abcde");
+    running["metadata"]["ownerReferences"] = json!([{
+        "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "stockdata-7d9f8",
+        "uid": "1", "controller": true,
+    }]);
+    running["status"] = json!({"podIP": "10.0.0.9"});
+    api.apply(running);
+    let (channel, _watchers) = controller(&api).await;
+    let mut registry = RegistryClient::new(channel);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let proxies = loop {
+        let proxies = registry
+            .list_proxies(ListProxiesRequest {})
+            .await
+            .map(|r| r.into_inner().proxies)
+            .unwrap_or_default();
+        if !proxies.is_empty() {
+            break proxies;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no proxy listed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // The other pods have no address yet: nothing to scrape there.
+    let listed: Vec<_> = proxies
+        .iter()
+        .map(|p| {
+            (
+                p.workload.as_str(),
+                p.instance.as_str(),
+                p.admin_addr.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [("stockdata", "stockdata-7d9f8-abcde", "10.0.0.9:4191")]
+    );
+}

@@ -350,3 +350,29 @@ fn a_headless_service_resolves_by_name_to_its_pods() {
         None
     );
 }
+
+#[test]
+fn pods_with_the_sidecar_are_proxies_of_their_workload() {
+    let index = index();
+    let mut meshed = pod("stockdata-7d9f8-abcde", "stockdata", true);
+    meshed.metadata.owner_references = Some(vec![from_json(json!({
+        "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "stockdata-7d9f8",
+        "uid": "1", "controller": true,
+    }))]);
+    index.apply_pod(&meshed).unwrap();
+    // No address yet: nothing to scrape.
+    assert!(index.meshed_pods(4191).is_empty());
+    meshed.status = Some(from_json(json!({"podIP": "10.0.0.5"})));
+    index.apply_pod(&meshed).unwrap();
+    let mut plain = pod("web", "web", false);
+    plain.status = Some(from_json(json!({"podIP": "10.0.0.6"})));
+    index.apply_pod(&plain).unwrap();
+    assert_eq!(
+        index.meshed_pods(4191),
+        [MeshedPod {
+            workload: "stockdata".into(),
+            instance: "stockdata-7d9f8-abcde".into(),
+            admin: "10.0.0.5:4191".parse().unwrap(),
+        }]
+    );
+}
