@@ -24,8 +24,8 @@ pub mod intercept;
 mod respond;
 mod route;
 
-pub use attempt::{Attempt, Attempts, Classified, Decision, Outcome, SendRequest, decide};
-pub use deadline::{Deadline, grpc_timeout};
+use attempt::{Attempt, Attempts, Outcome};
+use deadline::Deadline;
 
 use crate::{
     balance::{Balancer, BalancerConfig, Balancers},

@@ -177,13 +177,13 @@ impl<U> Attempts<'_, U> {
             feedback(picked, &classified);
 
             let route = metrics.route();
-            match decide(
-                classified.retry_reason(),
-                number,
-                self.retry.max_attempts,
-                replay.can_replay(),
-                || self.service.budget.withdraw(),
-            ) {
+            let reason = classified.retry_reason();
+            // The replay buffer's lock is taken only for a failure worth
+            // retrying: a success (nearly every request) never asks.
+            let replayable = reason.is_some() && replay.can_replay();
+            match decide(reason, number, self.retry.max_attempts, replayable, || {
+                self.service.budget.withdraw()
+            }) {
                 Decision::Done => return final_outcome(classified, attempt),
                 Decision::Skip(why) => {
                     self.metrics.retry_skipped(route, why);
