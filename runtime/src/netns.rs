@@ -145,3 +145,43 @@ where
     });
     rx.recv().expect("the namespace's server started")
 }
+
+/// The port [`ECHO_SERVER`] listens on.
+pub const ECHO_PORT: u16 = 9000;
+
+/// A TCP echo server on [`ECHO_PORT`], IPv6 and IPv4: a `python3 -c` program.
+pub const ECHO_SERVER: &str = "import socket, socketserver as s
+class E(s.StreamRequestHandler):
+    def handle(self):
+        while d := self.request.recv(65536): self.request.sendall(d)
+class T(s.ThreadingTCPServer):
+    address_family = socket.AF_INET6
+T(('::', 9000), E).serve_forever()
+";
+
+/// Sends 200 kB of random bytes from namespace `ns` to the echo server at
+/// `host` and reads them back: `Ok` when the same bytes came back, else what
+/// happened.
+pub async fn echo_round_trip(ns: &str, host: &str) -> Result<(), String> {
+    let program = format!(
+        "import os, socket\n\
+         data = os.urandom(200000)\n\
+         c = socket.create_connection(('{host}', {ECHO_PORT}), timeout=10)\n\
+         c.sendall(data); c.shutdown(socket.SHUT_WR)\n\
+         got = b''\n\
+         while chunk := c.recv(65536): got += chunk\n\
+         print('same' if got == data else f'differs: {{len(got)}} bytes')"
+    );
+    let output = tokio::process::Command::new("ip")
+        .args(["netns", "exec", ns, "python3", "-c", &program])
+        .output()
+        .await
+        .map_err(|e| e.to_string())?;
+    match String::from_utf8_lossy(&output.stdout).trim() {
+        "same" => Ok(()),
+        other => Err(format!(
+            "{host}: {other} {}",
+            String::from_utf8_lossy(&output.stderr)
+        )),
+    }
+}

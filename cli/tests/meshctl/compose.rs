@@ -102,23 +102,13 @@ impl Drop for Project {
 }
 
 /// StockWeb's `/api/stocks`: rows per server and errors, if it answers.
-fn stocks(port: u16) -> Option<(std::collections::BTreeMap<String, u64>, u64, usize)> {
+fn stocks(port: u16) -> Option<crate::Stocks> {
     let output = Command::new("curl")
         .args(["-fsS", "--max-time", "10"])
         .arg(format!("http://127.0.0.1:{port}/api/stocks"))
         .output()
         .ok()?;
-    let json: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
-    let servers = json["servers"]
-        .as_object()?
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
-        .collect();
-    Some((
-        servers,
-        json["errors"].as_u64()?,
-        json["rows"].as_array()?.len(),
-    ))
+    crate::parse_stocks(&output.stdout)
 }
 
 fn status(port: u16, path: &str) -> String {

@@ -3,6 +3,7 @@
 //! validation with `kubernetes-validate --strict`, and bad input that must
 //! leave stdout empty.
 
+use crate::repo;
 use std::{
     io::Write as _,
     path::{Path, PathBuf},
@@ -11,10 +12,6 @@ use std::{
 use yaml_rust2::{Yaml, YamlEmitter, YamlLoader};
 
 const MESHCTL: &str = env!("CARGO_BIN_EXE_meshctl");
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
-}
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -11,8 +11,11 @@
 //! `mesh-proxy-init`. Needs root (CI runs as root); everything it makes is
 //! removed afterwards, also when it fails.
 
+use crate::{Stocks, repo};
 use mesh_controller::test_util::FakeApiServer;
-use mesh_runtime::netns::{add_node, add_routed_pod, serve_in, sh};
+use mesh_runtime::netns::{
+    ECHO_PORT, ECHO_SERVER, add_node, add_routed_pod, echo_round_trip, serve_in, sh,
+};
 use serde_json::{Value, json};
 use std::{
     collections::BTreeMap,
@@ -27,10 +30,6 @@ const STOCKDATA_IP: &str = "10.96.0.10";
 const CONTROLLER_IP: &str = "10.96.0.20";
 /// The port the fake API server listens on in the node namespace.
 const API_PORT: u16 = 6443;
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
-}
 
 fn bin_dir() -> PathBuf {
     Path::new(env!("CARGO_BIN_EXE_meshctl"))
@@ -371,7 +370,7 @@ impl Cluster {
 
     /// StockWeb's `/api/stocks` through its pod's address: rows per
     /// server, errors, rows.
-    async fn stocks(&self, stockweb: &str) -> Option<(BTreeMap<String, u64>, u64, usize)> {
+    async fn stocks(&self, stockweb: &str) -> Option<Stocks> {
         let url = format!("http://{}:80/api/stocks", self.pod(stockweb).ip);
         let body = output_ok(&[
             "ip",
@@ -385,17 +384,7 @@ impl Cluster {
             &url,
         ])
         .await?;
-        let json: Value = serde_json::from_str(&body).ok()?;
-        let servers = json["servers"]
-            .as_object()?
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
-            .collect();
-        Some((
-            servers,
-            json["errors"].as_u64()?,
-            json["rows"].as_array()?.len(),
-        ))
+        crate::parse_stocks(body.as_bytes())
     }
 
     /// Waits until a TCP port of `pod` accepts on its loopback.
@@ -506,11 +495,7 @@ async fn restore(netns: &str, rules: &str) {
 
 /// Loads StockWeb's page `rounds` times at once; every answer's
 /// (servers, errors, rows).
-async fn load(
-    cluster: &Cluster,
-    stockweb: &str,
-    rounds: usize,
-) -> Vec<(BTreeMap<String, u64>, u64, usize)> {
+async fn load(cluster: &Cluster, stockweb: &str, rounds: usize) -> Vec<Stocks> {
     let mut answers = Vec::new();
     for _ in 0..rounds {
         answers.push(cluster.stocks(stockweb).await.expect("StockWeb answers"));
@@ -751,19 +736,10 @@ async fn k8s_the_tutorial_in_a_cluster_in_a_box() {
     cluster
         .run_pod("stocks", "echo-1", &echo_template(), &[])
         .await;
-    cluster.wait_listening("echo-1", 9000).await;
+    cluster.wait_listening("echo-1", ECHO_PORT).await;
     let echo_ip = cluster.pod("echo-1").ip.clone();
     let stockweb_netns = cluster.pod("stockweb-1").netns.clone();
-    let echoed = output(&[
-        "ip", "netns", "exec", &stockweb_netns, "python3", "-c",
-        &format!(
-            "import os, socket\ndata = os.urandom(100000)\nc = socket.create_connection(('{echo_ip}', 9000), timeout=10)\n\
-             c.sendall(data); c.shutdown(socket.SHUT_WR)\ngot = b''\nwhile chunk := c.recv(65536): got += chunk\n\
-             print('same' if got == data else f'differs: {{len(got)}} bytes')"
-        ),
-    ])
-    .await;
-    assert_eq!(echoed.trim(), "same");
+    echo_round_trip(&stockweb_netns, &echo_ip).await.unwrap();
 }
 
 fn template_of(manifest_text: &str) -> Yaml {
@@ -772,6 +748,10 @@ fn template_of(manifest_text: &str) -> Yaml {
 
 /// A pod that is no Service's: a TCP echo server (python3), unmeshed.
 fn echo_template() -> Yaml {
-    let text = "spec:\n  containers:\n    - name: echo\n      image: python\n      command:\n        - python3\n        - -c\n        - |\n          import socketserver as s\n          class E(s.StreamRequestHandler):\n              def handle(self):\n                  while d := self.request.recv(65536): self.request.sendall(d)\n          s.ThreadingTCPServer(('0.0.0.0', 9000), E).serve_forever()\n";
-    YamlLoader::load_from_str(text).unwrap().remove(0)
+    // A JSON string is a YAML double-quoted scalar.
+    let program = serde_json::to_string(ECHO_SERVER).expect("a string");
+    let text = format!(
+        "spec:\n  containers:\n    - name: echo\n      image: python\n      command: [python3, -c, {program}]\n"
+    );
+    YamlLoader::load_from_str(&text).unwrap().remove(0)
 }

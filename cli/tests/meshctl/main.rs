@@ -23,6 +23,32 @@ mod webdriver;
 
 const MESHCTL: &str = env!("CARGO_BIN_EXE_meshctl");
 
+/// A path in the repository.
+pub(crate) fn repo(path: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path)
+}
+
+/// StockWeb's tally as `/api/stocks` answers it: rows per server, errors,
+/// rows.
+pub(crate) type Stocks = (std::collections::BTreeMap<String, u64>, u64, usize);
+
+/// Reads StockWeb's `/api/stocks` answer; `None` when it is not one.
+pub(crate) fn parse_stocks(body: &[u8]) -> Option<Stocks> {
+    let json: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let servers = json["servers"]
+        .as_object()?
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+        .collect();
+    Some((
+        servers,
+        json["errors"].as_u64()?,
+        json["rows"].as_array()?.len(),
+    ))
+}
+
 pub(crate) fn meshctl() -> Command {
     let mut command = Command::new(MESHCTL);
     // The service binaries sit beside meshctl; if this test binary was built

@@ -4,6 +4,7 @@
 //! for the first lists; addresses resolve to Services; a bad object is
 //! skipped; the binary finds its API server through KUBECONFIG.
 
+use crate::next;
 use mesh_controller::test_util::FakeApiServer;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -100,16 +101,6 @@ async fn follow(channel: &Channel, name: &str) -> tonic::Streaming<Update> {
         .await
         .unwrap()
         .into_inner()
-}
-
-async fn next(stream: &mut tonic::Streaming<Update>) -> update::Update {
-    tokio::time::timeout(Duration::from_secs(10), stream.message())
-        .await
-        .expect("an update within 10 s")
-        .expect("the stream is healthy")
-        .expect("the stream is open")
-        .update
-        .expect("updates carry a kind")
 }
 
 fn added(update: update::Update) -> Vec<(String, String, bool)> {

@@ -42,7 +42,8 @@ fn register(service: &str, addr: &str, instance: &str) -> RegisterRequest {
     }
 }
 
-async fn next(stream: &mut tonic::Streaming<Update>) -> update::Update {
+/// The next update of a destination stream, within 10 s.
+pub(crate) async fn next(stream: &mut tonic::Streaming<Update>) -> update::Update {
     tokio::time::timeout(Duration::from_secs(10), stream.message())
         .await
         .expect("an update within 10 s")

@@ -13,6 +13,7 @@ use crate::{
         Namespaces, add_node, add_routed_pod, curl_in, prerequisites, serve_in, sh, spawn_in, tag,
     },
 };
+use mesh_runtime::netns::{ECHO_SERVER, echo_round_trip};
 use std::time::Duration;
 use stockdata::test_util::eventually;
 use tokio::process::Command;
@@ -116,11 +117,7 @@ async fn intercepted_connections_are_balanced_per_request_or_passed_through() {
              Server(('::', 8080), handler).serve_forever()"
         );
         servers.push(spawn_in(pod, "python3", &["-c", &http]));
-        servers.push(spawn_in(
-            pod,
-            "python3",
-            &["-c", "import socket, socketserver as s\nclass E(s.StreamRequestHandler):\n def handle(self):\n  while d := self.request.recv(65536): self.request.sendall(d)\nclass T(s.ThreadingTCPServer):\n address_family = socket.AF_INET6\nT(('::', 9000), E).serve_forever()"],
-        ));
+        servers.push(spawn_in(pod, "python3", &["-c", ECHO_SERVER]));
     }
     // The kube-proxy stand-in: the cluster IP, a replica per connection.
     let rules = format!(
@@ -218,26 +215,7 @@ async fn intercepted_connections_are_balanced_per_request_or_passed_through() {
 
     // A destination the controller does not know passes through untouched.
     for host in ["10.212.2.2", "fd12:2::2"] {
-        let echoed = Command::new("ip")
-            .args(["netns", "exec", client, "python3", "-c"])
-            .arg(format!(
-                "import os, socket\n\
-             data = os.urandom(200000)\n\
-             c = socket.create_connection(('{host}', 9000), timeout=10)\n\
-             c.sendall(data); c.shutdown(socket.SHUT_WR)\n\
-             got = b''\n\
-             while chunk := c.recv(65536): got += chunk\n\
-             print('same' if got == data else f'differs: {{len(got)}} bytes')"
-            ))
-            .output()
-            .await
-            .unwrap();
-        assert_eq!(
-            String::from_utf8_lossy(&echoed.stdout).trim(),
-            "same",
-            "{host}: {}",
-            String::from_utf8_lossy(&echoed.stderr)
-        );
+        echo_round_trip(client, host).await.unwrap();
     }
 
     // A connection to the transparent listener that was not redirected there
