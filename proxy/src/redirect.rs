@@ -51,8 +51,9 @@ pub struct InitArgs {
     #[arg(long, value_delimiter = ',', requires = "outbound_port")]
     pub ignore_outbound_ports: Vec<u16>,
 
-    /// The iptables-restore to run (`iptables-legacy-restore` on nodes that
-    /// use the legacy backend); its `-save` sibling is found by name.
+    /// The iptables-restore to run (`iptables-legacy-restore` where the
+    /// legacy backend is in use and its tools are installed: the mesh's
+    /// image carries the nft ones only); its `-save` sibling is found by name.
     #[arg(long, default_value = "iptables-restore")]
     pub iptables_restore: String,
 
