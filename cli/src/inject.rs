@@ -14,8 +14,8 @@
 
 use anyhow::Context as _;
 use mesh_controller::inject::{
-    INIT_CONTAINER, INJECT_ANNOTATION, INJECT_ENABLED, PROXY_CONTAINER, SidecarConfig,
-    init_container, proxy_container,
+    INIT_CONTAINER, INJECT_ANNOTATION, INJECT_ENABLED, Outcome, PROXY_CONTAINER,
+    PROXY_VERSION_ANNOTATION, SidecarConfig, add_sidecar, is_injected,
 };
 use std::{
     io::{Read as _, Write as _},
@@ -44,6 +44,21 @@ pub struct InjectArgs {
     /// The init container's image (with --manual).
     #[arg(long, value_name = "IMAGE")]
     init_image: Option<String>,
+
+    /// With --manual: the proxy as a native sidecar (an init container with
+    /// `restartPolicy: Always`, Kubernetes 1.29 and later: it starts before
+    /// the app, stops after it, and lets Jobs finish), or with `false` as a
+    /// regular container that holds the app back until it is ready (older
+    /// clusters).
+    #[arg(
+        long,
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
+    native_sidecar: Option<bool>,
 }
 
 /// `meshctl uninject`.
@@ -71,10 +86,16 @@ pub fn inject_main(args: InjectArgs) -> anyhow::Result<()> {
         if let Some(image) = args.init_image {
             config.init_image = image;
         }
+        if let Some(native) = args.native_sidecar {
+            config.native = native;
+        }
         Mode::Manual(config)
     } else {
-        if args.proxy_image.is_some() || args.init_image.is_some() {
-            anyhow::bail!("--proxy-image and --init-image only apply with --manual");
+        if args.proxy_image.is_some() || args.init_image.is_some() || args.native_sidecar.is_some()
+        {
+            anyhow::bail!(
+                "--proxy-image, --init-image and --native-sidecar only apply with --manual"
+            );
         }
         Mode::Annotate
     };
@@ -311,11 +332,10 @@ fn mapping<'a>(yaml: &'a mut Yaml, name: &str) -> Result<&'a mut Hash, String> {
 }
 
 /// What happened to one resource.
-enum Outcome {
-    Injected,
-    AlreadyInjected,
+enum Done {
+    Injected(Outcome),
     Uninjected,
-    Skipped(String),
+    NotInjected,
 }
 
 /// Handles one Kubernetes object (a `List`'s items one by one).
@@ -366,17 +386,18 @@ fn process_object(object: &mut Yaml, mode: &Mode, reports: &mut Vec<String>) -> 
     let Some(template) = template else {
         return Err(format!("{resource} has no pod template"));
     };
-    let outcome = match mode {
-        Mode::Annotate => annotate(template),
-        Mode::Manual(config) => add_sidecar(template, config),
+    let done = match mode {
+        Mode::Annotate => annotate(template).map(Done::Injected),
+        Mode::Manual(config) => manual(template, config).map(Done::Injected),
         Mode::Uninject => uninject(template),
     }
     .map_err(|e| format!("{resource}: {e}"))?;
-    reports.push(match outcome {
-        Outcome::Injected => format!("{resource} injected"),
-        Outcome::AlreadyInjected => format!("{resource} already injected"),
-        Outcome::Uninjected => format!("{resource} uninjected"),
-        Outcome::Skipped(why) => format!("{resource} skipped: {why}"),
+    reports.push(match done {
+        Done::Injected(Outcome::Injected) => format!("{resource} injected"),
+        Done::Injected(Outcome::AlreadyInjected) => format!("{resource} already injected"),
+        Done::Injected(Outcome::Skipped(why)) => format!("{resource} skipped: {why}"),
+        Done::Uninjected => format!("{resource} uninjected"),
+        Done::NotInjected => format!("{resource} skipped: not injected"),
     });
     Ok(())
 }
@@ -392,24 +413,12 @@ fn describe(yaml: &Yaml) -> &'static str {
     }
 }
 
-fn has_container(spec: &Yaml, list: &str, name: &str) -> bool {
-    matches!(get(spec, list), Some(Yaml::Array(containers))
-        if containers.iter().any(|c| get(c, "name") == Some(&key(name))))
-}
-
-/// Why a pod template cannot have the sidecar, if it cannot.
-fn unmeshable(spec: &Yaml) -> Option<String> {
-    (get(spec, "hostNetwork") == Some(&Yaml::Boolean(true))).then(|| {
-        "hostNetwork: true (the sidecar would take over the node's own traffic)".to_owned()
-    })
-}
-
 fn annotate(template: &mut Yaml) -> Result<Outcome, String> {
-    let spec = get(template, "spec").unwrap_or(&Yaml::Null);
-    if let Some(why) = unmeshable(spec) {
+    let spec = to_json(get(template, "spec").unwrap_or(&Yaml::Null))?;
+    if let Some(why) = mesh_controller::inject::unmeshable(&spec) {
         return Ok(Outcome::Skipped(why));
     }
-    if has_container(spec, "containers", PROXY_CONTAINER) {
+    if is_injected(&spec) {
         return Ok(Outcome::AlreadyInjected);
     }
     let annotations = mapping(mapping_yaml(template, "metadata")?, "annotations")?;
@@ -431,52 +440,36 @@ fn mapping_yaml<'a>(yaml: &'a mut Yaml, name: &str) -> Result<&'a mut Yaml, Stri
     Ok(get_mut(yaml, name).expect("just ensured"))
 }
 
-fn add_sidecar(template: &mut Yaml, config: &SidecarConfig) -> Result<Outcome, String> {
-    let spec = get(template, "spec").unwrap_or(&Yaml::Null);
-    if let Some(why) = unmeshable(spec) {
-        return Ok(Outcome::Skipped(why));
+/// The sidecar itself, as the injector would add it: the template goes
+/// through JSON (keeping its key order) and the one function both use.
+fn manual(template: &mut Yaml, config: &SidecarConfig) -> Result<Outcome, String> {
+    let mut json = to_json(template)?;
+    let outcome = add_sidecar(&mut json, config)?;
+    if outcome == Outcome::Injected {
+        *template = to_yaml(&json);
     }
-    if has_container(spec, "containers", PROXY_CONTAINER) {
-        return Ok(Outcome::AlreadyInjected);
-    }
-    if !matches!(get(spec, "containers"), Some(Yaml::Array(_))) {
-        return Err("the pod template has no containers".into());
-    }
-    let spec = mapping_yaml(template, "spec")?;
-    let Yaml::Hash(spec) = spec else {
-        unreachable!("mapping_yaml returns a mapping")
-    };
-    if !spec.contains_key(&key("initContainers")) {
-        spec.insert(key("initContainers"), Yaml::Array(Vec::new()));
-    }
-    match spec.get_mut(&key("initContainers")).expect("just ensured") {
-        Yaml::Array(list) => list.insert(0, to_yaml(&init_container(config))),
-        _ => return Err("`initContainers` is not a sequence".into()),
-    }
-    match spec.get_mut(&key("containers")) {
-        Some(Yaml::Array(list)) => list.push(to_yaml(&proxy_container(config))),
-        _ => return Err("`containers` is not a sequence".into()),
-    }
-    Ok(Outcome::Injected)
+    Ok(outcome)
 }
 
-fn uninject(template: &mut Yaml) -> Result<Outcome, String> {
+fn uninject(template: &mut Yaml) -> Result<Done, String> {
     let mut changed = false;
     if let Some(metadata) = get_mut(template, "metadata") {
         if let Some(Yaml::Hash(annotations)) = get_mut(metadata, "annotations") {
-            changed |= annotations.remove(&key(INJECT_ANNOTATION)).is_some();
+            for name in [INJECT_ANNOTATION, PROXY_VERSION_ANNOTATION] {
+                changed |= annotations.remove(&key(name)).is_some();
+            }
         }
         remove_if_empty(metadata, "annotations");
     }
     remove_if_empty(template, "metadata");
     if let Some(Yaml::Hash(spec)) = get_mut(template, "spec") {
-        for (list, name) in [
-            ("containers", PROXY_CONTAINER),
-            ("initContainers", INIT_CONTAINER),
-        ] {
+        for list in ["containers", "initContainers"] {
             if let Some(Yaml::Array(containers)) = spec.get_mut(&key(list)) {
                 let before = containers.len();
-                containers.retain(|c| get(c, "name") != Some(&key(name)));
+                containers.retain(|c| {
+                    get(c, "name") != Some(&key(PROXY_CONTAINER))
+                        && get(c, "name") != Some(&key(INIT_CONTAINER))
+                });
                 changed |= containers.len() != before;
             }
         }
@@ -485,9 +478,9 @@ fn uninject(template: &mut Yaml) -> Result<Outcome, String> {
         }
     }
     Ok(if changed {
-        Outcome::Uninjected
+        Done::Uninjected
     } else {
-        Outcome::Skipped("not injected".into())
+        Done::NotInjected
     })
 }
 
@@ -497,6 +490,35 @@ fn remove_if_empty(yaml: &mut Yaml, name: &str) {
     {
         hash.remove(&key(name));
     }
+}
+
+/// YAML as JSON, keeping key order; what JSON cannot say is an error.
+fn to_json(yaml: &Yaml) -> Result<serde_json::Value, String> {
+    use serde_json::Value;
+    Ok(match yaml {
+        Yaml::Null | Yaml::BadValue => Value::Null,
+        Yaml::Boolean(b) => Value::Bool(*b),
+        Yaml::Integer(i) => Value::from(*i),
+        Yaml::Real(text) => text
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+            .map(Value::Number)
+            .ok_or_else(|| format!("{text} is not a number JSON can hold"))?,
+        Yaml::String(s) => Value::String(s.clone()),
+        Yaml::Array(items) => Value::Array(items.iter().map(to_json).collect::<Result<_, _>>()?),
+        Yaml::Hash(hash) => {
+            let mut map = serde_json::Map::new();
+            for (k, v) in hash {
+                let Yaml::String(k) = k else {
+                    return Err(format!("a key that is {}, not a string", describe(k)));
+                };
+                map.insert(k.clone(), to_json(v)?);
+            }
+            Value::Object(map)
+        }
+        Yaml::Alias(_) => return Err("an unresolved alias".into()),
+    })
 }
 
 /// JSON (the sidecar's description) as YAML, keeping key order.

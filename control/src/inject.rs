@@ -1,7 +1,7 @@
-//! The sidecar the mesh adds to a pod, as Kubernetes JSON: the proxy
-//! container and the init container that redirects the pod's TCP traffic to
-//! it. Pure data, no I/O: `meshctl inject --manual` writes it into YAML, and
-//! the admission webhook will patch pods with the same values.
+//! Injection: which pods get the sidecar and what the sidecar is, as
+//! Kubernetes JSON. Pure data, no I/O: `meshctl inject --manual` writes it
+//! into YAML and the injector ([`crate::injector`]) patches pods with it,
+//! through the one function [`add_sidecar`], so both give the same pod.
 //!
 //! What the sidecar does: the pod's inbound TCP is redirected to the proxy
 //! (port 4143), which forwards it to the port the peer dialled, on
@@ -10,14 +10,36 @@
 //! its requests over the Service's endpoints, or forwards the connection
 //! untouched when it is no Service. The proxy's own connections (its user,
 //! 2102) are never redirected. Its metrics and probes are on port 4191.
+//!
+//! Two shapes ([`SidecarConfig::native`]): on Kubernetes 1.29 and later the
+//! proxy is a native sidecar, an init container with `restartPolicy:
+//! Always`, which the kubelet starts (and waits to be started) before the
+//! app and stops after it, and which does not keep a Job's pod running; on
+//! older clusters it is the first regular container, whose `postStart` hook
+//! holds the app back until the proxy is ready and whose `preStop` hook
+//! gives the app time to finish before the proxy stops.
 
-use serde_json::{Value, json};
-use stockkube_proto::{admin, ports};
+mod sidecar;
 
-/// Pod-template annotation that asks the injector for a sidecar.
-pub const INJECT_ANNOTATION: &str = "mesh.stockkube.dev/inject";
-/// Its value that enables injection.
+pub use sidecar::{SidecarConfig, init_container, proxy_container};
+
+use serde_json::{Map, Value};
+use stockkube_proto::ports;
+
+/// Annotation (on a pod, its template or its namespace) that asks for the
+/// sidecar: `enabled`, or `disabled` to keep a pod out of an injected
+/// namespace.
+pub const INJECT_ANNOTATION: &str = "stockkube.io/inject";
+/// Linkerd's annotation, honoured the same way, so manifests written for
+/// Linkerd (the tutorial's) work unchanged. Ours wins when both are set.
+pub const LINKERD_INJECT_ANNOTATION: &str = "linkerd.io/inject";
+/// The value that enables injection.
 pub const INJECT_ENABLED: &str = "enabled";
+/// The value that keeps a pod out.
+pub const INJECT_DISABLED: &str = "disabled";
+/// Set on every injected pod template: the version of the mesh that injected
+/// it (`meshctl check` compares it with its own).
+pub const PROXY_VERSION_ANNOTATION: &str = "stockkube.io/proxy-version";
 /// Name of the proxy container.
 pub const PROXY_CONTAINER: &str = "mesh-proxy";
 /// Name of the init container that sets up the redirection.
@@ -32,133 +54,104 @@ pub const OUTBOUND_PORT: u16 = ports::PROXY_OUTBOUND;
 /// The proxy's admin server: /metrics, /ready, /live, /endpoints.
 pub const ADMIN_PORT: u16 = ports::PROXY_ADMIN;
 
-/// What the sidecar is made of; the defaults match the images built from
-/// this repository and the mesh's manifests in `k8s/mesh/`.
-#[derive(Debug, Clone)]
-pub struct SidecarConfig {
-    pub proxy_image: String,
-    pub init_image: String,
-    /// The controller's destination API, as the proxy reaches it.
-    pub controller: String,
+/// What [`add_sidecar`] did to a pod template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Injected,
+    AlreadyInjected,
+    /// Not injected, and why.
+    Skipped(String),
 }
 
-impl Default for SidecarConfig {
-    fn default() -> Self {
-        Self {
-            proxy_image: "stockkube/mesh-proxy:dev".into(),
-            init_image: "stockkube/mesh-proxy-init:dev".into(),
-            controller: format!(
-                "http://mesh-controller.stockkube-mesh.svc.cluster.local:{}",
-                ports::CONTROLLER
-            ),
-        }
+/// Whether a pod (template) spec already has the proxy, either shape.
+pub fn is_injected(spec: &Value) -> bool {
+    ["containers", "initContainers"].iter().any(|list| {
+        spec[*list]
+            .as_array()
+            .is_some_and(|list| list.iter().any(|c| c["name"] == PROXY_CONTAINER))
+    })
+}
+
+/// Why a pod (template) spec cannot have the sidecar, if it cannot.
+pub fn unmeshable(spec: &Value) -> Option<String> {
+    (spec["hostNetwork"] == Value::Bool(true)).then(|| {
+        "hostNetwork: true (the sidecar would take over the node's own traffic)".to_owned()
+    })
+}
+
+/// What an object's annotations ask for: `Some(true)` enabled, `Some(false)`
+/// disabled, `None` nothing (ours first, then Linkerd's).
+pub fn requested(annotations: &Value) -> Option<bool> {
+    [INJECT_ANNOTATION, LINKERD_INJECT_ANNOTATION]
+        .iter()
+        .find_map(|key| match annotations[*key].as_str() {
+            Some(INJECT_ENABLED) => Some(true),
+            Some(INJECT_DISABLED) => Some(false),
+            _ => None,
+        })
+}
+
+/// Adds the sidecar to a pod template (`metadata` and `spec`, as in a
+/// Deployment's `spec.template` or a Pod itself). Keeps every other field
+/// and the order of keys; adds nothing when the spec cannot have it or has
+/// it already. An error means the template is malformed.
+pub fn add_sidecar(template: &mut Value, config: &SidecarConfig) -> Result<Outcome, String> {
+    let spec = &template["spec"];
+    if let Some(why) = unmeshable(spec) {
+        return Ok(Outcome::Skipped(why));
     }
+    if is_injected(spec) {
+        return Ok(Outcome::AlreadyInjected);
+    }
+    if !spec["containers"].is_array() {
+        return Err("the pod template has no containers".into());
+    }
+    let Value::Object(template_map) = template else {
+        return Err("the pod template is not a mapping".into());
+    };
+    let annotations = object_at(object_at(template_map, "metadata")?, "annotations")?;
+    annotations.insert(
+        PROXY_VERSION_ANNOTATION.into(),
+        Value::String(config.version.clone()),
+    );
+    let spec = object_at(template_map, "spec")?;
+    let init = list_at(spec, "initContainers")?;
+    init.insert(0, init_container(config));
+    if config.native {
+        // After the redirection, before the pod's own init containers: they
+        // may need the network, which now goes through the proxy.
+        init.insert(1, proxy_container(config));
+    } else {
+        // First, so that its postStart hook holds the app back.
+        list_at(spec, "containers")?.insert(0, proxy_container(config));
+    }
+    Ok(Outcome::Injected)
 }
 
-fn hardened(run_as_user: i64, capabilities: Value) -> Value {
-    json!({
-        "runAsUser": run_as_user,
-        "runAsNonRoot": run_as_user != 0,
-        "allowPrivilegeEscalation": false,
-        "readOnlyRootFilesystem": true,
-        "capabilities": capabilities,
-    })
+/// The mapping at `key`, added (empty, at the end) if absent or null.
+fn object_at<'a>(
+    map: &'a mut Map<String, Value>,
+    key: &str,
+) -> Result<&'a mut Map<String, Value>, String> {
+    let entry = map.entry(key).or_insert_with(|| Value::Object(Map::new()));
+    if entry.is_null() {
+        *entry = Value::Object(Map::new());
+    }
+    entry
+        .as_object_mut()
+        .ok_or_else(|| format!("`{key}` is not a mapping"))
 }
 
-/// The proxy container.
-pub fn proxy_container(config: &SidecarConfig) -> Value {
-    json!({
-        "name": PROXY_CONTAINER,
-        "image": config.proxy_image,
-        "imagePullPolicy": "IfNotPresent",
-        "env": [
-            {"name": "MESH_PROXY_INBOUND", "value": format!("0.0.0.0:{INBOUND_PORT}")},
-            {"name": "MESH_PROXY_OUTBOUND_TRANSPARENT", "value": format!("127.0.0.1:{OUTBOUND_PORT}")},
-            {"name": "MESH_PROXY_DESTINATION", "value": config.controller},
-            {"name": "MESH_PROXY_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-            {"name": "MESH_PROXY_ADMIN", "value": format!("0.0.0.0:{ADMIN_PORT}")},
-            // Its CPU limit is half a core: one worker, on the
-            // current-thread scheduler (docs/proxy.md).
-            {"name": "TOKIO_WORKER_THREADS", "value": "1"},
-        ],
-        "ports": [
-            {"name": "mesh-inbound", "containerPort": INBOUND_PORT, "protocol": "TCP"},
-            {"name": "mesh-admin", "containerPort": ADMIN_PORT, "protocol": "TCP"},
-        ],
-        "readinessProbe": {"httpGet": {"path": admin::READY, "port": ADMIN_PORT}, "periodSeconds": 5},
-        "livenessProbe": {"httpGet": {"path": admin::LIVE, "port": ADMIN_PORT}, "periodSeconds": 10},
-        "resources": {
-            "requests": {"cpu": "10m", "memory": "16Mi"},
-            "limits": {"cpu": "500m", "memory": "64Mi"},
-        },
-        "securityContext": hardened(PROXY_UID, json!({"drop": ["ALL"]})),
-    })
-}
-
-/// The init container: redirects inbound TCP, except to the proxy's own
-/// ports, and outbound TCP, except the proxy's own, to the proxy. It needs
-/// NET_ADMIN and NET_RAW, and root, for the moment it runs.
-pub fn init_container(config: &SidecarConfig) -> Value {
-    json!({
-        "name": INIT_CONTAINER,
-        "image": config.init_image,
-        "imagePullPolicy": "IfNotPresent",
-        "args": [
-            "--inbound-port", INBOUND_PORT.to_string(),
-            "--ignore-inbound-ports", format!("{ADMIN_PORT},{INBOUND_PORT}"),
-            "--outbound-port", OUTBOUND_PORT.to_string(),
-            "--proxy-uid", PROXY_UID.to_string(),
-        ],
-        "resources": {
-            "requests": {"cpu": "10m", "memory": "10Mi"},
-            "limits": {"cpu": "100m", "memory": "32Mi"},
-        },
-        "securityContext": hardened(0, json!({"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]})),
-    })
+/// The sequence at `key`, added (empty, at the end) if absent or null.
+fn list_at<'a>(map: &'a mut Map<String, Value>, key: &str) -> Result<&'a mut Vec<Value>, String> {
+    let entry = map.entry(key).or_insert_with(|| Value::Array(Vec::new()));
+    if entry.is_null() {
+        *entry = Value::Array(Vec::new());
+    }
+    entry
+        .as_array_mut()
+        .ok_or_else(|| format!("`{key}` is not a sequence"))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_proxy_intercepts_both_ways_and_is_probed_on_admin() {
-        let proxy = proxy_container(&SidecarConfig::default());
-        assert_eq!(proxy["name"], PROXY_CONTAINER);
-        let env = |name: &str| {
-            proxy["env"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|e| e["name"] == name)
-                .unwrap_or_else(|| panic!("{name}"))
-                .clone()
-        };
-        assert_eq!(
-            env("MESH_PROXY_OUTBOUND_TRANSPARENT")["value"],
-            "127.0.0.1:4140"
-        );
-        assert_eq!(
-            env("MESH_PROXY_DESTINATION")["value"],
-            "http://mesh-controller.stockkube-mesh.svc.cluster.local:8086"
-        );
-        assert_eq!(
-            env("MESH_PROXY_NAMESPACE")["valueFrom"]["fieldRef"]["fieldPath"],
-            "metadata.namespace"
-        );
-        assert_eq!(proxy["readinessProbe"]["httpGet"]["port"], 4191);
-        assert_eq!(proxy["securityContext"]["runAsUser"], 2102);
-        assert_eq!(proxy["securityContext"]["runAsNonRoot"], true);
-    }
-
-    #[test]
-    fn the_init_container_skips_the_proxy_ports_and_its_user() {
-        let init = init_container(&SidecarConfig::default());
-        let args: Vec<_> = init["args"].as_array().unwrap().iter().collect();
-        let pair = |flag: &str, value: &str| args.windows(2).any(|w| w[0] == flag && w[1] == value);
-        assert!(pair("--ignore-inbound-ports", "4191,4143"));
-        assert!(pair("--outbound-port", "4140"));
-        assert!(pair("--proxy-uid", "2102"));
-        assert_eq!(init["securityContext"]["runAsNonRoot"], false);
-    }
-}
+mod tests;

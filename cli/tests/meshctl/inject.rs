@@ -137,7 +137,7 @@ fn every_workload_kind_gets_its_pod_template_annotated() {
     let input_docs = docs(&std::fs::read_to_string(&input).unwrap());
     assert_eq!(out.len(), input_docs.len(), "documents kept in order");
     let annotation = |template: &Yaml| -> Option<String> {
-        template["metadata"]["annotations"]["mesh.stockkube.dev/inject"]
+        template["metadata"]["annotations"]["stockkube.io/inject"]
             .as_str()
             .map(str::to_owned)
     };
@@ -177,10 +177,22 @@ fn manual_injection_adds_the_intercepting_sidecar() {
     let (out, _) = ok(&["inject", "--manual", input.to_str().unwrap()], "");
     let out = docs(&out);
     let spec = path(&out[0], &["spec", "template", "spec"]);
-    let containers = spec["containers"].as_vec().unwrap();
-    assert_eq!(containers[0]["name"].as_str(), Some("stockdata"));
-    let proxy = &containers[1];
-    assert_eq!(proxy["name"].as_str(), Some("mesh-proxy"));
+    let names = |list: &str| -> Vec<&str> {
+        spec[list]
+            .as_vec()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect()
+    };
+    assert_eq!(names("containers"), ["stockdata"]);
+    assert_eq!(names("initContainers"), ["mesh-init", "mesh-proxy"]);
+    let proxy = &spec["initContainers"][1];
+    assert_eq!(
+        proxy["restartPolicy"].as_str(),
+        Some("Always"),
+        "a native sidecar"
+    );
     let env: Vec<_> = proxy["env"]
         .as_vec()
         .unwrap()
@@ -220,11 +232,64 @@ fn manual_injection_adds_the_intercepting_sidecar() {
         args.windows(2).any(|w| w == ["--outbound-port", "4140"]),
         "{args:?}"
     );
+    let annotations = path(&out[0], &["spec", "template", "metadata", "annotations"]);
     assert_eq!(
-        path(&out[0], &["spec", "template", "metadata", "annotations"]),
-        &Yaml::BadValue,
-        "manual injection needs no annotation"
+        annotations.as_hash().unwrap().len(),
+        1,
+        "manual injection needs no inject annotation, only the version: {annotations:?}"
     );
+    assert_eq!(
+        annotations["stockkube.io/proxy-version"].as_str(),
+        Some(env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn native_sidecar_false_makes_the_proxy_a_regular_container_that_goes_first() {
+    let input = repo("k8s/stocks/stockdata.yml");
+    let input = input.to_str().unwrap();
+    let (out, _) = ok(&["inject", "--manual", "--native-sidecar=false", input], "");
+    let out = docs(&out);
+    let spec = path(&out[0], &["spec", "template", "spec"]);
+    assert_eq!(spec["containers"][0]["name"].as_str(), Some("mesh-proxy"));
+    assert_eq!(spec["containers"][1]["name"].as_str(), Some("stockdata"));
+    assert_eq!(spec["initContainers"].as_vec().unwrap().len(), 1);
+    let hook = &spec["containers"][0]["lifecycle"]["postStart"]["exec"]["command"];
+    assert_eq!(hook[0].as_str(), Some("/usr/bin/mesh-probe"));
+    // `--native-sidecar` alone and `=true` are the default.
+    let (default, _) = ok(&["inject", "--manual", input], "");
+    let (explicit, _) = ok(&["inject", "--manual", "--native-sidecar", input], "");
+    assert_eq!(default, explicit);
+    let err = fails(&["inject", "--native-sidecar=false", input], "");
+    assert!(err.contains("only apply with --manual"), "{err}");
+}
+
+/// A Job's pod finishes when its app does: with native sidecars the proxy is
+/// no regular container, so nothing keeps the pod running afterwards.
+#[test]
+fn a_jobs_pod_gets_the_proxy_among_its_init_containers() {
+    let input = fixture("workloads.yml");
+    let (out, _) = ok(&["inject", "--manual", input.to_str().unwrap()], "");
+    let out = docs(&out);
+    let job = out
+        .iter()
+        .find(|d| d["kind"].as_str() == Some("Job"))
+        .unwrap();
+    let spec = path(job, &["spec", "template", "spec"]);
+    assert!(
+        spec["containers"]
+            .as_vec()
+            .unwrap()
+            .iter()
+            .all(|c| c["name"].as_str() != Some("mesh-proxy"))
+    );
+    let proxy = spec["initContainers"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"].as_str() == Some("mesh-proxy"))
+        .expect("the proxy among init containers");
+    assert_eq!(proxy["restartPolicy"].as_str(), Some("Always"));
 }
 
 #[test]

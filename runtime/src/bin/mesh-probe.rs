@@ -5,27 +5,76 @@
 //! ```text
 //! mesh-probe tcp://127.0.0.1:80              a TCP connection is accepted
 //! mesh-probe http://127.0.0.1:4191/ready     an HTTP/1.1 GET answers 2xx
+//! mesh-probe --wait 120s TARGET              tries every 250 ms until TARGET
+//!                                            answers, for at most 120 s (the
+//!                                            sidecar's postStart hook)
+//! mesh-probe --sleep 10s                     waits 10 s, then exits 0 (the
+//!                                            sidecar's preStop hook)
 //! ```
 
+use mesh_runtime::parse_duration;
 use std::{
     io::{Read as _, Write as _},
     net::{TcpStream, ToSocketAddrs as _},
     process::ExitCode,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 const TIMEOUT: Duration = Duration::from_secs(2);
+const RETRY_EVERY: Duration = Duration::from_millis(250);
+const USAGE: &str = "usage: mesh-probe [--wait DURATION] tcp://HOST:PORT | http://HOST:PORT/PATH\n       mesh-probe --sleep DURATION";
+
+/// What the command line asks for.
+enum Task {
+    Probe { target: String, wait: Duration },
+    Sleep(Duration),
+}
+
+fn parse(args: &[String]) -> Result<Task, String> {
+    let duration = |flag: &str, value: Option<&String>| {
+        value
+            .ok_or_else(|| format!("{flag} needs a duration"))
+            .and_then(|v| parse_duration(v).map_err(|e| format!("{flag}: {e}")))
+    };
+    match args {
+        [flag, value] if flag == "--sleep" => Ok(Task::Sleep(duration(flag, Some(value))?)),
+        [flag, value, target] if flag == "--wait" => Ok(Task::Probe {
+            target: target.clone(),
+            wait: duration(flag, Some(value))?,
+        }),
+        [target] if !target.starts_with("--") => Ok(Task::Probe {
+            target: target.clone(),
+            wait: Duration::ZERO,
+        }),
+        _ => Err(USAGE.into()),
+    }
+}
 
 fn main() -> ExitCode {
-    let Some(target) = std::env::args().nth(1) else {
-        eprintln!("usage: mesh-probe tcp://HOST:PORT | http://HOST:PORT/PATH");
-        return ExitCode::from(2);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let task = match parse(&args) {
+        Ok(task) => task,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(2);
+        }
     };
-    match probe(&target) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("mesh-probe: {target}: {err}");
-            ExitCode::FAILURE
+    let (target, wait) = match task {
+        Task::Sleep(duration) => {
+            std::thread::sleep(duration);
+            return ExitCode::SUCCESS;
+        }
+        Task::Probe { target, wait } => (target, wait),
+    };
+    let deadline = Instant::now() + wait;
+    loop {
+        match probe(&target) {
+            Ok(()) => return ExitCode::SUCCESS,
+            Err(_) if Instant::now() + RETRY_EVERY <= deadline => std::thread::sleep(RETRY_EVERY),
+            Err(err) => {
+                eprintln!("mesh-probe: {target}: {err}");
+                return ExitCode::FAILURE;
+            }
         }
     }
 }
