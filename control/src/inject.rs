@@ -21,7 +21,7 @@
 
 mod sidecar;
 
-pub use sidecar::{SidecarConfig, init_container, proxy_container};
+pub use sidecar::{ProxyResources, SidecarConfig, init_container, proxy_container};
 
 use serde_json::{Map, Value};
 use stockkube_proto::ports;

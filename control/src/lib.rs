@@ -18,10 +18,12 @@
 pub mod backend;
 pub mod destination;
 pub mod inject;
+pub mod injector;
 pub mod kubernetes;
 pub mod registry;
 #[cfg(feature = "test-util")]
 pub mod test_util;
+pub mod tls;
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 use stockkube_proto::mesh::{
