@@ -522,7 +522,7 @@ fn to_json(yaml: &Yaml) -> Result<serde_json::Value, String> {
 }
 
 /// JSON (the sidecar's description) as YAML, keeping key order.
-fn to_yaml(value: &serde_json::Value) -> Yaml {
+pub(crate) fn to_yaml(value: &serde_json::Value) -> Yaml {
     use serde_json::Value;
     match value {
         Value::Null => Yaml::Null,

@@ -3,6 +3,8 @@
 //! - `demo` (also what a bare `meshctl` or `cargo run --release` does): runs
 //!   the mesh and the StockKube sample on this machine.
 //! - `dashboard`: the dashboard against a running mesh.
+//! - `install` / `uninstall`: the control plane as YAML for `kubectl apply`
+//!   (and what removes it).
 //! - `inject` / `uninject`: add the mesh to Kubernetes YAML, or take it out.
 //! - `bench`: gRPC load and the benchmark suite.
 //!
@@ -13,6 +15,7 @@ mod bench;
 mod dashboard;
 mod demo;
 mod inject;
+mod install;
 mod process;
 mod service_vip;
 
@@ -34,6 +37,12 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Run the dashboard against a running mesh's controller.
     Dashboard(dashboard::DashboardArgs),
+    /// Print the mesh's control plane as Kubernetes YAML, with a fresh
+    /// certificate for the injector:
+    /// `meshctl install | kubectl apply -f -`.
+    Install(install::InstallArgs),
+    /// Print what removes the mesh: `meshctl uninstall | kubectl delete -f -`.
+    Uninstall(install::UninstallArgs),
     /// Add the mesh to Kubernetes YAML: the inject annotation on every pod
     /// template (or, with --manual, the sidecar itself). Writes the result to
     /// stdout, a line per resource to stderr, e.g.
@@ -57,6 +66,8 @@ fn main() -> ExitCode {
     let result = match command {
         Command::Demo(args) => demo::main(args),
         Command::Dashboard(args) => dashboard::main(args),
+        Command::Install(args) => install::install_main(args),
+        Command::Uninstall(args) => install::uninstall_main(args),
         Command::Inject(args) => inject::inject_main(args),
         Command::Uninject(args) => inject::uninject_main(args),
         Command::Bench(args) => bench::main(args),

@@ -1,10 +1,12 @@
 //! A fake Kubernetes API server for tests (feature `test-util`), speaking
-//! the real wire format over real HTTP on loopback: cluster-wide LIST of
-//! Services, EndpointSlices and Pods with a `resourceVersion`, streamed
+//! the real wire format over real HTTP on loopback: LIST (cluster-wide or
+//! in a namespace) with a `resourceVersion`, GET of one object, streamed
 //! WATCH from a version (newline-delimited events), BOOKMARK events, and
-//! `410 Gone` for a version older than the server keeps. Tests change the
-//! objects and break the server on purpose: expire old versions, cut open
-//! watches, go down and come back (an API server restart).
+//! `410 Gone` for a version older than the server keeps; `/version`, and
+//! SelfSubjectAccessReviews answered from a list of denied permissions.
+//! Tests change the objects and break the server on purpose: expire old
+//! versions, cut open watches, go down and come back (an API server
+//! restart).
 
 use axum::{
     body::Body,
@@ -30,17 +32,41 @@ pub enum Resource {
     Services,
     EndpointSlices,
     Pods,
+    Namespaces,
+    Secrets,
+    MutatingWebhookConfigurations,
 }
 
 impl Resource {
-    const ALL: [Resource; 3] = [Resource::Services, Resource::EndpointSlices, Resource::Pods];
+    const ALL: [Resource; 6] = [
+        Resource::Services,
+        Resource::EndpointSlices,
+        Resource::Pods,
+        Resource::Namespaces,
+        Resource::Secrets,
+        Resource::MutatingWebhookConfigurations,
+    ];
 
-    fn path(self) -> &'static str {
+    /// The API group's path prefix and the resource's plural name.
+    fn path(self) -> (&'static str, &'static str) {
         match self {
-            Resource::Services => "/api/v1/services",
-            Resource::EndpointSlices => "/apis/discovery.k8s.io/v1/endpointslices",
-            Resource::Pods => "/api/v1/pods",
+            Resource::Services => ("/api/v1", "services"),
+            Resource::EndpointSlices => ("/apis/discovery.k8s.io/v1", "endpointslices"),
+            Resource::Pods => ("/api/v1", "pods"),
+            Resource::Namespaces => ("/api/v1", "namespaces"),
+            Resource::Secrets => ("/api/v1", "secrets"),
+            Resource::MutatingWebhookConfigurations => (
+                "/apis/admissionregistration.k8s.io/v1",
+                "mutatingwebhookconfigurations",
+            ),
         }
+    }
+
+    fn namespaced(self) -> bool {
+        !matches!(
+            self,
+            Resource::Namespaces | Resource::MutatingWebhookConfigurations
+        )
     }
 
     fn kind(self) -> &'static str {
@@ -48,12 +74,16 @@ impl Resource {
             Resource::Services => "Service",
             Resource::EndpointSlices => "EndpointSlice",
             Resource::Pods => "Pod",
+            Resource::Namespaces => "Namespace",
+            Resource::Secrets => "Secret",
+            Resource::MutatingWebhookConfigurations => "MutatingWebhookConfiguration",
         }
     }
 
     fn api_version(self) -> &'static str {
         match self {
             Resource::EndpointSlices => "discovery.k8s.io/v1",
+            Resource::MutatingWebhookConfigurations => "admissionregistration.k8s.io/v1",
             _ => "v1",
         }
     }
@@ -81,6 +111,9 @@ struct Objects {
     oldest: u64,
     down: bool,
     requests: Vec<String>,
+    /// `(verb, resource)` pairs a SelfSubjectAccessReview says no to.
+    denied: Vec<(String, String)>,
+    git_version: String,
 }
 
 #[derive(Clone)]
@@ -123,6 +156,7 @@ impl FakeApiServer {
         let shared = Shared {
             objects: Arc::new(Mutex::new(Objects {
                 version: 1,
+                git_version: "v1.33.1".into(),
                 ..Objects::default()
             })),
             changes: broadcast::channel(4096).0,
@@ -176,13 +210,16 @@ impl FakeApiServer {
     /// gets the next resource version, which is returned.
     pub fn apply(&self, mut object: Value) -> u64 {
         let kind = object["kind"].as_str().unwrap_or_default().to_owned();
-        let resource = Resource::of_kind(&kind).unwrap_or_else(|| {
-            panic!("the fake serves Services, EndpointSlices and Pods, not {kind:?}")
-        });
-        let namespace = object["metadata"]["namespace"]
-            .as_str()
-            .unwrap_or("default")
-            .to_owned();
+        let resource =
+            Resource::of_kind(&kind).unwrap_or_else(|| panic!("the fake does not serve {kind:?}"));
+        let namespace = if resource.namespaced() {
+            object["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("default")
+                .to_owned()
+        } else {
+            String::new()
+        };
         let name = object["metadata"]["name"]
             .as_str()
             .expect("an object has a name")
@@ -191,7 +228,9 @@ impl FakeApiServer {
         let mut objects = self.lock();
         objects.version += 1;
         let version = objects.version;
-        object["metadata"]["namespace"] = json!(namespace);
+        if resource.namespaced() {
+            object["metadata"]["namespace"] = json!(namespace);
+        }
         object["metadata"]["resourceVersion"] = json!(version.to_string());
         let key = (resource, namespace, name);
         let kind = if objects.objects.insert(key, object.clone()).is_some() {
@@ -259,16 +298,29 @@ impl FakeApiServer {
     pub fn requests(&self) -> Vec<String> {
         self.lock().requests.clone()
     }
+
+    /// From now on, SelfSubjectAccessReviews for `verb` on `resource` (its
+    /// plural, e.g. `clusterroles`) answer not allowed.
+    pub fn deny(&self, verb: &str, resource: &str) {
+        self.lock().denied.push((verb.into(), resource.into()));
+    }
+
+    /// What `/version` says (`gitVersion`, e.g. `v1.28.4`).
+    pub fn set_version(&self, git_version: &str) {
+        self.lock().git_version = git_version.into();
+    }
 }
 
 async fn serve(
     State(shared): State<Shared>,
+    method: axum::http::Method,
     uri: Uri,
     Query(query): Query<HashMap<String, String>>,
+    body: Bytes,
 ) -> Response {
     let (down, path) = {
         let mut objects = shared.objects.lock().expect("fake API lock");
-        objects.requests.push(format!("GET {uri}"));
+        objects.requests.push(format!("{method} {uri}"));
         (objects.down, uri.path().to_owned())
     };
     if down {
@@ -278,13 +330,24 @@ async fn serve(
             "the API server is restarting",
         );
     }
-    let Some(resource) = Resource::ALL.into_iter().find(|r| r.path() == path) else {
+    if path == "/version" {
+        return version(&shared);
+    }
+    if method == axum::http::Method::POST
+        && path == "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+    {
+        return access_review(&shared, &body);
+    }
+    let Some((resource, namespace, name)) = route(&path) else {
         return status(
             StatusCode::NOT_FOUND,
             "NotFound",
-            "the fake serves Services, EndpointSlices and Pods, cluster wide",
+            &format!("the fake does not serve {path}"),
         );
     };
+    if let Some(name) = name {
+        return get_one(&shared, resource, namespace.unwrap_or_default(), name);
+    }
     if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) {
         let from = query
             .get("resourceVersion")
@@ -299,7 +362,94 @@ async fn serve(
             .map_or(Duration::from_secs(300), Duration::from_secs);
         watch_response(shared, resource, from, bookmarks, timeout)
     } else {
-        list(&shared, resource)
+        list(&shared, resource, namespace)
+    }
+}
+
+/// Which resource a path names: (resource, namespace, object name).
+fn route(path: &str) -> Option<(Resource, Option<&str>, Option<&str>)> {
+    Resource::ALL.into_iter().find_map(|resource| {
+        let (prefix, plural) = resource.path();
+        let rest = path.strip_prefix(prefix)?.strip_prefix('/')?;
+        let segments: Vec<&str> = rest.split('/').collect();
+        match segments[..] {
+            [p] if p == plural => Some((resource, None, None)),
+            [p, name] if p == plural && !resource.namespaced() => {
+                Some((resource, None, Some(name)))
+            }
+            ["namespaces", ns, p] if p == plural && resource.namespaced() => {
+                Some((resource, Some(ns), None))
+            }
+            ["namespaces", ns, p, name] if p == plural && resource.namespaced() => {
+                Some((resource, Some(ns), Some(name)))
+            }
+            _ => None,
+        }
+    })
+}
+
+fn version(shared: &Shared) -> Response {
+    let git_version = shared
+        .objects
+        .lock()
+        .expect("fake API lock")
+        .git_version
+        .clone();
+    let numbers: Vec<&str> = git_version
+        .trim_start_matches('v')
+        .split(['.', '-', '+'])
+        .collect();
+    let body = json!({
+        "major": numbers.first().copied().unwrap_or("1"),
+        "minor": numbers.get(1).copied().unwrap_or("0"),
+        "gitVersion": git_version,
+        "platform": "linux/amd64",
+    });
+    ([("content-type", "application/json")], body.to_string()).into_response()
+}
+
+fn access_review(shared: &Shared, body: &[u8]) -> Response {
+    let Ok(mut review) = serde_json::from_slice::<Value>(body) else {
+        return status(StatusCode::BAD_REQUEST, "BadRequest", "not JSON");
+    };
+    let attributes = &review["spec"]["resourceAttributes"];
+    let verb = attributes["verb"].as_str().unwrap_or_default().to_owned();
+    let resource = attributes["resource"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let allowed = !shared
+        .objects
+        .lock()
+        .expect("fake API lock")
+        .denied
+        .contains(&(verb, resource));
+    review["status"] = json!({"allowed": allowed});
+    (
+        StatusCode::CREATED,
+        [("content-type", "application/json")],
+        review.to_string(),
+    )
+        .into_response()
+}
+
+fn get_one(shared: &Shared, resource: Resource, namespace: &str, name: &str) -> Response {
+    let objects = shared.objects.lock().expect("fake API lock");
+    match objects
+        .objects
+        .get(&(resource, namespace.to_owned(), name.to_owned()))
+    {
+        Some(object) => {
+            ([("content-type", "application/json")], object.to_string()).into_response()
+        }
+        None => status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!(
+                "{} {name:?} not found",
+                resource.kind().to_ascii_lowercase()
+            ),
+        ),
     }
 }
 
@@ -316,12 +466,12 @@ fn status(code: StatusCode, reason: &str, message: &str) -> Response {
         .into_response()
 }
 
-fn list(shared: &Shared, resource: Resource) -> Response {
+fn list(shared: &Shared, resource: Resource, namespace: Option<&str>) -> Response {
     let objects = shared.objects.lock().expect("fake API lock");
     let items: Vec<&Value> = objects
         .objects
         .iter()
-        .filter(|((r, _, _), _)| *r == resource)
+        .filter(|((r, ns, _), _)| *r == resource && namespace.is_none_or(|n| n == ns))
         .map(|(_, object)| object)
         .collect();
     let body = json!({
