@@ -120,11 +120,11 @@ pub fn uninstall(namespace: &str) -> String {
     )];
     for component in ["controller", "injector"] {
         let name = format!("{namespace}-{component}");
-        objects.push(named(
-            "rbac.authorization.k8s.io/v1",
-            "ClusterRoleBinding",
-            &name,
-        ));
+        let mut binding = named("rbac.authorization.k8s.io/v1", "ClusterRoleBinding", &name);
+        // A binding's role is part of its identity (and its schema).
+        binding["roleRef"] =
+            json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name});
+        objects.push(binding);
         objects.push(named("rbac.authorization.k8s.io/v1", "ClusterRole", &name));
     }
     objects.push(named("v1", "Namespace", namespace));

@@ -20,7 +20,7 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 /// Runs meshctl with `args`, feeding `stdin`.
-fn run(args: &[&str], stdin: &str) -> Output {
+pub(crate) fn run(args: &[&str], stdin: &str) -> Output {
     let mut child = Command::new(MESHCTL)
         .args(args)
         .stdin(Stdio::piped())
@@ -38,7 +38,7 @@ fn run(args: &[&str], stdin: &str) -> Output {
 }
 
 /// Runs meshctl, expecting success; (stdout, stderr).
-fn ok(args: &[&str], stdin: &str) -> (String, String) {
+pub(crate) fn ok(args: &[&str], stdin: &str) -> (String, String) {
     let output = run(args, stdin);
     let (stdout, stderr) = (
         String::from_utf8(output.stdout).unwrap(),
@@ -49,7 +49,7 @@ fn ok(args: &[&str], stdin: &str) -> (String, String) {
 }
 
 /// Runs meshctl, expecting failure with nothing on stdout; stderr.
-fn fails(args: &[&str], stdin: &str) -> String {
+pub(crate) fn fails(args: &[&str], stdin: &str) -> String {
     let output = run(args, stdin);
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(!output.status.success(), "{args:?} succeeded");
@@ -62,11 +62,11 @@ fn fails(args: &[&str], stdin: &str) -> String {
     stderr
 }
 
-fn docs(text: &str) -> Vec<Yaml> {
+pub(crate) fn docs(text: &str) -> Vec<Yaml> {
     YamlLoader::load_from_str(text).unwrap()
 }
 
-fn path<'a>(yaml: &'a Yaml, keys: &[&str]) -> &'a Yaml {
+pub(crate) fn path<'a>(yaml: &'a Yaml, keys: &[&str]) -> &'a Yaml {
     keys.iter().fold(yaml, |y, k| &y[*k])
 }
 
@@ -396,7 +396,7 @@ fn bad_input_names_the_file_and_document_and_writes_nothing() {
 }
 
 /// `kubernetes-validate`, from the test venv that `scripts/test.sh` makes.
-fn kubernetes_validate() -> Option<PathBuf> {
+pub(crate) fn kubernetes_validate() -> Option<PathBuf> {
     let candidate = std::env::var_os("STOCKKUBE_K8S_VALIDATE")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo("target/interop-venv/bin/kubernetes-validate"));
@@ -464,10 +464,16 @@ fn every_manifest_and_every_output_validates_strictly() {
             files.push(validation_file(&dir, &format!("{index}-{mode}.yml"), &out));
         }
     }
-    let output = Command::new(&validate)
+    assert_valid(&validate, &files);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Runs `kubernetes-validate --strict` on `files`; fails on any warning.
+pub(crate) fn assert_valid(validate: &Path, files: &[PathBuf]) {
+    let output = Command::new(validate)
         .arg("--strict")
         .arg("--quiet")
-        .args(&files)
+        .args(files)
         .output()
         .unwrap();
     let report = format!(
@@ -480,5 +486,4 @@ fn every_manifest_and_every_output_validates_strictly() {
         !report.contains("WARN") && !report.contains("ERROR"),
         "{report}"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -17,6 +17,8 @@ mod bench;
 mod compose;
 mod dashboard;
 mod inject;
+mod injector;
+mod install;
 mod kbox;
 mod tutorial;
 mod webdriver;
