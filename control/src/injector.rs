@@ -264,13 +264,43 @@ async fn reload(certificate: Arc<ReloadingCertificate>, every: Duration) {
     }
 }
 
+/// Reads a review's body, up to [`MAX_REVIEW_BYTES`]. A larger one is read
+/// to its end (up to 16 times the limit, within 10 s) and dropped, so the
+/// client gets its answer instead of a stalled upload.
+async fn read_body(body: Body) -> Result<Vec<u8>, String> {
+    use futures_util::StreamExt as _;
+    let mut stream = body.into_data_stream();
+    let mut bytes = Vec::new();
+    let mut total = 0usize;
+    let read = async {
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| format!("the review could not be read: {e}"))?;
+            total += chunk.len();
+            if total <= MAX_REVIEW_BYTES {
+                bytes.extend_from_slice(&chunk);
+            } else if total > 16 * MAX_REVIEW_BYTES {
+                break;
+            }
+        }
+        Ok::<_, String>(())
+    };
+    match tokio::time::timeout(Duration::from_secs(10), read).await {
+        Err(_) => return Err("the review did not arrive whole within 10 s".into()),
+        Ok(result) => result?,
+    }
+    if total > MAX_REVIEW_BYTES {
+        return Err(format!(
+            "the review is larger than {MAX_REVIEW_BYTES} bytes"
+        ));
+    }
+    Ok(bytes)
+}
+
 async fn inject(State(injector): State<Injector>, body: Body) -> impl IntoResponse {
-    let answer = match axum::body::to_bytes(body, MAX_REVIEW_BYTES).await {
-        Err(_) => unreadable(review::Unreadable {
+    let answer = match read_body(body).await {
+        Err(reason) => unreadable(review::Unreadable {
             uid: String::new(),
-            reason: format!(
-                "the review could not be read whole (larger than {MAX_REVIEW_BYTES} bytes, or cut off)"
-            ),
+            reason,
         }),
         Ok(bytes) => match review::parse(&bytes) {
             Err(why) => unreadable(why),
