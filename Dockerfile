@@ -52,6 +52,14 @@ ENV MESH_CONTROLLER_LISTEN=0.0.0.0:8086
 EXPOSE 8086
 ENTRYPOINT ["/usr/bin/mesh-controller"]
 
+# The injector, the admission webhook: MESH_INJECTOR_* (HTTPS :8443), its
+# certificate in MESH_INJECTOR_TLS_DIR (the Secret `meshctl install` makes).
+FROM base AS mesh-injector
+COPY target/docker/bin/mesh-injector /usr/bin/mesh-injector
+ENV MESH_INJECTOR_LISTEN=0.0.0.0:8443
+EXPOSE 8443
+ENTRYPOINT ["/usr/bin/mesh-injector"]
+
 # The dashboard: MESH_DASHBOARD_* (docs/dashboard.md), HTTP on :8084.
 FROM base AS mesh-dashboard
 COPY target/docker/bin/mesh-dashboard /usr/bin/mesh-dashboard

@@ -2,7 +2,8 @@
 # Builds every StockKube Mesh image: `docker/build.sh [TAG]` (default dev).
 #
 #   stockkube/stockdata  stockkube/stockweb  stockkube/mesh-proxy
-#   stockkube/mesh-proxy-init  stockkube/mesh-controller  stockkube/mesh-dashboard
+#   stockkube/mesh-proxy-init  stockkube/mesh-controller  stockkube/mesh-injector
+#   stockkube/mesh-dashboard
 #
 # Each is FROM scratch: static musl binaries (built here with cargo), the CA
 # certificates and a passwd file from this machine, and the health probe.
@@ -36,7 +37,7 @@ cargo build --release --locked --target "$target" \
 # The binaries, without their debug information.
 bin=target/docker/bin
 rm -rf "$bin" && mkdir -p "$bin"
-for binary in stockdata stockweb mesh-proxy mesh-proxy-init mesh-controller mesh-dashboard mesh-probe; do
+for binary in stockdata stockweb mesh-proxy mesh-proxy-init mesh-controller mesh-injector mesh-dashboard mesh-probe; do
   strip --strip-debug -o "$bin/$binary" "$out/$binary"
 done
 
@@ -66,7 +67,7 @@ done | sort -u | while read -r lib; do
 done
 cp "$rootfs/etc/passwd" "$rootfs/etc/group" "$init/etc/"
 
-for image in stockdata stockweb mesh-proxy mesh-proxy-init mesh-controller mesh-dashboard; do
+for image in stockdata stockweb mesh-proxy mesh-proxy-init mesh-controller mesh-injector mesh-dashboard; do
   docker build --quiet --target "$image" --tag "stockkube/$image:$tag" . >/dev/null
   printf 'stockkube/%s:%s %s\n' "$image" "$tag" \
     "$(docker image inspect --format '{{.Size}}' "stockkube/$image:$tag" | awk '{printf "%.1f MB", $1/1e6}')"

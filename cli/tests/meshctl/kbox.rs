@@ -233,34 +233,71 @@ impl Cluster {
             }
         }
         let pod_user = spec["securityContext"]["runAsUser"].as_i64();
+        let mut containers = BTreeMap::new();
         for init in spec["initContainers"].as_vec().into_iter().flatten() {
             let mut child = self.start(&netns, namespace, name, init, pod_user, extra_env);
+            let container = init["name"].as_str().unwrap();
+            if init["restartPolicy"].as_str() == Some("Always") {
+                // A native sidecar: it runs beside the app, which starts
+                // once its startup probe passes.
+                self.wait_started(&netns, name, init).await;
+                containers.insert(container.to_owned(), child);
+                continue;
+            }
             let status = child.wait().await.unwrap();
             assert!(
                 status.success(),
-                "init container {} of {name} failed: {}",
-                init["name"].as_str().unwrap(),
+                "init container {container} of {name} failed: {}",
                 self.log(name, init)
             );
         }
-        let mut containers = BTreeMap::new();
         for container in spec["containers"].as_vec().expect("containers") {
             let child = self.start(&netns, namespace, name, container, pod_user, extra_env);
             containers.insert(container["name"].as_str().unwrap().to_owned(), child);
         }
         self.pod_mut(name).containers = containers;
-        let names: Vec<Value> = spec["containers"]
-            .as_vec()
-            .unwrap()
-            .iter()
-            .map(|c| json!({"name": c["name"].as_str(), "image": c["image"].as_str()}))
-            .collect();
+        let names = |list: &str| -> Vec<Value> {
+            spec[list]
+                .as_vec()
+                .into_iter()
+                .flatten()
+                .map(|c| json!({"name": c["name"].as_str(), "image": c["image"].as_str()}))
+                .collect()
+        };
         self.api.apply(json!({
             "kind": "Pod",
             "metadata": {"namespace": namespace, "name": name, "labels": {"app": name.rsplit_once('-').map_or(name, |p| p.0)}},
-            "spec": {"serviceAccountName": spec["serviceAccountName"].as_str().unwrap_or("default"), "nodeName": "kbox", "containers": names},
+            "spec": {
+                "serviceAccountName": spec["serviceAccountName"].as_str().unwrap_or("default"),
+                "nodeName": "kbox",
+                "initContainers": names("initContainers"),
+                "containers": names("containers"),
+            },
             "status": {"podIP": ip},
         }));
+    }
+
+    /// Polls a container's HTTP startup probe, as the kubelet does, until
+    /// it passes (or, without one, returns at once).
+    async fn wait_started(&self, netns: &str, pod: &str, container: &Yaml) {
+        let probe = &container["startupProbe"]["httpGet"];
+        let Some(port) = probe["port"].as_i64() else {
+            return;
+        };
+        let url = format!("http://127.0.0.1:{port}{}", probe["path"].as_str().unwrap_or("/"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while output_ok(&["ip", "netns", "exec", netns, "curl", "-fsS", "--max-time", "1", &url])
+            .await
+            .is_none()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{pod}: {} never passed its startup probe: {}",
+                container["name"].as_str().unwrap(),
+                self.log(pod, container)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     fn log_path(&self, pod: &str, container: &Yaml) -> PathBuf {
@@ -399,7 +436,18 @@ impl Cluster {
             {
                 return;
             }
-            assert!(Instant::now() < deadline, "{pod} never listened on {port}");
+            if Instant::now() >= deadline {
+                let logs: Vec<String> = self
+                    .pod(pod)
+                    .containers
+                    .keys()
+                    .map(|c| {
+                        let log = std::fs::read_to_string(self.dir.join("logs").join(format!("{pod}-{c}.log")));
+                        format!("{c}: {}", log.unwrap_or_default())
+                    })
+                    .collect();
+                panic!("{pod} never listened on {port}: {logs:#?}");
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -426,8 +474,9 @@ impl Cluster {
         let spec = &template["spec"];
         let yaml = spec["containers"]
             .as_vec()
-            .unwrap()
-            .iter()
+            .into_iter()
+            .chain(spec["initContainers"].as_vec())
+            .flatten()
             .find(|c| c["name"].as_str() == Some(container))
             .unwrap()
             .clone();
