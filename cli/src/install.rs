@@ -9,7 +9,7 @@
 //! prints with its defaults, without those two generated documents (a test
 //! keeps them equal).
 
-mod manifests;
+pub mod manifests;
 
 use anyhow::Context as _;
 use mesh_controller::inject::{ProxyResources, SidecarConfig};

@@ -5,6 +5,7 @@
 //! - `dashboard`: the dashboard against a running mesh.
 //! - `install` / `uninstall`: the control plane as YAML for `kubectl apply`
 //!   (and what removes it).
+//! - `check`: is the cluster ready for the mesh, is the mesh healthy.
 //! - `inject` / `uninject`: add the mesh to Kubernetes YAML, or take it out.
 //! - `bench`: gRPC load and the benchmark suite.
 //!
@@ -12,6 +13,7 @@
 //! run anywhere else; `meshctl` only starts, watches and stops them.
 
 mod bench;
+mod check;
 mod dashboard;
 mod demo;
 mod inject;
@@ -41,6 +43,10 @@ enum Command {
     /// certificate for the injector:
     /// `meshctl install | kubectl apply -f -`.
     Install(install::InstallArgs),
+    /// Check that the cluster can run the mesh (--pre) or that the
+    /// installed mesh is healthy: one line per check, non-zero exit status
+    /// on any failure.
+    Check(check::CheckArgs),
     /// Print what removes the mesh: `meshctl uninstall | kubectl delete -f -`.
     Uninstall(install::UninstallArgs),
     /// Add the mesh to Kubernetes YAML: the inject annotation on every pod
@@ -66,6 +72,10 @@ fn main() -> ExitCode {
     let result = match command {
         Command::Demo(args) => demo::main(args),
         Command::Dashboard(args) => dashboard::main(args),
+        Command::Check(args) => match check::main(args) {
+            Ok(code) => return code,
+            Err(err) => Err(err),
+        },
         Command::Install(args) => install::install_main(args),
         Command::Uninstall(args) => install::uninstall_main(args),
         Command::Inject(args) => inject::inject_main(args),

@@ -284,11 +284,24 @@ impl Cluster {
         let Some(port) = probe["port"].as_i64() else {
             return;
         };
-        let url = format!("http://127.0.0.1:{port}{}", probe["path"].as_str().unwrap_or("/"));
+        let url = format!(
+            "http://127.0.0.1:{port}{}",
+            probe["path"].as_str().unwrap_or("/")
+        );
         let deadline = Instant::now() + Duration::from_secs(20);
-        while output_ok(&["ip", "netns", "exec", netns, "curl", "-fsS", "--max-time", "1", &url])
-            .await
-            .is_none()
+        while output_ok(&[
+            "ip",
+            "netns",
+            "exec",
+            netns,
+            "curl",
+            "-fsS",
+            "--max-time",
+            "1",
+            &url,
+        ])
+        .await
+        .is_none()
         {
             assert!(
                 Instant::now() < deadline,
@@ -442,7 +455,9 @@ impl Cluster {
                     .containers
                     .keys()
                     .map(|c| {
-                        let log = std::fs::read_to_string(self.dir.join("logs").join(format!("{pod}-{c}.log")));
+                        let log = std::fs::read_to_string(
+                            self.dir.join("logs").join(format!("{pod}-{c}.log")),
+                        );
                         format!("{c}: {}", log.unwrap_or_default())
                     })
                     .collect();

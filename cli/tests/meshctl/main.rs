@@ -14,6 +14,7 @@ use tokio::{
 };
 
 mod bench;
+mod check;
 mod compose;
 mod dashboard;
 mod inject;
