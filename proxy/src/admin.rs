@@ -35,11 +35,13 @@ pub fn app(state: AdminState) -> Router {
         .with_state(state)
 }
 
-/// Serves the admin routes on `listener` until `drain` turns true.
-pub async fn serve(listener: TcpListener, state: AdminState, mut drain: watch::Receiver<bool>) {
+/// Serves the admin routes on `listener` until `stop` turns true: after
+/// the drain, so that probes read `/ready`'s `503 draining` (not a refused
+/// connection) and metrics stay readable while requests finish.
+pub async fn serve(listener: TcpListener, state: AdminState, mut stop: watch::Receiver<bool>) {
     let served = axum::serve(listener, app(state))
         .with_graceful_shutdown(async move {
-            let _ = drain.wait_for(|draining| *draining).await;
+            let _ = stop.wait_for(|stop| *stop).await;
         })
         .into_future()
         .await;

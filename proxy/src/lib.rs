@@ -106,6 +106,7 @@ pub async fn run(
 
     let ready = Arc::new(AtomicBool::new(false));
     let admin_addr = local_addr(&listeners.admin);
+    let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
     let admin = tokio::spawn(admin::serve(
         listeners.admin,
         admin::AdminState {
@@ -113,7 +114,7 @@ pub async fn run(
             balancers: all_balancers,
             ready: ready.clone(),
         },
-        drain.signal(),
+        admin_stopped,
     ));
     // Announced with the ports actually bound (a flag may have said 0).
     let registration = config.registration.clone().map(|registration| {
@@ -130,6 +131,7 @@ pub async fn run(
     drain.start();
     while accept_loops.join_next().await.is_some() {}
     drain.wait(config.drain_timeout).await;
+    let _ = stop_admin.send(true);
     let _ = admin.await;
     if let Some(registration) = registration {
         let _ = registration.await;

@@ -111,3 +111,117 @@ async fn sigterm_drains_and_exits_zero() {
         .unwrap();
     assert!(status.success(), "{status}");
 }
+
+/// A free loopback port (bound and released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One HTTP/1.1 GET on a fresh connection: the status line and body.
+async fn get(port: u16, path: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await?;
+    Ok(answer)
+}
+
+/// What a pod's readiness probe and a request in flight see once the
+/// kubelet sends SIGTERM: `/ready` answers `503 draining` (the admin server
+/// stays up through the drain), and the request still gets its answer.
+#[tokio::test]
+async fn after_sigterm_ready_says_draining_while_requests_finish() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    // An app that answers after 1.5 s, and says when a request arrived.
+    let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_addr = app.local_addr().unwrap();
+    let (arrived, mut request_arrived) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = app.accept().await {
+            let arrived = arrived.clone();
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 4096];
+                let mut read = 0;
+                while !buffer[..read].windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buffer[read..]).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => read += n,
+                    }
+                }
+                let _ = arrived.send(()).await;
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nfinished")
+                    .await;
+            });
+        }
+    });
+    let (inbound, admin) = (free_port(), free_port());
+    let mut child = Command::new(PROXY)
+        .args(["--inbound", &format!("127.0.0.1:{inbound}")])
+        .args(["--app", &app_addr.to_string()])
+        .args(["--admin", &format!("127.0.0.1:{admin}")])
+        .env("RUST_LOG", "mesh_proxy=info")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !get(admin, "/ready")
+        .await
+        .is_ok_and(|a| a.starts_with("HTTP/1.1 200"))
+    {
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let in_flight = tokio::spawn(get(inbound, "/slow"));
+    tokio::time::timeout(Duration::from_secs(10), request_arrived.recv())
+        .await
+        .expect("the request reaches the app");
+    let pid = rustix::process::Pid::from_raw(child.id().unwrap() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    // Poll until the proxy has seen the signal.
+    let ready = loop {
+        let answer = get(admin, "/ready")
+            .await
+            .expect("the admin server answers while draining");
+        if !answer.starts_with("HTTP/1.1 200") {
+            break answer;
+        }
+        assert!(std::time::Instant::now() < deadline, "never draining");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
+    assert!(ready.ends_with("draining\n"), "{ready}");
+    let metrics = get(admin, "/metrics").await.unwrap();
+    assert!(
+        metrics.starts_with("HTTP/1.1 200"),
+        "metrics readable while draining"
+    );
+
+    let answer = in_flight.await.unwrap().unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.ends_with("finished"),
+        "{answer}"
+    );
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("exits after the drain")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    assert!(
+        get(admin, "/ready").await.is_err(),
+        "the admin server stops last"
+    );
+}
