@@ -421,20 +421,54 @@ impl Cluster {
     /// StockWeb's `/api/stocks` through its pod's address: rows per
     /// server, errors, rows.
     async fn stocks(&self, stockweb: &str) -> Option<Stocks> {
-        let url = format!("http://{}:80/api/stocks", self.pod(stockweb).ip);
-        let body = output_ok(&[
-            "ip",
-            "netns",
-            "exec",
-            &self.node,
-            "curl",
-            "-fsS",
-            "--max-time",
-            "15",
-            &url,
-        ])
-        .await?;
-        crate::parse_stocks(body.as_bytes())
+        fetch_stocks(&self.node, &self.pod(stockweb).ip).await
+    }
+
+    /// Deletes a pod the way the kubelet stops it: SIGTERM to the app's
+    /// containers, and once they exited (or the 30 s grace period passed:
+    /// SIGKILL) to its native sidecars, last started first; then the pod is
+    /// gone. `meanwhile` runs right after the first SIGTERM (the endpoint
+    /// controller's update, which races the kubelet's).
+    async fn terminate_pod(&mut self, name: &str, meanwhile: impl FnOnce(&Self)) {
+        let template = self.pod(name).template.clone();
+        let sidecars: Vec<String> = template["spec"]["initContainers"]
+            .as_vec()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["restartPolicy"].as_str() == Some("Always"))
+            .map(|c| c["name"].as_str().unwrap().to_owned())
+            .rev()
+            .collect();
+        let apps: Vec<String> = self
+            .pod(name)
+            .containers
+            .keys()
+            .filter(|c| !sidecars.contains(c))
+            .cloned()
+            .collect();
+        let mut meanwhile = Some(meanwhile);
+        for group in [apps, sidecars] {
+            for container in &group {
+                let child = &self.pod(name).containers[container];
+                if let Some(pid) = child.id() {
+                    let pid = rustix::process::Pid::from_raw(pid as i32).expect("a pid");
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+                }
+            }
+            if let Some(meanwhile) = meanwhile.take() {
+                meanwhile(self);
+            }
+            for container in &group {
+                let child = self.pod_mut(name).containers.get_mut(container).unwrap();
+                if tokio::time::timeout(Duration::from_secs(30), child.wait())
+                    .await
+                    .is_err()
+                {
+                    let _ = child.kill().await;
+                }
+            }
+        }
+        self.delete_pod(name).await;
     }
 
     /// Waits until a TCP port of `pod` accepts on its loopback.
@@ -525,6 +559,40 @@ impl Cluster {
         let _ = std::fs::remove_dir_all(format!("/etc/netns/{}", pod.netns));
         self.api.delete("Pod", &pod.namespace, name);
     }
+}
+
+/// StockWeb's `/api/stocks` at `ip`, fetched from the node.
+async fn fetch_stocks(node: &str, ip: &str) -> Option<Stocks> {
+    let url = format!("http://{ip}:80/api/stocks");
+    let body = output_ok(&[
+        "ip",
+        "netns",
+        "exec",
+        node,
+        "curl",
+        "-fsS",
+        "--max-time",
+        "15",
+        &url,
+    ])
+    .await?;
+    crate::parse_stocks(body.as_bytes())
+}
+
+/// Loads StockWeb until `stop` turns true; every answer.
+fn load_until(
+    node: String,
+    ip: String,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Vec<Option<Stocks>>> {
+    tokio::spawn(async move {
+        let mut answers = Vec::new();
+        // Bounded: a rolling update of three pods takes seconds.
+        while !*stop.borrow() && answers.len() < 2_000 {
+            answers.push(fetch_stocks(&node, &ip).await);
+        }
+        answers
+    })
 }
 
 async fn output_ok(args: &[&str]) -> Option<String> {
@@ -795,6 +863,69 @@ async fn k8s_the_tutorial_in_a_cluster_in_a_box() {
     for (servers, errors, rows) in during.into_iter().chain(after) {
         assert_eq!((errors, rows), (0, 100), "a replica died: {servers:?}");
     }
+
+    // A rolling update under load: each old pod is replaced by a new one,
+    // the old one terminated as the kubelet does (the app first, then its
+    // sidecar) while its endpoint turns terminating. No row fails.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let loading = load_until(
+        cluster.node.clone(),
+        cluster.pod("stockweb-1").ip.clone(),
+        stopped,
+    );
+    let mut serving = vec!["stockdata-1", "stockdata-2", "stockdata-4"];
+    for (old, new) in [
+        ("stockdata-1", "stockdata-5"),
+        ("stockdata-2", "stockdata-6"),
+        ("stockdata-4", "stockdata-7"),
+    ] {
+        cluster
+            .run_pod("stocks", new, &template_of(&stockdata_meshed), &[])
+            .await;
+        cluster.wait_listening(new, 80).await;
+        serving.push(new);
+        cluster.sync_service("stocks/stockdata", &serving).await;
+        let endpoints = |serving: &[&'static str], terminating: Option<&str>| {
+            serving
+                .iter()
+                .map(|name| {
+                    (
+                        *name,
+                        Some(*name) != terminating,
+                        Some(*name) == terminating,
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        cluster.publish_stockdata(&endpoints(&serving, None));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let terminating = endpoints(&serving, Some(old));
+        cluster
+            .terminate_pod(old, |cluster| cluster.publish_stockdata(&terminating))
+            .await;
+        serving.retain(|name| *name != old);
+        cluster.publish_stockdata(&endpoints(&serving, None));
+        cluster.sync_service("stocks/stockdata", &serving).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.send(true).unwrap();
+    let answers = loading.await.unwrap();
+    assert!(answers.len() >= 5, "the load ran: {} pages", answers.len());
+    for answer in &answers {
+        let (servers, errors, rows) = answer.clone().expect("StockWeb answers");
+        assert_eq!(
+            (errors, rows),
+            (0, 100),
+            "during the rolling update: {servers:?}"
+        );
+    }
+    let (servers, _, _) = answers.last().unwrap().clone().unwrap();
+    assert!(
+        servers
+            .keys()
+            .all(|s| ["stockdata-5", "stockdata-6", "stockdata-7"].contains(&s.as_str())),
+        "after the update only the new pods answer: {servers:?}"
+    );
 
     // A destination nobody registered passes through the sidecar untouched.
     cluster
