@@ -12,7 +12,9 @@
 //! - [`kubernetes`]: the API server's objects, watched into an index.
 //! - [`destination`]: the `Destination` and `Registry` gRPC services.
 //! - [`inject`]: the sidecar the mesh adds to a pod (pure data; `meshctl
-//!   inject` writes it, the admission webhook will add the same).
+//!   inject --manual` writes it, the injector adds the same).
+//! - [`injector`]: the admission webhook (`mesh-injector`), over TLS.
+//! - [`tls`]: the crypto provider, the injector's certificates, checks.
 //! - [`run`]: serves both, health and reflection on a bound listener.
 
 pub mod backend;

@@ -270,3 +270,32 @@ async fn each_broken_state_has_its_own_failing_line() {
         "{out}"
     );
 }
+
+/// Every check's `docs` anchor is a section of docs/check.md.
+#[test]
+fn every_check_has_its_section_in_the_docs() {
+    let docs = std::fs::read_to_string(crate::repo("docs/check.md")).unwrap();
+    let source = std::fs::read_to_string(crate::repo("cli/src/check/checks.rs")).unwrap();
+    // Every id the checks use: the second argument of Check::ok/warning/error.
+    let mut ids = std::collections::BTreeSet::new();
+    for call in source.split("Check::").skip(1) {
+        let Some(args) = call.split_once('(').map(|(_, rest)| rest) else {
+            continue;
+        };
+        let mut parts = args.splitn(3, ',');
+        let (Some(_), Some(id)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let id = id.trim();
+        if let Some(id) = id.strip_prefix('"').and_then(|id| id.strip_suffix('"')) {
+            ids.insert(id.to_owned());
+        }
+    }
+    assert!(ids.len() >= 12, "{ids:?}");
+    for id in ids {
+        assert!(
+            docs.contains(&format!("\n### {id}\n")),
+            "docs/check.md has no section {id}"
+        );
+    }
+}
