@@ -73,7 +73,7 @@ pub struct UninjectArgs {
 #[derive(Debug, Clone)]
 pub enum Mode {
     Annotate,
-    Manual(SidecarConfig),
+    Manual(Box<SidecarConfig>),
     Uninject,
 }
 
@@ -89,7 +89,7 @@ pub fn inject_main(args: InjectArgs) -> anyhow::Result<()> {
         if let Some(native) = args.native_sidecar {
             config.native = native;
         }
-        Mode::Manual(config)
+        Mode::Manual(Box::new(config))
     } else {
         if args.proxy_image.is_some() || args.init_image.is_some() || args.native_sidecar.is_some()
         {

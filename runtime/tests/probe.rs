@@ -1,6 +1,9 @@
 //! `mesh-probe` as the sidecar's hooks run it: a target that starts
 //! answering later, one that never does, and the preStop wait.
 
+// Plain threads, no async runtime to block.
+#![allow(clippy::disallowed_methods)]
+
 use std::{
     net::TcpListener,
     process::Command,

@@ -12,6 +12,9 @@
 //!                                            sidecar's preStop hook)
 //! ```
 
+// A small synchronous program: there is no async runtime to block.
+#![allow(clippy::disallowed_methods)]
+
 use mesh_runtime::parse_duration;
 use std::{
     io::{Read as _, Write as _},
