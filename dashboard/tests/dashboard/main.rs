@@ -31,6 +31,19 @@ async fn get_json(addr: SocketAddr, path: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
 }
 
+/// One request on a fresh connection: the response's head and body.
+async fn request(addr: SocketAddr, method: &str, path: &str) -> (String, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).await.unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    (head.to_owned(), body.to_owned())
+}
+
 /// A recorded pair of admin documents: `/metrics` and `/endpoints`.
 #[derive(Clone, Copy)]
 struct Recorded {
@@ -174,6 +187,15 @@ async fn api_reports_traffic_per_replica_and_proxies_that_went_down() {
     let topology = get_json(dashboard, "/api/topology").await;
     assert_eq!(topology["edges"][0]["source"], "stockweb");
     assert_eq!(topology["edges"][0]["target"], "stockdata");
+
+    // Without `meshctl demo` (in a cluster, in compose) the demo controls
+    // are not shown, and posting to them changes nothing.
+    let (head, page) = request(dashboard, "GET", "/servers").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(page.contains("stockdata-1"), "the Servers page shows the replicas");
+    assert!(!page.contains("Demo controls") && !page.contains(">Kill<"), "{page}");
+    let (head, _) = request(dashboard, "POST", "/demo/replicas").await;
+    assert!(!head.starts_with("HTTP/1.1 303") && !head.starts_with("HTTP/1.1 2"), "{head}");
 
     // The proxy stops: it is shown down, not dropped.
     proxy.abort();
