@@ -58,6 +58,13 @@ pub struct Args {
     )]
     pub tls_dir: PathBuf,
 
+    /// The Secret (NAMESPACE/NAME) the certificate comes from: it is also
+    /// watched through the API, so a new one is served as soon as it is
+    /// applied, without waiting a minute or so for the kubelet to update
+    /// the mounted files (needs `get`, `list` and `watch` on it).
+    #[arg(long, env = "MESH_INJECTOR_TLS_SECRET", value_name = "NAMESPACE/NAME", value_parser = parse_secret)]
+    pub tls_secret: Option<(String, String)>,
+
     /// How often the certificate files are checked for a change.
     #[arg(long, env = "MESH_INJECTOR_RELOAD_EVERY", default_value = "10s", value_parser = mesh_runtime::parse_duration)]
     pub reload_every: Duration,
@@ -130,6 +137,17 @@ pub struct Args {
     pub proxy_memory_limit: String,
 }
 
+fn parse_secret(value: &str) -> Result<(String, String), String> {
+    match value.split_once('/') {
+        Some((namespace, name))
+            if !namespace.is_empty() && !name.is_empty() && !name.contains('/') =>
+        {
+            Ok((namespace.to_owned(), name.to_owned()))
+        }
+        _ => Err(format!("{value:?} is not NAMESPACE/NAME")),
+    }
+}
+
 impl Args {
     /// The sidecar these flags describe.
     pub fn sidecar(&self) -> SidecarConfig {
@@ -178,7 +196,15 @@ pub async fn serve(
     let certificate = Arc::new(ReloadingCertificate::load(&args.tls_dir)?);
     let acceptor =
         tokio_rustls::TlsAcceptor::from(Arc::new(crate::tls::server_config(certificate.clone())));
-    let reload = tokio::spawn(reload(certificate, args.reload_every));
+    let mut background = vec![tokio::spawn(reload(certificate.clone(), args.reload_every))];
+    if let Some((namespace, name)) = &args.tls_secret {
+        background.push(tokio::spawn(follow_secret(
+            client.clone(),
+            namespace.clone(),
+            name.clone(),
+            certificate,
+        )));
+    }
     let injector = Injector {
         client,
         control_plane: args.control_plane_namespace.as_str().into(),
@@ -232,7 +258,9 @@ pub async fn serve(
             }
         });
     }
-    reload.abort();
+    for task in background {
+        task.abort();
+    }
     if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
         .await
         .is_err()
@@ -294,6 +322,53 @@ async fn read_body(body: Body) -> Result<Vec<u8>, String> {
         ));
     }
     Ok(bytes)
+}
+
+/// Follows the certificate's Secret through the API (a watch on that one
+/// object) and serves each new version with a usable pair.
+async fn follow_secret(
+    client: kube::Client,
+    namespace: String,
+    name: String,
+    certificate: Arc<ReloadingCertificate>,
+) {
+    use futures_util::StreamExt as _;
+    use kube::runtime::{WatchStreamExt as _, watcher};
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(client, &namespace);
+    let config = watcher::Config::default()
+        .fields(&format!("metadata.name={name}"))
+        .timeout(55);
+    let mut secrets = std::pin::pin!(watcher(secrets, config).default_backoff().applied_objects());
+    let mut failing = false;
+    while let Some(event) = secrets.next().await {
+        let secret = match event {
+            Ok(secret) => {
+                failing = false;
+                secret
+            }
+            Err(err) => {
+                if !std::mem::replace(&mut failing, true) {
+                    tracing::warn!(secret = %format!("{namespace}/{name}"), error = %err, "cannot watch the certificate's Secret; the mounted files still count");
+                }
+                continue;
+            }
+        };
+        let mut data = secret.data.unwrap_or_default();
+        let (Some(cert), Some(key)) = (data.remove("tls.crt"), data.remove("tls.key")) else {
+            tracing::warn!(secret = %format!("{namespace}/{name}"), "the Secret has no tls.crt and tls.key");
+            continue;
+        };
+        match certificate.install(cert.0, key.0) {
+            Ok(true) => {
+                tracing::info!(secret = %format!("{namespace}/{name}"), "serving the new certificate")
+            }
+            Ok(false) => {}
+            Err(err) => {
+                tracing::warn!(secret = %format!("{namespace}/{name}"), error = %err, "cannot use the Secret's certificate; serving the previous one")
+            }
+        }
+    }
 }
 
 async fn inject(State(injector): State<Injector>, body: Body) -> impl IntoResponse {

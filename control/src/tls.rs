@@ -186,43 +186,65 @@ pub fn not_after(pem: &[u8], what: &'static str) -> Result<i64, TlsError> {
 }
 
 /// A serving certificate read from `tls.crt` and `tls.key` in a directory (a
-/// mounted `kubernetes.io/tls` Secret) and read again by [`reload`] when
-/// they change, so a rotated Secret is served without a restart.
+/// mounted `kubernetes.io/tls` Secret), read again by [`reload`] when the
+/// files change, and replaced by [`install`] when the Secret itself is seen
+/// to change (through the API, before the kubelet updates the files); so a
+/// rotated Secret is served without a restart.
 ///
 /// [`reload`]: ReloadingCertificate::reload
+/// [`install`]: ReloadingCertificate::install
 #[derive(Debug)]
 pub struct ReloadingCertificate {
     dir: PathBuf,
     current: RwLock<Loaded>,
+    /// The files as last read: a reload installs them only when they
+    /// changed, so an older copy on disk never replaces what the API gave.
+    files_seen: std::sync::Mutex<(Vec<u8>, Vec<u8>)>,
 }
 
 #[derive(Debug)]
 struct Loaded {
-    files: (Vec<u8>, Vec<u8>),
+    pair: (Vec<u8>, Vec<u8>),
     key: Arc<CertifiedKey>,
 }
 
 impl ReloadingCertificate {
     /// Reads the certificate now; an error if it cannot be served.
     pub fn load(dir: &Path) -> Result<Self, TlsError> {
-        let files = read_pair(dir)?;
-        let key = Arc::new(certified_key(&files.0, &files.1)?);
+        let pair = read_pair(dir)?;
+        let key = Arc::new(certified_key(&pair.0, &pair.1)?);
         Ok(Self {
             dir: dir.to_owned(),
-            current: RwLock::new(Loaded { files, key }),
+            files_seen: std::sync::Mutex::new(pair.clone()),
+            current: RwLock::new(Loaded { pair, key }),
         })
     }
 
-    /// Reads the files again; when they changed and hold a usable pair, it
-    /// is served from the next handshake on (`Ok(true)`). On an error the
-    /// previous pair stays.
+    /// Reads the files again; when they changed since last read and hold a
+    /// usable pair, it is served from the next handshake on (`Ok(true)`).
+    /// On an error the served pair stays.
     pub fn reload(&self) -> Result<bool, TlsError> {
         let files = read_pair(&self.dir)?;
-        if self.current.read().expect("certificate lock").files == files {
+        {
+            let mut seen = self.files_seen.lock().expect("certificate lock");
+            if *seen == files {
+                return Ok(false);
+            }
+            *seen = files.clone();
+        }
+        self.install(files.0, files.1)
+    }
+
+    /// Serves this certificate and key from the next handshake on, unless
+    /// they are what is served already (`Ok(false)`) or unusable (an error;
+    /// the served pair stays).
+    pub fn install(&self, cert_pem: Vec<u8>, key_pem: Vec<u8>) -> Result<bool, TlsError> {
+        let pair = (cert_pem, key_pem);
+        if self.current.read().expect("certificate lock").pair == pair {
             return Ok(false);
         }
-        let key = Arc::new(certified_key(&files.0, &files.1)?);
-        *self.current.write().expect("certificate lock") = Loaded { files, key };
+        let key = Arc::new(certified_key(&pair.0, &pair.1)?);
+        *self.current.write().expect("certificate lock") = Loaded { pair, key };
         Ok(true)
     }
 
@@ -231,7 +253,7 @@ impl ReloadingCertificate {
         self.current
             .read()
             .expect("certificate lock")
-            .files
+            .pair
             .0
             .clone()
     }
@@ -357,6 +379,31 @@ mod tests {
         std::fs::write(dir.join("tls.key"), "broken").unwrap();
         assert!(cert.reload().is_err());
         assert_eq!(cert.cert_pem(), second.cert_pem.as_bytes(), "kept");
+
+        // A newer pair from the API is served, and the older files on disk,
+        // unchanged since, do not replace it.
+        write(&second);
+        assert!(
+            !cert.reload().unwrap(),
+            "the repaired files are what is served"
+        );
+        let third = generate();
+        assert!(
+            cert.install(third.cert_pem.clone().into(), third.key_pem.clone().into())
+                .unwrap()
+        );
+        assert!(
+            !cert
+                .install(third.cert_pem.clone().into(), third.key_pem.clone().into())
+                .unwrap()
+        );
+        assert!(!cert.reload().unwrap());
+        assert_eq!(cert.cert_pem(), third.cert_pem.as_bytes());
+        assert!(
+            cert.install(third.cert_pem.clone().into(), b"broken".to_vec())
+                .is_err()
+        );
+        assert_eq!(cert.cert_pem(), third.cert_pem.as_bytes());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

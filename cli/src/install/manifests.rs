@@ -89,8 +89,8 @@ pub fn install(options: &Options, generated: &Generated) -> String {
         Section {
             comment: "mesh-injector: the admission webhook that adds the sidecar to pods created\n\
                       in a namespace or from a template annotated `stockkube.io/inject: enabled`\n\
-                      (or `linkerd.io/inject: enabled`). It reads namespaces' annotations and\n\
-                      nothing else.",
+                      (or `linkerd.io/inject: enabled`). It reads namespaces' annotations and its\n\
+                      own certificate's Secret, nothing else.",
             objects: injector(options),
         },
         Section {
@@ -339,6 +339,10 @@ fn injector(options: &Options) -> Vec<Value> {
         ),
         ("MESH_INJECTOR_TLS_DIR", INJECTOR_TLS_DIR.into()),
         (
+            "MESH_INJECTOR_TLS_SECRET",
+            format!("{}/{INJECTOR_SECRET}", options.namespace),
+        ),
+        (
             "MESH_INJECTOR_CONTROL_PLANE_NAMESPACE",
             options.namespace.clone(),
         ),
@@ -389,6 +393,26 @@ fn injector(options: &Options) -> Vec<Value> {
         // A pod may be injected because of its namespace's annotation.
         json!([{"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]}]),
     ));
+    // Its own certificate's Secret, and no other: watched, so that a new
+    // install's certificate is served before the kubelet updates the files.
+    objects.push(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": metadata(options, name),
+        "rules": [{
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": [INJECTOR_SECRET],
+            "verbs": ["get", "list", "watch"],
+        }],
+    }));
+    objects.push(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": metadata(options, name),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": options.namespace}],
+    }));
     objects.push(deployment(
         options,
         name,

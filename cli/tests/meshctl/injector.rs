@@ -39,9 +39,7 @@ fn fixture(name: &str) -> PathBuf {
 /// The certificate material of a fresh install, written where the injector
 /// and the client read it: `DIR/tls/tls.{crt,key}` and `DIR/ca.pem`.
 fn install_into(dir: &Path) {
-    let (out, _) = ok(&["install"], "");
-    let documents = YamlLoader::load_from_str(&out).unwrap();
-    let (ca, cert, key) = certificates(&documents);
+    let (ca, cert, key) = fresh_install();
     std::fs::create_dir_all(dir.join("tls")).unwrap();
     std::fs::write(dir.join("ca.pem"), ca).unwrap();
     // The way a Secret's volume changes: the new files appear at once.
@@ -52,6 +50,12 @@ fn install_into(dir: &Path) {
     for file in ["tls.crt", "tls.key"] {
         std::fs::rename(staging.join(file), dir.join("tls").join(file)).unwrap();
     }
+}
+
+/// A fresh `meshctl install`'s CA bundle, certificate and key (PEM).
+fn fresh_install() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let (out, _) = ok(&["install"], "");
+    certificates(&YamlLoader::load_from_str(&out).unwrap())
 }
 
 /// curl, trusting only `ca`, calling the injector by its Service's name.
@@ -154,6 +158,7 @@ impl Injector {
                 "--reload-every",
                 "200ms",
             ])
+            .args(["--tls-secret", "stockkube-mesh/mesh-injector-tls"])
             .arg("--tls-dir")
             .arg(dir.join("tls"))
             .env("KUBECONFIG", api.write_kubeconfig(dir))
@@ -332,6 +337,27 @@ async fn the_webhook_injects_what_inject_manual_writes_over_tls() {
         injector.child.try_wait().unwrap().is_none(),
         "never restarted"
     );
+
+    // A new install applied through the API: its Secret is served as soon
+    // as it is seen, while the mounted files still hold the previous one
+    // (the kubelet updates them up to a minute later), and those older
+    // files do not take over again.
+    let (api_ca, api_cert, api_key) = fresh_install();
+    let encode = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    api.apply(json!({
+        "kind": "Secret",
+        "metadata": {"namespace": "stockkube-mesh", "name": "mesh-injector-tls"},
+        "type": "kubernetes.io/tls",
+        "data": {"tls.crt": encode(&api_cert), "tls.key": encode(&api_key)},
+    }));
+    let api_ca_path = dir.join("api-ca.pem");
+    std::fs::write(&api_ca_path, api_ca).unwrap();
+    injector.wait_trusted(&api_ca_path).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    curl(port, &api_ca_path, "/ready", None)
+        .await
+        .expect("still the Secret's certificate after several file checks");
+    assert!(curl(port, &ca, "/ready", None).await.is_err());
 
     let log = std::fs::read_to_string(&injector.log).unwrap();
     assert!(log.contains("sidecar injected"), "{log}");

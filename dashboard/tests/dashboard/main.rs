@@ -192,10 +192,19 @@ async fn api_reports_traffic_per_replica_and_proxies_that_went_down() {
     // are not shown, and posting to them changes nothing.
     let (head, page) = request(dashboard, "GET", "/servers").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(page.contains("stockdata-1"), "the Servers page shows the replicas");
-    assert!(!page.contains("Demo controls") && !page.contains(">Kill<"), "{page}");
+    assert!(
+        page.contains("stockdata-1"),
+        "the Servers page shows the replicas"
+    );
+    assert!(
+        !page.contains("Demo controls") && !page.contains(">Kill<"),
+        "{page}"
+    );
     let (head, _) = request(dashboard, "POST", "/demo/replicas").await;
-    assert!(!head.starts_with("HTTP/1.1 303") && !head.starts_with("HTTP/1.1 2"), "{head}");
+    assert!(
+        !head.starts_with("HTTP/1.1 303") && !head.starts_with("HTTP/1.1 2"),
+        "{head}"
+    );
 
     // The proxy stops: it is shown down, not dropped.
     proxy.abort();
