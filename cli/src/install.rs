@@ -30,7 +30,7 @@ pub struct InstallArgs {
     #[arg(long, default_value = "dev")]
     tag: String,
     /// `imagePullPolicy` of every container, the sidecars' included.
-    #[arg(long, default_value = "IfNotPresent")]
+    #[arg(long, default_value = "IfNotPresent", value_parser = ["Always", "IfNotPresent", "Never"])]
     image_pull_policy: String,
     /// Replicas of the controller and of the injector (default 1; 3 with --ha).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
@@ -52,17 +52,36 @@ pub struct InstallArgs {
     )]
     native_sidecar: bool,
     /// The proxy's CPU request.
-    #[arg(long, default_value = "10m")]
+    #[arg(long, default_value = "10m", value_parser = quantity)]
     proxy_cpu_request: String,
     /// The proxy's CPU limit.
-    #[arg(long, default_value = "500m")]
+    #[arg(long, default_value = "500m", value_parser = quantity)]
     proxy_cpu_limit: String,
     /// The proxy's memory request.
-    #[arg(long, default_value = "16Mi")]
+    #[arg(long, default_value = "16Mi", value_parser = quantity)]
     proxy_memory_request: String,
     /// The proxy's memory limit.
-    #[arg(long, default_value = "64Mi")]
+    #[arg(long, default_value = "64Mi", value_parser = quantity)]
     proxy_memory_limit: String,
+}
+
+/// A Kubernetes quantity as people write them: a decimal number and an
+/// optional suffix (`500m`, `64Mi`, `1.5`, `2G`).
+fn quantity(value: &str) -> Result<String, String> {
+    const SUFFIXES: [&str; 14] = [
+        "", "m", "k", "M", "G", "T", "P", "E", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei",
+    ];
+    let split = value
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(value.len());
+    let (number, suffix) = value.split_at(split);
+    if number.parse::<f64>().is_ok_and(|n| n > 0.0) && SUFFIXES.contains(&suffix) {
+        Ok(value.to_owned())
+    } else {
+        Err(format!(
+            "{value:?} is not a quantity like 500m, 1, 64Mi or 1Gi"
+        ))
+    }
 }
 
 /// `meshctl uninstall`.
@@ -122,4 +141,19 @@ fn print(text: &str) -> anyhow::Result<()> {
         .write_all(text.as_bytes())
         .and_then(|()| stdout.flush())
         .context("cannot write to standard output")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quantity;
+
+    #[test]
+    fn quantities_are_numbers_with_a_known_suffix() {
+        for good in ["10m", "500m", "1", "1.5", "64Mi", "2G", "1Gi"] {
+            assert_eq!(quantity(good).as_deref(), Ok(good));
+        }
+        for bad in ["", "m", "64 Mi", "64MB", "-1", "0", "1..5", "lots"] {
+            assert!(quantity(bad).is_err(), "{bad:?}");
+        }
+    }
 }

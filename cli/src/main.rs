@@ -43,12 +43,12 @@ enum Command {
     /// certificate for the injector:
     /// `meshctl install | kubectl apply -f -`.
     Install(install::InstallArgs),
+    /// Print what removes the mesh: `meshctl uninstall | kubectl delete -f -`.
+    Uninstall(install::UninstallArgs),
     /// Check that the cluster can run the mesh (--pre) or that the
     /// installed mesh is healthy: one line per check, non-zero exit status
     /// on any failure.
     Check(check::CheckArgs),
-    /// Print what removes the mesh: `meshctl uninstall | kubectl delete -f -`.
-    Uninstall(install::UninstallArgs),
     /// Add the mesh to Kubernetes YAML: the inject annotation on every pod
     /// template (or, with --manual, the sidecar itself). Writes the result to
     /// stdout, a line per resource to stderr, e.g.
