@@ -4,29 +4,15 @@
 //! control-plane pod not ready, RBAC that forbids installing, no API
 //! server), each with its own line and a non-zero exit.
 
-use crate::inject::{docs, ok};
+use crate::{
+    inject::{docs, ok},
+    yaml_to_json,
+};
 use base64::Engine as _;
 use mesh_controller::{test_util::FakeApiServer, tls::ServingCertificate};
 use serde_json::{Value, json};
 use std::{path::PathBuf, process::Stdio, time::Duration};
 use tokio::process::Command;
-
-fn yaml_to_json(yaml: &yaml_rust2::Yaml) -> Value {
-    use yaml_rust2::Yaml;
-    match yaml {
-        Yaml::Null => Value::Null,
-        Yaml::Boolean(b) => json!(b),
-        Yaml::Integer(i) => json!(i),
-        Yaml::String(s) => json!(s),
-        Yaml::Array(items) => Value::Array(items.iter().map(yaml_to_json).collect()),
-        Yaml::Hash(hash) => Value::Object(
-            hash.iter()
-                .map(|(k, v)| (k.as_str().unwrap().to_owned(), yaml_to_json(v)))
-                .collect(),
-        ),
-        other => panic!("unexpected YAML: {other:?}"),
-    }
-}
 
 /// What a healthy cluster with the mesh installed serves: the install's
 /// namespace, Secret and webhook configuration, a ready pod per component

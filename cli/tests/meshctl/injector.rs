@@ -9,6 +9,7 @@
 use crate::{
     inject::{assert_valid, kubernetes_validate, ok},
     install::certificates,
+    yaml_to_json,
 };
 use base64::Engine as _;
 use mesh_controller::test_util::FakeApiServer;
@@ -19,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 use tokio::process::{Child, Command};
-use yaml_rust2::{Yaml, YamlLoader};
+use yaml_rust2::YamlLoader;
 
 const HOST: &str = "mesh-injector.stockkube-mesh.svc";
 
@@ -110,27 +111,10 @@ fn patched(request: &Value, response: &Value) -> Value {
     pod
 }
 
-fn to_json(yaml: &Yaml) -> Value {
-    match yaml {
-        Yaml::Null => Value::Null,
-        Yaml::Boolean(b) => json!(b),
-        Yaml::Integer(i) => json!(i),
-        Yaml::Real(r) => json!(r.parse::<f64>().unwrap()),
-        Yaml::String(s) => json!(s),
-        Yaml::Array(items) => Value::Array(items.iter().map(to_json).collect()),
-        Yaml::Hash(hash) => Value::Object(
-            hash.iter()
-                .map(|(k, v)| (k.as_str().unwrap().to_owned(), to_json(v)))
-                .collect(),
-        ),
-        other => panic!("unexpected YAML: {other:?}"),
-    }
-}
-
 /// What `meshctl inject --manual` makes of `pod`.
 fn manual(pod: &Value) -> Value {
     let (out, _) = ok(&["inject", "--manual", "-"], &pod.to_string());
-    to_json(&YamlLoader::load_from_str(&out).unwrap()[0])
+    yaml_to_json(&YamlLoader::load_from_str(&out).unwrap()[0])
 }
 
 fn read(path: &Path) -> Value {

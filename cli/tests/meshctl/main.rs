@@ -33,6 +33,26 @@ pub(crate) fn repo(path: &str) -> std::path::PathBuf {
         .join(path)
 }
 
+/// A YAML document as JSON (what the API server and the injector see).
+pub(crate) fn yaml_to_json(yaml: &yaml_rust2::Yaml) -> serde_json::Value {
+    use serde_json::{Value, json};
+    use yaml_rust2::Yaml;
+    match yaml {
+        Yaml::Null => Value::Null,
+        Yaml::Boolean(b) => json!(b),
+        Yaml::Integer(i) => json!(i),
+        Yaml::Real(r) => json!(r.parse::<f64>().expect("a YAML real is a number")),
+        Yaml::String(s) => json!(s),
+        Yaml::Array(items) => Value::Array(items.iter().map(yaml_to_json).collect()),
+        Yaml::Hash(hash) => Value::Object(
+            hash.iter()
+                .map(|(k, v)| (k.as_str().expect("string keys").to_owned(), yaml_to_json(v)))
+                .collect(),
+        ),
+        other => panic!("unexpected YAML: {other:?}"),
+    }
+}
+
 /// StockWeb's tally as `/api/stocks` answers it: rows per server, errors,
 /// rows.
 pub(crate) type Stocks = (std::collections::BTreeMap<String, u64>, u64, usize);
