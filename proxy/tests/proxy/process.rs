@@ -136,8 +136,9 @@ async fn get(port: u16, path: &str) -> std::io::Result<String> {
 }
 
 /// What a pod's readiness probe and a request in flight see once the
-/// kubelet sends SIGTERM: `/ready` answers `503 draining` (the admin server
-/// stays up through the drain), and the request still gets its answer.
+/// kubelet sends SIGTERM: `/ready` answers `503 draining`, `/live` and
+/// `/metrics` still answer (the admin server stays up through the drain),
+/// and the request still gets its answer.
 #[tokio::test]
 async fn after_sigterm_ready_says_draining_while_requests_finish() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -208,6 +209,11 @@ async fn after_sigterm_ready_says_draining_while_requests_finish() {
     assert!(
         metrics.starts_with("HTTP/1.1 200"),
         "metrics readable while draining"
+    );
+    let live = get(admin, "/live").await.unwrap();
+    assert!(
+        live.starts_with("HTTP/1.1 200"),
+        "live while draining: {live}"
     );
 
     let answer = in_flight.await.unwrap().unwrap();
