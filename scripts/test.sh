@@ -63,24 +63,24 @@ else
   echo "chromium is missing: the browser tests will say SKIPPED (install chromium chromium-driver as root)"
 fi
 
-step "tools (iproute2, iptables, curl, jq: redirection test, tutorial, containers)"
+step "tools (iproute2, iptables, curl, jq, openssl: redirection test, tutorial, containers, TLS peers)"
 have_tools() {
   command -v ip >/dev/null && command -v iptables-restore >/dev/null &&
-    command -v curl >/dev/null && command -v jq >/dev/null
+    command -v curl >/dev/null && command -v jq >/dev/null && command -v openssl >/dev/null
 }
 if ! have_tools; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 iptables curl jq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 iptables curl jq openssl >/dev/null
   fi
 fi
 if have_tools; then
   iptables-restore --version
 elif [ "$ci" = true ]; then
-  echo "iproute2, iptables, curl and jq are required with CI=true and could not be installed" >&2
+  echo "iproute2, iptables, curl, jq and openssl are required with CI=true and could not be installed" >&2
   exit 1
 else
-  echo "ip, iptables-restore, curl or jq is missing: the tests that need them will say SKIPPED"
+  echo "ip, iptables-restore, curl, jq or openssl is missing: the tests that need them will fail or say SKIPPED"
 fi
 
 step "haproxy, nginx (the benchmark suite's smoke run)"

@@ -19,6 +19,7 @@
 
 pub mod backend;
 pub mod destination;
+pub mod identity;
 pub mod inject;
 pub mod injector;
 pub mod kubernetes;
@@ -29,7 +30,8 @@ pub mod tls;
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 use stockkube_proto::mesh::{
-    destination_server::DestinationServer, registry_server::RegistryServer,
+    destination_server::DestinationServer, identity_server::IdentityServer,
+    registry_server::RegistryServer,
 };
 use tokio::net::TcpListener;
 
@@ -58,6 +60,30 @@ pub struct Args {
         default_value = "cluster.local"
     )]
     pub cluster_domain: String,
+
+    /// The mesh's certificate authority, `ca.crt` (the trust anchor),
+    /// `issuer.crt` and `issuer.key`: turns the Identity service on, which
+    /// signs proxies' certificates.
+    #[arg(long, env = "MESH_CONTROLLER_IDENTITY_DIR", value_name = "DIR")]
+    pub identity_dir: Option<std::path::PathBuf>,
+
+    /// The identities' trust domain: spiffe://TRUST-DOMAIN/ns/NS/sa/ACCOUNT.
+    #[arg(
+        long,
+        env = "MESH_CONTROLLER_TRUST_DOMAIN",
+        default_value = "cluster.local"
+    )]
+    pub trust_domain: String,
+
+    /// How long the certificates it signs are valid.
+    #[arg(long, env = "MESH_CONTROLLER_CERTIFICATE_LIFETIME", default_value = "24h", value_parser = mesh_runtime::parse_duration)]
+    pub certificate_lifetime: std::time::Duration,
+
+    /// Local backend: the workloads' bootstrap credentials, one
+    /// `NAMESPACE/ACCOUNT CREDENTIAL` per line (the Kubernetes backend
+    /// checks ServiceAccount tokens with the API server instead).
+    #[arg(long, env = "MESH_CONTROLLER_IDENTITY_BOOTSTRAP", value_name = "FILE")]
+    pub identity_bootstrap: Option<std::path::PathBuf>,
 
     /// The namespace of callers that do not say theirs (Kubernetes backend).
     #[arg(
@@ -92,6 +118,16 @@ pub enum ServeError {
 /// once every kind was listed, and not while a watch fails.
 pub async fn run(
     backend: impl Into<Backend>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    run_with(backend, None, listener, shutdown).await
+}
+
+/// [`run`], with the Identity service when it is given.
+pub async fn run_with(
+    backend: impl Into<Backend>,
+    identity: Option<identity::IdentityService>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
@@ -133,6 +169,7 @@ pub async fn run(
         .add_service(DestinationServer::new(
             destination::DestinationService::new(backend),
         ))
+        .add_optional_service(identity.map(IdentityServer::new))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown,

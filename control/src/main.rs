@@ -23,25 +23,61 @@ async fn serve() -> anyhow::Result<()> {
                 args.listen
             )
         })?;
-    let (backend, watchers) = match args.backend {
-        mesh_controller::BackendKind::Local => {
-            (mesh_controller::Registry::default().into(), Vec::new())
-        }
-        mesh_controller::BackendKind::Kubernetes => {
-            let client = mesh_controller::kubernetes::client()
+    let client = match args.backend {
+        mesh_controller::BackendKind::Local => None,
+        mesh_controller::BackendKind::Kubernetes => Some(
+            mesh_controller::kubernetes::client()
                 .await
-                .context("cannot configure a Kubernetes client (--backend kubernetes): no in-cluster configuration and no usable KUBECONFIG")?;
-            mesh_controller::kubernetes_backend(
-                client,
-                &args.cluster_domain,
-                &args.default_namespace,
-            )
-        }
+                .context("cannot configure a Kubernetes client (--backend kubernetes): no in-cluster configuration and no usable KUBECONFIG")?,
+        ),
     };
-    let served = mesh_controller::run(backend, listener, shutdown).await;
+    let identity = identity(&args, client.clone())?;
+    let (backend, watchers) = match client {
+        None => (mesh_controller::Registry::default().into(), Vec::new()),
+        Some(client) => mesh_controller::kubernetes_backend(
+            client,
+            &args.cluster_domain,
+            &args.default_namespace,
+        ),
+    };
+    let served = mesh_controller::run_with(backend, identity, listener, shutdown).await;
     for watcher in watchers {
         watcher.abort();
     }
     served?;
     Ok(())
+}
+
+/// The Identity service, when `--identity-dir` is given.
+fn identity(
+    args: &mesh_controller::Args,
+    client: Option<kube::Client>,
+) -> anyhow::Result<Option<mesh_controller::identity::IdentityService>> {
+    use mesh_controller::identity::{credentials::Credentials, issuer};
+    let Some(dir) = &args.identity_dir else {
+        if args.identity_bootstrap.is_some() {
+            anyhow::bail!("--identity-bootstrap needs --identity-dir");
+        }
+        return Ok(None);
+    };
+    let authority = issuer::Authority::read(dir)?;
+    let issuer = issuer::Issuer::new(&authority, args.certificate_lifetime)?;
+    let credentials = match (client, &args.identity_bootstrap) {
+        (Some(client), None) => Credentials::Kubernetes {
+            client,
+            audience: mesh_controller::identity::credentials::TOKEN_AUDIENCE.into(),
+        },
+        (None, Some(file)) => Credentials::bootstrap_file(file)?,
+        (None, None) => anyhow::bail!(
+            "--identity-dir with the local backend needs --identity-bootstrap (the workloads' credentials)"
+        ),
+        (Some(_), Some(_)) => anyhow::bail!(
+            "--identity-bootstrap is for the local backend; the Kubernetes backend checks ServiceAccount tokens"
+        ),
+    };
+    Ok(Some(mesh_controller::identity::IdentityService::new(
+        &args.trust_domain,
+        issuer,
+        credentials,
+    )))
 }

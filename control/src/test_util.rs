@@ -113,6 +113,9 @@ struct Objects {
     requests: Vec<String>,
     /// `(verb, resource)` pairs a SelfSubjectAccessReview says no to.
     denied: Vec<(String, String)>,
+    /// Bearer tokens a TokenReview knows: token to its user name, the
+    /// audiences it was made for, and whether it expired.
+    tokens: HashMap<String, (String, Vec<String>, bool)>,
     git_version: String,
 }
 
@@ -305,6 +308,20 @@ impl FakeApiServer {
         self.lock().denied.push((verb.into(), resource.into()));
     }
 
+    /// A token TokenReviews accept for `username` (e.g.
+    /// `system:serviceaccount:stocks:stockweb`) when asked for one of
+    /// `audiences`, unless `expired`.
+    pub fn add_token(&self, token: &str, username: &str, audiences: &[&str], expired: bool) {
+        self.lock().tokens.insert(
+            token.into(),
+            (
+                username.into(),
+                audiences.iter().map(|a| a.to_string()).collect(),
+                expired,
+            ),
+        );
+    }
+
     /// What `/version` says (`gitVersion`, e.g. `v1.28.4`).
     pub fn set_version(&self, git_version: &str) {
         self.lock().git_version = git_version.into();
@@ -337,6 +354,9 @@ async fn serve(
         && path == "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
     {
         return access_review(&shared, &body);
+    }
+    if method == axum::http::Method::POST && path == "/apis/authentication.k8s.io/v1/tokenreviews" {
+        return token_review(&shared, &body);
     }
     let Some((resource, namespace, name)) = route(&path) else {
         return status(
@@ -425,6 +445,50 @@ fn access_review(shared: &Shared, body: &[u8]) -> Response {
         .denied
         .contains(&(verb, resource));
     review["status"] = json!({"allowed": allowed});
+    (
+        StatusCode::CREATED,
+        [("content-type", "application/json")],
+        review.to_string(),
+    )
+        .into_response()
+}
+
+/// A TokenReview answered as the API server does: unknown and expired
+/// tokens, and tokens made for none of the audiences asked, are not
+/// authenticated, each with its reason.
+fn token_review(shared: &Shared, body: &[u8]) -> Response {
+    let Ok(mut review) = serde_json::from_slice::<Value>(body) else {
+        return status(StatusCode::BAD_REQUEST, "BadRequest", "not JSON");
+    };
+    let token = review["spec"]["token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let asked: Vec<String> = review["spec"]["audiences"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str().map(str::to_owned))
+        .collect();
+    let known = shared
+        .objects
+        .lock()
+        .expect("fake API lock")
+        .tokens
+        .get(&token)
+        .cloned();
+    review["status"] = match known {
+        None => json!({"authenticated": false, "error": "invalid bearer token"}),
+        Some((_, _, true)) => json!({"authenticated": false, "error": "token has expired"}),
+        Some((username, audiences, false)) => {
+            let matching: Vec<&String> = asked.iter().filter(|a| audiences.contains(a)).collect();
+            if !asked.is_empty() && matching.is_empty() {
+                json!({"authenticated": false, "error": format!("token audiences {audiences:?} is invalid for the target audiences {asked:?}")})
+            } else {
+                json!({"authenticated": true, "user": {"username": username}, "audiences": matching})
+            }
+        }
+    };
     (
         StatusCode::CREATED,
         [("content-type", "application/json")],

@@ -75,7 +75,7 @@ pub fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()> + Send + 'st
     })
 }
 
-/// Parses `250ms`, `10s`, `2m` or a bare number of seconds, for clap's
+/// Parses `250ms`, `10s`, `2m`, `24h` or a bare number of seconds, for clap's
 /// `value_parser`.
 pub fn parse_duration(value: &str) -> Result<Duration, String> {
     let value = value.trim();
@@ -90,7 +90,8 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
         "ms" => Ok(Duration::from_millis(number)),
         "" | "s" => Ok(Duration::from_secs(number)),
         "m" => Ok(Duration::from_secs(number * 60)),
-        _ => Err(format!("{value:?} has unit {unit:?}; use ms, s or m")),
+        "h" => Ok(Duration::from_secs(number * 3600)),
+        _ => Err(format!("{value:?} has unit {unit:?}; use ms, s, m or h")),
     }
 }
 
@@ -105,7 +106,8 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
         assert!(parse_duration("ten").is_err());
-        assert!(parse_duration("5h").is_err());
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert!(parse_duration("5d").is_err());
         assert!(parse_duration("").is_err());
     }
 }

@@ -1,0 +1,173 @@
+//! The identity service: proxies send a certificate signing request for
+//! their own key, with a credential proving who they are, and get a
+//! short-lived certificate naming them by SPIFFE ID
+//! (`spiffe://<trust domain>/ns/<namespace>/sa/<service account>`).
+//!
+//! - [`issuer`]: the trust anchor and the issuer that signs;
+//! - [`credentials`]: what proves an identity: in Kubernetes the pod's
+//!   ServiceAccount token, checked with a TokenReview; elsewhere a
+//!   per-workload bootstrap credential written by the set-up;
+//! - here: the SPIFFE ID, the errors, and the gRPC service.
+//!
+//! Not yet: the proxies do not ask for certificates, and traffic between
+//! them is not TLS (issue 18 continues there).
+
+pub mod credentials;
+pub mod issuer;
+
+use credentials::Credentials;
+use issuer::Issuer;
+use std::sync::Arc;
+use stockkube_proto::mesh::{CertifyRequest, CertifyResponse, identity_server};
+use tonic::{Request, Response, Status};
+
+/// A workload's identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpiffeId {
+    pub trust_domain: String,
+    pub namespace: String,
+    pub service_account: String,
+}
+
+impl std::fmt::Display for SpiffeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "spiffe://{}/ns/{}/sa/{}",
+            self.trust_domain, self.namespace, self.service_account
+        )
+    }
+}
+
+impl std::str::FromStr for SpiffeId {
+    type Err = IdentityError;
+
+    fn from_str(text: &str) -> Result<Self, IdentityError> {
+        let bad = || {
+            let shown: String = text.chars().take(120).collect();
+            IdentityError::BadRequest(format!(
+                "{shown:?} is not spiffe://TRUST-DOMAIN/ns/NAMESPACE/sa/SERVICE-ACCOUNT"
+            ))
+        };
+        let rest = text.strip_prefix("spiffe://").ok_or_else(bad)?;
+        let parts: Vec<&str> = rest.split('/').collect();
+        let label = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 253
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        };
+        match parts[..] {
+            [domain, "ns", namespace, "sa", account]
+                if label(domain) && label(namespace) && label(account) =>
+            {
+                Ok(Self {
+                    trust_domain: domain.into(),
+                    namespace: namespace.into(),
+                    service_account: account.into(),
+                })
+            }
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// Why a certificate was not issued; each decides its gRPC status.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("the credential proves nothing: {0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    Denied(String),
+    #[error("cannot check the credential now: {0}")]
+    Unavailable(String),
+    #[error("the identity service is not set up: {0}")]
+    Setup(String),
+    #[error("cannot sign: {0}")]
+    Sign(#[from] rcgen::Error),
+}
+
+impl From<IdentityError> for Status {
+    fn from(err: IdentityError) -> Self {
+        let message = err.to_string();
+        match err {
+            IdentityError::BadRequest(_) => Status::invalid_argument(message),
+            IdentityError::Unauthenticated(_) => Status::unauthenticated(message),
+            IdentityError::Denied(_) => Status::permission_denied(message),
+            IdentityError::Unavailable(_) => Status::unavailable(message),
+            IdentityError::Setup(_) | IdentityError::Sign(_) => Status::internal(message),
+        }
+    }
+}
+
+/// The `Identity` gRPC service.
+#[derive(Clone)]
+pub struct IdentityService {
+    trust_domain: Arc<str>,
+    issuer: Arc<Issuer>,
+    credentials: Arc<Credentials>,
+}
+
+impl IdentityService {
+    pub fn new(trust_domain: &str, issuer: Issuer, credentials: Credentials) -> Self {
+        Self {
+            trust_domain: trust_domain.into(),
+            issuer: Arc::new(issuer),
+            credentials: Arc::new(credentials),
+        }
+    }
+
+    /// Checks the request and signs it.
+    pub async fn certify(&self, request: &CertifyRequest) -> Result<(String, i64), IdentityError> {
+        let identity: SpiffeId = request.identity.parse()?;
+        if identity.trust_domain != *self.trust_domain {
+            return Err(IdentityError::BadRequest(format!(
+                "{identity} is not in trust domain {}",
+                self.trust_domain
+            )));
+        }
+        let (namespace, account) = self.credentials.authenticate(&request.token).await?;
+        if (namespace.as_str(), account.as_str())
+            != (
+                identity.namespace.as_str(),
+                identity.service_account.as_str(),
+            )
+        {
+            return Err(IdentityError::Denied(format!(
+                "the credential is service account {namespace}/{account}'s, not {identity}'s"
+            )));
+        }
+        self.issuer
+            .certify(&request.certificate_signing_request, &identity)
+    }
+}
+
+#[tonic::async_trait]
+impl identity_server::Identity for IdentityService {
+    async fn certify(
+        &self,
+        request: Request<CertifyRequest>,
+    ) -> Result<Response<CertifyResponse>, Status> {
+        let request = request.into_inner();
+        // What the caller claims is logged, but never more than a line of it.
+        let claimed: String = request.identity.chars().take(120).collect();
+        match IdentityService::certify(self, &request).await {
+            Ok((certificate_chain, valid_until)) => {
+                tracing::info!(identity = %claimed, valid_until, "certified");
+                Ok(Response::new(CertifyResponse {
+                    certificate_chain,
+                    valid_until,
+                }))
+            }
+            Err(err) => {
+                tracing::warn!(identity = %claimed, error = %err, "not certified");
+                Err(err.into())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
