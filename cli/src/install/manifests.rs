@@ -2,6 +2,7 @@
 
 use base64::Engine as _;
 use mesh_controller::{
+    identity::{IdentityError, issuer::Authority},
     inject::SidecarConfig,
     injector,
     tls::{ServingCertificate, TlsError},
@@ -28,6 +29,8 @@ pub struct Options {
 #[derive(Debug, Clone)]
 pub struct Generated {
     pub certificate: ServingCertificate,
+    /// The identity service's trust anchor and issuer.
+    pub authority: Authority,
 }
 
 /// The injector's certificates last a year; `meshctl check` warns 60 days
@@ -43,15 +46,31 @@ pub const WEBHOOK_CONFIGURATION: &str = "stockkube-mesh-injector";
 /// The Secret with the injector's serving certificate.
 pub const INJECTOR_SECRET: &str = "mesh-injector-tls";
 const INJECTOR_TLS_DIR: &str = "/var/run/stockkube/injector-tls";
+/// The Secret with the identity service's trust anchor and issuer.
+pub const IDENTITY_SECRET: &str = "mesh-identity-issuer";
+/// Where the controller reads it.
+pub const IDENTITY_DIR: &str = "/var/run/stockkube/identity";
+/// The trust domain of the mesh's identities.
+pub const TRUST_DOMAIN: &str = "cluster.local";
+
+/// Why the install's certificates could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    #[error("the injector's certificate")]
+    Injector(#[from] TlsError),
+    #[error("the identity service's authority")]
+    Identity(#[from] IdentityError),
+}
 
 impl Generated {
-    pub fn new(options: &Options) -> Result<Self, TlsError> {
+    pub fn new(options: &Options) -> Result<Self, GenerateError> {
         Ok(Self {
             certificate: ServingCertificate::generate(
                 &format!("{} injector CA", options.namespace),
                 &injector_names(&options.namespace),
                 CERTIFICATE_LIFETIME,
             )?,
+            authority: Authority::generate(TRUST_DOMAIN, CERTIFICATE_LIFETIME)?,
         })
     }
 }
@@ -83,7 +102,9 @@ pub fn install(options: &Options, generated: &Generated) -> String {
         Section {
             comment: "mesh-controller: the destination API. It watches Services, EndpointSlices\n\
                       and Pods (read-only, the RBAC below) and answers proxies from them; it\n\
-                      turns ready once every kind was listed.",
+                      turns ready once every kind was listed. Its identity service signs\n\
+                      proxies' certificates with the issuer in Secret mesh-identity-issuer,\n\
+                      once a TokenReview accepts their ServiceAccount token.",
             objects: controller(options),
         },
         Section {
@@ -101,7 +122,9 @@ pub fn install(options: &Options, generated: &Generated) -> String {
         Section {
             comment: "Generated for this install: the injector's serving certificate and key,\n\
                       and the webhook configuration whose caBundle is the CA that signed it\n\
-                      (its key was discarded). Both are new each time `meshctl install` runs.",
+                      (its key was discarded); the identity service's trust anchor and the\n\
+                      issuer it signed, with the issuer's key (the anchor's was discarded).\n\
+                      All are new each time `meshctl install` runs.",
             objects: generated_objects(options, generated),
         },
     ];
@@ -290,7 +313,10 @@ fn controller(options: &Options) -> Vec<Value> {
         "env": [
             {"name": "MESH_CONTROLLER_LISTEN", "value": format!("0.0.0.0:{}", ports::CONTROLLER)},
             {"name": "MESH_CONTROLLER_BACKEND", "value": "kubernetes"},
+            {"name": "MESH_CONTROLLER_IDENTITY_DIR", "value": IDENTITY_DIR},
+            {"name": "MESH_CONTROLLER_TRUST_DOMAIN", "value": TRUST_DOMAIN},
         ],
+        "volumeMounts": [{"name": "identity", "mountPath": IDENTITY_DIR, "readOnly": true}],
         "ports": [{"name": "grpc", "containerPort": ports::CONTROLLER, "protocol": "TCP"}],
         "readinessProbe": {"grpc": {"port": ports::CONTROLLER, "service": "stockkube.mesh.v1.Destination"}, "periodSeconds": 5},
         "livenessProbe": {"grpc": {"port": ports::CONTROLLER}, "periodSeconds": 10},
@@ -306,6 +332,8 @@ fn controller(options: &Options) -> Vec<Value> {
             // Discovery: which pods stand behind a Service, and on which ports.
             {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
             {"apiGroups": [""], "resources": ["services", "pods"], "verbs": ["get", "list", "watch"]},
+            // Identity: whether a proxy's ServiceAccount token is valid.
+            {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
         ]),
     ));
     objects.push(deployment(
@@ -313,7 +341,10 @@ fn controller(options: &Options) -> Vec<Value> {
         name,
         options.replicas,
         container,
-        json!({"serviceAccountName": name}),
+        json!({
+            "serviceAccountName": name,
+            "volumes": [{"name": "identity", "secret": {"secretName": IDENTITY_SECRET}}],
+        }),
     ));
     if options.ha {
         objects.push(disruption_budget(options, name));
@@ -509,5 +540,17 @@ fn generated_objects(options: &Options, generated: &Generated) -> Vec<Value> {
             ]},
         }],
     });
-    vec![secret, webhook]
+    let authority = &generated.authority;
+    let identity = json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": metadata(options, IDENTITY_SECRET),
+        "type": "Opaque",
+        "data": {
+            "ca.crt": base64(&authority.trust_anchor_pem),
+            "issuer.crt": base64(&authority.issuer_pem),
+            "issuer.key": base64(&authority.issuer_key_pem),
+        },
+    });
+    vec![secret, identity, webhook]
 }

@@ -242,3 +242,59 @@ fn install_and_uninstall_validate_strictly() {
     assert_valid(&validate, &files);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The identity service's authority: the issuer chains to the trust anchor
+/// (`openssl verify`), its key is the certificate's, and the controller
+/// reads them from where the Secret is mounted.
+#[test]
+fn the_identity_issuer_chains_to_its_trust_anchor_and_the_controller_mounts_it() {
+    let (out, _) = ok(&["install"], "");
+    let documents = docs(&out);
+    let secret = find(&documents, "Secret", "mesh-identity-issuer");
+    let dir = std::env::temp_dir().join(format!("meshctl-identity-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for file in ["ca.crt", "issuer.crt", "issuer.key"] {
+        std::fs::write(dir.join(file), decode(&secret["data"][file])).unwrap();
+    }
+    let openssl = |args: &[&str]| {
+        let output = std::process::Command::new("openssl")
+            .current_dir(&dir)
+            .args(args)
+            .output()
+            .expect("openssl is installed (scripts/test.sh)");
+        assert!(
+            output.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output.stdout
+    };
+    openssl(&["verify", "-CAfile", "ca.crt", "issuer.crt"]);
+    assert_eq!(
+        openssl(&["x509", "-noout", "-pubkey", "-in", "issuer.crt"]),
+        openssl(&["pkey", "-pubout", "-in", "issuer.key"]),
+        "the issuer's key is its certificate's"
+    );
+    let controller = find(&documents, "Deployment", "mesh-controller");
+    let pod = &controller["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["volumes"][0]["secret"]["secretName"].as_str(),
+        Some("mesh-identity-issuer")
+    );
+    let container = &pod["containers"][0];
+    assert_eq!(
+        container["volumeMounts"][0]["mountPath"].as_str(),
+        Some("/var/run/stockkube/identity")
+    );
+    let role = find(&documents, "ClusterRole", "stockkube-mesh-controller");
+    assert!(
+        role["rules"]
+            .as_vec()
+            .unwrap()
+            .iter()
+            .any(|r| r["resources"][0].as_str() == Some("tokenreviews")
+                && r["verbs"][0].as_str() == Some("create")),
+        "the controller may ask for TokenReviews"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -660,7 +660,21 @@ async fn k8s_the_tutorial_in_a_cluster_in_a_box() {
     )
     .unwrap();
     let kubeconfig = kubeconfig.to_str().unwrap().to_owned();
-    let controller_env = [("KUBECONFIG", kubeconfig.as_str())];
+    // The identity Secret `meshctl install` makes, as the kubelet would
+    // mount it.
+    let identity = cluster.dir.join("identity");
+    mesh_controller::identity::issuer::Authority::generate(
+        "cluster.local",
+        Duration::from_secs(3600),
+    )
+    .unwrap()
+    .write(&identity)
+    .unwrap();
+    let identity = identity.to_str().unwrap().to_owned();
+    let controller_env = [
+        ("KUBECONFIG", kubeconfig.as_str()),
+        ("MESH_CONTROLLER_IDENTITY_DIR", identity.as_str()),
+    ];
 
     // The control plane, as k8s/mesh/controller.yml runs it (pod 1).
     let controller = manifest(
