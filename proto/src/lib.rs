@@ -98,6 +98,8 @@ pub mod metrics {
         pub const RESOLUTIONS: &str = "resolutions";
         pub const ENDPOINT_EJECTED: &str = "endpoint_ejected";
         pub const ENDPOINT_EJECTIONS: &str = "endpoint_ejections";
+        pub const IDENTITY_CERTIFICATIONS: &str = "identity_certifications";
+        pub const IDENTITY_CERTIFICATE_EXPIRY: &str = "identity_certificate_expiry_seconds";
     }
 
     /// Sample names as scraped.

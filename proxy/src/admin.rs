@@ -3,7 +3,7 @@
 //! | route | answers |
 //! |---|---|
 //! | `GET /metrics` | Prometheus metrics (OpenMetrics text), see [`crate::metrics`] |
-//! | `GET /ready` | 200 `ready` while serving; 503 `draining` once shutdown began |
+//! | `GET /ready` | 200 `ready` while serving; 503 `draining` once shutdown began; with `--identity`, 503 while the proxy has no valid certificate |
 //! | `GET /live` | 200 `live` while the process runs |
 //! | `GET /endpoints` | JSON: each outbound service, its balancing and endpoints |
 
@@ -24,6 +24,8 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub balancers: Arc<Balancers>,
     pub ready: Arc<AtomicBool>,
+    /// The identity certificate in use, when the proxy has an identity.
+    pub identity: Option<crate::identity::Current>,
 }
 
 pub fn app(state: AdminState) -> Router {
@@ -61,10 +63,15 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
 }
 
 async fn ready(State(state): State<AdminState>) -> impl IntoResponse {
-    if state.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    if !state.ready.load(Ordering::Acquire) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n");
+    }
+    match &state.identity {
+        Some(current) if current.borrow().is_none() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no identity certificate yet\n",
+        ),
+        _ => (StatusCode::OK, "ready\n"),
     }
 }
 

@@ -9,6 +9,7 @@ pub use service_value::{DiscoverySpec, ServiceValue, Timeout};
 
 use crate::{
     balance::{AccrualConfig, BalancerConfig, EwmaConfig},
+    identity::IdentityConfig,
     limits::LimitsConfig,
     register::Registration,
     retry::{RetryConfig, RetryPolicy, budget::BudgetConfig},
@@ -47,6 +48,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Self-registration with the controller, when asked for.
     pub registration: Option<Registration>,
+    /// The proxy's identity, when asked for.
+    pub identity: Option<IdentityConfig>,
     pub drain_timeout: Duration,
 }
 
@@ -137,6 +140,23 @@ impl TryFrom<Args> for Config {
 
         check_ranges(&args)?;
         let registration = registration(&args, &destination)?;
+        let identity = match (&args.identity, &args.identity_token_file, &destination) {
+            (Some(identity), Some(token_file), Some(controller)) => {
+                if !identity.starts_with("spiffe://") {
+                    return Err(bad(
+                        "--identity",
+                        "MESH_PROXY_IDENTITY",
+                        "expected spiffe://TRUST-DOMAIN/ns/NAMESPACE/sa/ACCOUNT",
+                    ));
+                }
+                Some(IdentityConfig {
+                    identity: identity.clone(),
+                    token_file: token_file.clone(),
+                    controller: controller.clone(),
+                })
+            }
+            _ => None,
+        };
         if outbound.is_empty() && args.outbound_transparent.is_empty() && args.inbound.is_empty() {
             return Err(bad(
                 "--outbound",
@@ -184,6 +204,7 @@ impl TryFrom<Args> for Config {
             },
             retry_policies,
             registration,
+            identity,
             limits: LimitsConfig {
                 max_header_bytes: args.max_header_bytes,
                 header_read_timeout: args.header_read_timeout,

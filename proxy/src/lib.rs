@@ -34,6 +34,7 @@ pub mod discover;
 pub mod errors;
 pub mod http;
 pub mod http2;
+pub mod identity;
 pub mod inbound;
 pub mod limits;
 pub mod metrics;
@@ -107,12 +108,29 @@ pub async fn run(
     let ready = Arc::new(AtomicBool::new(false));
     let admin_addr = local_addr(&listeners.admin);
     let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
+    let identity = match &config.identity {
+        None => None,
+        Some(identity_config) => {
+            let key = identity::Key::generate()
+                .map_err(|e| anyhow::anyhow!("cannot make the proxy's key: {e}"))?;
+            let (current_tx, current) = tokio::sync::watch::channel(None);
+            let task = tokio::spawn(identity::maintain(
+                identity::Controller::new(identity_config.clone()),
+                key,
+                current_tx,
+                metrics.clone(),
+                drain.signal(),
+            ));
+            Some((current, task))
+        }
+    };
     let admin = tokio::spawn(admin::serve(
         listeners.admin,
         admin::AdminState {
             metrics,
             balancers: all_balancers,
             ready: ready.clone(),
+            identity: identity.as_ref().map(|(current, _)| current.clone()),
         },
         admin_stopped,
     ));
@@ -133,6 +151,9 @@ pub async fn run(
     drain.wait(config.drain_timeout).await;
     let _ = stop_admin.send(true);
     let _ = admin.await;
+    if let Some((_, task)) = identity {
+        let _ = task.await;
+    }
     if let Some(registration) = registration {
         let _ = registration.await;
     }

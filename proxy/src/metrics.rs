@@ -15,6 +15,8 @@
 //! | `mesh_resolutions_total` | counter (intercepted connections' original destinations looked up) | result |
 //! | `mesh_endpoint_ejected` | gauge (1 while failure accrual keeps it out) | target, endpoint |
 //! | `mesh_endpoint_ejections_total` | counter | target, endpoint |
+//! | `mesh_identity_certifications_total` | counter (identity certificates asked for; `--identity`) | result (`ok`, `error`) |
+//! | `mesh_identity_certificate_expiry_seconds` | gauge (Unix time the certificate in use expires; 0: none) | |
 //!
 //! Requests and responses count attempts: a retried request is one request
 //! per endpoint it was sent to. Retry reasons: `error` (no response) or
@@ -39,7 +41,7 @@ use prometheus_client::{
     },
     metrics::{
         MetricType, counter::ConstCounter, counter::Counter, family::Family, gauge::ConstGauge,
-        histogram::Histogram,
+        gauge::Gauge, histogram::Histogram,
     },
     registry::Registry,
 };
@@ -157,6 +159,8 @@ pub struct Metrics {
     timeouts: Family<RouteLabels, Counter>,
     refused: Family<RefusedLabels, Counter>,
     resolutions: Family<ResultLabels, Counter>,
+    identity_certifications: Family<ResultLabels, Counter>,
+    identity_expiry: Gauge,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -230,6 +234,18 @@ impl Default for Metrics {
             "Original destinations of intercepted connections looked up, by result",
             resolutions.clone(),
         );
+        let identity_certifications = Family::default();
+        let identity_expiry = Gauge::default();
+        registry.register(
+            names::IDENTITY_CERTIFICATIONS,
+            "Identity certificates asked for, by result",
+            identity_certifications.clone(),
+        );
+        registry.register(
+            names::IDENTITY_CERTIFICATE_EXPIRY,
+            "When the identity certificate in use expires (Unix time; 0: none)",
+            identity_expiry.clone(),
+        );
         Self {
             registry,
             requests,
@@ -242,6 +258,8 @@ impl Default for Metrics {
             timeouts,
             refused,
             resolutions,
+            identity_certifications,
+            identity_expiry,
         }
     }
 }
@@ -405,6 +423,22 @@ impl Metrics {
         self.refused
             .get_or_create(&RefusedLabels { direction, reason })
             .inc();
+    }
+
+    /// An identity certificate was asked for (`ok` or `error`).
+    pub fn identity_certified(&self, result: &'static str) {
+        self.identity_certifications
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// The identity certificate in use now expires at `until` (or there is
+    /// none).
+    pub fn identity_expiry(&self, until: Option<std::time::SystemTime>) {
+        let secs = until
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs() as i64);
+        self.identity_expiry.set(secs);
     }
 
     pub fn resolved(&self, result: &'static str) {

@@ -226,6 +226,29 @@ pub struct Args {
     #[arg(long, env = "MESH_PROXY_ADVERTISE", value_name = "HOST")]
     pub advertise: Option<String>,
 
+    /// The proxy's identity, `spiffe://TRUST-DOMAIN/ns/NAMESPACE/sa/ACCOUNT`:
+    /// it makes a key, asks the controller's Identity service
+    /// (--destination) for a certificate before it reports ready, and
+    /// renews it. (Not yet used for TLS between proxies.)
+    #[arg(
+        long,
+        env = "MESH_PROXY_IDENTITY",
+        value_name = "SPIFFE-ID",
+        requires_all = ["destination", "identity_token_file"]
+    )]
+    pub identity: Option<String>,
+
+    /// The credential that proves --identity, read before each request: in
+    /// Kubernetes the pod's projected ServiceAccount token, elsewhere the
+    /// workload's bootstrap credential.
+    #[arg(
+        long,
+        env = "MESH_PROXY_IDENTITY_TOKEN_FILE",
+        value_name = "FILE",
+        requires = "identity"
+    )]
+    pub identity_token_file: Option<std::path::PathBuf>,
+
     /// How long in-flight requests get to finish after SIGTERM.
     #[arg(long, env = "MESH_PROXY_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
