@@ -286,6 +286,16 @@ fn deployment(options: &Options, name: &str, replicas: u16, container: Value, po
     })
 }
 
+/// A component with `options.replicas` replicas: its Deployment and, with
+/// `--ha`, its PodDisruptionBudget.
+fn replicated(options: &Options, name: &str, container: Value, pod: Value) -> Vec<Value> {
+    let mut objects = vec![deployment(options, name, options.replicas, container, pod)];
+    if options.ha {
+        objects.push(disruption_budget(options, name));
+    }
+    objects
+}
+
 fn disruption_budget(options: &Options, name: &str) -> Value {
     json!({
         "apiVersion": "policy/v1",
@@ -336,19 +346,15 @@ fn controller(options: &Options) -> Vec<Value> {
             {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
         ]),
     ));
-    objects.push(deployment(
+    objects.extend(replicated(
         options,
         name,
-        options.replicas,
         container,
         json!({
             "serviceAccountName": name,
             "volumes": [{"name": "identity", "secret": {"secretName": IDENTITY_SECRET}}],
         }),
     ));
-    if options.ha {
-        objects.push(disruption_budget(options, name));
-    }
     objects.push(service(
         options,
         name,
@@ -444,19 +450,15 @@ fn injector(options: &Options) -> Vec<Value> {
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
         "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": options.namespace}],
     }));
-    objects.push(deployment(
+    objects.extend(replicated(
         options,
         name,
-        options.replicas,
         container,
         json!({
             "serviceAccountName": name,
             "volumes": [{"name": "tls", "secret": {"secretName": INJECTOR_SECRET}}],
         }),
     ));
-    if options.ha {
-        objects.push(disruption_budget(options, name));
-    }
     objects.push(service(
         options,
         name,

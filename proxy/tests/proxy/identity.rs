@@ -2,6 +2,7 @@
 //! Identity service: not ready until it holds a certificate, then renewing
 //! short-lived ones, counted in `/metrics`.
 
+use crate::support::{free_port, try_http_get};
 use mesh_controller::identity::{
     IdentityService,
     credentials::Credentials,
@@ -12,36 +13,10 @@ use std::{
     process::Stdio,
     time::{Duration, Instant},
 };
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    process::Command,
-};
+use tokio::process::Command;
 
 const PROXY: &str = env!("CARGO_BIN_EXE_mesh-proxy");
 const CREDENTIAL: &str = "8d1e4c0b9a77-stockweb-bootstrap";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn get(port: u16, path: &str) -> Option<String> {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .ok()?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).await.ok()?;
-    Some(answer)
-}
 
 /// The value of the first sample of `name` with `labels` in `metrics`.
 fn sample(metrics: &str, name: &str) -> Option<f64> {
@@ -79,7 +54,7 @@ async fn the_proxy_is_ready_once_certified_and_renews_short_lived_certificates()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     let not_ready = loop {
-        if let Some(answer) = get(admin, "/ready").await {
+        if let Ok(answer) = try_http_get(admin, "/ready").await {
             break answer;
         }
         assert!(Instant::now() < deadline, "the admin server never answered");
@@ -112,9 +87,9 @@ async fn the_proxy_is_ready_once_certified_and_renews_short_lived_certificates()
     ));
 
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !get(admin, "/ready")
+    while !try_http_get(admin, "/ready")
         .await
-        .is_some_and(|a| a.starts_with("HTTP/1.1 200"))
+        .is_ok_and(|a| a.starts_with("HTTP/1.1 200"))
     {
         assert!(
             Instant::now() < deadline,
@@ -127,7 +102,7 @@ async fn the_proxy_is_ready_once_certified_and_renews_short_lived_certificates()
     let mut expiries = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let metrics = get(admin, "/metrics").await.unwrap();
+        let metrics = try_http_get(admin, "/metrics").await.unwrap();
         let ok = sample(
             &metrics,
             "mesh_identity_certifications_total{result=\"ok\"}",
@@ -148,7 +123,7 @@ async fn the_proxy_is_ready_once_certified_and_renews_short_lived_certificates()
     }
     assert!(expiries.windows(2).all(|w| w[0] < w[1]), "{expiries:?}");
     assert!(
-        get(admin, "/ready")
+        try_http_get(admin, "/ready")
             .await
             .unwrap()
             .starts_with("HTTP/1.1 200")

@@ -1,6 +1,7 @@
 //! The `mesh-proxy` and `mesh-controller` binaries as processes: start-up
 //! errors name their flag; SIGTERM drains and exits 0.
 
+use crate::support::{free_port, try_http_get};
 use std::{process::Stdio, time::Duration};
 use tokio::process::Command;
 
@@ -112,29 +113,6 @@ async fn sigterm_drains_and_exits_zero() {
     assert!(status.success(), "{status}");
 }
 
-/// A free loopback port (bound and released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// One HTTP/1.1 GET on a fresh connection: the status line and body.
-async fn get(port: u16, path: &str) -> std::io::Result<String> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).await?;
-    Ok(answer)
-}
-
 /// What a pod's readiness probe and a request in flight see once the
 /// kubelet sends SIGTERM: `/ready` answers `503 draining`, `/live` and
 /// `/metrics` still answer (the admin server stays up through the drain),
@@ -178,7 +156,7 @@ async fn after_sigterm_ready_says_draining_while_requests_finish() {
         .spawn()
         .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !get(admin, "/ready")
+    while !try_http_get(admin, "/ready")
         .await
         .is_ok_and(|a| a.starts_with("HTTP/1.1 200"))
     {
@@ -186,7 +164,7 @@ async fn after_sigterm_ready_says_draining_while_requests_finish() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let in_flight = tokio::spawn(get(inbound, "/slow"));
+    let in_flight = tokio::spawn(try_http_get(inbound, "/slow"));
     tokio::time::timeout(Duration::from_secs(10), request_arrived.recv())
         .await
         .expect("the request reaches the app");
@@ -194,7 +172,7 @@ async fn after_sigterm_ready_says_draining_while_requests_finish() {
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
     // Poll until the proxy has seen the signal.
     let ready = loop {
-        let answer = get(admin, "/ready")
+        let answer = try_http_get(admin, "/ready")
             .await
             .expect("the admin server answers while draining");
         if !answer.starts_with("HTTP/1.1 200") {
@@ -205,12 +183,12 @@ async fn after_sigterm_ready_says_draining_while_requests_finish() {
     };
     assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
     assert!(ready.ends_with("draining\n"), "{ready}");
-    let metrics = get(admin, "/metrics").await.unwrap();
+    let metrics = try_http_get(admin, "/metrics").await.unwrap();
     assert!(
         metrics.starts_with("HTTP/1.1 200"),
         "metrics readable while draining"
     );
-    let live = get(admin, "/live").await.unwrap();
+    let live = try_http_get(admin, "/live").await.unwrap();
     assert!(
         live.starts_with("HTTP/1.1 200"),
         "live while draining: {live}"
@@ -227,7 +205,7 @@ async fn after_sigterm_ready_says_draining_while_requests_finish() {
         .unwrap();
     assert!(status.success(), "{status}");
     assert!(
-        get(admin, "/ready").await.is_err(),
+        try_http_get(admin, "/ready").await.is_err(),
         "the admin server stops last"
     );
 }
