@@ -24,6 +24,19 @@ pub struct EndpointMeta {
     /// The pod's ServiceAccount and node (Kubernetes), empty when unknown.
     pub service_account: String,
     pub node: String,
+    /// The SPIFFE ID its proxy proves (see `Endpoint.identity`), empty
+    /// when it has none.
+    pub identity: String,
+}
+
+impl From<&str> for EndpointMeta {
+    /// An endpoint known only by its instance name.
+    fn from(instance: &str) -> Self {
+        Self {
+            instance: instance.to_owned(),
+            ..Self::default()
+        }
+    }
 }
 
 /// One service's endpoints, keyed by address.
@@ -112,17 +125,7 @@ impl Subscription {
                     // The registry cannot tell a service from a name nobody
                     // registered yet.
                     exists: !set.is_empty(),
-                    endpoints: Arc::new(
-                        set.iter()
-                            .map(|(addr, instance)| {
-                                let meta = EndpointMeta {
-                                    instance: instance.clone(),
-                                    ..EndpointMeta::default()
-                                };
-                                (*addr, meta)
-                            })
-                            .collect(),
-                    ),
+                    endpoints: set,
                 }
             }
             Subscription::Kubernetes(rx) => rx.borrow_and_update().clone(),

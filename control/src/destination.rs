@@ -156,6 +156,7 @@ fn endpoint(addr: &SocketAddr, meta: &EndpointMeta) -> mesh::Endpoint {
         meshed: meta.meshed,
         service_account: meta.service_account.clone(),
         node: meta.node.clone(),
+        identity: meta.identity.clone(),
     }
 }
 
@@ -209,8 +210,23 @@ impl registry_server::Registry for RegistryService {
         validate_service(&service)?;
         let endpoint = endpoint.ok_or_else(|| Status::invalid_argument("endpoint is required"))?;
         let addr = parse_addr(&endpoint.addr)?;
-        if self.registry.register(&service, addr, &endpoint.instance) {
-            tracing::info!(%service, %addr, instance = %endpoint.instance, "endpoint registered");
+        if !endpoint.identity.is_empty()
+            && stockkube_proto::identity::parse(&endpoint.identity).is_none()
+        {
+            let shown: String = endpoint.identity.chars().take(120).collect();
+            return Err(Status::invalid_argument(format!(
+                "identity must be spiffe://TRUST-DOMAIN/ns/NAMESPACE/sa/ACCOUNT, got {shown:?}"
+            )));
+        }
+        let meta = EndpointMeta {
+            instance: endpoint.instance,
+            meshed: endpoint.meshed || !endpoint.identity.is_empty(),
+            identity: endpoint.identity,
+            ..EndpointMeta::default()
+        };
+        let instance = meta.instance.clone();
+        if self.registry.register(&service, addr, meta) {
+            tracing::info!(%service, %addr, %instance, "endpoint registered");
         }
         Ok(Response::new(RegisterResponse {}))
     }
@@ -238,13 +254,7 @@ impl registry_server::Registry for RegistryService {
                 service,
                 endpoints: set
                     .iter()
-                    .map(|(addr, instance)| {
-                        let meta = EndpointMeta {
-                            instance: instance.clone(),
-                            ..EndpointMeta::default()
-                        };
-                        endpoint(addr, &meta)
-                    })
+                    .map(|(addr, meta)| endpoint(addr, meta))
                     .collect(),
             })
             .collect();

@@ -29,6 +29,17 @@ pub struct SpiffeId {
     pub service_account: String,
 }
 
+impl SpiffeId {
+    /// The name TLS uses for this identity (a server name, a DNS SAN).
+    pub fn dns_name(&self) -> String {
+        stockkube_proto::identity::dns_name(
+            &self.trust_domain,
+            &self.namespace,
+            &self.service_account,
+        )
+    }
+}
+
 impl std::fmt::Display for SpiffeId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -49,26 +60,13 @@ impl std::str::FromStr for SpiffeId {
                 "{shown:?} is not spiffe://TRUST-DOMAIN/ns/NAMESPACE/sa/SERVICE-ACCOUNT"
             ))
         };
-        let rest = text.strip_prefix("spiffe://").ok_or_else(bad)?;
-        let parts: Vec<&str> = rest.split('/').collect();
-        let label = |s: &str| {
-            !s.is_empty()
-                && s.len() <= 253
-                && s.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        };
-        match parts[..] {
-            [domain, "ns", namespace, "sa", account]
-                if label(domain) && label(namespace) && label(account) =>
-            {
-                Ok(Self {
-                    trust_domain: domain.into(),
-                    namespace: namespace.into(),
-                    service_account: account.into(),
-                })
-            }
-            _ => Err(bad()),
-        }
+        let (domain, namespace, account) =
+            stockkube_proto::identity::parse(text).ok_or_else(bad)?;
+        Ok(Self {
+            trust_domain: domain.into(),
+            namespace: namespace.into(),
+            service_account: account.into(),
+        })
     }
 }
 

@@ -207,13 +207,20 @@ async fn report_readiness(
 }
 
 /// The Kubernetes backend: the index, fed by watchers on `client` (which
-/// run until the returned tasks are aborted).
+/// run until the returned tasks are aborted). With `trust_domain` (the
+/// controller issues identities), meshed pods' endpoints carry their
+/// ServiceAccount's identity, so that callers speak mTLS to them.
 pub fn kubernetes_backend(
     client: kube::Client,
     cluster_domain: &str,
     default_namespace: &str,
+    trust_domain: Option<&str>,
 ) -> (Backend, Vec<tokio::task::JoinHandle<()>>) {
-    let index = Arc::new(kubernetes::Index::new(cluster_domain, default_namespace));
+    let mut index = kubernetes::Index::new(cluster_domain, default_namespace);
+    if let Some(trust_domain) = trust_domain {
+        index = index.with_identities(trust_domain);
+    }
+    let index = Arc::new(index);
     let watchers = kubernetes::watchers::spawn(client, index.clone());
     (Backend::Kubernetes(index), watchers)
 }

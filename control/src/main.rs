@@ -38,6 +38,7 @@ async fn serve() -> anyhow::Result<()> {
             client,
             &args.cluster_domain,
             &args.default_namespace,
+            identity.is_some().then_some(args.trust_domain.as_str()),
         ),
     };
     let served = mesh_controller::run_with(backend, identity, listener, shutdown).await;

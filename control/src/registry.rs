@@ -5,6 +5,7 @@
 //! latest set) and computes the difference itself. Writers take a short lock
 //! on the service map; nothing on a proxy's request path ever touches it.
 
+use crate::backend::EndpointMeta;
 use std::{
     collections::{BTreeMap, HashMap},
     net::SocketAddr,
@@ -12,8 +13,8 @@ use std::{
 };
 use tokio::sync::watch;
 
-/// One service's endpoints, keyed by address; values are instance names.
-pub type EndpointSet = Arc<BTreeMap<SocketAddr, String>>;
+/// One service's endpoints, keyed by address.
+pub type EndpointSet = Arc<BTreeMap<SocketAddr, EndpointMeta>>;
 
 /// A proxy the dashboard should scrape.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,14 +38,20 @@ impl Registry {
         self.sender(service).subscribe()
     }
 
-    /// Adds `addr` to `service`, or renames its instance. Returns whether the
-    /// set changed.
-    pub fn register(&self, service: &str, addr: SocketAddr, instance: &str) -> bool {
+    /// Adds `addr` to `service`, or replaces what is known of it (its
+    /// instance name, its identity). Returns whether the set changed.
+    pub fn register(
+        &self,
+        service: &str,
+        addr: SocketAddr,
+        endpoint: impl Into<EndpointMeta>,
+    ) -> bool {
+        let endpoint = endpoint.into();
         self.sender(service).send_if_modified(|set| {
-            if set.get(&addr).map(String::as_str) == Some(instance) {
+            if set.get(&addr) == Some(&endpoint) {
                 return false;
             }
-            Arc::make_mut(set).insert(addr, instance.to_owned());
+            Arc::make_mut(set).insert(addr, endpoint);
             true
         })
     }

@@ -51,6 +51,56 @@ pub mod headers {
     pub const MESH_ATTEMPTS: &str = "x-mesh-attempts";
 }
 
+/// Workload identities: `spiffe://TRUST-DOMAIN/ns/NAMESPACE/sa/ACCOUNT`,
+/// and the DNS name that stands for one where TLS needs a DNS name (the
+/// server name a client proxy asks for, the certificate's DNS SAN beside
+/// its URI SAN), as Linkerd names identities:
+/// `ACCOUNT.NAMESPACE.serviceaccount.identity.TRUST-DOMAIN`.
+pub mod identity {
+    /// The parts of a SPIFFE ID the mesh issues, or `None` when `text` is
+    /// not one: lowercase DNS-label characters (and dots) in each part.
+    pub fn parse(text: &str) -> Option<(&str, &str, &str)> {
+        let rest = text.strip_prefix("spiffe://")?;
+        let part = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 253
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        };
+        let mut parts = rest.split('/');
+        match (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) {
+            (Some(domain), Some("ns"), Some(namespace), Some("sa"), Some(account), None)
+                if part(domain) && part(namespace) && part(account) =>
+            {
+                Some((domain, namespace, account))
+            }
+            _ => None,
+        }
+    }
+
+    /// The DNS name of an identity (see the module's documentation).
+    pub fn dns_name(trust_domain: &str, namespace: &str, service_account: &str) -> String {
+        format!("{service_account}.{namespace}.serviceaccount.identity.{trust_domain}")
+    }
+
+    /// The DNS name of a SPIFFE ID, if it is one.
+    pub fn dns_name_of(spiffe_id: &str) -> Option<String> {
+        parse(spiffe_id).map(|(domain, ns, sa)| dns_name(domain, ns, sa))
+    }
+
+    /// The SPIFFE ID of a workload.
+    pub fn spiffe_id(trust_domain: &str, namespace: &str, service_account: &str) -> String {
+        format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}")
+    }
+}
+
 /// The mesh's well-known ports, as Linkerd numbers its own.
 pub mod ports {
     /// The sidecar's outbound listener, where the local app's calls arrive.
@@ -135,6 +185,26 @@ pub mod metrics {
 mod tests {
     use super::stockdata;
     use prost::Message as _;
+
+    #[test]
+    fn identities_parse_and_map_to_dns_names() {
+        use super::identity::*;
+        let id = spiffe_id("cluster.local", "stocks", "default");
+        assert_eq!(parse(&id), Some(("cluster.local", "stocks", "default")));
+        assert_eq!(
+            dns_name_of(&id).as_deref(),
+            Some("default.stocks.serviceaccount.identity.cluster.local")
+        );
+        for bad in [
+            "spiffe://cluster.local/ns/stocks/sa/",
+            "spiffe://cluster.local/ns/stocks/sa/a/b",
+            "spiffe://Cluster/ns/a/sa/b",
+            "https://cluster.local/ns/a/sa/b",
+            "spiffe://cluster.local/ns/a b/sa/b",
+        ] {
+            assert_eq!(parse(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn sample_names_are_the_prefixed_registered_names() {

@@ -122,7 +122,13 @@ impl Issuer {
         let now = OffsetDateTime::now_utc();
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
-        params.subject_alt_names = vec![SanType::URI(uri)];
+        // The URI names the identity (SPIFFE); the DNS name is what TLS
+        // clients check against the server name they asked for.
+        let dns = identity
+            .dns_name()
+            .try_into()
+            .map_err(|e| IdentityError::BadRequest(format!("{identity} as a DNS name: {e}")))?;
+        params.subject_alt_names = vec![SanType::URI(uri), SanType::DnsName(dns)];
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![

@@ -65,12 +65,13 @@ fn the_issuer_names_only_the_identity_for_the_lifetime_and_chains_to_the_anchor(
         .iter()
         .map(|n| match n {
             GeneralName::URI(uri) => uri.to_string(),
+            GeneralName::DNSName(dns) => dns.to_string(),
             other => format!("{other:?}"),
         })
         .collect();
     assert_eq!(
         names,
-        [identity.to_string()],
+        [identity.to_string(), identity.dns_name()],
         "what the request asked for is not used"
     );
     assert!(!leaf.is_ca());

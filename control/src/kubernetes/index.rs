@@ -121,6 +121,9 @@ struct State {
     slices: HashMap<Key, SliceInfo>,
     pods: HashMap<Key, PodInfo>,
     watches: HashMap<Target, watch::Sender<Published>>,
+    /// Set when the controller issues identities: meshed endpoints then
+    /// carry their ServiceAccount's SPIFFE ID in this trust domain.
+    trust_domain: Option<String>,
 }
 
 /// How the index's sources fare: the kinds listed at least once, and the
@@ -158,6 +161,15 @@ impl Index {
             state: Mutex::new(State::default()),
             health: watch::channel(Health::default()).0,
         }
+    }
+
+    /// Meshed endpoints carry identities in `trust_domain`.
+    pub fn with_identities(mut self, trust_domain: &str) -> Self {
+        self.state
+            .get_mut()
+            .expect("index lock is never poisoned")
+            .trust_domain = Some(trust_domain.to_owned());
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -461,6 +473,12 @@ fn meta(state: &State, namespace: &str, endpoint: &SliceEndpoint) -> EndpointMet
         instance: endpoint.pod.clone().unwrap_or_default(),
         meshed: pod.is_some_and(|p| p.meshed),
         service_account: pod.map(|p| p.service_account.clone()).unwrap_or_default(),
+        identity: match (pod, &state.trust_domain) {
+            (Some(pod), Some(domain)) if pod.meshed && !pod.service_account.is_empty() => {
+                stockkube_proto::identity::spiffe_id(domain, namespace, &pod.service_account)
+            }
+            _ => String::new(),
+        },
         node: endpoint
             .node
             .clone()

@@ -79,8 +79,12 @@ async fn cluster() -> FakeApiServer {
 async fn controller(api: &FakeApiServer) -> (Channel, Vec<tokio::task::JoinHandle<()>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let (backend, watchers) =
-        mesh_controller::kubernetes_backend(api.client(), "cluster.local", "default");
+    let (backend, watchers) = mesh_controller::kubernetes_backend(
+        api.client(),
+        "cluster.local",
+        "default",
+        Some("cluster.local"),
+    );
     tokio::spawn(mesh_controller::run(
         backend,
         listener,

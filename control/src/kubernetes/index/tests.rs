@@ -208,12 +208,44 @@ fn a_pod_that_arrives_after_its_slice_fills_in_its_identity() {
             meshed: false,
             service_account: String::new(),
             node: "node-1".into(),
+            identity: String::new(),
         }
     );
     index.apply_pod(&pod("sd-1", "stockdata", true)).unwrap();
     let meta = meta(&rx);
     assert!(meta.meshed);
     assert_eq!(meta.service_account, "stockdata");
+    assert_eq!(meta.identity, "", "no identities without a trust domain");
+}
+
+#[test]
+fn meshed_pods_carry_their_service_accounts_identity() {
+    let index = index().with_identities("example.org");
+    let rx = follow(&index, "stockdata");
+    index
+        .apply_service(&service("stockdata", "10.96.0.10", &[("", 80)]))
+        .unwrap();
+    index
+        .apply_slice(&slice(
+            "sd",
+            "stockdata",
+            &[("", 8080)],
+            &[("10.0.0.1", READY, "sd-1"), ("10.0.0.2", READY, "sd-2")],
+        ))
+        .unwrap();
+    index.apply_pod(&pod("sd-1", "stockdata", true)).unwrap();
+    index.apply_pod(&pod("sd-2", "stockdata", false)).unwrap();
+    let identities: Vec<String> = rx
+        .borrow()
+        .endpoints
+        .values()
+        .map(|meta| meta.identity.clone())
+        .collect();
+    assert_eq!(
+        identities,
+        ["spiffe://example.org/ns/stocks/sa/stockdata", ""],
+        "an unmeshed pod has no proxy to prove one"
+    );
 }
 
 #[test]
