@@ -8,11 +8,19 @@
 //! browser :P+2  -> mesh-dashboard (scrapes every proxy; demo controls call meshctl's demo API)
 //! ```
 //!
+//! Traffic between the sidecars is mTLS: each run makes its own trust
+//! anchor, issuer and workload credentials ([`identity`]), the controller
+//! issues the proxies' certificates, and the replicas are registered with
+//! the identity their sidecars prove.
+//!
 //! Every process is a child of `meshctl`; Ctrl-C (or SIGTERM) stops them
 //! all, the front ends first. The demo API (see [`control`]) adds, kills
 //! and slows replicas for the dashboard's demo controls.
 
 mod control;
+mod identity;
+
+use identity::DemoIdentity;
 
 use crate::{
     process::{self, Service},
@@ -132,6 +140,8 @@ struct Replica {
 /// What the demo runs, shared with its control API.
 pub struct Demo {
     bin_dir: PathBuf,
+    controller: SocketAddr,
+    identity: Arc<DemoIdentity>,
     registry: Mutex<RegistryClient<Channel>>,
     replicas: Mutex<BTreeMap<String, Replica>>,
     next_index: std::sync::atomic::AtomicU16,
@@ -158,17 +168,21 @@ impl Demo {
             delay_ms: 0,
         };
         replica.stockdata = Some(spawn_stockdata(&self.bin("stockdata"), &name, app, 0)?);
+        let mut flags = vec![
+            "--inbound".into(),
+            inbound.to_string(),
+            "--app".into(),
+            app.to_string(),
+            "--admin".into(),
+            admin.to_string(),
+            "--destination".into(),
+            format!("http://{}", self.controller),
+        ];
+        flags.extend(self.identity.proxy_flags("stockdata"));
         replica.proxy = Some(Service::spawn(
             format!("{name} proxy"),
             &self.bin("mesh-proxy"),
-            &[
-                "--inbound".into(),
-                inbound.to_string(),
-                "--app".into(),
-                app.to_string(),
-                "--admin".into(),
-                admin.to_string(),
-            ],
+            &flags,
             &[],
         )?);
         let mut children: Vec<&mut Service> = replica
@@ -177,6 +191,9 @@ impl Demo {
             .chain(replica.proxy.iter_mut())
             .collect();
         process::wait_until_listening(&mut children, &[app, inbound, admin]).await?;
+        // Ready once it holds its certificate: only then can callers'
+        // proxies complete mTLS with it.
+        wait_ready(admin).await?;
         let mut registry = self.registry.lock().await;
         registry
             .register_proxy(ProxyInfo {
@@ -192,6 +209,8 @@ impl Demo {
                 endpoint: Some(Endpoint {
                     addr: inbound.to_string(),
                     instance: name.clone(),
+                    meshed: true,
+                    identity: DemoIdentity::spiffe_id("stockdata"),
                     ..Default::default()
                 }),
             })
@@ -314,12 +333,15 @@ async fn run(args: DemoArgs, bin_dir: PathBuf) -> anyhow::Result<()> {
     let mut fixed: Vec<Service> = Vec::new();
     let mut demo: Option<Arc<Demo>> = None;
 
+    let identity = Arc::new(DemoIdentity::create()?);
     let outcome = async {
         let controller = free_addr().await?;
+        let mut flags = vec!["--listen".into(), controller.to_string()];
+        flags.extend(identity.controller_flags());
         fixed.push(Service::spawn(
             "mesh-controller",
             &bin("mesh-controller"),
-            &["--listen".into(), controller.to_string()],
+            &flags,
             &[],
         )?);
         process::wait_until_listening(&mut fixed.iter_mut().collect::<Vec<_>>(), &[controller]).await?;
@@ -329,6 +351,8 @@ async fn run(args: DemoArgs, bin_dir: PathBuf) -> anyhow::Result<()> {
             .context("cannot reach mesh-controller")?;
         let state = demo.insert(Arc::new(Demo {
             bin_dir: bin_dir.clone(),
+            controller,
+            identity: identity.clone(),
             registry: Mutex::new(RegistryClient::new(channel)),
             replicas: Mutex::new(BTreeMap::new()),
             next_index: std::sync::atomic::AtomicU16::new(1),
@@ -339,19 +363,21 @@ async fn run(args: DemoArgs, bin_dir: PathBuf) -> anyhow::Result<()> {
 
         // StockWeb with the mesh: its sidecar balances each call.
         let (outbound, web_admin) = (free_addr().await?, free_addr().await?);
+        let mut flags = vec![
+            "--outbound".into(),
+            format!("stockdata={outbound}"),
+            "--destination".into(),
+            format!("http://{controller}"),
+            "--admin".into(),
+            web_admin.to_string(),
+            "--balance".into(),
+            args.balance.clone(),
+        ];
+        flags.extend(identity.proxy_flags("stockweb"));
         fixed.push(Service::spawn(
             "stockweb proxy",
             &bin("mesh-proxy"),
-            &[
-                "--outbound".into(),
-                format!("stockdata={outbound}"),
-                "--destination".into(),
-                format!("http://{controller}"),
-                "--admin".into(),
-                web_admin.to_string(),
-                "--balance".into(),
-                args.balance.clone(),
-            ],
+            &flags,
             &[],
         )?);
         fixed.push(Service::spawn(
@@ -452,6 +478,25 @@ async fn run(args: DemoArgs, bin_dir: PathBuf) -> anyhow::Result<()> {
     // no reason to fail the shutdown.
     let _ = writeln!(std::io::stdout(), "demo stopped");
     outcome
+}
+
+/// Waits until the proxy whose admin server is `admin` is ready (holds its
+/// identity certificate).
+async fn wait_ready(admin: SocketAddr) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + process::READY_TIMEOUT;
+    while http_get(admin, stockkube_proto::admin::READY)
+        .await
+        .is_err()
+    {
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "the proxy at {admin} had no identity certificate within {:?}",
+                process::READY_TIMEOUT
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
 }
 
 /// Waits until the meshed StockWeb's sidecar knows `expected` endpoints, so

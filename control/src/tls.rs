@@ -21,9 +21,9 @@ use std::{
     time::Duration,
 };
 
-/// The crypto provider every TLS configuration of the control plane uses.
+/// The crypto provider every TLS configuration of the mesh uses.
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    mesh_runtime::tls_provider()
 }
 
 /// A certificate authority and a serving certificate it signed, as PEM. The

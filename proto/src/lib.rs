@@ -178,6 +178,12 @@ pub mod metrics {
         pub const FAILURE: &str = "failure";
         pub const PROTOCOL: &str = "protocol";
         pub const REASON: &str = "reason";
+        /// `true` when the request went over mesh mTLS between proxies.
+        pub const TLS: &str = "tls";
+        /// The calling proxy's identity (inbound, mTLS).
+        pub const CLIENT_ID: &str = "client_id";
+        /// The called proxy's identity (outbound, mTLS).
+        pub const SERVER_ID: &str = "server_id";
     }
 }
 

@@ -67,6 +67,7 @@ fn record(c: &mut Criterion) {
         direction: Direction::Outbound,
         target: "stockdata".into(),
         endpoint: "127.0.0.1:10000".into(),
+        tls: Default::default(),
     }));
     let mut headers = http::HeaderMap::new();
     headers.insert("grpc-status", http::HeaderValue::from_static("0"));

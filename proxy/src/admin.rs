@@ -3,7 +3,7 @@
 //! | route | answers |
 //! |---|---|
 //! | `GET /metrics` | Prometheus metrics (OpenMetrics text), see [`crate::metrics`] |
-//! | `GET /ready` | 200 `ready` while serving; 503 `draining` once shutdown began; with `--identity`, 503 while the proxy has no valid certificate |
+//! | `GET /ready` | 200 `ready` while serving; 503 `starting` before, `draining` once shutdown began; with `--identity`, 503 while the proxy has no valid certificate |
 //! | `GET /live` | 200 `live` while the process runs |
 //! | `GET /endpoints` | JSON: each outbound service, its balancing and endpoints |
 
@@ -13,7 +13,7 @@ use std::{
     future::IntoFuture as _,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicU8, Ordering},
     },
 };
 use stockkube_proto::admin::{ENDPOINTS, LIVE, METRICS, READY};
@@ -23,7 +23,7 @@ use tokio::{net::TcpListener, sync::watch};
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub balancers: Arc<Balancers>,
-    pub ready: Arc<AtomicBool>,
+    pub phase: Arc<Phase>,
     /// The identity certificate in use, when the proxy has an identity.
     pub identity: Option<crate::identity::Current>,
 }
@@ -62,9 +62,29 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     )
 }
 
+/// Where the proxy is in its life, as `/ready` tells it.
+#[derive(Debug, Default)]
+pub struct Phase(AtomicU8);
+
+impl Phase {
+    pub const STARTING: u8 = 0;
+    pub const SERVING: u8 = 1;
+    pub const DRAINING: u8 = 2;
+
+    pub fn set(&self, phase: u8) {
+        self.0.store(phase, Ordering::Release);
+    }
+
+    fn get(&self) -> u8 {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
 async fn ready(State(state): State<AdminState>) -> impl IntoResponse {
-    if !state.ready.load(Ordering::Acquire) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n");
+    match state.phase.get() {
+        Phase::STARTING => return (StatusCode::SERVICE_UNAVAILABLE, "starting\n"),
+        Phase::DRAINING => return (StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
+        _ => {}
     }
     match &state.identity {
         Some(current) if current.borrow().is_none() => (

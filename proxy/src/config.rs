@@ -11,6 +11,7 @@ use crate::{
     balance::{AccrualConfig, BalancerConfig, EwmaConfig},
     identity::IdentityConfig,
     limits::LimitsConfig,
+    policy::{InboundPolicy, Policy},
     register::Registration,
     retry::{RetryConfig, RetryPolicy, budget::BudgetConfig},
     serve::DetectConfig,
@@ -50,6 +51,8 @@ pub struct Config {
     pub registration: Option<Registration>,
     /// The proxy's identity, when asked for.
     pub identity: Option<IdentityConfig>,
+    /// Who may call the app.
+    pub inbound_policy: InboundPolicy,
     pub drain_timeout: Duration,
 }
 
@@ -142,17 +145,25 @@ impl TryFrom<Args> for Config {
         let registration = registration(&args, &destination)?;
         let identity = match (&args.identity, &args.identity_token_file, &destination) {
             (Some(identity), Some(token_file), Some(controller)) => {
-                if !identity.starts_with("spiffe://") {
+                if stockkube_proto::identity::parse(identity).is_none() {
                     return Err(bad(
                         "--identity",
                         "MESH_PROXY_IDENTITY",
                         "expected spiffe://TRUST-DOMAIN/ns/NAMESPACE/sa/ACCOUNT",
                     ));
                 }
+                let Some(trust_anchors) = args.identity_trust_anchors.clone() else {
+                    return Err(bad(
+                        "--identity-trust-anchors",
+                        "MESH_PROXY_IDENTITY_TRUST_ANCHORS",
+                        "--identity needs the mesh's trust anchors (PEM)",
+                    ));
+                };
                 Some(IdentityConfig {
                     identity: identity.clone(),
                     token_file: token_file.clone(),
                     controller: controller.clone(),
+                    trust_anchors,
                 })
             }
             _ => None,
@@ -204,6 +215,7 @@ impl TryFrom<Args> for Config {
             },
             retry_policies,
             registration,
+            inbound_policy: inbound_policy(&args, identity.is_some())?,
             identity,
             limits: LimitsConfig {
                 max_header_bytes: args.max_header_bytes,
@@ -214,6 +226,45 @@ impl TryFrom<Args> for Config {
             drain_timeout: args.drain_timeout,
         })
     }
+}
+
+/// The inbound policies; one that needs an identity needs --identity.
+fn inbound_policy(args: &Args, has_identity: bool) -> Result<InboundPolicy, ConfigError> {
+    const FLAG: &str = "--inbound-port-policy";
+    const ENV: &str = "MESH_PROXY_INBOUND_PORT_POLICY";
+    let default: Policy = args
+        .inbound_policy
+        .parse()
+        .map_err(|e: String| bad("--inbound-policy", "MESH_PROXY_INBOUND_POLICY", e))?;
+    let mut ports = BTreeMap::new();
+    for entry in &args.inbound_port_policy {
+        let Some((port, policy)) = entry.split_once('=') else {
+            return Err(bad(
+                FLAG,
+                ENV,
+                format!("expected PORT=POLICY, got {entry:?}"),
+            ));
+        };
+        let port: u16 = port
+            .trim()
+            .parse()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| bad(FLAG, ENV, format!("{port:?} is not a port")))?;
+        let policy = policy.parse().map_err(|e: String| bad(FLAG, ENV, e))?;
+        if ports.insert(port, policy).is_some() {
+            return Err(bad(FLAG, ENV, format!("port {port} is given twice")));
+        }
+    }
+    let policy = InboundPolicy { default, ports };
+    if policy.needs_identity() && !has_identity {
+        return Err(bad(
+            "--inbound-policy",
+            "MESH_PROXY_INBOUND_POLICY",
+            "a policy that admits only authenticated clients needs --identity (mTLS)",
+        ));
+    }
+    Ok(policy)
 }
 
 /// Numbers and durations within what the proxy can work with.

@@ -28,6 +28,9 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     /// A human name (replica id, pod name); empty when the source has none.
     pub instance: Arc<str>,
+    /// The identity its proxy proves (the controller's discovery only):
+    /// calls to it are mTLS when this proxy has an identity too.
+    pub identity: Option<Arc<str>>,
 }
 
 impl Endpoint {
@@ -35,7 +38,14 @@ impl Endpoint {
         Self {
             addr,
             instance: instance.into(),
+            identity: None,
         }
+    }
+
+    /// The same endpoint, proving `identity` (none when empty).
+    pub fn with_identity(mut self, identity: &str) -> Self {
+        self.identity = (!identity.is_empty()).then(|| identity.into());
+        self
     }
 }
 

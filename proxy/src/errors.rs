@@ -67,6 +67,15 @@ pub enum ProxyError {
     /// The request's header block is over `--max-header-bytes`.
     #[error("request headers are {size} bytes, more than the {limit} allowed")]
     HeaderTooLarge { size: usize, limit: usize },
+
+    /// The inbound policy does not admit the client ([`crate::policy`]).
+    #[error("mesh-proxy: {client} may not call port {port} (policy: {reason})")]
+    Forbidden {
+        /// The client's identity, or "an unauthenticated client".
+        client: String,
+        port: u16,
+        reason: &'static str,
+    },
 }
 
 impl ProxyError {
@@ -88,6 +97,7 @@ impl ProxyError {
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 tonic::Code::ResourceExhausted,
             ),
+            ProxyError::Forbidden { .. } => (StatusCode::FORBIDDEN, tonic::Code::PermissionDenied),
         }
     }
 
@@ -102,7 +112,9 @@ impl ProxyError {
         match self {
             ProxyError::Upstream { .. } => Blame::Endpoint,
             ProxyError::Timeout { blame, .. } => *blame,
-            ProxyError::ClientCancelled(_) | ProxyError::HeaderTooLarge { .. } => Blame::Client,
+            ProxyError::ClientCancelled(_)
+            | ProxyError::HeaderTooLarge { .. }
+            | ProxyError::Forbidden { .. } => Blame::Client,
             ProxyError::NoEndpoints { .. } | ProxyError::App { .. } => Blame::Nobody,
         }
     }
@@ -226,6 +238,11 @@ mod tests {
                 size: 6000,
                 limit: 4096,
             },
+            ProxyError::Forbidden {
+                client: "spiffe://cluster.local/ns/a/sa/b".into(),
+                port: 5001,
+                reason: "unauthorized",
+            },
         ]
     }
 
@@ -277,6 +294,11 @@ mod tests {
                     false,
                     Blame::Client
                 ),
+                (
+                    (StatusCode::FORBIDDEN, Code::PermissionDenied),
+                    false,
+                    Blame::Client
+                ),
             ]
         );
     }
@@ -319,6 +341,7 @@ mod tests {
             direction: Direction::Outbound,
             target: "stockdata".into(),
             endpoint: "127.0.0.1:1".into(),
+            tls: Default::default(),
         });
         let recorder = Recorder::new(Arc::new(route), tokio::time::Instant::now());
         let err = ProxyError::NoEndpoints {

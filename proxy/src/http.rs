@@ -2,20 +2,23 @@
 //! [`crate::http2`]; pooled HTTP/1 connections through hyper), serving a
 //! detected connection, and header hygiene.
 
+mod connect;
+
 use crate::{
     body::{ProxyBody, Received},
-    detect::{Prefixed, Protocol},
+    detect::Protocol,
     http2,
     limits::LimitsConfig,
     retry::replay::BoxError,
+    tls::{MeshTls, PeerTls, ServerIo},
 };
 use bytes::Bytes;
+use connect::MeshConnector;
 use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
+    client::legacy::Client,
     rt::{TokioExecutor, TokioIo, TokioTimer},
 };
-use std::{convert::Infallible, future::Future, net::SocketAddr, time::Duration};
-use tokio::net::TcpStream;
+use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc, time::Duration};
 use tokio::sync::{mpsc, watch};
 
 /// Why a request got no response from its upstream.
@@ -31,10 +34,13 @@ pub enum UpstreamError {
 
 /// Clients to upstreams, sending request bodies of type `B`: one
 /// multiplexed HTTP/2 connection per endpoint address ([`http2::Client`]),
-/// pooled HTTP/1 connections.
+/// pooled HTTP/1 connections. With the mesh's TLS, connections to an
+/// endpoint that has an identity are mTLS, checked to be that identity.
 pub struct Upstream<B> {
     h2: http2::Client,
-    h1: Client<HttpConnector, B>,
+    h1: Client<MeshConnector, B>,
+    connector: MeshConnector,
+    tls: Option<Arc<MeshTls>>,
 }
 
 impl<B> std::fmt::Debug for Upstream<B> {
@@ -50,16 +56,28 @@ where
     B::Error: Into<BoxError>,
 {
     fn default() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(http2::CONNECT_TIMEOUT));
+        Self::new(None)
+    }
+}
+
+impl<B> Upstream<B>
+where
+    B: http_body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    /// Clients that speak mTLS to endpoints with identities when `tls` is set.
+    pub fn new(tls: Option<Arc<MeshTls>>) -> Self {
+        let connector = MeshConnector::new(tls.clone());
         let h1 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_timer(TokioTimer::new())
-            .build(connector);
+            .build(connector.clone());
         Self {
-            h2: http2::Client::default(),
+            h2: http2::Client::new(tls.clone()),
             h1,
+            connector,
+            tls,
         }
     }
 }
@@ -70,13 +88,26 @@ where
     B::Error: Into<BoxError>,
 {
     /// Sends `request` (already addressed to `http://ip:port/...`) with the
-    /// protocol the client spoke.
+    /// protocol the client spoke; over mTLS when the endpoint proves
+    /// `server_id` and this proxy has the mesh's TLS.
     pub async fn send(
         &self,
         protocol: Protocol,
-        request: http::Request<B>,
+        mut request: http::Request<B>,
+        server_id: Option<&Arc<str>>,
     ) -> Result<http::Response<Received>, UpstreamError> {
+        let authority = request.uri().authority().map_or("", |a| a.as_str());
+        let addr: SocketAddr = authority
+            .parse()
+            .map_err(|_| UpstreamError::NotAnAddress(authority.to_owned()))?;
+        let server_id = server_id.filter(|_| self.tls.is_some());
         if protocol != Protocol::Http2 {
+            if let Some(id) = server_id {
+                // The pool keeps TLS connections apart by scheme; the
+                // connector learns which identity to check for the address.
+                self.connector.expect_identity(addr, id);
+                set_scheme(&mut request, http::uri::Scheme::HTTPS);
+            }
             // Boxed: hyper's HTTP/1 client future is large, and inline it
             // would enlarge every request's future, HTTP/2 ones too.
             let response = Box::pin(self.h1.request(request))
@@ -84,13 +115,26 @@ where
                 .map_err(UpstreamError::Http1)?;
             return Ok(response.map(Received::Http1));
         }
-        let authority = request.uri().authority().map_or("", |a| a.as_str());
-        let addr: SocketAddr = authority
-            .parse()
-            .map_err(|_| UpstreamError::NotAnAddress(authority.to_owned()))?;
-        let response = self.h2.send(addr, request).await?;
+        let response = self.h2.send(addr, server_id, request).await?;
         Ok(response.map(Received::Http2))
     }
+
+    /// What a connection to an endpoint proving `server_id` is: mesh TLS
+    /// when both sides have identities.
+    pub fn peer_tls(&self, server_id: Option<&Arc<str>>) -> PeerTls {
+        match (server_id, &self.tls) {
+            (Some(id), Some(_)) => PeerTls::Mesh {
+                id: Some(id.clone()),
+            },
+            _ => PeerTls::None,
+        }
+    }
+}
+
+fn set_scheme<B>(request: &mut http::Request<B>, scheme: http::uri::Scheme) {
+    let mut parts = std::mem::take(request.uri_mut()).into_parts();
+    parts.scheme = Some(scheme);
+    *request.uri_mut() = http::Uri::from_parts(parts).expect("only the scheme changed");
 }
 
 /// Points `request` at `authority`, keeping its path and query.
@@ -155,7 +199,7 @@ pub enum ServeError {
 /// closes after the current response) and in-flight requests finish.
 pub async fn serve<H, F>(
     protocol: Protocol,
-    io: Prefixed<TcpStream>,
+    io: ServerIo,
     limits: &LimitsConfig,
     mut drain: watch::Receiver<bool>,
     _guard: DrainGuard,

@@ -12,10 +12,16 @@
 //! expires. Each attempt is counted by result, and the current certificate's
 //! expiry is a gauge.
 //!
-//! Not yet: the certificate is not used for TLS between proxies.
+//! The key and the current certificate are what [`crate::tls`] presents in
+//! every handshake, to clients and to servers; a renewed certificate is used
+//! from the next handshake on (connections already made keep theirs).
 
 use crate::metrics::Metrics;
 use rcgen::{CertificateParams, KeyPair};
+use rustls::{
+    pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, pem::PemObject as _},
+    sign::CertifiedKey,
+};
 use std::{
     future::Future,
     path::PathBuf,
@@ -41,6 +47,8 @@ pub struct IdentityConfig {
     pub token_file: PathBuf,
     /// The controller (`--destination`).
     pub controller: http::Uri,
+    /// The mesh's trust anchors (PEM file).
+    pub trust_anchors: PathBuf,
 }
 
 /// A certificate for the proxy's key.
@@ -50,6 +58,8 @@ pub struct Certified {
     pub chain_pem: String,
     /// When it expires.
     pub valid_until: SystemTime,
+    /// The chain with the key, as TLS presents them.
+    pub key: Arc<CertifiedKey>,
 }
 
 /// The certificate in use, if any; `None` before the first and after one
@@ -103,6 +113,8 @@ impl Certifier for Controller {
 /// The proxy's key and the certificate signing request for it.
 pub struct Key {
     csr_der: Vec<u8>,
+    /// PKCS#8; it stays in this process.
+    key_der: Vec<u8>,
 }
 
 impl Key {
@@ -114,9 +126,30 @@ impl Key {
             .serialize_request(&key)?
             .der()
             .to_vec();
-        // The private key is dropped here for now: nothing uses it until
-        // TLS between proxies (issue 18) does.
-        Ok(Self { csr_der })
+        Ok(Self {
+            csr_der,
+            key_der: key.serialize_der(),
+        })
+    }
+
+    /// The certificate signing request (DER) for the key.
+    pub fn csr_der(&self) -> &[u8] {
+        &self.csr_der
+    }
+
+    /// The key with a certificate chain (PEM) issued for it; an error when
+    /// the chain cannot be read or is not for this key.
+    pub fn certified(&self, chain_pem: &str) -> Result<Arc<CertifiedKey>, String> {
+        let chain = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("the certificate chain: {e}"))?;
+        if chain.is_empty() {
+            return Err("the certificate chain is empty".into());
+        }
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone()));
+        CertifiedKey::from_der(chain, key, &mesh_runtime::tls_provider())
+            .map(Arc::new)
+            .map_err(|e| format!("the certificate is not for this proxy's key: {e}"))
     }
 }
 
@@ -149,8 +182,16 @@ pub async fn maintain(
             metrics.identity_expiry(None);
             expires = None;
         }
-        match certifier.certify(key.csr_der.clone()).await {
-            Ok((chain_pem, valid_until)) => {
+        let certified =
+            certifier
+                .certify(key.csr_der.clone())
+                .await
+                .and_then(|(chain_pem, valid_until)| {
+                    let certified = key.certified(&chain_pem)?;
+                    Ok((chain_pem, valid_until, certified))
+                });
+        match certified {
+            Ok((chain_pem, valid_until, certified)) => {
                 let valid_until = UNIX_EPOCH + Duration::from_secs(valid_until.max(0) as u64);
                 let remaining = valid_until
                     .duration_since(SystemTime::now())
@@ -165,6 +206,7 @@ pub async fn maintain(
                 current.send_replace(Some(Arc::new(Certified {
                     chain_pem,
                     valid_until,
+                    key: certified,
                 })));
             }
             Err(err) => {

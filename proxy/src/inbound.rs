@@ -3,17 +3,22 @@
 //! ```text
 //! peer proxy -> inbound listener -> which app port: --app, or the port the
 //!                                   peer dialled (original destination)
-//!            -> detect -> HTTP/1, HTTP/2: forward to the app (connections reused)
-//!                         opaque TCP:     relay to the app
+//!            -> [mesh TLS] -> detect -> HTTP/1, HTTP/2: forward to the app (connections reused)
+//!                                       opaque TCP:     relay to the app
 //! ```
+//!
+//! Each app port has its policy ([`crate::policy`]), applied by
+//! [`crate::serve`]; metrics name the client's identity when it has one.
 
 use crate::{
     body::{ProxyBody, Received, Recorder},
-    detect::{Prefixed, Protocol},
+    detect::Protocol,
     errors::{self, ProxyError},
     http::{Upstream, set_authority, strip_hop_by_hop},
     metrics::{Direction, Metrics, RouteLabels, RouteMetrics},
+    policy::{InboundPolicy, Policy},
     tcp,
+    tls::{PeerTls, ServerIo},
 };
 use crate::{
     limits::Refusal,
@@ -27,6 +32,10 @@ use std::{
 };
 use tokio::{net::TcpStream, time::Instant};
 
+/// Distinct client identities with series of their own, per app port;
+/// clients past this are counted without their identity.
+const MAX_CLIENT_IDS: usize = 256;
+
 /// The inbound listener: every connection to `--app`, or, without it, to
 /// the port its peer dialled, on 127.0.0.1 (the pod's iptables rules
 /// redirected it here; the app listens on that port).
@@ -35,14 +44,19 @@ pub struct InboundListener {
     app: Option<Arc<Inbound>>,
     /// One per app port seen, made on first use.
     ports: Mutex<HashMap<u16, Arc<Inbound>>>,
+    policy: InboundPolicy,
     metrics: Arc<Metrics>,
 }
 
 impl InboundListener {
-    pub fn new(app: Option<SocketAddr>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(app: Option<SocketAddr>, policy: InboundPolicy, metrics: Arc<Metrics>) -> Self {
         Self {
-            app: app.map(|app| Arc::new(Inbound::new(app, metrics.clone()))),
+            app: app.map(|app| {
+                let port_policy = policy.for_port(app.port()).clone();
+                Arc::new(Inbound::new(app, port_policy, metrics.clone()))
+            }),
             ports: Mutex::new(HashMap::new()),
+            policy,
             metrics,
         }
     }
@@ -65,7 +79,8 @@ impl Listener for InboundListener {
         let mut ports = self.ports.lock().expect("port map lock is never poisoned");
         let inbound = ports.entry(destination.port()).or_insert_with(|| {
             let app = SocketAddr::from((Ipv4Addr::LOCALHOST, destination.port()));
-            Arc::new(Inbound::new(app, self.metrics.clone()))
+            let policy = self.policy.for_port(app.port()).clone();
+            Arc::new(Inbound::new(app, policy, self.metrics.clone()))
         });
         Accepted::Handle(inbound.clone())
     }
@@ -75,25 +90,66 @@ impl Listener for InboundListener {
 pub struct Inbound {
     app: SocketAddr,
     authority: http::uri::Authority,
+    policy: Policy,
+    /// Plaintext clients' metric handles.
     route: Arc<RouteMetrics>,
+    /// Mesh TLS clients' handles, by the client's identity.
+    tls_routes: Mutex<HashMap<PeerTls, Arc<RouteMetrics>>>,
     upstream: Upstream<Received>,
     metrics: Arc<Metrics>,
 }
 
 impl Inbound {
-    pub fn new(app: SocketAddr, metrics: Arc<Metrics>) -> Self {
+    pub fn new(app: SocketAddr, policy: Policy, metrics: Arc<Metrics>) -> Self {
         let addr = app.to_string();
         Self {
             app,
             authority: addr.parse().expect("a socket address is a valid authority"),
-            route: Arc::new(metrics.route(RouteLabels {
-                direction: Direction::Inbound,
-                target: "app".into(),
-                endpoint: addr.into(),
-            })),
+            policy,
+            route: Arc::new(metrics.route(Self::labels(app, PeerTls::None))),
+            tls_routes: Mutex::new(HashMap::new()),
             upstream: Upstream::default(),
             metrics,
         }
+    }
+
+    fn labels(app: SocketAddr, tls: PeerTls) -> RouteLabels {
+        RouteLabels {
+            direction: Direction::Inbound,
+            target: "app".into(),
+            endpoint: app.to_string().into(),
+            tls,
+        }
+    }
+
+    /// The app port this side serves.
+    pub fn port(&self) -> u16 {
+        self.app.port()
+    }
+
+    /// Who may call it.
+    pub fn port_policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The metric handles of calls from `peer`.
+    fn route_of(&self, peer: &PeerTls) -> Arc<RouteMetrics> {
+        if *peer == PeerTls::None {
+            return self.route.clone();
+        }
+        let mut routes = self.tls_routes.lock().expect("lock is never poisoned");
+        if let Some(route) = routes.get(peer) {
+            return route.clone();
+        }
+        let key = if routes.len() < MAX_CLIENT_IDS {
+            peer.clone()
+        } else {
+            PeerTls::Mesh { id: None }
+        };
+        routes
+            .entry(key.clone())
+            .or_insert_with(|| Arc::new(self.metrics.route(Self::labels(self.app, key))))
+            .clone()
     }
 
     pub async fn proxy_http(
@@ -102,12 +158,16 @@ impl Inbound {
         mut request: http::Request<Received>,
     ) -> http::Response<ProxyBody> {
         let grpc = errors::is_grpc(&request);
-        let mut recorder = Recorder::new(self.route.clone(), Instant::now());
+        let route = match request.extensions().get::<PeerTls>() {
+            Some(peer) => self.route_of(peer),
+            None => self.route.clone(),
+        };
+        let mut recorder = Recorder::new(route, Instant::now());
         set_authority(&mut request, self.authority.clone());
         if protocol == Protocol::Http1 {
             strip_hop_by_hop(request.headers_mut());
         }
-        match self.upstream.send(protocol, request).await {
+        match self.upstream.send(protocol, request, None).await {
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
                 if protocol == Protocol::Http1 {
@@ -127,9 +187,9 @@ impl Inbound {
         }
     }
 
-    pub async fn proxy_tcp(&self, client: Prefixed<TcpStream>) {
-        self.metrics.tcp_connection(self.route.route());
-        if let Err(err) = tcp::forward(client, self.app).await {
+    pub async fn proxy_tcp(&self, client: ServerIo, peer: PeerTls) {
+        self.metrics.tcp_connection(self.route_of(&peer).route());
+        if let Err(err) = tcp::forward(client, self.app, None).await {
             tracing::debug!(%err, app = %self.app, "opaque connection ended with an error");
         }
     }

@@ -40,11 +40,13 @@ pub mod limits;
 pub mod metrics;
 pub mod orig_dst;
 pub mod outbound;
+pub mod policy;
 pub mod redirect;
 pub mod register;
 pub mod retry;
 pub mod serve;
 pub mod tcp;
+pub mod tls;
 
 use crate::{
     balance::{Balancer, Balancers},
@@ -52,14 +54,7 @@ use crate::{
     metrics::Metrics,
     serve::Server,
 };
-use std::{
-    future::Future,
-    net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-};
+use std::{future::Future, net::SocketAddr, sync::Arc};
 use tokio::net::TcpListener;
 
 pub use config::{Args, Config};
@@ -79,16 +74,41 @@ pub async fn run(
         .collect();
     let all_balancers = Arc::new(Balancers::new(balancers.iter().cloned()));
     let metrics = Arc::new(Metrics::with_balancers(all_balancers.clone()));
+    let drain = serve::Drain::default();
+    let identity = match &config.identity {
+        None => None,
+        Some(identity_config) => {
+            let key = identity::Key::generate()
+                .map_err(|e| anyhow::anyhow!("cannot make the proxy's key: {e}"))?;
+            let (current_tx, current) = tokio::sync::watch::channel(None);
+            let tls = mesh_tls(identity_config, current.clone())?;
+            let task = tokio::spawn(identity::maintain(
+                identity::Controller::new(identity_config.clone()),
+                key,
+                current_tx,
+                metrics.clone(),
+                drain.signal(),
+            ));
+            Some((current, tls, task))
+        }
+    };
+    let tls = identity.as_ref().map(|(_, tls, _)| tls.clone());
     let outbound = Arc::new(outbound::Outbound::new(
         balancers,
         all_balancers.clone(),
         discover::destination(&config),
         &config,
         metrics.clone(),
+        tls.clone(),
     ));
-    let drain = serve::Drain::default();
     let limits = Limits::new(config.limits, metrics.clone());
-    let server = Arc::new(Server::new(config.detect, limits, metrics.clone(), &drain));
+    let server = Arc::new(Server::new(
+        config.detect,
+        limits,
+        metrics.clone(),
+        tls,
+        &drain,
+    ));
 
     let inbound_addr = listeners.inbound.first().map(local_addr);
     // Only the accept loops and connections hold the server from here on
@@ -105,32 +125,16 @@ pub async fn run(
         &metrics,
     );
 
-    let ready = Arc::new(AtomicBool::new(false));
+    let phase = Arc::new(admin::Phase::default());
     let admin_addr = local_addr(&listeners.admin);
     let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
-    let identity = match &config.identity {
-        None => None,
-        Some(identity_config) => {
-            let key = identity::Key::generate()
-                .map_err(|e| anyhow::anyhow!("cannot make the proxy's key: {e}"))?;
-            let (current_tx, current) = tokio::sync::watch::channel(None);
-            let task = tokio::spawn(identity::maintain(
-                identity::Controller::new(identity_config.clone()),
-                key,
-                current_tx,
-                metrics.clone(),
-                drain.signal(),
-            ));
-            Some((current, task))
-        }
-    };
     let admin = tokio::spawn(admin::serve(
         listeners.admin,
         admin::AdminState {
             metrics,
             balancers: all_balancers,
-            ready: ready.clone(),
-            identity: identity.as_ref().map(|(current, _)| current.clone()),
+            phase: phase.clone(),
+            identity: identity.as_ref().map(|(current, _, _)| current.clone()),
         },
         admin_stopped,
     ));
@@ -140,18 +144,18 @@ pub async fn run(
         tokio::spawn(register::run(registration, drain.signal()))
     });
 
-    ready.store(true, Ordering::Release);
+    phase.set(admin::Phase::SERVING);
     tracing::info!(admin = %admin_addr, "mesh-proxy ready");
     shutdown.await;
 
     tracing::info!("draining");
-    ready.store(false, Ordering::Release);
+    phase.set(admin::Phase::DRAINING);
     drain.start();
     while accept_loops.join_next().await.is_some() {}
     drain.wait(config.drain_timeout).await;
     let _ = stop_admin.send(true);
     let _ = admin.await;
-    if let Some((_, task)) = identity {
+    if let Some((_, _, task)) = identity {
         let _ = task.await;
     }
     if let Some(registration) = registration {
@@ -159,6 +163,23 @@ pub async fn run(
     }
     tracing::info!("mesh-proxy stopped");
     Ok(())
+}
+
+/// The mesh's TLS for this proxy's identity, presenting `current`.
+fn mesh_tls(
+    config: &identity::IdentityConfig,
+    current: identity::Current,
+) -> anyhow::Result<Arc<tls::MeshTls>> {
+    let path = &config.trust_anchors;
+    let anchors = std::fs::read(path).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot read the trust anchors {} (--identity-trust-anchors): {e}",
+            path.display()
+        )
+    })?;
+    let tls = tls::MeshTls::new(&config.identity, &anchors, current)
+        .map_err(|e| anyhow::anyhow!("{} (--identity-trust-anchors): {e}", path.display()))?;
+    Ok(Arc::new(tls))
 }
 
 /// The address a listener is bound to, for logs and tests.

@@ -146,6 +146,17 @@ pub enum Refusal {
     /// A connection to a transparent listener that was not redirected to
     /// it, or whose original destination cannot be read.
     NoOriginalDestination,
+    /// Inbound policy ([`crate::policy`]): plaintext where mTLS is required.
+    TlsRequired,
+    /// Policy: mTLS without a client identity where one is required.
+    Unauthenticated,
+    /// Policy: a client identity the port does not admit.
+    Unauthorized,
+    /// Policy `deny`.
+    PolicyDenied,
+    /// A mesh TLS handshake that failed: a certificate from another
+    /// authority, an expired one, a protocol error.
+    TlsHandshake,
 }
 
 impl Refusal {
@@ -155,6 +166,11 @@ impl Refusal {
             Refusal::HeaderTooLarge => "header_too_large",
             Refusal::HeaderReadTimeout => "header_read_timeout",
             Refusal::NoOriginalDestination => "no_original_destination",
+            Refusal::TlsRequired => "tls_required",
+            Refusal::Unauthenticated => "unauthenticated",
+            Refusal::Unauthorized => "unauthorized",
+            Refusal::PolicyDenied => "denied",
+            Refusal::TlsHandshake => "tls_handshake",
         }
     }
 }

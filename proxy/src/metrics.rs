@@ -33,11 +33,15 @@
 //! headers), empty for plain HTTP; `classification` `success` or `failure`
 //! (HTTP 5xx, a non-OK gRPC status, or no complete response).
 
-use crate::balance::{Balancers, EndpointSnapshot, ServiceSnapshot};
+use crate::{
+    balance::{Balancers, EndpointSnapshot, ServiceSnapshot},
+    tls::PeerTls,
+};
 use prometheus_client::{
     collector::Collector,
     encoding::{
-        DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+        DescriptorEncoder, EncodeLabel as _, EncodeLabelSet, EncodeLabelValue, EncodeMetric,
+        LabelSetEncoder, LabelValueEncoder,
     },
     metrics::{
         MetricType, counter::ConstCounter, counter::Counter, family::Family, gauge::ConstGauge,
@@ -80,19 +84,40 @@ impl EncodeLabelValue for Classification {
     }
 }
 
-/// Which traffic a request belongs to. Cloning copies two `Arc`s.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+/// Which traffic a request belongs to. Cloning copies a few `Arc`s.
+///
+/// Encoded as `direction`, `target`, `endpoint`, `tls` (`true` for mesh
+/// mTLS) and, when the other proxy's identity is known, `client_id`
+/// (inbound: who called) or `server_id` (outbound: who was called).
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
 pub struct RouteLabels {
     pub direction: Direction,
     pub target: Arc<str>,
     pub endpoint: Arc<str>,
+    pub tls: PeerTls,
+}
+
+impl EncodeLabelSet for RouteLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
+        (labels::DIRECTION, self.direction).encode(encoder.encode_label())?;
+        (labels::TARGET, &*self.target).encode(encoder.encode_label())?;
+        (labels::ENDPOINT, &*self.endpoint).encode(encoder.encode_label())?;
+        (labels::TLS, self.tls.is_tls()).encode(encoder.encode_label())?;
+        if let Some(id) = self.tls.id() {
+            let key = match self.direction {
+                Direction::Inbound => labels::CLIENT_ID,
+                Direction::Outbound => labels::SERVER_ID,
+            };
+            (key, &**id).encode(encoder.encode_label())?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResponseLabels {
-    pub direction: Direction,
-    pub target: Arc<str>,
-    pub endpoint: Arc<str>,
+    #[prometheus(flatten)]
+    pub route: RouteLabels,
     pub status_code: u16,
     pub grpc_status: Option<u8>,
     pub classification: Classification,
@@ -106,9 +131,7 @@ impl ResponseLabels {
         classification: Classification,
     ) -> Self {
         Self {
-            direction: route.direction,
-            target: route.target.clone(),
-            endpoint: route.endpoint.clone(),
+            route: route.clone(),
             status_code,
             grpc_status,
             classification,
@@ -519,15 +542,33 @@ mod tests {
             direction: Direction::Outbound,
             target: "stockdata".into(),
             endpoint: "127.0.0.1:9001".into(),
+            tls: Default::default(),
         };
         metrics.request(&route);
         metrics.response(&route, 200, Some(0), true, 0.002);
         metrics.response(&route, 200, Some(14), true, 0.002);
         let text = metrics.encode();
         assert!(
-            text.contains(r#"mesh_requests_total{direction="outbound",target="stockdata",endpoint="127.0.0.1:9001"} 1"#),
+            text.contains(r#"mesh_requests_total{direction="outbound",target="stockdata",endpoint="127.0.0.1:9001",tls="false"} 1"#),
             "{text}"
         );
+        for (direction, key) in [
+            (Direction::Outbound, "server_id"),
+            (Direction::Inbound, "client_id"),
+        ] {
+            let id = "spiffe://cluster.local/ns/stocks/sa/stockdata";
+            metrics.request(&RouteLabels {
+                direction,
+                target: "stockdata".into(),
+                endpoint: "127.0.0.1:9002".into(),
+                tls: PeerTls::Mesh {
+                    id: Some(id.into()),
+                },
+            });
+            let text = metrics.encode();
+            let expected = format!(r#"endpoint="127.0.0.1:9002",tls="true",{key}="{id}"}} 1"#);
+            assert!(text.contains(&expected), "{expected} in {text}");
+        }
         assert!(
             text.contains(r#"grpc_status="0",classification="success"} 1"#),
             "{text}"

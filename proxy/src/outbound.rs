@@ -31,20 +31,24 @@ use crate::{
     balance::{Balancer, BalancerConfig, Balancers},
     body::{ProxyBody, Received},
     config::Config,
-    detect::{Prefixed, Protocol},
+    detect::Protocol,
     discover::{Discover as _, destination::Destination},
     errors,
     http::{Upstream, strip_hop_by_hop},
     metrics::{Direction, Metrics, RouteLabels},
     retry::{RetryConfig, RetryPolicy, budget::RetryBudget, replay::ReplayBody},
     tcp,
+    tls::MeshTls,
 };
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
     time::Duration,
 };
-use tokio::{net::TcpStream, time::Instant};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    time::Instant,
+};
 
 /// One target service: its balancer and the policies its requests follow.
 #[derive(Debug)]
@@ -86,19 +90,22 @@ pub struct Outbound {
     retry_policies: BTreeMap<String, RetryPolicy>,
     retry: RetryConfig,
     upstream: Upstream<ReplayBody<Received>>,
+    tls: Option<Arc<MeshTls>>,
     metrics: Arc<Metrics>,
 }
 
 impl Outbound {
     /// The outbound side over the named services' `balancers` (in
     /// `all_balancers` too); services found later through `destination` are
-    /// added there.
+    /// added there. With `tls`, calls to endpoints that have identities
+    /// are mTLS.
     pub fn new(
         balancers: impl IntoIterator<Item = Arc<Balancer>>,
         all_balancers: Arc<Balancers>,
         destination: Option<Destination>,
         config: &Config,
         metrics: Arc<Metrics>,
+        tls: Option<Arc<MeshTls>>,
     ) -> Self {
         let mut outbound = Self {
             services: HashMap::new(),
@@ -109,7 +116,8 @@ impl Outbound {
             timeouts: config.timeouts.clone(),
             retry_policies: config.retry_policies.clone(),
             retry: config.retry.clone(),
-            upstream: Upstream::default(),
+            upstream: Upstream::new(tls.clone()),
+            tls,
             metrics,
         };
         for balancer in balancers {
@@ -185,7 +193,10 @@ impl Outbound {
     }
 
     /// Forwards one opaque connection to an endpoint of `target`.
-    pub async fn proxy_tcp(&self, target: &Arc<Service>, client: Prefixed<TcpStream>) {
+    pub async fn proxy_tcp<C>(&self, target: &Arc<Service>, client: C)
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+    {
         let balancer = &target.balancer;
         let picked = match balancer.pick().await {
             Ok(picked) => picked,
@@ -195,13 +206,16 @@ impl Outbound {
             }
         };
         let endpoint = picked.endpoint().clone();
+        let identity = endpoint.endpoint.identity.as_ref();
         self.metrics.tcp_connection(&RouteLabels {
             direction: Direction::Outbound,
             target: balancer.service().clone(),
             endpoint: endpoint.addr_label.clone(),
+            tls: self.upstream.peer_tls(identity),
         });
         picked.succeeded();
-        if let Err(err) = tcp::forward(client, endpoint.endpoint.addr).await {
+        let tls = self.tls.as_deref().zip(identity.map(|id| &**id));
+        if let Err(err) = tcp::forward(client, endpoint.endpoint.addr, tls).await {
             tracing::debug!(%err, endpoint = %endpoint.addr_label, "opaque connection ended with an error");
         }
     }

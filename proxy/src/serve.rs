@@ -4,8 +4,10 @@
 //! the HTTP protocols are served by [`crate::http`] and [`crate::http2`].
 //!
 //! ```text
-//! accept -> permit (limits) -> detect -> opaque: Direction::tcp
-//!                                     -> HTTP/1, HTTP/2: per request: head size (limits) -> Direction::http
+//! accept -> permit (limits) -> detect -> [inbound: mesh TLS -> detect inside]
+//!        -> policy: may this peer connect (inbound)
+//!        -> opaque: policy: may it call -> Direction::tcp
+//!        -> HTTP/1, HTTP/2: per request: head size (limits) -> policy: may it call -> Direction::http
 //! ```
 //!
 //! Also the drain: every connection holds a guard, and [`Drain::wait`]
@@ -16,13 +18,15 @@ use crate::{
     body::{ProxyBody, Received},
     detect::{self, Prefixed, Protocol},
     discover::resolve::Resolver,
-    errors,
+    errors::{self, ProxyError},
     http::{self, DrainGuard},
     inbound::{Inbound, InboundListener},
     limits::{Limits, Refusal},
     metrics::{Direction, Metrics, RouteLabels},
     outbound::{Outbound, Service, intercept::Intercepted},
+    policy::Policy,
     tcp,
+    tls::{self, MeshTls, PeerTls, ServerIo, Transport},
 };
 use anyhow::Context as _;
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
@@ -145,7 +149,11 @@ pub fn accept_all(
             loops.spawn(accepting.instrument(span));
         }
     }
-    let inbound = Arc::new(InboundListener::new(config.app, metrics.clone()));
+    let inbound = Arc::new(InboundListener::new(
+        config.app,
+        config.inbound_policy.clone(),
+        metrics.clone(),
+    ));
     for listener in sockets.inbound {
         let span = tracing::info_span!("inbound", app = ?config.app);
         let accepting = server.clone().accept(listener, inbound.clone());
@@ -189,8 +197,14 @@ impl<H: Handler> Listener for Fixed<H> {
 pub trait Handler: Send + Sync + 'static {
     const DIRECTION: Direction;
 
-    fn tcp(&self, io: Prefixed<TcpStream>) -> impl Future<Output = ()> + Send;
+    /// The app port and its policy (inbound); `None`: everyone may.
+    fn policy(&self) -> Option<(u16, &Policy)> {
+        None
+    }
 
+    fn tcp(&self, io: ServerIo, peer: PeerTls) -> impl Future<Output = ()> + Send;
+
+    /// Serves one request; its extensions hold the connection's [`PeerTls`].
     fn http(
         &self,
         protocol: Protocol,
@@ -208,7 +222,7 @@ pub struct OutboundTarget {
 impl Handler for OutboundTarget {
     const DIRECTION: Direction = Direction::Outbound;
 
-    async fn tcp(&self, io: Prefixed<TcpStream>) {
+    async fn tcp(&self, io: ServerIo, _: PeerTls) {
         self.outbound.proxy_tcp(&self.target, io).await
     }
 
@@ -226,8 +240,12 @@ impl Handler for OutboundTarget {
 impl Handler for Inbound {
     const DIRECTION: Direction = Direction::Inbound;
 
-    async fn tcp(&self, io: Prefixed<TcpStream>) {
-        self.proxy_tcp(io).await
+    fn policy(&self) -> Option<(u16, &Policy)> {
+        Some((self.port(), self.port_policy()))
+    }
+
+    async fn tcp(&self, io: ServerIo, peer: PeerTls) {
+        self.proxy_tcp(io, peer).await
     }
 
     async fn http(
@@ -254,17 +272,26 @@ pub struct Server {
     detect: DetectConfig,
     limits: Limits,
     metrics: Arc<Metrics>,
+    /// The mesh's TLS, terminated on inbound listeners.
+    tls: Option<Arc<MeshTls>>,
     drain: watch::Receiver<bool>,
     guard: DrainGuard,
 }
 
 impl Server {
     /// Serves until `drain` says so; connections hold a guard of `drain`.
-    pub fn new(detect: DetectConfig, limits: Limits, metrics: Arc<Metrics>, drain: &Drain) -> Self {
+    pub fn new(
+        detect: DetectConfig,
+        limits: Limits,
+        metrics: Arc<Metrics>,
+        tls: Option<Arc<MeshTls>>,
+        drain: &Drain,
+    ) -> Self {
         Self {
             detect,
             limits,
             metrics,
+            tls,
             drain: drain.signal(),
             guard: drain
                 .guard
@@ -324,9 +351,9 @@ impl Server {
                     direction,
                     target: PASSTHROUGH.into(),
                     endpoint: addr.to_string().into(),
+                    tls: PeerTls::None,
                 });
-                let io = Prefixed::new(Default::default(), conn);
-                if let Err(err) = tcp::forward(io, addr).await {
+                if let Err(err) = tcp::forward(conn, addr, None).await {
                     tracing::debug!(%err, %addr, "forwarded connection ended with an error");
                 }
                 return;
@@ -339,21 +366,55 @@ impl Server {
         self.serve(handler, conn).await
     }
 
-    /// Detects a connection's protocol and hands it to its direction.
+    /// Detects a connection's protocol (inside the mesh's TLS, which
+    /// inbound listeners terminate), applies the inbound policy, and hands
+    /// the connection or each of its requests to its direction.
     async fn serve<H: Handler>(self: Arc<Self>, handler: Arc<H>, mut conn: TcpStream) {
-        let (protocol, io) =
-            match detect::detect(&mut conn, self.detect.timeout, self.detect.max_bytes).await {
-                Ok(Some((protocol, prefix))) => (protocol, Prefixed::new(prefix, conn)),
-                Ok(None) => return,
-                Err(err) => {
-                    tracing::debug!(%err, "connection failed during detection");
-                    return;
+        let direction = H::DIRECTION;
+        let Some((protocol, prefix)) = self.detect(&mut conn).await else {
+            return;
+        };
+        let (protocol, io, peer) = match &self.tls {
+            Some(mesh) if direction == Direction::Inbound && tls::looks_like_tls(&prefix) => {
+                match mesh.accept(conn, prefix).await {
+                    Ok(tls::Accepted::Terminated(mut stream, peer)) => {
+                        let Some((protocol, prefix)) = self.detect(&mut stream).await else {
+                            return;
+                        };
+                        let io = Prefixed::new(prefix, Transport::Tls(stream));
+                        (protocol, io, peer)
+                    }
+                    Ok(tls::Accepted::Passthrough(read, conn)) => {
+                        let io = Prefixed::new(read, Transport::Plain(conn));
+                        (Protocol::Opaque, io, PeerTls::None)
+                    }
+                    Err(err) => {
+                        self.limits.refused(direction, Refusal::TlsHandshake, &err);
+                        return;
+                    }
                 }
-            };
-        self.metrics.accepted(H::DIRECTION, protocol.as_str());
+            }
+            _ => (
+                protocol,
+                Prefixed::new(prefix, Transport::Plain(conn)),
+                PeerTls::None,
+            ),
+        };
+        if let Some((port, policy)) = handler.policy()
+            && let Err(reason) = policy.admit_connection(&peer)
+        {
+            let detail = format_args!("a connection to port {port} from {}", describe(&peer));
+            self.limits.refused(direction, reason, &detail);
+            return;
+        }
+        self.metrics.accepted(direction, protocol.as_str());
         // `self` holds a drain guard until the connection is done.
         if protocol == Protocol::Opaque {
-            return handler.tcp(io).await;
+            if let Err(err) = self.authorize(&*handler, &peer) {
+                tracing::debug!(err = %err.message(), "opaque connection refused");
+                return;
+            }
+            return handler.tcp(io, peer).await;
         }
         let server = self.clone();
         let served = http::serve(
@@ -362,20 +423,66 @@ impl Server {
             &self.limits.config,
             self.drain.clone(),
             self.guard.clone(),
-            move |request| {
-                let (handler, server) = (handler.clone(), server.clone());
+            move |mut request| {
+                let (handler, server, peer) = (handler.clone(), server.clone(), peer.clone());
                 async move {
-                    if let Err(err) = server.limits.check_head(H::DIRECTION, &request) {
-                        return err.response(errors::is_grpc(&request));
+                    let grpc = errors::is_grpc(&request);
+                    if let Err(err) = server.limits.check_head(direction, &request) {
+                        return err.response(grpc);
                     }
+                    if let Err(err) = server.authorize(&*handler, &peer) {
+                        return err.response(grpc);
+                    }
+                    request.extensions_mut().insert(peer);
                     handler.http(protocol, request).await
                 }
             },
         )
         .await;
         if let Err(err) = served {
-            self.limits.connection_error(H::DIRECTION, &err);
+            self.limits.connection_error(direction, &err);
         }
+    }
+
+    /// The protocol of the bytes `io` starts with, and those bytes; `None`
+    /// when it closed or failed first.
+    async fn detect<I>(&self, io: &mut I) -> Option<(Protocol, bytes::BytesMut)>
+    where
+        I: tokio::io::AsyncRead + Unpin,
+    {
+        match detect::detect(io, self.detect.timeout, self.detect.max_bytes).await {
+            Ok(found) => found,
+            Err(err) => {
+                tracing::debug!(%err, "connection failed during detection");
+                None
+            }
+        }
+    }
+
+    /// Whether the policy lets `peer` call the app (counted when not).
+    fn authorize<H: Handler>(&self, handler: &H, peer: &PeerTls) -> Result<(), ProxyError> {
+        let Some((port, policy)) = handler.policy() else {
+            return Ok(());
+        };
+        let trust_domain = self.tls.as_deref().map(MeshTls::trust_domain);
+        policy.authorize(peer, trust_domain).map_err(|reason| {
+            let err = ProxyError::Forbidden {
+                client: describe(peer),
+                port,
+                reason: reason.as_str(),
+            };
+            self.limits.refused(H::DIRECTION, reason, &err);
+            err
+        })
+    }
+}
+
+/// Who a peer is, for messages.
+fn describe(peer: &PeerTls) -> String {
+    match peer {
+        PeerTls::None => "a plaintext client".into(),
+        PeerTls::Mesh { id: None } => "a TLS client without a certificate".into(),
+        PeerTls::Mesh { id: Some(id) } => id.to_string(),
     }
 }
 

@@ -1,12 +1,19 @@
 //! Process plumbing shared by the mesh's own binaries (`mesh-proxy`,
 //! `mesh-controller`, `mesh-dashboard`): logging set-up, shutdown signals,
-//! how a fatal error ends the process, and duration flags; with the
+//! how a fatal error ends the process, duration flags and the TLS crypto
+//! provider; with the
 //! `test-util` feature, [`netns`]: network namespaces for tests. The demo
 //! apps keep their own copies: they stand for any user's app and depend on
 //! nothing of the mesh.
 
 #[cfg(feature = "test-util")]
 pub mod netns;
+
+/// The crypto provider every TLS configuration of the mesh uses (ring):
+/// chosen here once, for the proxy and the control plane alike.
+pub fn tls_provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
+    std::sync::Arc::new(rustls::crypto::ring::default_provider())
+}
 
 use std::{future::Future, io::IsTerminal as _, process::ExitCode, time::Duration};
 

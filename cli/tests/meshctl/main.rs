@@ -227,6 +227,60 @@ async fn demo_balances_with_the_mesh_and_not_without_and_stops_on_sigint() {
         "without the mesh one server answers all: {servers:?}"
     );
 
+    // Between the sidecars, every call was mTLS to the replicas' identity,
+    // and a replica's sidecar answers TLS as that identity with a chain
+    // the run's trust anchor verifies.
+    let metrics_url = banner
+        .lines()
+        .find_map(|line| line.split("sidecar metrics   http://").nth(1))
+        .expect("the banner names the sidecar's metrics");
+    let admin: SocketAddr = metrics_url.trim_end_matches("/metrics").parse().unwrap();
+    let metrics = http_get(admin, "/metrics").await;
+    let requests: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("mesh_requests_total{direction=\"outbound\""))
+        .collect();
+    assert_eq!(requests.len(), 3, "{metrics}");
+    let stockdata_id = "spiffe://cluster.local/ns/demo/sa/stockdata";
+    for line in &requests {
+        assert!(
+            line.contains(&format!(r#"tls="true",server_id="{stockdata_id}""#)),
+            "{line}"
+        );
+    }
+    let endpoint = requests[0]
+        .split("endpoint=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap();
+    let identity_dir =
+        std::env::temp_dir().join(format!("meshctl-demo-identity-{}", demo.id().unwrap()));
+    let anchors = identity_dir.join("authority/ca.crt");
+    let shown = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            endpoint,
+            "-verify_return_error",
+            "-tls1_3",
+        ])
+        .args([
+            "-servername",
+            "stockdata.demo.serviceaccount.identity.cluster.local",
+        ])
+        .arg("-CAfile")
+        .arg(&anchors)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        text.contains("Verify return code: 0 (ok)"),
+        "{text}{}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
+
     let children = children_of(demo.id().unwrap());
     // controller, 3 replicas, 3 sidecars, stockweb and its sidecar, plain
     // stockweb, dashboard
@@ -242,6 +296,7 @@ async fn demo_balances_with_the_mesh_and_not_without_and_stops_on_sigint() {
     for addr in [meshed, plain] {
         assert!(TcpStream::connect(addr).await.is_err(), "{addr} still open");
     }
+    assert!(!identity_dir.exists(), "the run's keys are removed");
 }
 
 #[tokio::test]

@@ -229,7 +229,9 @@ pub struct Args {
     /// The proxy's identity, `spiffe://TRUST-DOMAIN/ns/NAMESPACE/sa/ACCOUNT`:
     /// it makes a key, asks the controller's Identity service
     /// (--destination) for a certificate before it reports ready, and
-    /// renews it. (Not yet used for TLS between proxies.)
+    /// renews it. With an identity, calls to endpoints that have one are
+    /// mTLS (HTTP/2 and opaque TCP) and the inbound listener accepts mTLS
+    /// from other proxies besides plaintext.
     #[arg(
         long,
         env = "MESH_PROXY_IDENTITY",
@@ -248,6 +250,39 @@ pub struct Args {
         requires = "identity"
     )]
     pub identity_token_file: Option<std::path::PathBuf>,
+
+    /// The mesh's trust anchors (PEM): the certificates every other proxy's
+    /// chain must lead to. Needed with --identity.
+    #[arg(
+        long,
+        env = "MESH_PROXY_IDENTITY_TRUST_ANCHORS",
+        value_name = "FILE",
+        requires = "identity"
+    )]
+    pub identity_trust_anchors: Option<std::path::PathBuf>,
+
+    /// Who may call the app: all-unauthenticated, all-authenticated,
+    /// cluster-authenticated (identities in this proxy's trust domain),
+    /// deny, or a comma-separated list of SPIFFE IDs. Policies that need an
+    /// identity close plaintext connections; refused requests get 403 /
+    /// PERMISSION_DENIED.
+    #[arg(
+        long,
+        env = "MESH_PROXY_INBOUND_POLICY",
+        value_name = "POLICY",
+        default_value = "all-unauthenticated"
+    )]
+    pub inbound_policy: String,
+
+    /// The policy of one app port, PORT=POLICY (as --inbound-policy).
+    /// Repeat, or separate with ';' in the variable.
+    #[arg(
+        long,
+        env = "MESH_PROXY_INBOUND_PORT_POLICY",
+        value_name = "PORT=POLICY",
+        value_delimiter = ';'
+    )]
+    pub inbound_port_policy: Vec<String>,
 
     /// How long in-flight requests get to finish after SIGTERM.
     #[arg(long, env = "MESH_PROXY_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]

@@ -80,7 +80,11 @@ async fn follow(
                 for endpoint in set.endpoints {
                     match endpoint.addr.parse::<SocketAddr>() {
                         Ok(addr) => {
-                            current.insert(addr, Endpoint::new(addr, &endpoint.instance));
+                            current.insert(
+                                addr,
+                                Endpoint::new(addr, &endpoint.instance)
+                                    .with_identity(&endpoint.identity),
+                            );
                         }
                         Err(_) => {
                             tracing::debug!(%service, addr = %endpoint.addr, "ignoring a bad endpoint address")

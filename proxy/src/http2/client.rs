@@ -1,11 +1,14 @@
 //! The upstream side: one multiplexed HTTP/2 connection per endpoint
-//! address, shared by every request to it.
+//! address (and identity, over mTLS), shared by every request to it.
 
 use super::{
     CLIENT_CONNECTION_WINDOW, CLIENT_SEND_BUFFER, CLIENT_STREAM_WINDOW, CONNECT_TIMEOUT, RecvBody,
     pipe::{Pipe, Piped},
 };
-use crate::retry::replay::BoxError;
+use crate::{
+    retry::replay::BoxError,
+    tls::{Alpn, MeshTls},
+};
 use bytes::Bytes;
 use http_body::Body;
 use std::{
@@ -32,6 +35,13 @@ pub enum ClientError {
     },
     #[error("connecting to {addr} timed out after {CONNECT_TIMEOUT:?}")]
     ConnectTimeout { addr: SocketAddr },
+    #[error("TLS with {addr} failed (expected identity {identity})")]
+    Tls {
+        addr: SocketAddr,
+        identity: Arc<str>,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("HTTP/2 handshake with {addr} failed")]
     Handshake {
         addr: SocketAddr,
@@ -55,15 +65,20 @@ struct Connection {
     closed: Arc<AtomicBool>,
 }
 
+/// Where a connection goes: an address, and the identity it must prove
+/// over mTLS (`None`: plaintext).
+type Key = (SocketAddr, Option<Arc<str>>);
+
 /// Connections to upstreams: one multiplexed HTTP/2 connection per address,
 /// shared by every request to it, opened on first use and again after it
 /// closes. A request takes one uncontended lock to find its connection.
 #[derive(Default)]
 pub struct Client {
-    connections: Mutex<HashMap<SocketAddr, Connection>>,
+    connections: Mutex<HashMap<Key, Connection>>,
     /// Held while connecting, per address, so concurrent first requests
     /// share one new connection.
-    connecting: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
+    connecting: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
+    tls: Option<Arc<MeshTls>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -73,23 +88,34 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// Sends `request` (with an absolute `http://ip:port/...` URI) to `addr`.
+    /// A client that speaks mTLS to servers with identities when `tls` is set.
+    pub fn new(tls: Option<Arc<MeshTls>>) -> Self {
+        Self {
+            tls,
+            ..Self::default()
+        }
+    }
+
+    /// Sends `request` (with an absolute `http://ip:port/...` URI) to `addr`,
+    /// over mTLS to a server proving `server_id` when one is given.
     /// The request body is sent while the response is awaited; a body still
     /// streaming when the response arrives continues in a task of its own.
     pub async fn send<B>(
         &self,
         addr: SocketAddr,
+        server_id: Option<&Arc<str>>,
         request: http::Request<B>,
     ) -> Result<http::Response<RecvBody>, ClientError>
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
-        let connection = match self.live(addr) {
+        let key = (addr, server_id.cloned());
+        let connection = match self.live(&key) {
             Some(connection) => connection,
             // Boxed: connecting is rare, and its future, large, would
             // otherwise be part of every request's.
-            None => Box::pin(self.connect(addr)).await?,
+            None => Box::pin(self.connect(&key)).await?,
         };
         // Waits while the connection is at its peer's stream limit.
         let mut sender = match connection.sender.ready().await {
@@ -99,7 +125,7 @@ impl Client {
                 // connection lives on only for the streams it had): new
                 // requests go to a new connection.
                 connection.closed.store(true, Ordering::Release);
-                Box::pin(self.connect(addr))
+                Box::pin(self.connect(&key))
                     .await?
                     .sender
                     .ready()
@@ -148,28 +174,29 @@ impl Client {
         Ok(response.map(RecvBody::new))
     }
 
-    fn live(&self, addr: SocketAddr) -> Option<Connection> {
+    fn live(&self, key: &Key) -> Option<Connection> {
         let connections = self
             .connections
             .lock()
             .expect("connection map lock is never poisoned");
         connections
-            .get(&addr)
+            .get(key)
             .filter(|connection| !connection.closed.load(Ordering::Acquire))
             .cloned()
     }
 
-    /// A new connection to `addr`, unless a concurrent request just made one.
-    async fn connect(&self, addr: SocketAddr) -> Result<Connection, ClientError> {
+    /// A new connection for `key`, unless a concurrent request just made one.
+    async fn connect(&self, key: &Key) -> Result<Connection, ClientError> {
+        let addr = key.0;
         let gate = self
             .connecting
             .lock()
             .expect("connect map lock is never poisoned")
-            .entry(addr)
+            .entry(key.clone())
             .or_default()
             .clone();
         let _connecting = gate.lock().await;
-        if let Some(connection) = self.live(addr) {
+        if let Some(connection) = self.live(key) {
             return Ok(connection);
         }
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
@@ -177,22 +204,21 @@ impl Client {
             .map_err(|_| ClientError::ConnectTimeout { addr })?
             .map_err(|source| ClientError::Connect { addr, source })?;
         let _ = stream.set_nodelay(true);
-        let (sender, connection) = h2::client::Builder::new()
-            .initial_window_size(CLIENT_STREAM_WINDOW)
-            .initial_connection_window_size(CLIENT_CONNECTION_WINDOW)
-            .max_send_buffer_size(CLIENT_SEND_BUFFER)
-            .enable_push(false)
-            .handshake::<_, Bytes>(stream)
-            .await
-            .map_err(|source| ClientError::Handshake { addr, source })?;
         let closed = Arc::new(AtomicBool::new(false));
-        let closed_by_task = closed.clone();
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(%addr, %err, "upstream HTTP/2 connection ended with an error");
+        let sender = match (&key.1, &self.tls) {
+            (Some(identity), Some(tls)) => {
+                let stream =
+                    tls.connect(stream, identity, Alpn::Http2)
+                        .await
+                        .map_err(|source| ClientError::Tls {
+                            addr,
+                            identity: identity.clone(),
+                            source,
+                        })?;
+                handshake(addr, stream, closed.clone()).await?
             }
-            closed_by_task.store(true, Ordering::Release);
-        });
+            _ => handshake(addr, stream, closed.clone()).await?,
+        };
         {
             // Connecting is rare: the moment to forget connections that
             // closed (endpoints gone, peers restarted), so neither map grows
@@ -203,14 +229,41 @@ impl Client {
                 .expect("connection map lock is never poisoned");
             connections.retain(|_, connection| !connection.closed.load(Ordering::Acquire));
             let connection = Connection { sender, closed };
-            connections.insert(addr, connection.clone());
-            let live: Vec<SocketAddr> = connections.keys().copied().collect();
+            connections.insert(key.clone(), connection.clone());
+            let live: Vec<Key> = connections.keys().cloned().collect();
             drop(connections);
             self.connecting
                 .lock()
                 .expect("connect map lock is never poisoned")
-                .retain(|a, gate| *a == addr || live.contains(a) || Arc::strong_count(gate) > 1);
+                .retain(|k, gate| k == key || live.contains(k) || Arc::strong_count(gate) > 1);
             Ok(connection)
         }
     }
+}
+
+/// The HTTP/2 handshake over `io`; the connection is driven by a task of
+/// its own, which sets `closed` when it ends.
+async fn handshake<I>(
+    addr: SocketAddr,
+    io: I,
+    closed: Arc<AtomicBool>,
+) -> Result<h2::client::SendRequest<Bytes>, ClientError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = h2::client::Builder::new()
+        .initial_window_size(CLIENT_STREAM_WINDOW)
+        .initial_connection_window_size(CLIENT_CONNECTION_WINDOW)
+        .max_send_buffer_size(CLIENT_SEND_BUFFER)
+        .enable_push(false)
+        .handshake::<_, Bytes>(io)
+        .await
+        .map_err(|source| ClientError::Handshake { addr, source })?;
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            tracing::debug!(%addr, %err, "upstream HTTP/2 connection ended with an error");
+        }
+        closed.store(true, Ordering::Release);
+    });
+    Ok(sender)
 }

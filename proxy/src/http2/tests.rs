@@ -15,6 +15,7 @@ fn recorder() -> Recorder {
         direction: Direction::Inbound,
         target: "test".into(),
         endpoint: "test".into(),
+        tls: Default::default(),
     });
     Recorder::new(Arc::new(route), Instant::now())
 }
@@ -66,7 +67,7 @@ async fn a_body_larger_than_every_window_is_echoed_whole_with_its_trailers() {
 
     let client = Client::default();
     let response = client
-        .send(addr, request(addr, Frames(frames)))
+        .send(addr, None, request(addr, Frames(frames)))
         .await
         .unwrap();
     let collected = tokio::time::timeout(Duration::from_secs(30), response.into_body().collect())
@@ -91,7 +92,7 @@ async fn a_response_without_a_body_stays_one_headers_frame() {
     })
     .await;
     let response = Client::default()
-        .send(addr, request(addr, Frames(VecDeque::new())))
+        .send(addr, None, request(addr, Frames(VecDeque::new())))
         .await
         .unwrap();
     assert_eq!(response.headers()["grpc-status"], "14");
@@ -124,7 +125,7 @@ async fn a_client_that_gives_up_cancels_the_handler() {
     let client = Client::default();
     let mut started = started;
     let dropped = {
-        let sending = client.send(addr, request(addr, Frames(VecDeque::new())));
+        let sending = client.send(addr, None, request(addr, Frames(VecDeque::new())));
         tokio::pin!(sending);
         tokio::select! {
             _ = &mut sending => panic!("the handler never answers"),
@@ -182,7 +183,7 @@ async fn after_a_goaway_new_requests_go_to_a_new_connection() {
     };
     let holding = tokio::spawn({
         let (client, request) = (client.clone(), get("/hold"));
-        async move { client.send(addr, request).await.map(|r| r.status()) }
+        async move { client.send(addr, None, request).await.map(|r| r.status()) }
     });
     held.recv().await.unwrap();
     drain_first.send(true).unwrap();
@@ -191,7 +192,7 @@ async fn after_a_goaway_new_requests_go_to_a_new_connection() {
     let deadline = Instant::now() + Duration::from_millis(500);
     let mut sent = 0;
     while Instant::now() < deadline && sent < 200 {
-        let response = client.send(addr, get("/quick")).await;
+        let response = client.send(addr, None, get("/quick")).await;
         assert_eq!(
             response.unwrap().status(),
             200,

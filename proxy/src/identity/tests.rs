@@ -1,19 +1,25 @@
 use super::*;
+use mesh_controller::identity::issuer::{Authority, Issuer};
 use std::{collections::VecDeque, sync::Mutex};
 
 /// Answers from a script: `Ok(lifetime)` issues a certificate valid that
 /// long from now; `Err` fails. Counts the calls; after the script, fails.
-#[derive(Clone, Default)]
+/// The chain is a real one from the controller's issuer (for the CSR's
+/// key); the expiry reported is the script's.
+#[derive(Clone)]
 struct Scripted {
     answers: Arc<Mutex<VecDeque<Result<Duration, String>>>>,
     calls: Arc<Mutex<usize>>,
+    issuer: Arc<Issuer>,
 }
 
 impl Scripted {
     fn new(answers: impl IntoIterator<Item = Result<Duration, String>>) -> Self {
+        let authority = Authority::generate("cluster.local", Duration::from_secs(3600)).unwrap();
         Self {
             answers: Arc::new(Mutex::new(answers.into_iter().collect())),
             calls: Arc::default(),
+            issuer: Arc::new(Issuer::new(&authority, Duration::from_secs(3600)).unwrap()),
         }
     }
 
@@ -30,7 +36,11 @@ impl Certifier for Scripted {
         let lifetime = answer.unwrap_or_else(|| Err("the controller is away".into()))?;
         let until = SystemTime::now() + lifetime;
         let secs = until.duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
-        Ok((format!("chain valid for {lifetime:?}"), secs))
+        let identity = "spiffe://cluster.local/ns/stocks/sa/stockweb"
+            .parse()
+            .unwrap();
+        let (chain, _) = self.issuer.certify(&csr_der, &identity).unwrap();
+        Ok((chain, secs))
     }
 }
 

@@ -20,6 +20,7 @@ use crate::{
     http::{Upstream, UpstreamError, set_authority},
     metrics::{Direction, Metrics, RouteLabels, RouteMetrics},
     retry::{RetryConfig, replay::ReplayBody},
+    tls::PeerTls,
 };
 use std::{future::Future, sync::Arc};
 use tokio::time::Instant;
@@ -30,11 +31,17 @@ pub trait SendRequest<B>: Sync {
     /// The response body.
     type Body: Send;
 
+    /// Sends over mTLS to a server proving `server_id`, when given and
+    /// the proxy has the mesh's TLS.
     fn send(
         &self,
         protocol: Protocol,
         request: http::Request<B>,
+        server_id: Option<&Arc<str>>,
     ) -> impl Future<Output = Result<http::Response<Self::Body>, UpstreamError>> + Send;
+
+    /// What a call to an endpoint proving `server_id` is (for metrics).
+    fn peer_tls(&self, server_id: Option<&Arc<str>>) -> PeerTls;
 }
 
 impl<B> SendRequest<B> for Upstream<B>
@@ -48,8 +55,13 @@ where
         &self,
         protocol: Protocol,
         request: http::Request<B>,
+        server_id: Option<&Arc<str>>,
     ) -> impl Future<Output = Result<http::Response<Self::Body>, UpstreamError>> + Send {
-        Upstream::send(self, protocol, request)
+        Upstream::send(self, protocol, request, server_id)
+    }
+
+    fn peer_tls(&self, server_id: Option<&Arc<str>>) -> PeerTls {
+        Upstream::peer_tls(self, server_id)
     }
 }
 
@@ -166,7 +178,9 @@ impl<U> Attempts<'_, U> {
                 }
             };
             let endpoint = picked.endpoint().clone();
-            let metrics = self.endpoint_metrics(&endpoint);
+            let metrics = self.endpoint_metrics(&endpoint, || {
+                self.upstream.peer_tls(endpoint.endpoint.identity.as_ref())
+            });
             let attempt = Attempt {
                 recorder: Recorder::new(metrics.clone(), Instant::now()),
                 endpoint,
@@ -238,7 +252,11 @@ impl<U> Attempts<'_, U> {
     }
 
     /// The endpoint's metric handles, resolved on its first request.
-    fn endpoint_metrics(&self, endpoint: &EndpointState) -> Arc<RouteMetrics> {
+    fn endpoint_metrics(
+        &self,
+        endpoint: &EndpointState,
+        tls: impl FnOnce() -> PeerTls,
+    ) -> Arc<RouteMetrics> {
         endpoint
             .metrics
             .get_or_init(|| {
@@ -246,6 +264,7 @@ impl<U> Attempts<'_, U> {
                     direction: Direction::Outbound,
                     target: self.service.balancer.service().clone(),
                     endpoint: endpoint.addr_label.clone(),
+                    tls: tls(),
                 }))
             })
             .clone()
@@ -267,7 +286,8 @@ impl<U> Attempts<'_, U> {
     {
         let mut request = copy_head(head, body);
         set_authority(&mut request, attempt.endpoint.authority.clone());
-        let sent = self.upstream.send(protocol, request);
+        let server_id = attempt.endpoint.endpoint.identity.as_ref();
+        let sent = self.upstream.send(protocol, request, server_id);
         match deadline {
             None => Ok(sent.await),
             Some(deadline) => match tokio::time::timeout_at(deadline.at, sent).await {

@@ -345,7 +345,12 @@ async fn clients_that_abandon_their_requests_mid_body_cost_the_endpoint_nothing(
         let sending = tokio::spawn({
             let client = client.clone();
             let outbound = proxy.outbound;
-            async move { client.send(outbound, request).await.map(|r| r.status()) }
+            async move {
+                client
+                    .send(outbound, None, request)
+                    .await
+                    .map(|r| r.status())
+            }
         });
         until_in_flight(proxy.admin, 1).await;
         let _ = abandon.send(());

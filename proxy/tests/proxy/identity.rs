@@ -33,6 +33,9 @@ async fn the_proxy_is_ready_once_certified_and_renews_short_lived_certificates()
     std::fs::create_dir_all(&dir).unwrap();
     let token = dir.join("token");
     std::fs::write(&token, format!("{CREDENTIAL}\n")).unwrap();
+    let authority = Authority::generate("cluster.local", Duration::from_secs(3600)).unwrap();
+    let anchors = dir.join("ca.crt");
+    std::fs::write(&anchors, &authority.trust_anchor_pem).unwrap();
     let (controller_port, admin) = (free_port(), free_port());
 
     // The proxy starts before the controller answers.
@@ -46,6 +49,8 @@ async fn the_proxy_is_ready_once_certified_and_renews_short_lived_certificates()
         .args(["--identity", "spiffe://cluster.local/ns/stocks/sa/stockweb"])
         .arg("--identity-token-file")
         .arg(&token)
+        .arg("--identity-trust-anchors")
+        .arg(&anchors)
         .env("RUST_LOG", "mesh_proxy=warn")
         .stdin(Stdio::null())
         .stderr(Stdio::null())
@@ -67,7 +72,6 @@ async fn the_proxy_is_ready_once_certified_and_renews_short_lived_certificates()
     );
 
     // The controller, signing certificates of 3 s.
-    let authority = Authority::generate("cluster.local", Duration::from_secs(3600)).unwrap();
     let identity = IdentityService::new(
         "cluster.local",
         Issuer::new(&authority, Duration::from_secs(3)).unwrap(),

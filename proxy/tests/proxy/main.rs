@@ -16,6 +16,7 @@ mod discovery;
 mod identity;
 mod intercept;
 mod metrics;
+mod mtls;
 mod process;
 mod protocols;
 mod redirect;

@@ -74,6 +74,7 @@ where
         &self,
         _protocol: Protocol,
         request: http::Request<ReplayBody<B>>,
+        _server_id: Option<&Arc<str>>,
     ) -> impl Future<Output = Result<http::Response<()>, UpstreamError>> + Send {
         let addr: SocketAddr = request.uri().authority().unwrap().as_str().parse().unwrap();
         self.sent.lock().unwrap().push(addr.port());
@@ -103,6 +104,10 @@ where
                 }
             }
         }
+    }
+
+    fn peer_tls(&self, _server_id: Option<&Arc<str>>) -> crate::tls::PeerTls {
+        crate::tls::PeerTls::None
     }
 }
 
@@ -327,7 +332,7 @@ async fn a_refused_attempt_is_retried_on_another_endpoint() {
     ));
     // The failed attempt is counted as a 502-class answer of its endpoint.
     assert!(setup.metric(
-        r#"mesh_responses_total{direction="outbound",target="svc",endpoint="127.0.0.1:1",status_code="200",grpc_status="14",classification="failure"} 1"#
+        r#"mesh_responses_total{direction="outbound",target="svc",endpoint="127.0.0.1:1",tls="false",status_code="200",grpc_status="14",classification="failure"} 1"#
     ));
 }
 
@@ -381,7 +386,7 @@ async fn the_services_timeout_blames_the_endpoint_and_is_not_retried() {
     assert_eq!(started.elapsed(), Duration::from_millis(200));
     assert_eq!(setup.charged(), [(0, 1), (0, 0)]);
     assert!(setup.metric(
-        r#"mesh_request_timeouts_total{direction="outbound",target="svc",endpoint="127.0.0.1:1"} 1"#
+        r#"mesh_request_timeouts_total{direction="outbound",target="svc",endpoint="127.0.0.1:1",tls="false"} 1"#
     ));
 }
 
