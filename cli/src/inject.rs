@@ -15,7 +15,7 @@
 use anyhow::Context as _;
 use mesh_controller::inject::{
     INIT_CONTAINER, INJECT_ANNOTATION, INJECT_ENABLED, Outcome, PROXY_CONTAINER,
-    PROXY_VERSION_ANNOTATION, SidecarConfig, add_sidecar, is_injected,
+    PROXY_VERSION_ANNOTATION, SidecarConfig, SidecarIdentity, add_sidecar, is_injected,
 };
 use std::{
     io::{Read as _, Write as _},
@@ -59,6 +59,13 @@ pub struct InjectArgs {
         action = clap::ArgAction::Set
     )]
     native_sidecar: Option<bool>,
+
+    /// With --manual: the mesh's trust anchors (PEM file, e.g. the
+    /// `ca.crt` of ConfigMap mesh-identity-trust-anchors): the proxy then
+    /// gets its pod's ServiceAccount identity and speaks mTLS, as the
+    /// injector's proxies do. Without it, the proxy has no identity.
+    #[arg(long, value_name = "FILE")]
+    identity_trust_anchors: Option<PathBuf>,
 }
 
 /// `meshctl uninject`.
@@ -89,12 +96,30 @@ pub fn inject_main(args: InjectArgs) -> anyhow::Result<()> {
         if let Some(native) = args.native_sidecar {
             config.native = native;
         }
+        if let Some(path) = &args.identity_trust_anchors {
+            let pem = std::fs::read_to_string(path).with_context(|| {
+                format!("cannot read {} (--identity-trust-anchors)", path.display())
+            })?;
+            if !pem.contains("-----BEGIN CERTIFICATE-----") {
+                anyhow::bail!(
+                    "{} (--identity-trust-anchors) holds no PEM certificate",
+                    path.display()
+                );
+            }
+            config.identity = Some(SidecarIdentity {
+                trust_domain: "cluster.local".into(),
+                trust_anchors_pem: pem,
+            });
+        }
         Mode::Manual(Box::new(config))
     } else {
-        if args.proxy_image.is_some() || args.init_image.is_some() || args.native_sidecar.is_some()
+        if args.proxy_image.is_some()
+            || args.init_image.is_some()
+            || args.native_sidecar.is_some()
+            || args.identity_trust_anchors.is_some()
         {
             anyhow::bail!(
-                "--proxy-image, --init-image and --native-sidecar only apply with --manual"
+                "--proxy-image, --init-image, --native-sidecar and --identity-trust-anchors only apply with --manual"
             );
         }
         Mode::Annotate

@@ -21,7 +21,10 @@
 
 mod sidecar;
 
-pub use sidecar::{ProxyResources, SidecarConfig, init_container, proxy_container};
+pub use sidecar::{
+    IDENTITY_TOKEN_DIR, IDENTITY_TOKEN_VOLUME, ProxyResources, SidecarConfig, SidecarIdentity,
+    identity_token_volume, init_container, proxy_container,
+};
 
 use serde_json::{Map, Value};
 use stockkube_proto::ports;
@@ -106,6 +109,7 @@ pub fn add_sidecar(template: &mut Value, config: &SidecarConfig) -> Result<Outco
     if !spec["containers"].is_array() {
         return Err("the pod template has no containers".into());
     }
+    let policy_env = policy_env(&template["metadata"]["annotations"], config)?;
     let Value::Object(template_map) = template else {
         return Err("the pod template is not a mapping".into());
     };
@@ -115,17 +119,55 @@ pub fn add_sidecar(template: &mut Value, config: &SidecarConfig) -> Result<Outco
         Value::String(config.version.clone()),
     );
     let spec = object_at(template_map, "spec")?;
+    if config.identity.is_some() {
+        list_at(spec, "volumes")?.push(identity_token_volume());
+    }
+    let proxy = proxy_container(config, policy_env);
     let init = list_at(spec, "initContainers")?;
     init.insert(0, init_container(config));
     if config.native {
         // After the redirection, before the pod's own init containers: they
         // may need the network, which now goes through the proxy.
-        init.insert(1, proxy_container(config));
+        init.insert(1, proxy);
     } else {
         // First, so that its postStart hook holds the app back.
-        list_at(spec, "containers")?.insert(0, proxy_container(config));
+        list_at(spec, "containers")?.insert(0, proxy);
     }
     Ok(Outcome::Injected)
+}
+
+/// The proxy's policy variables from the workload's annotations
+/// (`config.stockkube.io/default-inbound-policy`,
+/// `config.stockkube.io/inbound-port-policies`), checked: a bad value, or
+/// one that needs identities where the mesh has none, refuses the injection.
+fn policy_env(annotations: &Value, config: &SidecarConfig) -> Result<Vec<Value>, String> {
+    use stockkube_proto::policy::{
+        DEFAULT_INBOUND_POLICY_ANNOTATION, PORT_POLICIES_ANNOTATION, Policy, parse_port_policies,
+    };
+    let mut env = Vec::new();
+    let mut needs_identity = false;
+    if let Some(value) = annotations[DEFAULT_INBOUND_POLICY_ANNOTATION].as_str() {
+        let policy: Policy = value
+            .parse()
+            .map_err(|e| format!("{DEFAULT_INBOUND_POLICY_ANNOTATION}: {e}"))?;
+        needs_identity |= policy.needs_identity();
+        env.push(serde_json::json!({"name": "MESH_PROXY_INBOUND_POLICY", "value": value.trim()}));
+    }
+    if let Some(value) = annotations[PORT_POLICIES_ANNOTATION].as_str() {
+        let ports =
+            parse_port_policies(value).map_err(|e| format!("{PORT_POLICIES_ANNOTATION}: {e}"))?;
+        needs_identity |= ports.iter().any(|(_, policy)| policy.needs_identity());
+        env.push(
+            serde_json::json!({"name": "MESH_PROXY_INBOUND_PORT_POLICY", "value": value.trim()}),
+        );
+    }
+    if needs_identity && config.identity.is_none() {
+        return Err(
+            "the workload's inbound policy admits only authenticated clients, and this mesh issues no identities"
+                .into(),
+        );
+    }
+    Ok(env)
 }
 
 /// The mapping at `key`, added (empty, at the end) if absent or null.

@@ -15,7 +15,7 @@
 pub mod review;
 
 use crate::{
-    inject::{ProxyResources, SidecarConfig},
+    inject::{ProxyResources, SidecarConfig, SidecarIdentity},
     tls::ReloadingCertificate,
 };
 use axum::{
@@ -114,6 +114,24 @@ pub struct Args {
     )]
     pub destination: String,
 
+    /// The mesh's trust anchors (PEM file): with it, injected proxies get
+    /// their pod's ServiceAccount identity from the controller and speak
+    /// mTLS; without it, they have no identity.
+    #[arg(
+        long,
+        env = "MESH_INJECTOR_IDENTITY_TRUST_ANCHORS",
+        value_name = "FILE"
+    )]
+    pub identity_trust_anchors: Option<std::path::PathBuf>,
+
+    /// The trust domain of the identities the controller issues.
+    #[arg(
+        long,
+        env = "MESH_INJECTOR_TRUST_DOMAIN",
+        default_value = "cluster.local"
+    )]
+    pub trust_domain: String,
+
     /// Inject the proxy as a native sidecar (Kubernetes 1.29 and later), or
     /// with `false` as a regular container (older clusters).
     #[arg(long, env = "MESH_INJECTOR_NATIVE_SIDECAR", default_value_t = true, action = clap::ArgAction::Set)]
@@ -149,9 +167,21 @@ fn parse_secret(value: &str) -> Result<(String, String), String> {
 }
 
 impl Args {
-    /// The sidecar these flags describe.
-    pub fn sidecar(&self) -> SidecarConfig {
-        SidecarConfig {
+    /// The sidecar these flags describe (the trust anchors read from their file).
+    pub fn sidecar(&self) -> Result<SidecarConfig, InjectorError> {
+        let identity = match &self.identity_trust_anchors {
+            None => None,
+            Some(path) => Some(SidecarIdentity {
+                trust_domain: self.trust_domain.clone(),
+                trust_anchors_pem: std::fs::read_to_string(path).map_err(|source| {
+                    InjectorError::TrustAnchors {
+                        path: path.clone(),
+                        source,
+                    }
+                })?,
+            }),
+        };
+        Ok(SidecarConfig {
             proxy_image: self.proxy_image.clone(),
             init_image: self.init_image.clone(),
             image_pull_policy: self.image_pull_policy.clone(),
@@ -164,7 +194,8 @@ impl Args {
                 memory_limit: self.proxy_memory_limit.clone(),
             },
             version: env!("CARGO_PKG_VERSION").into(),
-        }
+            identity,
+        })
     }
 }
 
@@ -182,6 +213,12 @@ struct Injector {
 pub enum InjectorError {
     #[error("the serving certificate")]
     Certificate(#[from] crate::tls::TlsError),
+    #[error("cannot read the trust anchors {} (--identity-trust-anchors)", path.display())]
+    TrustAnchors {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Serves reviews on `listener` until `shutdown`, with the certificate in
@@ -208,7 +245,7 @@ pub async fn serve(
     let injector = Injector {
         client,
         control_plane: args.control_plane_namespace.as_str().into(),
-        sidecar: Arc::new(args.sidecar()),
+        sidecar: Arc::new(args.sidecar()?),
         lookup_timeout: args.lookup_timeout,
     };
     let app = Router::new()

@@ -101,6 +101,92 @@ pub mod identity {
     }
 }
 
+/// Inbound authorization policies, as the proxy's flags and the workload
+/// annotations the injector reads name them (the proxy applies them).
+pub mod policy {
+    use std::sync::Arc;
+
+    /// The annotation with a workload's default inbound policy.
+    pub const DEFAULT_INBOUND_POLICY_ANNOTATION: &str =
+        "config.stockkube.io/default-inbound-policy";
+    /// The annotation with per-port policies, `PORT=POLICY;PORT=POLICY`.
+    pub const PORT_POLICIES_ANNOTATION: &str = "config.stockkube.io/inbound-port-policies";
+
+    /// One port's policy.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Policy {
+        AllUnauthenticated,
+        AllAuthenticated,
+        ClusterAuthenticated,
+        /// Only these identities.
+        Identities(Vec<Arc<str>>),
+        Deny,
+    }
+
+    impl std::str::FromStr for Policy {
+        type Err = String;
+
+        fn from_str(text: &str) -> Result<Self, String> {
+            Ok(match text.trim() {
+                "all-unauthenticated" => Policy::AllUnauthenticated,
+                "all-authenticated" => Policy::AllAuthenticated,
+                "cluster-authenticated" => Policy::ClusterAuthenticated,
+                "deny" => Policy::Deny,
+                list => {
+                    let ids: Vec<Arc<str>> = list
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|id| !id.is_empty())
+                        .map(Arc::from)
+                        .collect();
+                    if ids.is_empty() || ids.iter().any(|id| super::identity::parse(id).is_none()) {
+                        let shown: String = text.chars().take(120).collect();
+                        return Err(format!(
+                            "{shown:?} is none of all-unauthenticated, all-authenticated, \
+                             cluster-authenticated, deny, or a comma-separated list of \
+                             spiffe://TRUST-DOMAIN/ns/NAMESPACE/sa/ACCOUNT identities"
+                        ));
+                    }
+                    Policy::Identities(ids)
+                }
+            })
+        }
+    }
+
+    impl Policy {
+        /// Whether a connection must be mTLS with a client identity before
+        /// any of its requests is considered.
+        pub fn needs_identity(&self) -> bool {
+            matches!(
+                self,
+                Policy::AllAuthenticated | Policy::ClusterAuthenticated | Policy::Identities(_)
+            )
+        }
+    }
+
+    /// Parses `PORT=POLICY;PORT=POLICY` (the per-port annotation and the
+    /// proxy's variable), refusing port 0, a port given twice, and bad policies.
+    pub fn parse_port_policies(text: &str) -> Result<Vec<(u16, Policy)>, String> {
+        let mut ports: Vec<(u16, Policy)> = Vec::new();
+        for entry in text.split(';').map(str::trim).filter(|e| !e.is_empty()) {
+            let Some((port, policy)) = entry.split_once('=') else {
+                return Err(format!("expected PORT=POLICY, got {entry:?}"));
+            };
+            let port: u16 = port
+                .trim()
+                .parse()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("{port:?} is not a port"))?;
+            if ports.iter().any(|(p, _)| *p == port) {
+                return Err(format!("port {port} is given twice"));
+            }
+            ports.push((port, policy.parse()?));
+        }
+        Ok(ports)
+    }
+}
+
 /// The mesh's well-known ports, as Linkerd numbers its own.
 pub mod ports {
     /// The sidecar's outbound listener, where the local app's calls arrive.

@@ -9,7 +9,7 @@ pub use service_value::{DiscoverySpec, ServiceValue, Timeout};
 
 use crate::{
     balance::{AccrualConfig, BalancerConfig, EwmaConfig},
-    identity::IdentityConfig,
+    identity::{IdentityConfig, TrustAnchors},
     limits::LimitsConfig,
     policy::{InboundPolicy, Policy},
     register::Registration,
@@ -152,12 +152,19 @@ impl TryFrom<Args> for Config {
                         "expected spiffe://TRUST-DOMAIN/ns/NAMESPACE/sa/ACCOUNT",
                     ));
                 }
-                let Some(trust_anchors) = args.identity_trust_anchors.clone() else {
-                    return Err(bad(
-                        "--identity-trust-anchors",
-                        "MESH_PROXY_IDENTITY_TRUST_ANCHORS",
-                        "--identity needs the mesh's trust anchors (PEM)",
-                    ));
+                let trust_anchors = match (
+                    &args.identity_trust_anchors,
+                    &args.identity_trust_anchors_pem,
+                ) {
+                    (Some(file), _) => TrustAnchors::File(file.clone()),
+                    (None, Some(pem)) => TrustAnchors::Pem(pem.clone()),
+                    (None, None) => {
+                        return Err(bad(
+                            "--identity-trust-anchors",
+                            "MESH_PROXY_IDENTITY_TRUST_ANCHORS",
+                            "--identity needs the mesh's trust anchors (PEM)",
+                        ));
+                    }
                 };
                 Some(IdentityConfig {
                     identity: identity.clone(),
@@ -236,26 +243,10 @@ fn inbound_policy(args: &Args, has_identity: bool) -> Result<InboundPolicy, Conf
         .inbound_policy
         .parse()
         .map_err(|e: String| bad("--inbound-policy", "MESH_PROXY_INBOUND_POLICY", e))?;
-    let mut ports = BTreeMap::new();
-    for entry in &args.inbound_port_policy {
-        let Some((port, policy)) = entry.split_once('=') else {
-            return Err(bad(
-                FLAG,
-                ENV,
-                format!("expected PORT=POLICY, got {entry:?}"),
-            ));
-        };
-        let port: u16 = port
-            .trim()
-            .parse()
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| bad(FLAG, ENV, format!("{port:?} is not a port")))?;
-        let policy = policy.parse().map_err(|e: String| bad(FLAG, ENV, e))?;
-        if ports.insert(port, policy).is_some() {
-            return Err(bad(FLAG, ENV, format!("port {port} is given twice")));
-        }
-    }
+    let ports = stockkube_proto::policy::parse_port_policies(&args.inbound_port_policy.join(";"))
+        .map_err(|e| bad(FLAG, ENV, e))?
+        .into_iter()
+        .collect();
     let policy = InboundPolicy { default, ports };
     if policy.needs_identity() && !has_identity {
         return Err(bad(

@@ -47,8 +47,49 @@ pub struct IdentityConfig {
     pub token_file: PathBuf,
     /// The controller (`--destination`).
     pub controller: http::Uri,
-    /// The mesh's trust anchors (PEM file).
-    pub trust_anchors: PathBuf,
+    /// The mesh's trust anchors.
+    pub trust_anchors: TrustAnchors,
+}
+
+/// Where the trust anchors (PEM) come from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum TrustAnchors {
+    File(PathBuf),
+    Pem(String),
+}
+
+impl std::fmt::Debug for TrustAnchors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TrustAnchors::File(path) => write!(f, "File({})", path.display()),
+            TrustAnchors::Pem(pem) => write!(f, "Pem({} bytes)", pem.len()),
+        }
+    }
+}
+
+impl TrustAnchors {
+    /// The PEM text, and where it came from (for errors).
+    pub fn read(&self) -> Result<(Vec<u8>, String), String> {
+        match self {
+            TrustAnchors::File(path) => std::fs::read(path)
+                .map(|pem| {
+                    (
+                        pem,
+                        format!("{} (--identity-trust-anchors)", path.display()),
+                    )
+                })
+                .map_err(|e| {
+                    format!(
+                        "cannot read the trust anchors {} (--identity-trust-anchors): {e}",
+                        path.display()
+                    )
+                }),
+            TrustAnchors::Pem(pem) => Ok((
+                pem.clone().into_bytes(),
+                "--identity-trust-anchors-pem".into(),
+            )),
+        }
+    }
 }
 
 /// A certificate for the proxy's key.

@@ -170,15 +170,12 @@ fn mesh_tls(
     config: &identity::IdentityConfig,
     current: identity::Current,
 ) -> anyhow::Result<Arc<tls::MeshTls>> {
-    let path = &config.trust_anchors;
-    let anchors = std::fs::read(path).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot read the trust anchors {} (--identity-trust-anchors): {e}",
-            path.display()
-        )
-    })?;
+    let (anchors, source) = config
+        .trust_anchors
+        .read()
+        .map_err(|e| anyhow::anyhow!(e))?;
     let tls = tls::MeshTls::new(&config.identity, &anchors, current)
-        .map_err(|e| anyhow::anyhow!("{} (--identity-trust-anchors): {e}", path.display()))?;
+        .map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
     Ok(Arc::new(tls))
 }
 

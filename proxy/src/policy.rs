@@ -16,65 +16,20 @@
 //! in `mesh_refused_total` by reason.
 
 use crate::{limits::Refusal, tls::PeerTls};
-use std::{collections::BTreeMap, sync::Arc};
+use std::collections::BTreeMap;
+pub use stockkube_proto::policy::Policy;
 
-/// One port's policy.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Policy {
-    AllUnauthenticated,
-    AllAuthenticated,
-    ClusterAuthenticated,
-    /// Only these identities.
-    Identities(Vec<Arc<str>>),
-    Deny,
-}
-
-impl std::str::FromStr for Policy {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        Ok(match text.trim() {
-            "all-unauthenticated" => Policy::AllUnauthenticated,
-            "all-authenticated" => Policy::AllAuthenticated,
-            "cluster-authenticated" => Policy::ClusterAuthenticated,
-            "deny" => Policy::Deny,
-            list => {
-                let ids: Vec<Arc<str>> = list
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|id| !id.is_empty())
-                    .map(Arc::from)
-                    .collect();
-                if ids.is_empty()
-                    || ids
-                        .iter()
-                        .any(|id| stockkube_proto::identity::parse(id).is_none())
-                {
-                    let shown: String = text.chars().take(120).collect();
-                    return Err(format!(
-                        "{shown:?} is none of all-unauthenticated, all-authenticated, \
-                         cluster-authenticated, deny, or a comma-separated list of \
-                         spiffe://TRUST-DOMAIN/ns/NAMESPACE/sa/ACCOUNT identities"
-                    ));
-                }
-                Policy::Identities(ids)
-            }
-        })
-    }
-}
-
-impl Policy {
-    /// Whether a connection must be mTLS with a client identity before any
-    /// of its requests is considered.
-    pub fn needs_identity(&self) -> bool {
-        matches!(
-            self,
-            Policy::AllAuthenticated | Policy::ClusterAuthenticated | Policy::Identities(_)
-        )
-    }
-
+/// What a policy admits, in the proxy's terms.
+pub trait Admits {
     /// Whether a connection may be served at all: `Err` closes it.
-    pub fn admit_connection(&self, peer: &PeerTls) -> Result<(), Refusal> {
+    fn admit_connection(&self, peer: &PeerTls) -> Result<(), Refusal>;
+
+    /// Whether a client may call the app; `trust_domain` is this proxy's.
+    fn authorize(&self, peer: &PeerTls, trust_domain: Option<&str>) -> Result<(), Refusal>;
+}
+
+impl Admits for Policy {
+    fn admit_connection(&self, peer: &PeerTls) -> Result<(), Refusal> {
         if !self.needs_identity() {
             return Ok(());
         }
@@ -85,8 +40,7 @@ impl Policy {
         }
     }
 
-    /// Whether a client may call the app; `trust_domain` is this proxy's.
-    pub fn authorize(&self, peer: &PeerTls, trust_domain: Option<&str>) -> Result<(), Refusal> {
+    fn authorize(&self, peer: &PeerTls, trust_domain: Option<&str>) -> Result<(), Refusal> {
         let id = peer.id();
         let allowed = match self {
             Policy::AllUnauthenticated => true,
@@ -137,6 +91,7 @@ impl InboundPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     const WEB: &str = "spiffe://cluster.local/ns/stocks/sa/stockweb";
     const OTHER: &str = "spiffe://other.org/ns/stocks/sa/stockweb";

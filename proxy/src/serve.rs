@@ -24,7 +24,7 @@ use crate::{
     limits::{Limits, Refusal},
     metrics::{Direction, Metrics, RouteLabels},
     outbound::{Outbound, Service, intercept::Intercepted},
-    policy::Policy,
+    policy::{Admits as _, Policy},
     tcp,
     tls::{self, MeshTls, PeerTls, ServerIo, Transport},
 };

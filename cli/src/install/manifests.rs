@@ -48,6 +48,9 @@ pub const INJECTOR_SECRET: &str = "mesh-injector-tls";
 const INJECTOR_TLS_DIR: &str = "/var/run/stockkube/injector-tls";
 /// The Secret with the identity service's trust anchor and issuer.
 pub const IDENTITY_SECRET: &str = "mesh-identity-issuer";
+/// The ConfigMap with the trust anchor alone, and where the injector reads it.
+pub const TRUST_ANCHORS_CONFIG_MAP: &str = "mesh-identity-trust-anchors";
+const TRUST_ANCHORS_DIR: &str = "/var/run/stockkube/trust-anchors";
 /// Where the controller reads it.
 pub const IDENTITY_DIR: &str = "/var/run/stockkube/identity";
 /// The trust domain of the mesh's identities.
@@ -407,6 +410,11 @@ fn injector(options: &Options) -> Vec<Value> {
             "MESH_INJECTOR_PROXY_MEMORY_LIMIT",
             sidecar.resources.memory_limit.clone(),
         ),
+        // Injected proxies get their pods' identities and trust these.
+        (
+            "MESH_INJECTOR_IDENTITY_TRUST_ANCHORS",
+            format!("{TRUST_ANCHORS_DIR}/ca.crt"),
+        ),
     ]
     .map(|(name, value)| json!({"name": name, "value": value}));
     let probe = |path: &str, period: u32| json!({"httpGet": {"scheme": "HTTPS", "path": path, "port": "https"}, "periodSeconds": period});
@@ -418,7 +426,10 @@ fn injector(options: &Options) -> Vec<Value> {
         "ports": [{"name": "https", "containerPort": injector::PORT, "protocol": "TCP"}],
         "readinessProbe": probe("/ready", 5),
         "livenessProbe": probe("/live", 10),
-        "volumeMounts": [{"name": "tls", "mountPath": INJECTOR_TLS_DIR, "readOnly": true}],
+        "volumeMounts": [
+            {"name": "tls", "mountPath": INJECTOR_TLS_DIR, "readOnly": true},
+            {"name": "trust-anchors", "mountPath": TRUST_ANCHORS_DIR, "readOnly": true},
+        ],
         "resources": resources(),
         "securityContext": hardened_container(),
     });
@@ -456,7 +467,10 @@ fn injector(options: &Options) -> Vec<Value> {
         container,
         json!({
             "serviceAccountName": name,
-            "volumes": [{"name": "tls", "secret": {"secretName": INJECTOR_SECRET}}],
+            "volumes": [
+                {"name": "tls", "secret": {"secretName": INJECTOR_SECRET}},
+                {"name": "trust-anchors", "configMap": {"name": TRUST_ANCHORS_CONFIG_MAP}},
+            ],
         }),
     ));
     objects.push(service(
@@ -554,5 +568,12 @@ fn generated_objects(options: &Options, generated: &Generated) -> Vec<Value> {
             "issuer.key": base64(&authority.issuer_key_pem),
         },
     });
-    vec![secret, identity, webhook]
+    // The anchor alone, public, for whoever checks proxies' certificates.
+    let anchors = json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(options, TRUST_ANCHORS_CONFIG_MAP),
+        "data": {"ca.crt": authority.trust_anchor_pem},
+    });
+    vec![secret, identity, anchors, webhook]
 }

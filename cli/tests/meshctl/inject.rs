@@ -264,6 +264,79 @@ fn native_sidecar_false_makes_the_proxy_a_regular_container_that_goes_first() {
     assert!(err.contains("only apply with --manual"), "{err}");
 }
 
+fn trust_anchor() -> String {
+    mesh_controller::identity::issuer::Authority::generate(
+        "cluster.local",
+        std::time::Duration::from_secs(3600),
+    )
+    .unwrap()
+    .trust_anchor_pem
+}
+
+#[test]
+fn with_trust_anchors_the_manual_proxy_gets_its_pods_identity() {
+    let dir = std::env::temp_dir().join(format!("meshctl-anchors-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let anchors = dir.join("ca.crt");
+    let pem = trust_anchor();
+    std::fs::write(&anchors, &pem).unwrap();
+    let input = repo("k8s/stocks/stockdata.yml");
+    let input = input.to_str().unwrap();
+    let anchors = anchors.to_str().unwrap();
+    let (out, _) = ok(
+        &[
+            "inject",
+            "--manual",
+            "--identity-trust-anchors",
+            anchors,
+            input,
+        ],
+        "",
+    );
+    let out = docs(&out);
+    let spec = path(&out[0], &["spec", "template", "spec"]);
+    let proxy = &spec["initContainers"][1];
+    let env = |name: &str| {
+        proxy["env"]
+            .as_vec()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"].as_str() == Some(name))
+            .unwrap_or_else(|| panic!("{name}"))
+            .clone()
+    };
+    assert_eq!(
+        env("MESH_PROXY_IDENTITY")["value"].as_str(),
+        Some("spiffe://cluster.local/ns/$(MESH_PROXY_NAMESPACE)/sa/$(MESH_POD_SERVICE_ACCOUNT)")
+    );
+    assert_eq!(
+        env("MESH_PROXY_IDENTITY_TRUST_ANCHORS_PEM")["value"].as_str(),
+        Some(pem.as_str())
+    );
+    let volume = &spec["volumes"][0];
+    assert_eq!(
+        volume["projected"]["sources"][0]["serviceAccountToken"]["audience"].as_str(),
+        Some("identity.stockkube.io")
+    );
+
+    std::fs::write(dir.join("empty"), "").unwrap();
+    let empty = dir.join("empty");
+    let err = fails(
+        &[
+            "inject",
+            "--manual",
+            "--identity-trust-anchors",
+            empty.to_str().unwrap(),
+            input,
+        ],
+        "",
+    );
+    assert!(err.contains("no PEM certificate"), "{err}");
+    let err = fails(&["inject", "--identity-trust-anchors", anchors, input], "");
+    assert!(err.contains("only apply with --manual"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// A Job's pod finishes when its app does: with native sidecars the proxy is
 /// no regular container, so nothing keeps the pod running afterwards.
 #[test]
@@ -450,7 +523,10 @@ fn every_manifest_and_every_output_validates_strictly() {
             }
         }
     }
-    // And what inject writes, both ways, for the sample and every kind.
+    // And what inject writes, three ways, for the sample and every kind.
+    let anchors = dir.join("ca.crt");
+    std::fs::write(&anchors, trust_anchor()).unwrap();
+    let anchors = anchors.to_str().unwrap();
     for (index, input) in [repo("k8s/stocks"), fixture("workloads.yml")]
         .iter()
         .enumerate()
@@ -459,6 +535,16 @@ fn every_manifest_and_every_output_validates_strictly() {
         for (mode, args) in [
             ("annotated", &["inject", input][..]),
             ("manual", &["inject", "--manual", input][..]),
+            (
+                "identity",
+                &[
+                    "inject",
+                    "--manual",
+                    "--identity-trust-anchors",
+                    anchors,
+                    input,
+                ][..],
+            ),
         ] {
             let (out, _) = ok(args, "");
             files.push(validation_file(&dir, &format!("{index}-{mode}.yml"), &out));

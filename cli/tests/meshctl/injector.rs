@@ -51,6 +51,14 @@ fn install_into(dir: &Path) {
     for file in ["tls.crt", "tls.key"] {
         std::fs::rename(staging.join(file), dir.join("tls").join(file)).unwrap();
     }
+    // The identity service's trust anchor, as ConfigMap
+    // mesh-identity-trust-anchors holds it.
+    let authority = mesh_controller::identity::issuer::Authority::generate(
+        "cluster.local",
+        Duration::from_secs(3600),
+    )
+    .unwrap();
+    std::fs::write(dir.join("anchors.pem"), authority.trust_anchor_pem).unwrap();
 }
 
 /// A fresh `meshctl install`'s CA bundle, certificate and key (PEM).
@@ -111,9 +119,18 @@ fn patched(request: &Value, response: &Value) -> Value {
     pod
 }
 
-/// What `meshctl inject --manual` makes of `pod`.
-fn manual(pod: &Value) -> Value {
-    let (out, _) = ok(&["inject", "--manual", "-"], &pod.to_string());
+/// What `meshctl inject --manual` makes of `pod`, with the trust anchors
+/// in `anchors`.
+fn manual(pod: &Value, anchors: &Path) -> Value {
+    let anchors = anchors.to_str().unwrap();
+    let args = [
+        "inject",
+        "--manual",
+        "--identity-trust-anchors",
+        anchors,
+        "-",
+    ];
+    let (out, _) = ok(&args, &pod.to_string());
     yaml_to_json(&YamlLoader::load_from_str(&out).unwrap()[0])
 }
 
@@ -145,6 +162,8 @@ impl Injector {
             .args(["--tls-secret", "stockkube-mesh/mesh-injector-tls"])
             .arg("--tls-dir")
             .arg(dir.join("tls"))
+            .arg("--identity-trust-anchors")
+            .arg(dir.join("anchors.pem"))
             .env("KUBECONFIG", api.write_kubeconfig(dir))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -213,7 +232,8 @@ async fn the_webhook_injects_what_inject_manual_writes_over_tls() {
         let request = read(&fixture(name));
         let response = review(port, &ca, &fixture(name)).await;
         let pod = patched(&request, &response);
-        assert_eq!(pod, manual(&request["request"]["object"]), "{name}");
+        let expected = manual(&request["request"]["object"], &dir.join("anchors.pem"));
+        assert_eq!(pod, expected, "{name}");
         let proxy = pod["spec"]["initContainers"]
             .as_array()
             .unwrap()

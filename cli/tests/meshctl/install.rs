@@ -41,7 +41,7 @@ pub(crate) fn certificates(documents: &[Yaml]) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
     )
 }
 
-const GENERATED: [&str; 2] = ["Secret", "MutatingWebhookConfiguration"];
+const GENERATED: [&str; 3] = ["Secret", "ConfigMap", "MutatingWebhookConfiguration"];
 
 #[test]
 fn the_committed_manifests_are_the_default_install_without_its_certificates() {
@@ -90,10 +90,18 @@ fn the_ca_bundle_verifies_the_serving_certificate_and_each_install_has_its_own()
         !out.contains("PRIVATE KEY"),
         "keys only base64 in the Secret"
     );
+    // Clear text only for what is public: the trust anchor, in its ConfigMap.
     assert_eq!(
         out.matches("-----BEGIN").count(),
-        0,
-        "no PEM in clear text anywhere"
+        1,
+        "no other PEM in clear text"
+    );
+    let anchors = find(&documents, "ConfigMap", "mesh-identity-trust-anchors");
+    assert!(
+        anchors["data"]["ca.crt"]
+            .as_str()
+            .unwrap()
+            .starts_with("-----BEGIN CERTIFICATE-----")
     );
 
     let (again, _) = ok(&["install"], "");

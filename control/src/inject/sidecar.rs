@@ -29,7 +29,27 @@ pub struct SidecarConfig {
     pub resources: ProxyResources,
     /// Written on injected pods as `stockkube.io/proxy-version`.
     pub version: String,
+    /// The mesh's identity, when it issues them: the proxy then asks for
+    /// its pod's ServiceAccount identity and speaks mTLS.
+    pub identity: Option<SidecarIdentity>,
 }
+
+/// What an injected proxy needs for its identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SidecarIdentity {
+    /// The trust domain of the identities (`cluster.local`).
+    pub trust_domain: String,
+    /// The trust anchors (PEM), passed to the proxy in its environment.
+    pub trust_anchors_pem: String,
+}
+
+/// Where the pod's projected ServiceAccount token for the identity
+/// service is mounted in the proxy, and its volume's name.
+pub const IDENTITY_TOKEN_DIR: &str = "/var/run/secrets/stockkube.io/identity";
+pub const IDENTITY_TOKEN_VOLUME: &str = "mesh-identity-token";
+/// The token's lifetime; the kubelet renews it at 80% of it, and the
+/// proxy reads the file again before each request.
+const IDENTITY_TOKEN_SECONDS: u32 = 3600;
 
 /// Kubernetes quantities, e.g. `10m`, `64Mi`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +88,7 @@ impl SidecarConfig {
             native: true,
             resources: ProxyResources::default(),
             version: env!("CARGO_PKG_VERSION").into(),
+            identity: None,
         }
     }
 }
@@ -88,8 +109,9 @@ fn hardened(run_as_user: i64, capabilities: Value) -> Value {
     })
 }
 
-/// The proxy container, in the shape `config.native` says.
-pub fn proxy_container(config: &SidecarConfig) -> Value {
+/// The proxy container, in the shape `config.native` says, with `env`
+/// added to its environment.
+pub fn proxy_container(config: &SidecarConfig, env: Vec<Value>) -> Value {
     let ready = format!("http://127.0.0.1:{ADMIN_PORT}{}", admin::READY);
     let mut container = json!({
         "name": PROXY_CONTAINER,
@@ -110,6 +132,16 @@ pub fn proxy_container(config: &SidecarConfig) -> Value {
         ],
     });
     let fields = container.as_object_mut().expect("an object");
+    let all_env = fields["env"].as_array_mut().expect("a list");
+    if let Some(identity) = &config.identity {
+        all_env.extend(identity_env(identity));
+        fields.insert(
+            "volumeMounts".into(),
+            json!([{"name": IDENTITY_TOKEN_VOLUME, "mountPath": IDENTITY_TOKEN_DIR, "readOnly": true}]),
+        );
+    }
+    let all_env = fields["env"].as_array_mut().expect("a list");
+    all_env.extend(env);
     if config.native {
         // Runs beside the app for the pod's life; the kubelet starts the
         // next container once the startup probe passes.
@@ -153,6 +185,34 @@ pub fn proxy_container(config: &SidecarConfig) -> Value {
         hardened(PROXY_UID, json!({"drop": ["ALL"]})),
     );
     container
+}
+
+/// The proxy's identity settings: its SPIFFE ID from the pod's namespace
+/// and ServiceAccount (Kubernetes expands `$(VAR)` from the variables
+/// before it), the token file and the trust anchors.
+fn identity_env(identity: &SidecarIdentity) -> Vec<Value> {
+    vec![
+        json!({"name": "MESH_POD_SERVICE_ACCOUNT", "valueFrom": {"fieldRef": {"fieldPath": "spec.serviceAccountName"}}}),
+        json!({"name": "MESH_PROXY_IDENTITY", "value": format!(
+            "spiffe://{}/ns/$(MESH_PROXY_NAMESPACE)/sa/$(MESH_POD_SERVICE_ACCOUNT)",
+            identity.trust_domain
+        )}),
+        json!({"name": "MESH_PROXY_IDENTITY_TOKEN_FILE", "value": format!("{IDENTITY_TOKEN_DIR}/token")}),
+        json!({"name": "MESH_PROXY_IDENTITY_TRUST_ANCHORS_PEM", "value": identity.trust_anchors_pem}),
+    ]
+}
+
+/// The pod volume with its ServiceAccount token for the identity service
+/// (audience `identity.stockkube.io`, so it is good for nothing else).
+pub fn identity_token_volume() -> Value {
+    json!({
+        "name": IDENTITY_TOKEN_VOLUME,
+        "projected": {"sources": [{"serviceAccountToken": {
+            "audience": crate::identity::credentials::TOKEN_AUDIENCE,
+            "expirationSeconds": IDENTITY_TOKEN_SECONDS,
+            "path": "token",
+        }}]},
+    })
 }
 
 /// The init container: redirects inbound TCP, except to the proxy's own

@@ -135,7 +135,7 @@ fn annotations_ask_ours_first_then_linkerds() {
 #[test]
 fn the_proxy_intercepts_both_ways_and_is_probed_on_admin() {
     let config = SidecarConfig::for_install("registry.example/mesh", "v9", "mesh-system");
-    let proxy = proxy_container(&config);
+    let proxy = proxy_container(&config, Vec::new());
     assert_eq!(proxy["image"], "registry.example/mesh/mesh-proxy:v9");
     assert_eq!(
         env(&proxy, "MESH_PROXY_OUTBOUND_TRANSPARENT")["value"],
@@ -164,4 +164,117 @@ fn the_init_container_skips_the_proxy_ports_and_its_user() {
     assert!(pair("--outbound-port", "4140"));
     assert!(pair("--proxy-uid", "2102"));
     assert_eq!(init["securityContext"]["runAsNonRoot"], false);
+}
+
+fn with_identity() -> SidecarConfig {
+    SidecarConfig {
+        identity: Some(SidecarIdentity {
+            trust_domain: "cluster.local".into(),
+            trust_anchors_pem: "-----BEGIN CERTIFICATE-----\n...".into(),
+        }),
+        ..SidecarConfig::default()
+    }
+}
+
+#[test]
+fn with_identities_the_proxy_asks_for_its_service_accounts_with_a_projected_token() {
+    let mut pod = template();
+    pod["spec"]["volumes"] = json!([{"name": "data", "emptyDir": {}}]);
+    assert_eq!(
+        add_sidecar(&mut pod, &with_identity()),
+        Ok(Outcome::Injected)
+    );
+    let proxy = &pod["spec"]["initContainers"][1];
+    assert_eq!(
+        env(proxy, "MESH_PROXY_IDENTITY")["value"],
+        "spiffe://cluster.local/ns/$(MESH_PROXY_NAMESPACE)/sa/$(MESH_POD_SERVICE_ACCOUNT)"
+    );
+    // Kubernetes expands $(VAR) only from variables defined before it.
+    let order: Vec<&str> = proxy["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    let at = |name: &str| order.iter().position(|n| *n == name).unwrap();
+    assert!(at("MESH_PROXY_NAMESPACE") < at("MESH_PROXY_IDENTITY"));
+    assert!(at("MESH_POD_SERVICE_ACCOUNT") < at("MESH_PROXY_IDENTITY"));
+    assert_eq!(
+        env(proxy, "MESH_POD_SERVICE_ACCOUNT")["valueFrom"]["fieldRef"]["fieldPath"],
+        "spec.serviceAccountName"
+    );
+    assert_eq!(
+        env(proxy, "MESH_PROXY_IDENTITY_TOKEN_FILE")["value"],
+        format!("{IDENTITY_TOKEN_DIR}/token")
+    );
+    assert!(
+        env(proxy, "MESH_PROXY_IDENTITY_TRUST_ANCHORS_PEM")["value"]
+            .as_str()
+            .unwrap()
+            .starts_with("-----BEGIN CERTIFICATE-----")
+    );
+    assert_eq!(proxy["volumeMounts"][0]["name"], IDENTITY_TOKEN_VOLUME);
+    assert_eq!(proxy["volumeMounts"][0]["readOnly"], true);
+    assert_eq!(
+        names(&pod["spec"]["volumes"]),
+        ["data", IDENTITY_TOKEN_VOLUME]
+    );
+    let token = &pod["spec"]["volumes"][1]["projected"]["sources"][0]["serviceAccountToken"];
+    assert_eq!(token["audience"], "identity.stockkube.io");
+    assert!(
+        token["expirationSeconds"].as_u64().unwrap() >= 600,
+        "the API's minimum"
+    );
+
+    let mut plain = template();
+    add_sidecar(&mut plain, &SidecarConfig::default()).unwrap();
+    let proxy = &plain["spec"]["initContainers"][1];
+    assert!(proxy.get("volumeMounts").is_none(), "{proxy}");
+    assert!(plain["spec"].get("volumes").is_none());
+}
+
+#[test]
+fn policy_annotations_become_the_proxys_policy_or_refuse_the_injection() {
+    let annotated = |annotations: Value| {
+        let mut pod = template();
+        pod["metadata"]["annotations"] = annotations;
+        pod
+    };
+    let mut pod = annotated(json!({
+        "config.stockkube.io/default-inbound-policy": "all-authenticated",
+        "config.stockkube.io/inbound-port-policies": "9090=all-unauthenticated;5001=spiffe://cluster.local/ns/stocks/sa/stockweb",
+    }));
+    assert_eq!(
+        add_sidecar(&mut pod, &with_identity()),
+        Ok(Outcome::Injected)
+    );
+    let proxy = &pod["spec"]["initContainers"][1];
+    assert_eq!(
+        env(proxy, "MESH_PROXY_INBOUND_POLICY")["value"],
+        "all-authenticated"
+    );
+    assert_eq!(
+        env(proxy, "MESH_PROXY_INBOUND_PORT_POLICY")["value"],
+        "9090=all-unauthenticated;5001=spiffe://cluster.local/ns/stocks/sa/stockweb"
+    );
+
+    let mut bad = annotated(json!({"config.stockkube.io/default-inbound-policy": "friends"}));
+    let err = add_sidecar(&mut bad, &with_identity()).unwrap_err();
+    assert!(
+        err.starts_with("config.stockkube.io/default-inbound-policy"),
+        "{err}"
+    );
+    let mut bad = annotated(json!({"config.stockkube.io/inbound-port-policies": "0=deny"}));
+    let err = add_sidecar(&mut bad, &with_identity()).unwrap_err();
+    assert!(err.contains("not a port"), "{err}");
+
+    let mut needs =
+        annotated(json!({"config.stockkube.io/default-inbound-policy": "cluster-authenticated"}));
+    let err = add_sidecar(&mut needs, &SidecarConfig::default()).unwrap_err();
+    assert!(err.contains("issues no identities"), "{err}");
+    let mut open = annotated(json!({"config.stockkube.io/default-inbound-policy": "deny"}));
+    assert_eq!(
+        add_sidecar(&mut open, &SidecarConfig::default()),
+        Ok(Outcome::Injected)
+    );
 }

@@ -252,7 +252,8 @@ pub struct Args {
     pub identity_token_file: Option<std::path::PathBuf>,
 
     /// The mesh's trust anchors (PEM): the certificates every other proxy's
-    /// chain must lead to. Needed with --identity.
+    /// chain must lead to. With --identity, this or
+    /// --identity-trust-anchors-pem is needed.
     #[arg(
         long,
         env = "MESH_PROXY_IDENTITY_TRUST_ANCHORS",
@@ -260,6 +261,19 @@ pub struct Args {
         requires = "identity"
     )]
     pub identity_trust_anchors: Option<std::path::PathBuf>,
+
+    /// The trust anchors as PEM text instead of a file (how the injector
+    /// passes them, in the variable).
+    #[arg(
+        long,
+        env = "MESH_PROXY_IDENTITY_TRUST_ANCHORS_PEM",
+        value_name = "PEM",
+        requires = "identity",
+        conflicts_with = "identity_trust_anchors",
+        allow_hyphen_values = true,
+        hide_env_values = true
+    )]
+    pub identity_trust_anchors_pem: Option<String>,
 
     /// Who may call the app: all-unauthenticated, all-authenticated,
     /// cluster-authenticated (identities in this proxy's trust domain),

@@ -120,3 +120,60 @@ fn bad_values_name_their_flag() {
         assert!(err.contains(flag), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn inbound_policies_per_port_and_what_they_need() {
+    let identity = [
+        "--inbound",
+        "127.0.0.1:4143",
+        "--destination",
+        "http://127.0.0.1:8086",
+        "--identity",
+        "spiffe://cluster.local/ns/stocks/sa/stockdata",
+        "--identity-token-file",
+        "/var/run/token",
+        "--identity-trust-anchors",
+        "/var/run/ca.crt",
+    ];
+    let with = |extra: &[&str]| parse(&[&identity[..], extra].concat());
+    let config = with(&[
+        "--inbound-policy",
+        "all-authenticated",
+        "--inbound-port-policy",
+        "9090=all-unauthenticated",
+        "--inbound-port-policy",
+        "8080=deny",
+    ])
+    .unwrap();
+    assert_eq!(config.inbound_policy.default, Policy::AllAuthenticated);
+    assert_eq!(
+        config.inbound_policy.for_port(9090),
+        &Policy::AllUnauthenticated
+    );
+    assert_eq!(config.inbound_policy.for_port(8080), &Policy::Deny);
+
+    let err = with(&["--inbound-port-policy", "0=deny"]).unwrap_err();
+    assert!(err.starts_with("--inbound-port-policy"), "{err}");
+    let err = with(&["--inbound-port-policy", "1=deny;1=deny"]).unwrap_err();
+    assert!(err.contains("twice"), "{err}");
+    let err = with(&["--inbound-policy", "everyone"]).unwrap_err();
+    assert!(err.starts_with("--inbound-policy"), "{err}");
+
+    // Without an identity there is no mTLS to require.
+    let err = parse(&[
+        "--inbound",
+        "127.0.0.1:4143",
+        "--inbound-policy",
+        "all-authenticated",
+    ])
+    .unwrap_err();
+    assert!(err.contains("needs --identity"), "{err}");
+    let err = parse(&identity[..8]).unwrap_err();
+    assert!(err.starts_with("--identity-trust-anchors"), "{err}");
+    let pem = "-----BEGIN CERTIFICATE-----...";
+    let config = parse(&[&identity[..8], &["--identity-trust-anchors-pem", pem]].concat()).unwrap();
+    assert_eq!(
+        config.identity.unwrap().trust_anchors,
+        crate::identity::TrustAnchors::Pem(pem.into())
+    );
+}
