@@ -143,6 +143,9 @@ pub struct Demo {
     controller: SocketAddr,
     identity: Arc<DemoIdentity>,
     registry: Mutex<RegistryClient<Channel>>,
+    /// The demo's credential: the controller takes Registry writes only
+    /// from a caller it knows.
+    credential: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
     replicas: Mutex<BTreeMap<String, Replica>>,
     next_index: std::sync::atomic::AtomicU16,
 }
@@ -150,6 +153,15 @@ pub struct Demo {
 impl Demo {
     fn bin(&self, name: &str) -> PathBuf {
         self.bin_dir.join(name)
+    }
+
+    /// A Registry write, with the demo's credential.
+    fn authorized<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request
+            .metadata_mut()
+            .insert("authorization", self.credential.clone());
+        request
     }
 
     /// Starts `stockdata-N` and its sidecar, waits until both listen, and
@@ -196,15 +208,15 @@ impl Demo {
         wait_ready(admin).await?;
         let mut registry = self.registry.lock().await;
         registry
-            .register_proxy(ProxyInfo {
+            .register_proxy(self.authorized(ProxyInfo {
                 workload: "stockdata".into(),
                 instance: name.clone(),
                 admin_addr: admin.to_string(),
-            })
+            }))
             .await
             .with_context(|| format!("cannot register {name}'s proxy"))?;
         registry
-            .register(RegisterRequest {
+            .register(self.authorized(RegisterRequest {
                 service: "stockdata".into(),
                 endpoint: Some(Endpoint {
                     addr: inbound.to_string(),
@@ -213,7 +225,7 @@ impl Demo {
                     identity: DemoIdentity::spiffe_id("stockdata"),
                     ..Default::default()
                 }),
-            })
+            }))
             .await
             .with_context(|| format!("cannot register {name}"))?;
         drop(registry);
@@ -232,10 +244,10 @@ impl Demo {
         self.registry
             .lock()
             .await
-            .deregister(DeregisterRequest {
+            .deregister(self.authorized(DeregisterRequest {
                 service: "stockdata".into(),
                 addr: replica.inbound.to_string(),
-            })
+            }))
             .await
             .with_context(|| format!("cannot deregister {name}"))?;
         for service in [replica.stockdata.take(), replica.proxy.take()]
@@ -354,6 +366,9 @@ async fn run(args: DemoArgs, bin_dir: PathBuf) -> anyhow::Result<()> {
             controller,
             identity: identity.clone(),
             registry: Mutex::new(RegistryClient::new(channel)),
+            credential: format!("Bearer {}", identity.supervisor_credential()?.trim())
+                .parse()
+                .context("the demo's credential is no header value")?,
             replicas: Mutex::new(BTreeMap::new()),
             next_index: std::sync::atomic::AtomicU16::new(1),
         }));
@@ -435,15 +450,16 @@ async fn run(args: DemoArgs, bin_dir: PathBuf) -> anyhow::Result<()> {
             &[outbound, web_admin, web.meshed, web.plain, web.dashboard],
         )
         .await?;
+        let request = state.authorized(ProxyInfo {
+            workload: "stockweb".into(),
+            instance: "stockweb-1".into(),
+            admin_addr: web_admin.to_string(),
+        });
         state
             .registry
             .lock()
             .await
-            .register_proxy(ProxyInfo {
-                workload: "stockweb".into(),
-                instance: "stockweb-1".into(),
-                admin_addr: web_admin.to_string(),
-            })
+            .register_proxy(request)
             .await
             .context("cannot register stockweb's proxy")?;
         wait_for_endpoints(web_admin, args.replicas.into()).await?;

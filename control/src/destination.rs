@@ -2,6 +2,7 @@
 //! endpoints as additions and removals and resolves addresses to services,
 //! from either [`Backend`]; `Registry` writes the local backend.
 
+use crate::identity::{IdentityService, SpiffeId};
 use crate::{
     backend::{Backend, EndpointMeta, LookupError, Published},
     registry::Registry,
@@ -182,21 +183,72 @@ fn parse_addr(addr: &str) -> Result<SocketAddr, Status> {
 }
 
 /// Serves the `Registry` API over the same [`Registry`].
+///
+/// With identities (`auth`), every write names its caller: the request
+/// carries `authorization: Bearer CREDENTIAL`, the credential the Identity
+/// service takes. An endpoint may be registered or deregistered only by the
+/// workload whose identity it proves, or by a registry admin; a proxy
+/// entry by any authenticated caller. Without a credential a write is
+/// UNAUTHENTICATED; with the wrong one, PERMISSION_DENIED. Reads are open.
 #[derive(Debug, Clone)]
 pub struct RegistryService {
     registry: Registry,
     /// With the Kubernetes backend, the pods with the sidecar are proxies
     /// too (the dashboard scrapes them).
     pods: Option<std::sync::Arc<crate::kubernetes::Index>>,
+    auth: Option<IdentityService>,
 }
 
 impl RegistryService {
-    pub fn new(registry: Registry, backend: &Backend) -> Self {
+    pub fn new(registry: Registry, backend: &Backend, auth: Option<IdentityService>) -> Self {
         let pods = match backend {
             Backend::Local(_) => None,
             Backend::Kubernetes(index) => Some(index.clone()),
         };
-        Self { registry, pods }
+        Self {
+            registry,
+            pods,
+            auth,
+        }
+    }
+
+    /// The caller of a write, when identities are on; `Err` when it proves none.
+    async fn caller<T>(&self, request: &Request<T>) -> Result<Option<SpiffeId>, Status> {
+        let Some(auth) = &self.auth else {
+            return Ok(None);
+        };
+        let token = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                Status::unauthenticated(
+                    "Registry writes need the caller's credential (authorization: Bearer ...)",
+                )
+            })?;
+        match auth.caller(token.trim()).await {
+            Ok(caller) => Ok(Some(caller)),
+            Err(err) => {
+                tracing::warn!(error = %err, "a Registry write with a credential that proves nothing");
+                Err(Status::unauthenticated(format!(
+                    "the credential proves no identity: {err}"
+                )))
+            }
+        }
+    }
+
+    /// Refuses a caller that may not write an endpoint proving `identity`.
+    fn check_endpoint(&self, caller: &Option<SpiffeId>, identity: &str) -> Result<(), Status> {
+        match (&self.auth, caller) {
+            (Some(auth), Some(caller)) if !auth.may_register(caller, identity) => {
+                Err(Status::permission_denied(format!(
+                    "{caller} may write only endpoints that prove its own identity, not {:?}",
+                    identity.chars().take(120).collect::<String>()
+                )))
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -206,6 +258,7 @@ impl registry_server::Registry for RegistryService {
         &self,
         request: Request<RegisterRequest>,
     ) -> Result<Response<RegisterResponse>, Status> {
+        let caller = self.caller(&request).await?;
         let RegisterRequest { service, endpoint } = request.into_inner();
         validate_service(&service)?;
         let endpoint = endpoint.ok_or_else(|| Status::invalid_argument("endpoint is required"))?;
@@ -218,6 +271,7 @@ impl registry_server::Registry for RegistryService {
                 "identity must be spiffe://TRUST-DOMAIN/ns/NAMESPACE/sa/ACCOUNT, got {shown:?}"
             )));
         }
+        self.check_endpoint(&caller, &endpoint.identity)?;
         let meta = EndpointMeta {
             instance: endpoint.instance,
             meshed: endpoint.meshed || !endpoint.identity.is_empty(),
@@ -235,9 +289,19 @@ impl registry_server::Registry for RegistryService {
         &self,
         request: Request<DeregisterRequest>,
     ) -> Result<Response<DeregisterResponse>, Status> {
+        let caller = self.caller(&request).await?;
         let DeregisterRequest { service, addr } = request.into_inner();
         validate_service(&service)?;
         let addr = parse_addr(&addr)?;
+        let registered = self
+            .registry
+            .watch(&service)
+            .borrow()
+            .get(&addr)
+            .map(|meta| meta.identity.clone());
+        if let Some(identity) = registered {
+            self.check_endpoint(&caller, &identity)?;
+        }
         let removed = self.registry.deregister(&service, addr);
         if removed {
             tracing::info!(%service, %addr, "endpoint deregistered");
@@ -265,6 +329,7 @@ impl registry_server::Registry for RegistryService {
         &self,
         request: Request<ProxyInfo>,
     ) -> Result<Response<RegisterProxyResponse>, Status> {
+        self.caller(&request).await?;
         let info = request.into_inner();
         validate_service(&info.workload)?;
         let admin_addr = parse_addr(&info.admin_addr)?;
@@ -281,6 +346,7 @@ impl registry_server::Registry for RegistryService {
         &self,
         request: Request<DeregisterProxyRequest>,
     ) -> Result<Response<DeregisterProxyResponse>, Status> {
+        self.caller(&request).await?;
         let admin_addr = parse_addr(&request.into_inner().admin_addr)?;
         let removed = self.registry.deregister_proxy(admin_addr);
         Ok(Response::new(DeregisterProxyResponse { removed }))

@@ -106,6 +106,16 @@ pub struct IdentityService {
     trust_domain: Arc<str>,
     issuer: Arc<Issuer>,
     credentials: Arc<Credentials>,
+    /// Who may write any Registry entry (see [`IdentityService::may_register`]).
+    registry_admins: Arc<[String]>,
+}
+
+impl std::fmt::Debug for IdentityService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdentityService")
+            .field("trust_domain", &self.trust_domain)
+            .finish_non_exhaustive()
+    }
 }
 
 impl IdentityService {
@@ -114,7 +124,35 @@ impl IdentityService {
             trust_domain: trust_domain.into(),
             issuer: Arc::new(issuer),
             credentials: Arc::new(credentials),
+            registry_admins: Arc::new([]),
         }
+    }
+
+    /// Lets `admins` write any Registry entry (a supervisor such as
+    /// `meshctl demo` that registers its replicas).
+    pub fn with_registry_admins(mut self, admins: Vec<String>) -> Self {
+        self.registry_admins = admins.into();
+        self
+    }
+
+    /// The identity a credential proves (a ServiceAccount token, a
+    /// bootstrap credential).
+    pub async fn caller(&self, token: &str) -> Result<SpiffeId, IdentityError> {
+        let (namespace, service_account) = self.credentials.authenticate(token).await?;
+        Ok(SpiffeId {
+            trust_domain: self.trust_domain.to_string(),
+            namespace,
+            service_account,
+        })
+    }
+
+    /// Whether `caller` may register, or deregister, an endpoint that
+    /// proves `endpoint_identity` (empty: none): a workload only itself,
+    /// an admin anything.
+    pub fn may_register(&self, caller: &SpiffeId, endpoint_identity: &str) -> bool {
+        let caller = caller.to_string();
+        self.registry_admins.contains(&caller)
+            || (!endpoint_identity.is_empty() && endpoint_identity == caller)
     }
 
     /// Checks the request and signs it.

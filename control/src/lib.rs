@@ -85,6 +85,18 @@ pub struct Args {
     #[arg(long, env = "MESH_CONTROLLER_IDENTITY_BOOTSTRAP", value_name = "FILE")]
     pub identity_bootstrap: Option<std::path::PathBuf>,
 
+    /// With identities: an identity that may write any Registry entry
+    /// (others may register only endpoints that prove their own identity).
+    /// Repeat, or comma-separate in the variable.
+    #[arg(
+        long,
+        env = "MESH_CONTROLLER_REGISTRY_ADMIN",
+        value_name = "SPIFFE-ID",
+        value_delimiter = ',',
+        requires = "identity_dir"
+    )]
+    pub registry_admin: Vec<String>,
+
     /// The namespace of callers that do not say theirs (Kubernetes backend).
     #[arg(
         long,
@@ -164,7 +176,9 @@ pub async fn run_with(
         .add_service(health)
         .add_service(reflection)
         .add_service(RegistryServer::new(destination::RegistryService::new(
-            registry, &backend,
+            registry,
+            &backend,
+            identity.clone(),
         )))
         .add_service(DestinationServer::new(
             destination::DestinationService::new(backend),

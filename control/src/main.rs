@@ -76,9 +76,15 @@ fn identity(
             "--identity-bootstrap is for the local backend; the Kubernetes backend checks ServiceAccount tokens"
         ),
     };
-    Ok(Some(mesh_controller::identity::IdentityService::new(
-        &args.trust_domain,
-        issuer,
-        credentials,
-    )))
+    for admin in &args.registry_admin {
+        if stockkube_proto::identity::parse(admin).is_none() {
+            anyhow::bail!(
+                "--registry-admin {admin:?}: expected spiffe://TRUST-DOMAIN/ns/NAMESPACE/sa/ACCOUNT"
+            );
+        }
+    }
+    Ok(Some(
+        mesh_controller::identity::IdentityService::new(&args.trust_domain, issuer, credentials)
+            .with_registry_admins(args.registry_admin.clone()),
+    ))
 }

@@ -371,6 +371,7 @@ fn registration(
             .register_service
             .clone()
             .zip(args.inbound.first().map(|addr| addr.port())),
+        identity: args.identity.clone().zip(args.identity_token_file.clone()),
     }))
 }
 

@@ -31,6 +31,10 @@ pub struct Registration {
     pub admin_port: u16,
     /// The service whose endpoint the inbound listener is, with its port.
     pub service: Option<(String, u16)>,
+    /// With `--identity`: the identity the endpoint proves, and the
+    /// credential that proves this proxy is it (read at each announcement;
+    /// the controller takes Registry writes only from a known caller).
+    pub identity: Option<(String, std::path::PathBuf)>,
 }
 
 impl Registration {
@@ -77,9 +81,11 @@ pub async fn run(mut registration: Registration, mut drain: watch::Receiver<bool
         .connect_lazy();
     let mut client = RegistryClient::new(channel);
     let mut announced: Option<(SocketAddr, Option<SocketAddr>)> = None;
+    let mut credential = None;
     let mut failing = false;
     loop {
-        match announce(&mut client, &registration).await {
+        credential = read_credential(&registration).await.or(credential);
+        match announce(&mut client, &registration, credential.as_deref()).await {
             Ok(addrs) => {
                 if failing || announced.is_none() {
                     tracing::info!(admin = %addrs.0, endpoint = ?addrs.1, controller = %registration.controller, "registered with the controller");
@@ -108,17 +114,19 @@ pub async fn run(mut registration: Registration, mut drain: watch::Receiver<bool
     if let Some((admin, endpoint)) = announced {
         let withdraw = async {
             if let (Some((service, _)), Some(addr)) = (&registration.service, endpoint) {
+                let request = DeregisterRequest {
+                    service: service.clone(),
+                    addr: addr.to_string(),
+                };
                 client
-                    .deregister(DeregisterRequest {
-                        service: service.clone(),
-                        addr: addr.to_string(),
-                    })
+                    .deregister(authorized(request, credential.as_deref()))
                     .await?;
             }
+            let request = DeregisterProxyRequest {
+                admin_addr: admin.to_string(),
+            };
             client
-                .deregister_proxy(DeregisterProxyRequest {
-                    admin_addr: admin.to_string(),
-                })
+                .deregister_proxy(authorized(request, credential.as_deref()))
                 .await?;
             Ok::<_, tonic::Status>(())
         };
@@ -130,10 +138,32 @@ pub async fn run(mut registration: Registration, mut drain: watch::Receiver<bool
     }
 }
 
+/// The credential, when the proxy has an identity and can read it.
+async fn read_credential(registration: &Registration) -> Option<String> {
+    let (_, file) = registration.identity.as_ref()?;
+    match tokio::fs::read_to_string(file).await {
+        Ok(token) => Some(token.trim().to_owned()),
+        Err(err) => {
+            tracing::debug!(%err, file = %file.display(), "cannot read the credential");
+            None
+        }
+    }
+}
+
+/// `message` with the caller's credential, when it has one.
+fn authorized<T>(message: T, credential: Option<&str>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(value) = credential.and_then(|c| format!("Bearer {c}").parse().ok()) {
+        request.metadata_mut().insert("authorization", value);
+    }
+    request
+}
+
 /// One announcement: the admin address and, if asked, the endpoint.
 async fn announce(
     client: &mut RegistryClient<Channel>,
     registration: &Registration,
+    credential: Option<&str>,
 ) -> Result<(SocketAddr, Option<SocketAddr>), String> {
     let advertise = registration.advertise.as_deref().unwrap_or("localhost");
     let ip = resolve(advertise).await?;
@@ -142,25 +172,30 @@ async fn announce(
     let mut endpoint = None;
     if let Some((service, port)) = &registration.service {
         let addr = SocketAddr::new(ip, *port);
+        let identity = registration.identity.as_ref();
+        let request = RegisterRequest {
+            service: service.clone(),
+            endpoint: Some(Endpoint {
+                addr: addr.to_string(),
+                instance: instance.clone(),
+                meshed: true,
+                identity: identity.map(|(id, _)| id.clone()).unwrap_or_default(),
+                ..Default::default()
+            }),
+        };
         client
-            .register(RegisterRequest {
-                service: service.clone(),
-                endpoint: Some(Endpoint {
-                    addr: addr.to_string(),
-                    instance: instance.clone(),
-                    ..Default::default()
-                }),
-            })
+            .register(authorized(request, credential))
             .await
             .map_err(|s| format!("Register: {}", s.message()))?;
         endpoint = Some(addr);
     }
+    let request = ProxyInfo {
+        workload: registration.workload.clone(),
+        instance,
+        admin_addr: admin.to_string(),
+    };
     client
-        .register_proxy(ProxyInfo {
-            workload: registration.workload.clone(),
-            instance,
-            admin_addr: admin.to_string(),
-        })
+        .register_proxy(authorized(request, credential))
         .await
         .map_err(|s| format!("RegisterProxy: {}", s.message()))?;
     Ok((admin, endpoint))

@@ -17,8 +17,10 @@ use std::{
 /// `spiffe://cluster.local/ns/demo/sa/WORKLOAD`.
 pub const TRUST_DOMAIN: &str = "cluster.local";
 pub const NAMESPACE: &str = "demo";
-/// The workloads that get an identity.
-pub const WORKLOADS: &[&str] = &["stockweb", "stockdata"];
+/// The workloads that get an identity: the proxies', and the demo's own,
+/// which registers the replicas (a Registry admin).
+pub const WORKLOADS: &[&str] = &["stockweb", "stockdata", SUPERVISOR];
+pub const SUPERVISOR: &str = "meshctl";
 /// How long the demo's trust anchor is valid: longer than any demo runs.
 const ANCHOR_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 
@@ -91,7 +93,15 @@ impl DemoIdentity {
             self.bootstrap_file().display().to_string(),
             "--trust-domain".into(),
             TRUST_DOMAIN.into(),
+            "--registry-admin".into(),
+            Self::spiffe_id(SUPERVISOR),
         ]
+    }
+
+    /// The demo's own credential, for its Registry writes.
+    pub fn supervisor_credential(&self) -> anyhow::Result<String> {
+        let file = self.token_file(SUPERVISOR);
+        std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))
     }
 
     /// A proxy's flags for `workload`'s identity (with --destination set).

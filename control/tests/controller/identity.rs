@@ -25,11 +25,8 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-/// Starts the controller with `args`; its client once it answers.
-async fn controller(
-    args: &[&str],
-    env: &[(&str, &Path)],
-) -> (Child, IdentityClient<tonic::transport::Channel>) {
+/// Starts the controller with `args`; a channel to it once it answers.
+async fn controller(args: &[&str], env: &[(&str, &Path)]) -> (Child, tonic::transport::Channel) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -56,7 +53,7 @@ async fn controller(
         let endpoint =
             tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}")).unwrap();
         if let Ok(channel) = endpoint.connect().await {
-            return (child, IdentityClient::new(channel));
+            return (child, channel);
         }
         assert!(child.try_wait().unwrap().is_none(), "the controller exited");
         assert!(Instant::now() < deadline, "the controller never answered");
@@ -121,7 +118,7 @@ async fn bootstrap_credentials_get_certificates_that_openssl_verifies() {
     .unwrap();
     let ca = dir.join("ca");
     let bootstrap = dir.join("bootstrap");
-    let (_child, mut client) = controller(
+    let (_child, channel) = controller(
         &[
             "--identity-dir",
             ca.to_str().unwrap(),
@@ -131,6 +128,7 @@ async fn bootstrap_credentials_get_certificates_that_openssl_verifies() {
         &[],
     )
     .await;
+    let mut client = IdentityClient::new(channel);
 
     let answer = client
         .certify(request(WEB, CREDENTIAL))
@@ -205,7 +203,7 @@ async fn service_account_tokens_are_checked_with_a_token_review() {
     api.add_token("a-person", "alice", &[audience], false);
     let kubeconfig = api.write_kubeconfig(&dir);
     let ca = dir.join("ca");
-    let (_child, mut client) = controller(
+    let (_child, channel) = controller(
         &[
             "--backend",
             "kubernetes",
@@ -215,6 +213,7 @@ async fn service_account_tokens_are_checked_with_a_token_review() {
         &[("KUBECONFIG", &kubeconfig)],
     )
     .await;
+    let mut client = IdentityClient::new(channel);
 
     let answer = client
         .certify(request(WEB, "valid"))
@@ -278,5 +277,131 @@ async fn identity_flags_that_do_not_fit_are_refused_at_start() {
         assert!(!output.status.success(), "{args:?}");
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A call's outcome as its gRPC code.
+fn code<T>(result: Result<T, tonic::Status>) -> Result<(), Code> {
+    result.map(drop).map_err(|s| s.code())
+}
+
+/// A Registry write carrying `credential`, if any.
+fn as_caller<T>(message: T, credential: Option<&str>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(credential) = credential {
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {credential}").parse().unwrap(),
+        );
+    }
+    request
+}
+
+#[tokio::test]
+async fn registry_writes_need_a_caller_that_may_make_them() {
+    use stockkube_proto::mesh::{
+        DeregisterRequest, Endpoint, ListRequest, ProxyInfo, RegisterRequest,
+        registry_client::RegistryClient,
+    };
+    const DATA: &str = "spiffe://cluster.local/ns/stocks/sa/stockdata";
+    const ADMIN: &str = "spiffe://cluster.local/ns/stocks/sa/meshctl";
+    const DATA_CREDENTIAL: &str = "0f9e8d7c6b5a-stockdata-bootstrap";
+    const ADMIN_CREDENTIAL: &str = "a1b2c3d4e5f6-meshctl-bootstrap";
+    let dir = scratch("registry");
+    Authority::generate("cluster.local", Duration::from_secs(3600))
+        .unwrap()
+        .write(&dir.join("ca"))
+        .unwrap();
+    std::fs::write(
+        dir.join("bootstrap"),
+        format!(
+            "stocks/stockweb {CREDENTIAL}\nstocks/stockdata {DATA_CREDENTIAL}\nstocks/meshctl {ADMIN_CREDENTIAL}\n"
+        ),
+    )
+    .unwrap();
+    let (ca, bootstrap) = (dir.join("ca"), dir.join("bootstrap"));
+    let (_child, channel) = controller(
+        &[
+            "--identity-dir",
+            ca.to_str().unwrap(),
+            "--identity-bootstrap",
+            bootstrap.to_str().unwrap(),
+            "--registry-admin",
+            ADMIN,
+        ],
+        &[],
+    )
+    .await;
+    let mut registry = RegistryClient::new(channel);
+    let register = |identity: &str, port: u16| RegisterRequest {
+        service: "stockdata".into(),
+        endpoint: Some(Endpoint {
+            addr: format!("127.0.0.1:{port}"),
+            instance: "stockdata-1".into(),
+            identity: identity.into(),
+            ..Endpoint::default()
+        }),
+    };
+
+    // Nobody, or a credential that proves nothing: UNAUTHENTICATED.
+    let plaintext = registry.register(as_caller(register(DATA, 1), None)).await;
+    assert_eq!(code(plaintext), Err(Code::Unauthenticated));
+    let forged = as_caller(register(DATA, 1), Some("a-credential-nobody-issued"));
+    assert_eq!(
+        code(registry.register(forged).await),
+        Err(Code::Unauthenticated)
+    );
+    let proxy = ProxyInfo {
+        workload: "stockdata".into(),
+        instance: "stockdata-1".into(),
+        admin_addr: "127.0.0.1:4191".into(),
+    };
+    let anonymous = registry
+        .register_proxy(as_caller(proxy.clone(), None))
+        .await;
+    assert_eq!(code(anonymous), Err(Code::Unauthenticated));
+
+    // A workload registers only endpoints that prove its own identity.
+    let own = as_caller(register(DATA, 1), Some(DATA_CREDENTIAL));
+    assert_eq!(code(registry.register(own).await), Ok(()));
+    let impostor = as_caller(register(DATA, 2), Some(CREDENTIAL));
+    assert_eq!(
+        code(registry.register(impostor).await),
+        Err(Code::PermissionDenied)
+    );
+    let unproven = as_caller(register("", 3), Some(DATA_CREDENTIAL));
+    assert_eq!(
+        code(registry.register(unproven).await),
+        Err(Code::PermissionDenied)
+    );
+    let theirs = DeregisterRequest {
+        service: "stockdata".into(),
+        addr: "127.0.0.1:1".into(),
+    };
+    let taken_down = registry
+        .deregister(as_caller(theirs.clone(), Some(CREDENTIAL)))
+        .await;
+    assert_eq!(code(taken_down), Err(Code::PermissionDenied));
+
+    // The admin writes anything; any known caller announces a proxy.
+    let admin = as_caller(register("", 4), Some(ADMIN_CREDENTIAL));
+    assert_eq!(code(registry.register(admin).await), Ok(()));
+    let announced = registry
+        .register_proxy(as_caller(proxy, Some(CREDENTIAL)))
+        .await;
+    assert_eq!(code(announced), Ok(()));
+
+    // Reads stay open; what was refused is not there.
+    let listed = registry.list(ListRequest {}).await.unwrap().into_inner();
+    let addrs: Vec<&str> = listed.services[0]
+        .endpoints
+        .iter()
+        .map(|e| e.addr.as_str())
+        .collect();
+    assert_eq!(addrs, ["127.0.0.1:1", "127.0.0.1:4"]);
+    let own = registry
+        .deregister(as_caller(theirs, Some(DATA_CREDENTIAL)))
+        .await;
+    assert!(own.unwrap().into_inner().removed);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -587,3 +587,42 @@ async fn certificates_rotate_under_load_without_a_failed_call() {
         tally.succeeded()
     );
 }
+
+#[tokio::test]
+async fn a_proxy_registers_its_endpoint_with_its_identity_and_its_credential() {
+    let mesh = Mesh::start(
+        "register",
+        Duration::from_secs(600),
+        &["stockweb", "stockdata"],
+    )
+    .await;
+    let replica = spawn_replica("stockdata-1").await;
+    let flags = [
+        "--register-workload",
+        "stockdata",
+        "--register-service",
+        "stockdata",
+        "--register-instance",
+        "stockdata-1",
+        "--advertise",
+        "127.0.0.1",
+    ];
+    let server = mesh.inbound_proxy("stockdata", replica.addr, &flags).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let registered = loop {
+        let endpoints = mesh.registry.watch("stockdata").borrow().clone();
+        if let Some(meta) = endpoints.get(&server.inbound.unwrap()) {
+            break meta.clone();
+        }
+        assert!(Instant::now() < deadline, "never registered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(registered.identity, id("stockdata"));
+    let client = mesh.outbound_proxy("stockweb").await;
+    call(client.outbound).await.unwrap();
+    let samples = metrics(client.admin).await;
+    assert_eq!(
+        sum(&samples, "mesh_requests_total", &[("tls", "true")]),
+        1.0
+    );
+}
