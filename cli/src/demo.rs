@@ -540,15 +540,25 @@ async fn wait_for_endpoints(admin: SocketAddr, expected: usize) -> anyhow::Resul
 }
 
 /// A bare HTTP/1.1 GET; the body of a 200 answer.
-async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
-    let mut stream = TcpStream::connect(addr).await?;
+pub(crate) async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("cannot connect to {addr}"))?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await?;
     let mut response = String::new();
     stream.read_to_string(&mut response).await?;
     match response.split_once("\r\n\r\n") {
         Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_owned()),
-        _ => bail!("unexpected answer from {addr}{path}"),
+        Some((head, body)) => bail!(
+            "{addr}{path} answered {}: {}",
+            head.lines()
+                .next()
+                .unwrap_or_default()
+                .trim_start_matches("HTTP/1.1 "),
+            body.trim()
+        ),
+        None => bail!("unexpected answer from {addr}{path}"),
     }
 }
 

@@ -16,6 +16,7 @@ mod bench;
 mod check;
 mod dashboard;
 mod demo;
+mod identity;
 mod inject;
 mod install;
 mod process;
@@ -56,6 +57,9 @@ enum Command {
     Inject(inject::InjectArgs),
     /// Take the mesh out of Kubernetes YAML that `inject` wrote.
     Uninject(inject::UninjectArgs),
+    /// Print a proxy's identity, when its certificate expires, and the
+    /// certificate chain it presents (PEM), from its admin server.
+    Identity(identity::IdentityArgs),
     /// Load a StockData target with unary gRPC calls and report throughput,
     /// latency percentiles, errors and each replica's share; or, with
     /// --suite, compare no proxy, mesh-proxy and Envoy (docs/benchmarks.md).
@@ -72,6 +76,7 @@ fn main() -> ExitCode {
     let result = match command {
         Command::Demo(args) => demo::main(args),
         Command::Dashboard(args) => dashboard::main(args),
+        Command::Identity(args) => identity::main(args),
         Command::Check(args) => match check::main(args) {
             Ok(code) => return code,
             Err(err) => Err(err),

@@ -262,6 +262,8 @@ pub struct Edge {
     pub source: String,
     pub target: String,
     pub golden: Golden,
+    /// Whether its requests went over mTLS.
+    pub security: Security,
     pub in_trouble: bool,
     /// Stroke width, by request rate.
     pub width: f64,
@@ -274,6 +276,64 @@ pub struct Edge {
 const NODE_W: usize = 220;
 const COLUMN_GAP: usize = 260;
 const ROW_GAP: usize = 40;
+
+/// How requests went between proxies, from their metrics' `tls` and
+/// `server_id` labels.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Security {
+    /// `mtls` (every request), `plaintext` (none), `mixed`, or `unknown`
+    /// (no requests counted yet).
+    pub state: &'static str,
+    /// The identities the called proxies proved.
+    pub identities: Vec<String>,
+}
+
+impl Security {
+    /// What the page says, in words (with a lock for mTLS): never colour alone.
+    pub fn text(&self) -> &'static str {
+        match self.state {
+            "mtls" => "🔒 mTLS",
+            "mixed" => "partly mTLS",
+            "plaintext" => "plaintext",
+            _ => "–",
+        }
+    }
+}
+
+/// The security of the requests the latest scrape counts, of the proxies
+/// `source` selects, among the samples `filter` selects.
+fn security(
+    window: &Window<'_>,
+    source: &dyn Fn(&ProxyTarget) -> bool,
+    filter: &dyn Fn(&Sample) -> bool,
+) -> Security {
+    let (mut tls, mut plain) = (false, false);
+    let mut identities = BTreeSet::new();
+    let proxies = window.latest().proxies.iter().filter(|p| source(&p.target));
+    for sample in proxies.flat_map(|p| p.samples.iter()) {
+        if sample.name != REQUESTS || sample.value <= 0.0 || !filter(sample) {
+            continue;
+        }
+        if sample.label(labels::TLS) == Some("true") {
+            tls = true;
+            if let Some(id) = sample.label(labels::SERVER_ID) {
+                identities.insert(id.to_owned());
+            }
+        } else {
+            plain = true;
+        }
+    }
+    let state = match (tls, plain) {
+        (true, false) => "mtls",
+        (true, true) => "mixed",
+        (false, true) => "plaintext",
+        (false, false) => "unknown",
+    };
+    Security {
+        state,
+        identities: identities.into_iter().collect(),
+    }
+}
 
 pub fn topology(window: &Window<'_>) -> Topology {
     let latest = window.latest();
@@ -331,22 +391,27 @@ pub fn topology(window: &Window<'_>) -> Topology {
         .collect();
     nodes.sort_by_key(|n| (n.x, n.y));
 
-    let goldens: Vec<(&(String, String), Golden)> = pairs
+    let goldens: Vec<(&(String, String), Golden, Security)> = pairs
         .iter()
         .map(|pair| {
             let (source, target) = pair;
-            let golden = window.golden(&|t: &ProxyTarget| t.workload == *source, &|s| {
+            let of_source = |t: &ProxyTarget| t.workload == *source;
+            let to_target = |s: &Sample| {
                 s.label(labels::DIRECTION) == Some(labels::OUTBOUND)
                     && s.label(labels::TARGET) == Some(target)
-            });
-            (pair, golden)
+            };
+            let golden = window.golden(&of_source, &to_target);
+            (pair, golden, security(window, &of_source, &to_target))
         })
         .collect();
     // Width grows with the log of the rate, relative to the busiest edge.
-    let busiest = goldens.iter().map(|(_, g)| g.rps).fold(0.0_f64, f64::max);
+    let busiest = goldens
+        .iter()
+        .map(|(_, g, _)| g.rps)
+        .fold(0.0_f64, f64::max);
     let edges: Vec<Edge> = goldens
         .into_iter()
-        .map(|((source, target), golden)| {
+        .map(|((source, target), golden, security)| {
             let from = nodes
                 .iter()
                 .find(|n| n.workload == *source)
@@ -366,6 +431,7 @@ pub fn topology(window: &Window<'_>) -> Topology {
                 source: source.clone(),
                 target: target.clone(),
                 golden,
+                security,
                 x1: from.x + from.w,
                 y1: from.y + from.h / 2,
                 x2: to.x,
@@ -416,6 +482,8 @@ pub struct ReplicaRow {
     pub last_error: Option<String>,
     /// Some client proxy's balancer has ejected it (failure accrual).
     pub ejected: bool,
+    /// Whether its callers reached it over mTLS, and the identity it proved.
+    pub security: Security,
 }
 
 pub fn servers(window: &Window<'_>) -> Servers {
@@ -485,10 +553,16 @@ pub fn servers(window: &Window<'_>) -> Servers {
                     } else {
                         "up"
                     };
+                    let security = security(window, &|_| true, &|s| {
+                        s.label(labels::DIRECTION) == Some(labels::OUTBOUND)
+                            && s.label(labels::TARGET) == Some(&service)
+                            && s.label(labels::ENDPOINT) == Some(addr)
+                    });
                     ReplicaRow {
                         addr: addr.clone(),
                         instance,
                         state,
+                        security,
                         served,
                         share: 0.0,
                         ewma_ms: (!views.is_empty()).then(|| {
@@ -520,6 +594,10 @@ pub fn servers(window: &Window<'_>) -> Servers {
                         failed: 0,
                         last_error: proxy.error.clone(),
                         ejected: false,
+                        security: Security {
+                            state: "unknown",
+                            identities: Vec::new(),
+                        },
                     });
                 }
             }
@@ -571,8 +649,16 @@ mod tests {
     /// half under 1 ms and half under 2 ms.
     fn stockweb_text(n: u32) -> String {
         let mut text = String::new();
-        for ep in ["127.0.0.1:1", "127.0.0.1:2"] {
-            let labels = format!(r#"direction="outbound",target="stockdata",endpoint="{ep}""#);
+        // The first endpoint over mTLS, the second in plaintext.
+        for (ep, tls) in [
+            (
+                "127.0.0.1:1",
+                r#"tls="true",server_id="spiffe://cluster.local/ns/demo/sa/stockdata""#,
+            ),
+            ("127.0.0.1:2", r#"tls="false""#),
+        ] {
+            let labels =
+                format!(r#"direction="outbound",target="stockdata",endpoint="{ep}",{tls}"#);
             text += &format!("mesh_requests_total{{{labels}}} {n}\n");
             text += &format!(
                 "mesh_responses_total{{{labels},status_code=\"200\",grpc_status=\"0\",classification=\"success\"}} {n}\n"
@@ -683,6 +769,13 @@ mod tests {
             .find(|n| n.workload == "stockdata")
             .unwrap();
         assert!(web.x < data.x, "callers sit left of their services");
+        let security = &view.edges[0].security;
+        assert_eq!(security.state, "mixed");
+        assert_eq!(security.text(), "partly mTLS");
+        assert_eq!(
+            security.identities,
+            ["spiffe://cluster.local/ns/demo/sa/stockdata"]
+        );
     }
 
     #[test]
@@ -703,5 +796,13 @@ mod tests {
         assert_eq!((two.instance.as_str(), two.state), ("stockdata-2", "down"));
         assert_eq!(two.last_error.as_deref(), Some("reset"));
         assert!(two.ejected && !one.ejected);
+        assert_eq!(
+            (one.security.text(), two.security.text()),
+            ("🔒 mTLS", "plaintext")
+        );
+        assert_eq!(
+            one.security.identities,
+            ["spiffe://cluster.local/ns/demo/sa/stockdata"]
+        );
     }
 }

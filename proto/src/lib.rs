@@ -211,6 +211,8 @@ pub mod admin {
     pub const LIVE: &str = "/live";
     /// JSON: each outbound service, its balancing and its endpoints.
     pub const ENDPOINTS: &str = "/endpoints";
+    /// JSON: the proxy's identity, certificate chain and expiry.
+    pub const IDENTITY: &str = "/identity";
 }
 
 /// Names and label keys of the metrics the sidecar exports. Names are

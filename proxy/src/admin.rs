@@ -3,7 +3,8 @@
 //! | route | answers |
 //! |---|---|
 //! | `GET /metrics` | Prometheus metrics (OpenMetrics text), see [`crate::metrics`] |
-//! | `GET /ready` | 200 `ready` while serving; 503 `starting` before, `draining` once shutdown began; with `--identity`, 503 while the proxy has no valid certificate |
+//! | `GET /ready` | 200 `ready` while serving; 503 `starting` before, `draining` once shutdown began; with `--identity`, 503 while the proxy has no valid certificate, and 200 `ready, degraded: ...` while its renewal is overdue |
+//! | `GET /identity` | JSON: the proxy's identity, its certificate chain (PEM) and expiry; 404 without `--identity`, 503 before the first certificate |
 //! | `GET /live` | 200 `live` while the process runs |
 //! | `GET /endpoints` | JSON: each outbound service, its balancing and endpoints |
 
@@ -16,7 +17,7 @@ use std::{
         atomic::{AtomicU8, Ordering},
     },
 };
-use stockkube_proto::admin::{ENDPOINTS, LIVE, METRICS, READY};
+use stockkube_proto::admin::{ENDPOINTS, IDENTITY, LIVE, METRICS, READY};
 use tokio::{net::TcpListener, sync::watch};
 
 #[derive(Debug, Clone)]
@@ -24,8 +25,8 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub balancers: Arc<Balancers>,
     pub phase: Arc<Phase>,
-    /// The identity certificate in use, when the proxy has an identity.
-    pub identity: Option<crate::identity::Current>,
+    /// The proxy's identity and the certificate in use, when it has one.
+    pub identity: Option<(Arc<str>, crate::identity::Current)>,
 }
 
 pub fn app(state: AdminState) -> Router {
@@ -34,6 +35,7 @@ pub fn app(state: AdminState) -> Router {
         .route(READY, get(ready))
         .route(LIVE, get(|| async { "live\n" }))
         .route(ENDPOINTS, get(endpoints))
+        .route(IDENTITY, get(identity))
         .with_state(state)
 }
 
@@ -80,18 +82,67 @@ impl Phase {
     }
 }
 
-async fn ready(State(state): State<AdminState>) -> impl IntoResponse {
+async fn ready(State(state): State<AdminState>) -> (StatusCode, String) {
     match state.phase.get() {
-        Phase::STARTING => return (StatusCode::SERVICE_UNAVAILABLE, "starting\n"),
-        Phase::DRAINING => return (StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
+        Phase::STARTING => return (StatusCode::SERVICE_UNAVAILABLE, "starting\n".into()),
+        Phase::DRAINING => return (StatusCode::SERVICE_UNAVAILABLE, "draining\n".into()),
         _ => {}
     }
-    match &state.identity {
-        Some(current) if current.borrow().is_none() => (
+    let Some((_, current)) = &state.identity else {
+        return (StatusCode::OK, "ready\n".into());
+    };
+    let certified = current.borrow().clone();
+    match certified {
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no identity certificate yet\n".into(),
+        ),
+        Some(certified) => match certified.overdue(std::time::SystemTime::now()) {
+            Some(left) => (
+                StatusCode::OK,
+                format!(
+                    "ready, degraded: the identity certificate expires in {}s and its renewal has not succeeded\n",
+                    left.as_secs()
+                ),
+            ),
+            None => (StatusCode::OK, "ready\n".into()),
+        },
+    }
+}
+
+#[derive(Debug, serde::Serialize)]
+struct IdentityView {
+    identity: String,
+    /// Seconds since the Unix epoch.
+    valid_until: u64,
+    /// The certificate, then its issuer's.
+    certificate_chain: String,
+}
+
+async fn identity(State(state): State<AdminState>) -> axum::response::Response {
+    let Some((identity, current)) = &state.identity else {
+        return (
+            StatusCode::NOT_FOUND,
+            "this proxy has no identity (--identity)\n",
+        )
+            .into_response();
+    };
+    let certified = current.borrow().clone();
+    match certified {
+        None => (
             StatusCode::SERVICE_UNAVAILABLE,
             "no identity certificate yet\n",
-        ),
-        _ => (StatusCode::OK, "ready\n"),
+        )
+            .into_response(),
+        Some(certified) => Json(IdentityView {
+            identity: identity.to_string(),
+            valid_until: certified
+                .valid_until
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            certificate_chain: certified.chain_pem.clone(),
+        })
+        .into_response(),
     }
 }
 

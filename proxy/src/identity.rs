@@ -99,8 +99,21 @@ pub struct Certified {
     pub chain_pem: String,
     /// When it expires.
     pub valid_until: SystemTime,
+    /// When it was received.
+    pub received: SystemTime,
     /// The chain with the key, as TLS presents them.
     pub key: Arc<CertifiedKey>,
+}
+
+impl Certified {
+    /// How long it has left, when renewal is overdue (past 85% of its
+    /// lifetime; renewal comes at 63-77%): the proxy still serves with it,
+    /// degraded. `None` while all is well.
+    pub fn overdue(&self, now: SystemTime) -> Option<Duration> {
+        let lifetime = self.valid_until.duration_since(self.received).ok()?;
+        let renew_by = self.received + lifetime.mul_f64(0.85);
+        (now >= renew_by).then(|| self.valid_until.duration_since(now).unwrap_or_default())
+    }
 }
 
 /// The certificate in use, if any; `None` before the first and after one
@@ -247,6 +260,7 @@ pub async fn maintain(
                 current.send_replace(Some(Arc::new(Certified {
                     chain_pem,
                     valid_until,
+                    received: SystemTime::now(),
                     key: certified,
                 })));
             }

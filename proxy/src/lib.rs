@@ -134,7 +134,9 @@ pub async fn run(
             metrics,
             balancers: all_balancers,
             phase: phase.clone(),
-            identity: identity.as_ref().map(|(current, _, _)| current.clone()),
+            identity: config.identity.as_ref().zip(identity.as_ref()).map(
+                |(config, (current, _, _))| (config.identity.as_str().into(), current.clone()),
+            ),
         },
         admin_stopped,
     ));

@@ -131,7 +131,8 @@ async fn dashboard_pages_in_a_real_browser() {
             r#"return {
                 nodes: Array.from(document.querySelectorAll('svg g.node')).map(n => n.dataset.workload),
                 edge: !!document.querySelector('svg g.edge[data-source="stockweb"][data-target="stockdata"]'),
-                replicas: document.querySelectorAll('svg g.node[data-workload="stockdata"] g.instance.up').length
+                replicas: document.querySelectorAll('svg g.node[data-workload="stockdata"] g.instance.up').length,
+                security: (document.querySelector('svg g.edge[data-source="stockweb"] text.security') || {}).textContent
             };"#,
         )
         .await;
@@ -147,6 +148,10 @@ async fn dashboard_pages_in_a_real_browser() {
     );
     assert_eq!(graph["edge"], true, "{graph}");
     assert_eq!(graph["replicas"], 3, "{graph}");
+    assert_eq!(
+        graph["security"], "🔒 mTLS",
+        "the edge says it is mTLS: {graph}"
+    );
     assert_accessible(&browser, "topology").await;
     browser.screenshot(&shots.join("topology.png")).await;
 
@@ -159,6 +164,17 @@ async fn dashboard_pages_in_a_real_browser() {
         serving.as_u64().unwrap() >= 2,
         "replicas with requests: {serving}"
     );
+    let security = browser
+        .eval(r#"return Array.from(document.querySelectorAll('tr[data-instance]')).filter(r => parseFloat(r.dataset.served) > 0).map(r => r.querySelector('td.security').textContent.trim());"#)
+        .await;
+    for cell in security.as_array().unwrap() {
+        let text = cell.as_str().unwrap();
+        assert!(
+            text.starts_with("🔒 mTLS")
+                && text.contains("spiffe://cluster.local/ns/demo/sa/stockdata"),
+            "each serving replica is reached over mTLS, its identity shown: {security}"
+        );
+    }
     browser.click("#load-stockweb").await;
     let groups = wait_in_page(
         &browser,

@@ -281,6 +281,48 @@ async fn demo_balances_with_the_mesh_and_not_without_and_stops_on_sigint() {
         String::from_utf8_lossy(&shown.stderr)
     );
 
+    // `meshctl identity` shows StockWeb's sidecar's identity and a chain
+    // that openssl verifies against the run's trust anchor.
+    let shown = meshctl()
+        .args(["identity", &admin.to_string()])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        shown.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
+    let text = String::from_utf8(shown.stdout).unwrap();
+    assert!(
+        text.starts_with("identity      spiffe://cluster.local/ns/demo/sa/stockweb\nexpires "),
+        "{text}"
+    );
+    let chain = &text[text.find("-----BEGIN").unwrap()..];
+    let split =
+        chain.find("-----END CERTIFICATE-----").unwrap() + "-----END CERTIFICATE-----\n".len();
+    let scratch =
+        std::env::temp_dir().join(format!("meshctl-identity-test-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).unwrap();
+    std::fs::write(scratch.join("leaf.pem"), &chain[..split]).unwrap();
+    std::fs::write(scratch.join("issuer.pem"), &chain[split..]).unwrap();
+    let verified = Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(&anchors)
+        .arg("-untrusted")
+        .arg(scratch.join("issuer.pem"))
+        .arg(scratch.join("leaf.pem"))
+        .output()
+        .await
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&scratch);
+    assert!(
+        verified.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verified.stderr)
+    );
+
     let children = children_of(demo.id().unwrap());
     // controller, 3 replicas, 3 sidecars, stockweb and its sidecar, plain
     // stockweb, dashboard

@@ -152,3 +152,39 @@ async fn a_certificate_stays_in_use_while_renewal_fails_until_it_expires() {
     running.stop.send_replace(true);
     running.task.await.unwrap();
 }
+
+#[test]
+fn renewal_is_overdue_past_85_percent_of_the_lifetime() {
+    let received = UNIX_EPOCH + Duration::from_secs(1_000);
+    let key = Key::generate().unwrap();
+    let authority = Authority::generate("cluster.local", Duration::from_secs(3600)).unwrap();
+    let issuer = Issuer::new(&authority, Duration::from_secs(3600)).unwrap();
+    let identity = "spiffe://cluster.local/ns/stocks/sa/stockweb"
+        .parse()
+        .unwrap();
+    let (chain_pem, _) = issuer.certify(key.csr_der(), &identity).unwrap();
+    let certified = Certified {
+        key: key.certified(&chain_pem).unwrap(),
+        chain_pem,
+        valid_until: received + Duration::from_secs(100),
+        received,
+    };
+    let at = |secs: u64| received + Duration::from_secs(secs);
+    assert_eq!(certified.overdue(at(80)), None);
+    assert_eq!(certified.overdue(at(85)), Some(Duration::from_secs(15)));
+    assert_eq!(certified.overdue(at(120)), Some(Duration::ZERO));
+}
+
+#[test]
+fn a_chain_for_another_key_is_refused() {
+    let authority = Authority::generate("cluster.local", Duration::from_secs(3600)).unwrap();
+    let issuer = Issuer::new(&authority, Duration::from_secs(3600)).unwrap();
+    let identity = "spiffe://cluster.local/ns/stocks/sa/stockweb"
+        .parse()
+        .unwrap();
+    let (ours, theirs) = (Key::generate().unwrap(), Key::generate().unwrap());
+    let (chain_pem, _) = issuer.certify(theirs.csr_der(), &identity).unwrap();
+    let err = ours.certified(&chain_pem).unwrap_err();
+    assert!(err.contains("not for this proxy's key"), "{err}");
+    assert!(ours.certified("no PEM at all").is_err());
+}

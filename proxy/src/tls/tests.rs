@@ -30,6 +30,7 @@ impl Mesh {
             key: key.certified(&chain_pem).unwrap(),
             chain_pem,
             valid_until: SystemTime::now() + Duration::from_secs(600),
+            received: SystemTime::now(),
         };
         let (tx, current) = watch::channel(Some(Arc::new(certified)));
         let tls = MeshTls::new(id, self.authority.trust_anchor_pem.as_bytes(), current).unwrap();

@@ -296,6 +296,24 @@ async fn meshed_calls_are_mtls_on_the_wire_and_labelled_with_both_identities() {
         sum(&inbound, "mesh_requests_total", &[("tls", "false")]),
         0.0
     );
+
+    // The admin server shows the certificate in use.
+    let (status, body) = crate::support::http_get(server.admin, "/identity").await;
+    assert_eq!(status, 200, "{body}");
+    let view: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(view["identity"], id("stockdata"));
+    let chain = view["certificate_chain"].as_str().unwrap();
+    assert_eq!(chain.matches("-----BEGIN CERTIFICATE-----").count(), 2);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let left = view["valid_until"].as_u64().unwrap() - now;
+    assert!((590..=600).contains(&left), "{left}");
+    let app = replica.addr.to_string();
+    let plain = spawn_proxy(&["--inbound", "127.0.0.1:0", "--app", &app]).await;
+    let (status, _) = crate::support::http_get(plain.admin, "/identity").await;
+    assert_eq!(status, 404, "a proxy without an identity has none to show");
 }
 
 #[tokio::test]
