@@ -45,9 +45,14 @@ COPY target/docker/bin/mesh-proxy-init /usr/bin/mesh-proxy-init
 ENV PATH=/usr/sbin:/usr/bin
 ENTRYPOINT ["/usr/bin/mesh-proxy-init"]
 
-# The control plane: MESH_CONTROLLER_LISTEN (gRPC :8086).
+# The control plane: MESH_CONTROLLER_LISTEN (gRPC :8086); identities with
+# MESH_CONTROLLER_IDENTITY_* (docker-compose.yml, k8s/mesh/controller.yml).
 FROM base AS mesh-controller
 COPY target/docker/bin/mesh-controller /usr/bin/mesh-controller
+# Where it may make and publish identities (--identity-generate,
+# --identity-publish): its own, so that volumes mounted there are too.
+COPY --chown=65532:65532 target/docker/empty/ /var/lib/stockkube/identity/
+COPY --chown=65532:65532 target/docker/empty/ /var/run/stockkube/identity/
 ENV MESH_CONTROLLER_LISTEN=0.0.0.0:8086
 EXPOSE 8086
 ENTRYPOINT ["/usr/bin/mesh-controller"]

@@ -49,6 +49,9 @@ printf 'root:x:0:\nnonroot:x:65532:\nmesh-proxy:x:2102:\n' >"$rootfs/etc/group"
 cp /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/"
 cp "$bin/mesh-probe" "$rootfs/usr/bin/"
 
+# An empty directory, for the directories images need to own.
+mkdir -p target/docker/empty && touch target/docker/empty/.keep
+
 # The init container's root: iptables-nft (IPv4 and IPv6, restore and
 # save), its extensions, their libraries and loader.
 init=target/docker/init-rootfs

@@ -517,7 +517,7 @@ async fn wait_ready(admin: SocketAddr) -> anyhow::Result<()> {
 
 /// Waits until the meshed StockWeb's sidecar knows `expected` endpoints, so
 /// the first page load is already balanced.
-async fn wait_for_endpoints(admin: SocketAddr, expected: usize) -> anyhow::Result<()> {
+pub(crate) async fn wait_for_endpoints(admin: SocketAddr, expected: usize) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + process::READY_TIMEOUT;
     loop {
         if let Ok(body) = http_get(admin, stockkube_proto::admin::ENDPOINTS).await {

@@ -14,6 +14,7 @@
 
 pub mod credentials;
 pub mod issuer;
+pub mod provision;
 
 use credentials::Credentials;
 use issuer::Issuer;

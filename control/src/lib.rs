@@ -85,6 +85,40 @@ pub struct Args {
     #[arg(long, env = "MESH_CONTROLLER_IDENTITY_BOOTSTRAP", value_name = "FILE")]
     pub identity_bootstrap: Option<std::path::PathBuf>,
 
+    /// With --identity-dir: make the trust anchor and the issuer there when
+    /// it holds none (one machine, compose; in Kubernetes `meshctl install`
+    /// makes them).
+    #[arg(
+        long,
+        env = "MESH_CONTROLLER_IDENTITY_GENERATE",
+        requires = "identity_dir"
+    )]
+    pub identity_generate: bool,
+
+    /// Local backend: publish the trust anchor (`ca.crt`) and a credential
+    /// for each --identity-workload (`NAMESPACE/ACCOUNT/token`) in this
+    /// directory, for the proxies to read. Anyone who reads it can act as
+    /// those workloads: for demos and development.
+    #[arg(
+        long,
+        env = "MESH_CONTROLLER_IDENTITY_PUBLISH",
+        value_name = "DIR",
+        requires = "identity_dir"
+    )]
+    pub identity_publish: Option<std::path::PathBuf>,
+
+    /// A workload, NAMESPACE/ACCOUNT, to publish a credential for. Repeat,
+    /// or comma-separate in the variable.
+    #[arg(
+        long,
+        env = "MESH_CONTROLLER_IDENTITY_WORKLOAD",
+        value_name = "NAMESPACE/ACCOUNT",
+        value_delimiter = ',',
+        requires = "identity_publish",
+        value_parser = identity::provision::parse_workload
+    )]
+    pub identity_workload: Vec<(String, String)>,
+
     /// With identities: an identity that may write any Registry entry
     /// (others may register only endpoints that prove their own identity).
     /// Repeat, or comma-separate in the variable.

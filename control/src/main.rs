@@ -54,27 +54,45 @@ fn identity(
     args: &mesh_controller::Args,
     client: Option<kube::Client>,
 ) -> anyhow::Result<Option<mesh_controller::identity::IdentityService>> {
-    use mesh_controller::identity::{credentials::Credentials, issuer};
+    use mesh_controller::identity::{credentials::Credentials, issuer, provision};
     let Some(dir) = &args.identity_dir else {
         if args.identity_bootstrap.is_some() {
             anyhow::bail!("--identity-bootstrap needs --identity-dir");
         }
         return Ok(None);
     };
-    let authority = issuer::Authority::read(dir)?;
+    let authority = if args.identity_generate {
+        provision::ensure_authority(dir, &args.trust_domain)?
+    } else {
+        issuer::Authority::read(dir)?
+    };
     let issuer = issuer::Issuer::new(&authority, args.certificate_lifetime)?;
-    let credentials = match (client, &args.identity_bootstrap) {
-        (Some(client), None) => Credentials::Kubernetes {
+    let local = args.identity_bootstrap.is_some() || args.identity_publish.is_some();
+    let credentials = match client {
+        Some(_) if local => anyhow::bail!(
+            "--identity-bootstrap and --identity-publish are for the local backend; the Kubernetes backend checks ServiceAccount tokens"
+        ),
+        Some(client) => Credentials::Kubernetes {
             client,
             audience: mesh_controller::identity::credentials::TOKEN_AUDIENCE.into(),
         },
-        (None, Some(file)) => Credentials::bootstrap_file(file)?,
-        (None, None) => anyhow::bail!(
-            "--identity-dir with the local backend needs --identity-bootstrap (the workloads' credentials)"
+        None if !local => anyhow::bail!(
+            "--identity-dir with the local backend needs --identity-bootstrap or --identity-publish (the workloads' credentials)"
         ),
-        (Some(_), Some(_)) => anyhow::bail!(
-            "--identity-bootstrap is for the local backend; the Kubernetes backend checks ServiceAccount tokens"
-        ),
+        None => {
+            let mut known = match &args.identity_bootstrap {
+                Some(file) => Credentials::read_bootstrap(file)?,
+                None => Default::default(),
+            };
+            if let Some(public) = &args.identity_publish {
+                known.extend(provision::publish(
+                    public,
+                    &authority,
+                    &args.identity_workload,
+                )?);
+            }
+            Credentials::Bootstrap(known)
+        }
     };
     for admin in &args.registry_admin {
         if stockkube_proto::identity::parse(admin).is_none() {

@@ -18,8 +18,8 @@ use std::{
 pub const HEALTHY_SUCCESS_RATE: f64 = 0.95;
 
 use stockkube_proto::metrics::{
-    REQUESTS_TOTAL as REQUESTS, RESPONSE_LATENCY_BUCKET as LATENCY_BUCKET,
-    RESPONSES_TOTAL as RESPONSES, labels,
+    REFUSED_TOTAL as REFUSED, REQUESTS_TOTAL as REQUESTS,
+    RESPONSE_LATENCY_BUCKET as LATENCY_BUCKET, RESPONSES_TOTAL as RESPONSES, labels,
 };
 
 /// The snapshots inside the window, oldest first.
@@ -196,6 +196,45 @@ pub struct WorkloadRow {
     pub direction: &'static str,
     pub golden: Golden,
     pub in_trouble: bool,
+    /// Peers and requests its proxies refused in the window, by reason
+    /// (`mesh_refused_total`: inbound policy, limits), largest first.
+    pub refused: Vec<(String, f64)>,
+}
+
+impl WorkloadRow {
+    /// `3 tls_required, 1 unauthorized`, or empty.
+    pub fn refused_text(&self) -> String {
+        self.refused
+            .iter()
+            .map(|(reason, count)| format!("{count:.0} {reason}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// What `of_workload`'s proxies refused in the window, by reason.
+fn refused(window: &Window<'_>, of_workload: &dyn Fn(&ProxyTarget) -> bool) -> Vec<(String, f64)> {
+    let reasons: BTreeSet<String> = window
+        .latest()
+        .proxies
+        .iter()
+        .filter(|p| of_workload(&p.target))
+        .flat_map(|p| p.samples.iter())
+        .filter(|s| s.name == REFUSED)
+        .filter_map(|s| s.label(labels::REASON).map(str::to_owned))
+        .collect();
+    let mut counts: Vec<(String, f64)> = reasons
+        .into_iter()
+        .map(|reason| {
+            let count = window.increase(of_workload, REFUSED, &|s| {
+                s.label(labels::REASON) == Some(&reason)
+            });
+            (reason, count)
+        })
+        .filter(|(_, count)| *count >= 1.0)
+        .collect();
+    counts.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    counts
 }
 
 pub fn overview(window: &Window<'_>) -> Overview {
@@ -221,6 +260,7 @@ pub fn overview(window: &Window<'_>) -> Overview {
             let meshed = instances.iter().filter(|i| i.up).count();
             WorkloadRow {
                 in_trouble: golden.in_trouble() || meshed < instances.len(),
+                refused: refused(window, &of_workload),
                 workload,
                 meshed,
                 total: instances.len(),
@@ -670,6 +710,11 @@ mod tests {
             text += &format!("mesh_response_latency_seconds_bucket{{{labels},le=\"0.002\"}} {n}\n");
             text += &format!("mesh_response_latency_seconds_bucket{{{labels},le=\"+Inf\"}} {n}\n");
         }
+        // Its inbound policy turned away a tenth as many.
+        text += &format!(
+            "mesh_refused_total{{direction=\"inbound\",reason=\"tls_required\"}} {}\n",
+            n / 10
+        );
         text
     }
 
@@ -739,6 +784,8 @@ mod tests {
             .find(|w| w.workload == "stockweb")
             .unwrap();
         assert_eq!((stockweb.direction, stockweb.golden.rps), ("outbound", 2.0));
+        assert_eq!(stockweb.refused, [("tls_required".to_owned(), 6.0)]);
+        assert_eq!(stockweb.refused_text(), "6 tls_required");
         let stockdata = view
             .workloads
             .iter()

@@ -245,6 +245,7 @@ pub mod metrics {
     pub const RESPONSES_TOTAL: &str = "mesh_responses_total";
     pub const RESPONSE_LATENCY_BUCKET: &str = "mesh_response_latency_seconds_bucket";
     pub const ENDPOINT_EJECTED: &str = "mesh_endpoint_ejected";
+    pub const REFUSED_TOTAL: &str = "mesh_refused_total";
 
     /// Label keys, and the values that are fixed.
     pub mod labels {
@@ -311,6 +312,7 @@ mod tests {
             exported(names::RESPONSE_LATENCY, "_bucket")
         );
         assert_eq!(ENDPOINT_EJECTED, exported(names::ENDPOINT_EJECTED, ""));
+        assert_eq!(REFUSED_TOTAL, exported(names::REFUSED, "_total"));
     }
 
     #[test]

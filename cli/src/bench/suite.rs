@@ -6,7 +6,11 @@
 //! - `P`: client -> proxy P -> stockdata (one hop), for mesh-proxy and each
 //!   of Envoy, HAProxy and nginx found (configs in `bench/`);
 //! - `P, 2 hops`: client -> P -> P in front of each replica -> stockdata
-//!   (the mesh's real path: an outbound and an inbound sidecar).
+//!   (the mesh's real path: an outbound and an inbound sidecar);
+//! - `P, 2 hops, mTLS`: the same with mutual TLS 1.3 between the two proxies:
+//!   mesh-proxy with identities from a real controller (discovery through it
+//!   too, as in the mesh), Envoy and HAProxy with certificates from the same
+//!   kind of CA, verifying each other ([`TlsSetup`]).
 //!
 //! Every proxy runs with one worker (`TOKIO_WORKER_THREADS=1`, `envoy
 //! --concurrency 1`, HAProxy `nbthread 1`, nginx `worker_processes 1`) and
@@ -25,6 +29,7 @@ use std::{
     path::{Path, PathBuf},
     time::Duration,
 };
+use stockkube_proto::mesh::registry_client::RegistryClient;
 
 /// Flags of `meshctl bench --suite`.
 #[derive(Debug, Clone, clap::Args)]
@@ -87,15 +92,25 @@ impl Proxy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Row {
     Direct,
-    Proxied { proxy: Proxy, hops: u8 },
+    /// `tls`: mutual TLS between the two hops' proxies.
+    Proxied {
+        proxy: Proxy,
+        hops: u8,
+        tls: bool,
+    },
 }
 
 impl Row {
     fn name(self) -> String {
         match self {
             Row::Direct => "direct".into(),
-            Row::Proxied { proxy, hops: 1 } => proxy.name().into(),
-            Row::Proxied { proxy, hops } => format!("{}, {hops} hops", proxy.name()),
+            Row::Proxied { proxy, hops: 1, .. } => proxy.name().into(),
+            Row::Proxied {
+                proxy,
+                hops,
+                tls: false,
+            } => format!("{}, {hops} hops", proxy.name()),
+            Row::Proxied { proxy, hops, .. } => format!("{}, {hops} hops, mTLS", proxy.name()),
         }
     }
 
@@ -159,9 +174,33 @@ fn peak_rss(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Which side of an mTLS hop an instance is, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TlsSide {
+    None,
+    /// Calls its upstreams over mTLS.
+    Client,
+    /// Takes mTLS from its clients.
+    Server,
+}
+
 /// A proxy's config from its template in `bench/`, for one listener in
-/// front of `upstreams`.
-fn config(proxy: Proxy, listen: SocketAddr, upstreams: &[SocketAddr], scratch: &Path) -> String {
+/// front of `upstreams`, with TLS as `side` says (certificates in `tls`).
+fn config(
+    proxy: Proxy,
+    listen: SocketAddr,
+    upstreams: &[SocketAddr],
+    scratch: &Path,
+    side: TlsSide,
+    tls: Option<&TlsSetup>,
+) -> String {
+    let dir = tls.map(|t| t.dir.display().to_string()).unwrap_or_default();
+    let server_name = stockkube_proto::identity::dns_name(TRUST_DOMAIN, NAMESPACE, "stockdata");
+    let fill = |template: &str| {
+        template
+            .replace("{{DIR}}", &dir)
+            .replace("{{SERVER_NAME}}", &server_name)
+    };
     let lines = |each: &dyn Fn(usize, &SocketAddr) -> String| -> String {
         upstreams
             .iter()
@@ -173,6 +212,22 @@ fn config(proxy: Proxy, listen: SocketAddr, upstreams: &[SocketAddr], scratch: &
     match proxy {
         Proxy::Mesh => unreachable!("mesh-proxy takes flags"),
         Proxy::Envoy => include_str!("../../../bench/envoy.yaml")
+            .replace(
+                "{{DOWNSTREAM_TLS}}",
+                &if side == TlsSide::Server {
+                    fill(include_str!("../../../bench/envoy-tls-downstream.yaml"))
+                } else {
+                    String::new()
+                },
+            )
+            .replace(
+                "{{UPSTREAM_TLS}}",
+                &if side == TlsSide::Client {
+                    fill(include_str!("../../../bench/envoy-tls-upstream.yaml"))
+                } else {
+                    String::new()
+                },
+            )
             .replace("{{LISTEN_ADDRESS}}", &listen.ip().to_string())
             .replace("{{LISTEN_PORT}}", &listen.port().to_string())
             .replace(
@@ -185,12 +240,29 @@ fn config(proxy: Proxy, listen: SocketAddr, upstreams: &[SocketAddr], scratch: &
                     )
                 }),
             ),
-        Proxy::Haproxy => include_str!("../../../bench/haproxy.cfg")
-            .replace("{{LISTEN}}", &listen.to_string())
-            .replace(
-                "{{SERVERS}}",
-                &lines(&|i, addr| format!("    server r{i} {addr} proto h2")),
-            ),
+        Proxy::Haproxy => {
+            let bind_tls = if side == TlsSide::Server {
+                format!(
+                    " ssl crt {dir}/server.pem ca-file {dir}/ca.crt verify required alpn h2 ssl-min-ver TLSv1.3"
+                )
+            } else {
+                String::new()
+            };
+            let server_tls = if side == TlsSide::Client {
+                format!(
+                    " ssl crt {dir}/client.pem ca-file {dir}/ca.crt verify required verifyhost {server_name} sni str({server_name}) alpn h2 ssl-min-ver TLSv1.3"
+                )
+            } else {
+                String::new()
+            };
+            include_str!("../../../bench/haproxy.cfg")
+                .replace("{{LISTEN}}", &listen.to_string())
+                .replace("{{BIND_TLS}}", &bind_tls)
+                .replace(
+                    "{{SERVERS}}",
+                    &lines(&|i, addr| format!("    server r{i} {addr} proto h2{server_tls}")),
+                )
+        }
         Proxy::Nginx => include_str!("../../../bench/nginx.conf")
             .replace("{{LISTEN}}", &listen.to_string())
             .replace("{{PID}}", &scratch.join(format!("nginx-{}.pid", listen.port())).display().to_string())
@@ -222,6 +294,135 @@ fn process_tree(pid: u32) -> Vec<u32> {
     pids
 }
 
+/// The trust domain and namespace of the mTLS rows' identities.
+const TRUST_DOMAIN: &str = "cluster.local";
+const NAMESPACE: &str = "bench";
+
+/// What the mTLS rows share: a controller that issues identities and answers
+/// the mesh proxies' discovery, and certificates from its CA for Envoy and
+/// HAProxy (`server.*` for the inbound side as `stockdata`, `client.*` for
+/// the outbound side as `stockweb`, `ca.crt`; `.pem` is chain and key).
+struct TlsSetup {
+    dir: PathBuf,
+    controller: SocketAddr,
+    process: Service,
+    registry: tokio::sync::Mutex<RegistryClient<tonic::transport::Channel>>,
+    credential: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+}
+
+impl TlsSetup {
+    async fn start(bin: &Path, scratch: &Path) -> anyhow::Result<Self> {
+        use mesh_controller::identity::issuer::{Authority, Issuer};
+        let dir = scratch.join("tls");
+        let controller = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let workloads = ["stockweb", "stockdata", "meshctl"].map(|w| format!("{NAMESPACE}/{w}"));
+        let args = [
+            "--listen".into(),
+            controller.to_string(),
+            "--identity-dir".into(),
+            dir.join("authority").display().to_string(),
+            "--identity-generate".into(),
+            "--identity-publish".into(),
+            dir.join("public").display().to_string(),
+            "--identity-workload".into(),
+            workloads.join(","),
+            "--registry-admin".into(),
+            stockkube_proto::identity::spiffe_id(TRUST_DOMAIN, NAMESPACE, "meshctl"),
+        ];
+        let mut process = Service::spawn(
+            "mesh-controller",
+            &bin.join("mesh-controller"),
+            &args,
+            &[("RUST_LOG", "warn".into())],
+        )?;
+        wait_until_listening(&mut [&mut process], &[controller]).await?;
+
+        let authority = Authority::read(&dir.join("authority"))?;
+        let issuer = Issuer::new(&authority, Duration::from_secs(24 * 3600))?;
+        std::fs::write(dir.join("ca.crt"), &authority.trust_anchor_pem)?;
+        for (name, account) in [("server", "stockdata"), ("client", "stockweb")] {
+            let key = rcgen::KeyPair::generate()?;
+            let csr = rcgen::CertificateParams::default()
+                .serialize_request(&key)?
+                .der()
+                .to_vec();
+            let id = stockkube_proto::identity::spiffe_id(TRUST_DOMAIN, NAMESPACE, account);
+            let (chain, _) = issuer.certify(&csr, &id.parse()?)?;
+            let key = key.serialize_pem();
+            std::fs::write(dir.join(format!("{name}.crt")), &chain)?;
+            std::fs::write(dir.join(format!("{name}.key")), &key)?;
+            std::fs::write(dir.join(format!("{name}.pem")), format!("{chain}{key}"))?;
+        }
+
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{controller}"))?
+            .connect()
+            .await
+            .context("cannot reach the bench's mesh-controller")?;
+        let token = mesh_controller::identity::provision::credential_file(
+            &dir.join("public"),
+            NAMESPACE,
+            "meshctl",
+        );
+        let credential = format!("Bearer {}", std::fs::read_to_string(&token)?.trim()).parse()?;
+        Ok(Self {
+            dir,
+            controller,
+            process,
+            registry: tokio::sync::Mutex::new(RegistryClient::new(channel)),
+            credential,
+        })
+    }
+
+    /// A mesh proxy's flags for the identity of `account`.
+    fn proxy_flags(&self, account: &str) -> Vec<String> {
+        let token = mesh_controller::identity::provision::credential_file(
+            &self.dir.join("public"),
+            NAMESPACE,
+            account,
+        );
+        vec![
+            "--destination".into(),
+            format!("http://{}", self.controller),
+            "--identity".into(),
+            stockkube_proto::identity::spiffe_id(TRUST_DOMAIN, NAMESPACE, account),
+            "--identity-token-file".into(),
+            token.display().to_string(),
+            "--identity-trust-anchors".into(),
+            self.dir.join("ca.crt").display().to_string(),
+        ]
+    }
+
+    /// Registers `addrs` as endpoints of `service` that prove `stockdata`.
+    async fn register(&self, service: &str, addrs: &[SocketAddr]) -> anyhow::Result<()> {
+        use stockkube_proto::mesh::{Endpoint, RegisterRequest};
+        let mut registry = self.registry.lock().await;
+        for addr in addrs {
+            let mut request = tonic::Request::new(RegisterRequest {
+                service: service.into(),
+                endpoint: Some(Endpoint {
+                    addr: addr.to_string(),
+                    instance: addr.to_string(),
+                    meshed: true,
+                    identity: stockkube_proto::identity::spiffe_id(
+                        TRUST_DOMAIN,
+                        NAMESPACE,
+                        "stockdata",
+                    ),
+                    ..Endpoint::default()
+                }),
+            });
+            request
+                .metadata_mut()
+                .insert("authorization", self.credential.clone());
+            registry
+                .register(request)
+                .await
+                .with_context(|| format!("cannot register {addr}"))?;
+        }
+        Ok(())
+    }
+}
+
 /// The running pieces of one row.
 struct RowProcesses {
     target: String,
@@ -234,6 +435,7 @@ struct Bench {
     tools: Vec<(Proxy, PathBuf)>,
     replicas: Vec<SocketAddr>,
     scratch: PathBuf,
+    tls: TlsSetup,
 }
 
 impl Bench {
@@ -249,14 +451,62 @@ impl Bench {
         )
     }
 
+    /// A mesh proxy with an identity, on the `side` of an mTLS hop, once it
+    /// holds its certificate (and, as the client, knows its endpoints,
+    /// found through the controller as in the mesh).
+    async fn mesh_tls_instance(
+        &self,
+        listen: SocketAddr,
+        upstreams: &[SocketAddr],
+        side: TlsSide,
+    ) -> anyhow::Result<Service> {
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let service = format!("bench-{}", listen.port());
+        let mut args = match side {
+            TlsSide::Server => vec![
+                "--inbound".into(),
+                listen.to_string(),
+                "--app".into(),
+                upstreams[0].to_string(),
+            ],
+            _ => vec!["--outbound".into(), format!("{service}={listen}")],
+        };
+        args.extend(["--admin".into(), admin.to_string()]);
+        let account = if side == TlsSide::Server {
+            "stockdata"
+        } else {
+            "stockweb"
+        };
+        args.extend(self.tls.proxy_flags(account));
+        let mut process = self.proxy(&format!("mesh-proxy on {listen}"), args)?;
+        wait_until_listening(&mut [&mut process], &[listen, admin]).await?;
+        if side == TlsSide::Client {
+            self.tls.register(&service, upstreams).await?;
+            crate::demo::wait_for_endpoints(admin, upstreams.len()).await?;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while crate::demo::http_get(admin, stockkube_proto::admin::READY)
+            .await
+            .is_err()
+        {
+            if tokio::time::Instant::now() > deadline {
+                bail!("mesh-proxy on {listen} got no certificate within 20 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(process)
+    }
+
     /// One instance of `proxy` listening on `listen` in front of `upstreams`;
-    /// `inbound` for mesh-proxy's inbound side (one upstream, the app).
+    /// `inbound` for mesh-proxy's inbound side (one upstream, the app);
+    /// `side` of an mTLS hop for the others.
     fn instance(
         &self,
         proxy: Proxy,
         listen: SocketAddr,
         upstreams: &[SocketAddr],
         inbound: bool,
+        side: TlsSide,
     ) -> anyhow::Result<Service> {
         let name = format!("{} on {listen}", proxy.name());
         if proxy == Proxy::Mesh {
@@ -294,7 +544,17 @@ impl Bench {
         let file = self
             .scratch
             .join(format!("{}-{}.{extension}", proxy.name(), listen.port()));
-        std::fs::write(&file, config(proxy, listen, upstreams, &self.scratch))?;
+        std::fs::write(
+            &file,
+            config(
+                proxy,
+                listen,
+                upstreams,
+                &self.scratch,
+                side,
+                Some(&self.tls),
+            ),
+        )?;
         let file = file.display().to_string();
         let args: Vec<String> = match proxy {
             Proxy::Envoy => vec![
@@ -319,7 +579,7 @@ impl Bench {
     }
 
     async fn start(&self, row: Row) -> anyhow::Result<RowProcesses> {
-        let Row::Proxied { proxy, hops } = row else {
+        let Row::Proxied { proxy, hops, tls } = row else {
             return Ok(RowProcesses {
                 target: format!("http://{}", self.replicas[0]),
                 proxies: Vec::new(),
@@ -333,15 +593,29 @@ impl Bench {
             let mut inbound = Vec::new();
             for replica in &self.replicas {
                 let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-                let mut service = self.instance(proxy, addr, &[*replica], true)?;
-                wait_until_listening(&mut [&mut service], &[addr]).await?;
+                let service = if tls && proxy == Proxy::Mesh {
+                    self.mesh_tls_instance(addr, &[*replica], TlsSide::Server)
+                        .await?
+                } else {
+                    let side = if tls { TlsSide::Server } else { TlsSide::None };
+                    let mut service = self.instance(proxy, addr, &[*replica], true, side)?;
+                    wait_until_listening(&mut [&mut service], &[addr]).await?;
+                    service
+                };
                 proxies.push(service);
                 inbound.push(addr);
             }
             upstreams = inbound;
         }
         // The client's proxy first: its RSS is the one reported.
-        proxies.insert(0, self.instance(proxy, listen, &upstreams, false)?);
+        let client = if tls && proxy == Proxy::Mesh {
+            self.mesh_tls_instance(listen, &upstreams, TlsSide::Client)
+                .await?
+        } else {
+            let side = if tls { TlsSide::Client } else { TlsSide::None };
+            self.instance(proxy, listen, &upstreams, false, side)?
+        };
+        proxies.insert(0, client);
         let mut refs: Vec<&mut Service> = proxies.iter_mut().collect();
         wait_until_listening(&mut refs, &[listen]).await?;
         Ok(RowProcesses {
@@ -562,7 +836,7 @@ fn write_report(path: &Path, results: &str) -> anyhow::Result<()> {
 
 pub async fn run_suite(args: SuiteArgs) -> anyhow::Result<()> {
     let bin = bin_dir(args.bin_dir.as_deref())?;
-    ensure_binaries(&bin, &["stockdata", "mesh-proxy"])?;
+    ensure_binaries(&bin, &["stockdata", "mesh-proxy", "mesh-controller"])?;
     let mut tools = Vec::new();
     for (proxy, explicit, on_path) in [
         (Proxy::Envoy, &args.envoy, None),
@@ -608,15 +882,33 @@ pub async fn run_suite(args: SuiteArgs) -> anyhow::Result<()> {
     let mut rows = vec![Row::Direct];
     for proxy in [Proxy::Mesh, Proxy::Envoy, Proxy::Haproxy, Proxy::Nginx] {
         if proxy == Proxy::Mesh || tools.iter().any(|(p, _)| *p == proxy) {
-            rows.push(Row::Proxied { proxy, hops: 1 });
-            rows.push(Row::Proxied { proxy, hops: 2 });
+            rows.push(Row::Proxied {
+                proxy,
+                hops: 1,
+                tls: false,
+            });
+            rows.push(Row::Proxied {
+                proxy,
+                hops: 2,
+                tls: false,
+            });
+            // mTLS between the hops; nginx's rows stay plaintext.
+            if proxy != Proxy::Nginx {
+                rows.push(Row::Proxied {
+                    proxy,
+                    hops: 2,
+                    tls: true,
+                });
+            }
         }
     }
+    let tls = TlsSetup::start(&bin, &scratch).await?;
     let bench = Bench {
         bin,
         tools,
         replicas,
         scratch: scratch.clone(),
+        tls,
     };
     let rounds = if args.smoke { 1 } else { args.rounds.max(1) };
     let base = Load {
@@ -666,6 +958,7 @@ pub async fn run_suite(args: SuiteArgs) -> anyhow::Result<()> {
                         == (Row::Proxied {
                             proxy: Proxy::Mesh,
                             hops: 1,
+                            tls: false,
                         })
                 {
                     one_hop_peak.push(sample.report.rps);
@@ -680,6 +973,7 @@ pub async fn run_suite(args: SuiteArgs) -> anyhow::Result<()> {
     for server in servers {
         server.stop(Duration::from_secs(5)).await;
     }
+    bench.tls.process.stop(Duration::from_secs(5)).await;
 
     let results = table(&lines);
     println!("{results}");

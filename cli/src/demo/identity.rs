@@ -1,17 +1,12 @@
-//! The demo's identities, as `meshctl install` sets them up in a cluster:
-//! a trust anchor and an issuer made for this run, and a bootstrap
-//! credential per workload standing in for a ServiceAccount token. All of
-//! it lives in a directory only this user can read, removed when the demo
-//! stops; the issuer's key is read by the controller alone.
+//! The demo's identities, as `meshctl install` sets them up in a cluster,
+//! made by the controller itself for this run (`--identity-generate`,
+//! `--identity-publish`): a trust anchor and an issuer, and a credential
+//! per workload standing in for a ServiceAccount token. All of it lives in
+//! a directory only this user can read, removed when the demo stops.
 
 use anyhow::Context as _;
-use mesh_controller::identity::issuer::Authority;
-use std::{
-    io::Read as _,
-    os::unix::fs::PermissionsExt as _,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use mesh_controller::identity::provision;
+use std::{os::unix::fs::PermissionsExt as _, path::PathBuf};
 
 /// The demo's trust domain and namespace: identities read
 /// `spiffe://cluster.local/ns/demo/sa/WORKLOAD`.
@@ -21,18 +16,15 @@ pub const NAMESPACE: &str = "demo";
 /// which registers the replicas (a Registry admin).
 pub const WORKLOADS: &[&str] = &["stockweb", "stockdata", SUPERVISOR];
 pub const SUPERVISOR: &str = "meshctl";
-/// How long the demo's trust anchor is valid: longer than any demo runs.
-const ANCHOR_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 
-/// The files of one demo run's identities.
+/// Where one demo run's identities live.
 #[derive(Debug)]
 pub struct DemoIdentity {
     dir: PathBuf,
 }
 
 impl DemoIdentity {
-    /// Makes the trust anchor, the issuer and the credentials in a new
-    /// private directory.
+    /// A new private directory for them.
     pub fn create() -> anyhow::Result<Self> {
         let dir =
             std::env::temp_dir().join(format!("meshctl-demo-identity-{}", std::process::id()));
@@ -41,41 +33,20 @@ impl DemoIdentity {
         let identity = Self { dir };
         std::fs::set_permissions(&identity.dir, std::fs::Permissions::from_mode(0o700))
             .with_context(|| format!("cannot restrict {}", identity.dir.display()))?;
-        let authority = Authority::generate(TRUST_DOMAIN, ANCHOR_LIFETIME)
-            .map_err(|e| anyhow::anyhow!("cannot make the demo's trust anchor: {e}"))?;
-        authority
-            .write(&identity.authority_dir())
-            .with_context(|| {
-                format!(
-                    "cannot write the demo's issuer to {}",
-                    identity.dir.display()
-                )
-            })?;
-        let mut bootstrap = String::from("# NAMESPACE/ACCOUNT CREDENTIAL, made for this run\n");
-        for workload in WORKLOADS {
-            let credential = random_credential()?;
-            bootstrap.push_str(&format!("{NAMESPACE}/{workload} {credential}\n"));
-            write_private(&identity.token_file(workload), &credential)?;
-        }
-        write_private(&identity.bootstrap_file(), &bootstrap)?;
         Ok(identity)
     }
 
-    fn authority_dir(&self) -> PathBuf {
-        self.dir.join("authority")
-    }
-
-    fn bootstrap_file(&self) -> PathBuf {
-        self.dir.join("bootstrap")
+    fn public(&self) -> PathBuf {
+        self.dir.join("public")
     }
 
     fn token_file(&self, workload: &str) -> PathBuf {
-        self.dir.join(format!("{workload}.token"))
+        provision::credential_file(&self.public(), NAMESPACE, workload)
     }
 
     /// The trust anchors every proxy checks its peers against.
     pub fn trust_anchors(&self) -> PathBuf {
-        self.authority_dir().join("ca.crt")
+        self.public().join("ca.crt")
     }
 
     /// `spiffe://cluster.local/ns/demo/sa/WORKLOAD`.
@@ -83,25 +54,26 @@ impl DemoIdentity {
         stockkube_proto::identity::spiffe_id(TRUST_DOMAIN, NAMESPACE, workload)
     }
 
-    /// The controller's flags: issue identities from this run's issuer for
-    /// the workloads' credentials.
+    /// The controller's flags: make the authority and the workloads'
+    /// credentials for this run, and let the demo register anything.
     pub fn controller_flags(&self) -> Vec<String> {
+        let workloads: Vec<String> = WORKLOADS
+            .iter()
+            .map(|w| format!("{NAMESPACE}/{w}"))
+            .collect();
         vec![
             "--identity-dir".into(),
-            self.authority_dir().display().to_string(),
-            "--identity-bootstrap".into(),
-            self.bootstrap_file().display().to_string(),
+            self.dir.join("authority").display().to_string(),
+            "--identity-generate".into(),
+            "--identity-publish".into(),
+            self.public().display().to_string(),
+            "--identity-workload".into(),
+            workloads.join(","),
             "--trust-domain".into(),
             TRUST_DOMAIN.into(),
             "--registry-admin".into(),
             Self::spiffe_id(SUPERVISOR),
         ]
-    }
-
-    /// The demo's own credential, for its Registry writes.
-    pub fn supervisor_credential(&self) -> anyhow::Result<String> {
-        let file = self.token_file(SUPERVISOR);
-        std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))
     }
 
     /// A proxy's flags for `workload`'s identity (with --destination set).
@@ -115,6 +87,18 @@ impl DemoIdentity {
             self.trust_anchors().display().to_string(),
         ]
     }
+
+    /// The demo's own credential, for its Registry writes (once the
+    /// controller published it).
+    pub fn supervisor_credential(&self) -> anyhow::Result<String> {
+        let file = self.token_file(SUPERVISOR);
+        std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))
+    }
+
+    #[cfg(test)]
+    fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
 }
 
 impl Drop for DemoIdentity {
@@ -123,52 +107,25 @@ impl Drop for DemoIdentity {
     }
 }
 
-/// 32 random bytes from the kernel, hex: a credential nobody guesses.
-fn random_credential() -> anyhow::Result<String> {
-    let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut random| random.read_exact(&mut bytes))
-        .context("cannot read /dev/urandom for the demo's credentials")?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    file.write_all(text.as_bytes())
-        .with_context(|| format!("cannot write {}", path.display()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn the_files_are_private_and_the_credentials_random_and_removed_at_the_end() {
+    fn a_private_directory_removed_at_the_end_and_flags_that_agree() {
         let identity = DemoIdentity::create().unwrap();
-        let dir = identity.dir.clone();
-        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode(&dir), 0o700);
-        let web = std::fs::read_to_string(identity.token_file("stockweb")).unwrap();
-        let data = std::fs::read_to_string(identity.token_file("stockdata")).unwrap();
-        assert_eq!(web.len(), 64);
-        assert_ne!(web, data);
-        assert_eq!(mode(&identity.token_file("stockweb")), 0o600);
-        let bootstrap = mesh_controller::identity::credentials::Credentials::bootstrap_file(
-            &identity.bootstrap_file(),
-        )
-        .unwrap();
-        let mesh_controller::identity::credentials::Credentials::Bootstrap(known) = bootstrap
-        else {
-            unreachable!()
-        };
-        assert_eq!(known[&web], ("demo".to_owned(), "stockweb".to_owned()));
-        assert!(identity.trust_anchors().exists());
+        let dir = identity.dir().to_owned();
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        let controller = identity.controller_flags().join(" ");
+        assert!(
+            controller.contains("--identity-workload demo/stockweb,demo/stockdata,demo/meshctl"),
+            "{controller}"
+        );
+        let proxy = identity.proxy_flags("stockweb").join(" ");
+        let token = identity.token_file("stockweb");
+        assert!(token.starts_with(identity.public()));
+        assert!(proxy.contains(&token.display().to_string()), "{proxy}");
         drop(identity);
         assert!(!dir.exists());
     }

@@ -141,14 +141,25 @@ async fn the_suite_smoke_run_covers_every_row_without_errors() {
         String::from_utf8_lossy(&output.stderr)
     );
     let rows: Vec<&str> = table.lines().filter(|l| l.starts_with("| 1 ×")).collect();
-    // Per load: direct, mesh-proxy one and two hops, and two rows for each
-    // other proxy present.
-    let per_load = 3 + 2 * [envoy.is_some(), haproxy, nginx]
-        .iter()
-        .filter(|p| **p)
-        .count();
+    // Per load: direct, mesh-proxy one and two hops and two hops with mTLS,
+    // the same three for Envoy and HAProxy, and two rows for nginx, for
+    // those present.
+    let per_load =
+        4 + 3 * [envoy.is_some(), haproxy].iter().filter(|p| **p).count() + 2 * usize::from(nginx);
     assert_eq!(rows.len(), 3 * per_load, "{table}");
-    for name in ["direct", "mesh-proxy", "mesh-proxy, 2 hops"] {
+    let mut names = vec![
+        "direct",
+        "mesh-proxy",
+        "mesh-proxy, 2 hops",
+        "mesh-proxy, 2 hops, mTLS",
+    ];
+    if envoy.is_some() {
+        names.push("envoy, 2 hops, mTLS");
+    }
+    if haproxy {
+        names.push("haproxy, 2 hops, mTLS");
+    }
+    for name in names {
         assert!(
             rows.iter().any(|r| r.contains(&format!("| {name} |"))),
             "{name}: {table}"

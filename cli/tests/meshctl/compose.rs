@@ -183,6 +183,77 @@ async fn docker_compose_runs_the_demo_in_containers() {
         assert_eq!(status(dashboard, path), "200", "dashboard {path}");
     }
 
+    // Between the sidecars it is mTLS: the dashboard reads it from the
+    // metrics, and a replica's sidecar answers TLS as its workload's
+    // identity with a chain the project's trust anchor verifies.
+    let replicas = wait_for(
+        "every serving replica reached over mTLS",
+        Duration::from_secs(30),
+        || {
+            let output = Command::new("curl")
+                .args(["-fsS", "--max-time", "10"])
+                .arg(format!("http://127.0.0.1:{dashboard}/api/servers"))
+                .output()
+                .ok()?;
+            let view: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+            let replicas: Vec<serde_json::Value> = view["services"][0]["replicas"]
+                .as_array()?
+                .iter()
+                .filter(|r| r["served"].as_f64() > Some(0.0))
+                .cloned()
+                .collect();
+            (replicas.len() == 3 && replicas.iter().all(|r| r["security"]["state"] == "mtls"))
+                .then_some(replicas)
+        },
+    )
+    .await;
+    assert_eq!(
+        replicas[0]["security"]["identities"][0],
+        "spiffe://cluster.local/ns/compose/sa/stockdata"
+    );
+    let container = |service: &str| {
+        let id = run(project.command().args(["ps", "-q", service]));
+        String::from_utf8_lossy(&id.stdout).trim().to_owned()
+    };
+    let scratch = std::env::temp_dir().join(format!("compose-identity-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).unwrap();
+    let anchors = scratch.join("ca.crt");
+    run(Command::new("docker")
+        .arg("cp")
+        .arg(format!(
+            "{}:/var/run/stockkube/identity/ca.crt",
+            container("controller")
+        ))
+        .arg(&anchors));
+    let ip = run(Command::new("docker").args([
+        "inspect",
+        "-f",
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+        &container("stockdata-1-proxy"),
+    ]));
+    let ip = String::from_utf8_lossy(&ip.stdout).trim().to_owned();
+    let shown = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &format!("{ip}:4143"),
+            "-tls1_3",
+            "-verify_return_error",
+        ])
+        .args([
+            "-servername",
+            "stockdata.compose.serviceaccount.identity.cluster.local",
+        ])
+        .arg("-CAfile")
+        .arg(&anchors)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&scratch);
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(text.contains("Verify return code: 0 (ok)"), "{text}");
+    assert!(text.contains("TLSv1.3"), "{text}");
+
     // A replica's app container killed outright: its sidecar answers
     // UNAVAILABLE for it and the client's proxy retries elsewhere.
     let id = run(project.command().args(["ps", "-q", "stockdata-2"]));

@@ -24,6 +24,11 @@ impl Credentials {
     /// Reads a bootstrap file: one `NAMESPACE/ACCOUNT CREDENTIAL` per line
     /// (`#` comments and blank lines allowed).
     pub fn bootstrap_file(path: &Path) -> Result<Self, IdentityError> {
+        Self::read_bootstrap(path).map(Credentials::Bootstrap)
+    }
+
+    /// The credentials a bootstrap file lists (see [`Self::bootstrap_file`]).
+    pub fn read_bootstrap(path: &Path) -> Result<HashMap<String, (String, String)>, IdentityError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| IdentityError::Setup(format!("cannot read {}: {e}", path.display())))?;
         let mut credentials = HashMap::new();
@@ -54,7 +59,7 @@ impl Credentials {
                 (namespace.to_owned(), account.to_owned()),
             );
         }
-        Ok(Credentials::Bootstrap(credentials))
+        Ok(credentials)
     }
 
     /// The (namespace, service account) `token` proves.

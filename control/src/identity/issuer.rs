@@ -53,12 +53,20 @@ impl Authority {
         })
     }
 
-    /// Writes `ca.crt`, `issuer.crt` and `issuer.key` into `dir`.
+    /// Writes `ca.crt`, `issuer.crt` and `issuer.key` (its owner's alone)
+    /// into `dir`.
     pub fn write(&self, dir: &Path) -> std::io::Result<()> {
+        use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
         std::fs::create_dir_all(dir)?;
         std::fs::write(dir.join("ca.crt"), &self.trust_anchor_pem)?;
         std::fs::write(dir.join("issuer.crt"), &self.issuer_pem)?;
-        std::fs::write(dir.join("issuer.key"), &self.issuer_key_pem)
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(dir.join("issuer.key"))?
+            .write_all(self.issuer_key_pem.as_bytes())
     }
 
     /// Reads what [`write`](Self::write) wrote.
