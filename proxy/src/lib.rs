@@ -3,23 +3,28 @@
 //! ```text
 //!             outbound listener (one per target service)
 //! local app --> serve: permit, detect --HTTP--> outbound: route -> deadline -> budget/replay
-//!                  |                              -> attempts [pick -> send -> classify -> feedback]
+//!                  |                              -> attempts [pick -> send (mTLS to endpoints
+//!                  |                                 with an identity) -> classify -> feedback]
 //!                  |                              -> respond
-//!                  +--opaque--> outbound: balance per connection -> endpoint
+//!                  +--opaque--> outbound: balance per connection -> endpoint (mTLS likewise)
 //!
 //!             inbound listener
-//! peer proxy -> serve: permit, detect --HTTP--> inbound -> local app (connections reused)
+//! peer proxy -> serve: permit, detect [mesh TLS terminated, detect inside] -> policy
+//!                  --HTTP--> policy per request -> inbound -> local app (connections reused)
 //!                  +--opaque--> local app
 //!
 //! discovery (static | dns | destination) --watch--> balancers
-//! admin: /metrics /ready /live /endpoints; optional self-registration
+//! identity: key + certificate from the controller, renewed --> tls (both sides)
+//! admin: /metrics /ready /live /endpoints /identity; optional self-registration
 //! ```
 //!
 //! Layout: [`config`] flags; [`serve`] accepting, detection ([`detect`]) and
 //! the drain; [`limits`] every limit against bad peers; [`outbound`] and
 //! [`inbound`] the two directions; [`errors`] the proxy's own answers;
 //! [`discover`] endpoint sources; [`balance`] balancers, failure accrual and
-//! probes; [`retry`] retry policy, budget and replayable bodies; [`http`]
+//! probes; [`identity`] the proxy's certificate, [`tls`] mTLS between
+//! proxies, [`policy`] who may call the app; [`retry`] retry policy, budget
+//! and replayable bodies; [`http`]
 //! (HTTP/1 via hyper), [`http2`] (HTTP/2 on h2 directly), [`tcp`] and
 //! [`body`] the transports; [`metrics`] and [`admin`] what operators read;
 //! [`register`] self-registration with the controller; [`redirect`] the

@@ -3,6 +3,7 @@
 //! `curl` and `openssl`.
 
 use crate::support::{Load, parse_prometheus, spawn_proxy, sum};
+use clap::Parser as _;
 use mesh_controller::{
     Registry,
     backend::EndpointMeta,
@@ -643,4 +644,98 @@ async fn a_proxy_registers_its_endpoint_with_its_identity_and_its_credential() {
         sum(&samples, "mesh_requests_total", &[("tls", "true")]),
         1.0
     );
+}
+
+/// HTTP/1 and opaque TCP go over mTLS between two sidecars too: the client
+/// proxy's HTTP/1 pool and its TCP relay, the server proxy's detection
+/// inside TLS.
+#[tokio::test]
+async fn http1_and_opaque_tcp_are_mtls_between_sidecars() {
+    let mesh = Mesh::start(
+        "protocols",
+        Duration::from_secs(600),
+        &["stockweb", "stockdata"],
+    )
+    .await;
+    // An HTTP/1 app, and an echo server for opaque bytes.
+    let web = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let web_addr = web.local_addr().unwrap();
+    let router = axum::Router::new().fallback(|| async { "hello over http/1\n" });
+    tokio::spawn(async move { axum::serve(web, router).await });
+    let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let (mut read, mut write) = conn.split();
+                let _ = tokio::io::copy(&mut read, &mut write).await;
+            });
+        }
+    });
+
+    let web_side = mesh.inbound_proxy("stockdata", web_addr, &[]).await;
+    let echo_side = mesh.inbound_proxy("stockdata", echo_addr, &[]).await;
+    for (service, side) in [("web", &web_side), ("echo", &echo_side)] {
+        mesh.registry.register(
+            service,
+            side.inbound.unwrap(),
+            EndpointMeta {
+                instance: service.into(),
+                meshed: true,
+                identity: id("stockdata"),
+                ..EndpointMeta::default()
+            },
+        );
+    }
+    let mut flags: Vec<String> = [
+        "--outbound",
+        "web=127.0.0.1:0",
+        "--outbound",
+        "echo=127.0.0.1:0",
+    ]
+    .map(String::from)
+    .to_vec();
+    flags.extend(mesh.identity_flags("stockweb"));
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let args = mesh_proxy::Args::try_parse_from(
+        ["mesh-proxy", "--admin", "127.0.0.1:0"]
+            .into_iter()
+            .chain(flags.iter().copied()),
+    )
+    .unwrap();
+    let config = mesh_proxy::Config::try_from(args).unwrap();
+    let listeners = mesh_proxy::Listeners::bind(&config).await.unwrap();
+    let outbound: HashMap<String, SocketAddr> = listeners
+        .outbound
+        .iter()
+        .map(|(service, l)| (service.clone(), mesh_proxy::local_addr(l)))
+        .collect();
+    let admin = mesh_proxy::local_addr(&listeners.admin);
+    let client = tokio::spawn(mesh_proxy::run(config, listeners, std::future::pending()));
+    wait_ready(admin).await;
+
+    let (status, body) = crate::support::http_get(outbound["web"], "/hello").await;
+    assert_eq!((status, body.as_str()), (200, "hello over http/1\n"));
+    let mut conn = TcpStream::connect(outbound["echo"]).await.unwrap();
+    conn.write_all(b"\x00\x01 opaque bytes").await.unwrap();
+    let mut back = [0u8; 15];
+    tokio::time::timeout(Duration::from_secs(10), conn.read_exact(&mut back))
+        .await
+        .expect("echoed within 10 s")
+        .unwrap();
+    assert_eq!(&back, b"\x00\x01 opaque bytes");
+    drop(conn);
+
+    let client_id = id("stockweb");
+    let tls = [("tls", "true"), ("client_id", client_id.as_str())];
+    let web_side = metrics(web_side.admin).await;
+    assert_eq!(sum(&web_side, "mesh_requests_total", &tls), 1.0);
+    let echo_side = metrics(echo_side.admin).await;
+    assert_eq!(sum(&echo_side, "mesh_tcp_connections_total", &tls), 1.0);
+    let server_id = id("stockdata");
+    let tls = [("tls", "true"), ("server_id", server_id.as_str())];
+    let outbound = metrics(admin).await;
+    assert_eq!(sum(&outbound, "mesh_requests_total", &tls), 1.0);
+    assert_eq!(sum(&outbound, "mesh_tcp_connections_total", &tls), 1.0);
+    client.abort();
 }
