@@ -14,8 +14,11 @@
 //!
 //! Every proxy runs with one worker (`TOKIO_WORKER_THREADS=1`, `envoy
 //! --concurrency 1`, HAProxy `nbthread 1`, nginx `worker_processes 1`) and
-//! is started fresh for each measurement, so its peak RSS is that run's. Loads: 1 connection × 1 stream (latency),
-//! 1 × 100 (StockWeb's pattern, throughput), and 1 × 100 open loop at half
+//! is started fresh for each measurement, so its peak RSS is that run's
+//! (and its private memory, RssAnon, beside it: the peak RSS includes the
+//! binary's code pages, which proxies on one machine share). Loads: 1
+//! connection × 1 stream (latency), 1 × 100 (StockWeb's pattern,
+//! throughput), and 1 × 100 open loop at half
 //! the one-hop proxy's throughput (tail latency). Rounds alternate the rows
 //! so that drift is shared; each figure is the median over rounds. Proxy CPU
 //! is read from /proc (utime + stime) around each run.
@@ -148,6 +151,10 @@ struct Sample {
     cpu_seconds: Option<f64>,
     /// Peak RSS of the row's largest proxy, bytes.
     peak_rss: Option<u64>,
+    /// Its private (anonymous) resident memory after the run, bytes: the
+    /// peak RSS less the binary's code and other file pages, which every
+    /// proxy on a machine shares.
+    private_rss: Option<u64>,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -168,10 +175,18 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
 
 /// VmHWM, the process's peak resident set, in bytes.
 fn peak_rss(pid: u32) -> Option<u64> {
+    status_kb(pid, "VmHWM:").map(|kb| kb * 1024)
+}
+
+/// RssAnon, the process's private resident memory now, in bytes.
+fn private_rss(pid: u32) -> Option<u64> {
+    status_kb(pid, "RssAnon:").map(|kb| kb * 1024)
+}
+
+fn status_kb(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Which side of an mTLS hop an instance is, if any.
@@ -645,6 +660,9 @@ impl Bench {
         let peak = trees
             .first()
             .and_then(|tree| tree.iter().filter_map(|pid| peak_rss(*pid)).max());
+        let private = trees
+            .first()
+            .and_then(|tree| tree.iter().filter_map(|pid| private_rss(*pid)).max());
         for proxy in processes.proxies {
             proxy.stop(Duration::from_secs(5)).await;
         }
@@ -653,6 +671,7 @@ impl Bench {
             report,
             cpu_seconds: before.zip(after).map(|(b, a)| a - b),
             peak_rss: peak,
+            private_rss: private,
         })
     }
 }
@@ -672,6 +691,7 @@ struct Line {
     p99_ms: f64,
     cpu_us_per_request: Option<f64>,
     peak_rss_mb: Option<f64>,
+    private_rss_mb: Option<f64>,
     requests: u64,
     errors: u64,
 }
@@ -707,6 +727,11 @@ fn summarize(profile: Profile, row: Row, samples: &[Sample]) -> Line {
             .filter_map(|s| s.peak_rss)
             .max()
             .map(|b| b as f64 / 1e6),
+        private_rss_mb: samples
+            .iter()
+            .filter_map(|s| s.private_rss)
+            .max()
+            .map(|b| b as f64 / 1e6),
         requests: samples.iter().map(|s| s.report.requests).sum(),
         errors: samples.iter().map(|s| s.report.failed()).sum(),
     }
@@ -714,8 +739,8 @@ fn summarize(profile: Profile, row: Row, samples: &[Sample]) -> Line {
 
 fn table(lines: &[Line]) -> String {
     let mut text = String::from(
-        "| load | row | requests/s | p50 ms | p99 ms | proxy CPU µs / request | proxy CPU s / 10k requests | peak RSS MB | requests | errors |\n\
-         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| load | row | requests/s | p50 ms | p99 ms | proxy CPU µs / request | proxy CPU s / 10k requests | peak RSS MB | private MB | requests | errors |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for line in lines {
         let cpu = line
@@ -725,9 +750,12 @@ fn table(lines: &[Line]) -> String {
             .cpu_us_per_request
             .map_or("–".into(), |us| format!("{:.3}", us * 1e4 / 1e6));
         let rss = line.peak_rss_mb.map_or("–".into(), |mb| format!("{mb:.1}"));
+        let private = line
+            .private_rss_mb
+            .map_or("–".into(), |mb| format!("{mb:.1}"));
         let _ = writeln!(
             text,
-            "| {} | {} | {:.0} | {:.3} | {:.3} | {cpu} | {cpu10k} | {rss} | {} | {} |",
+            "| {} | {} | {:.0} | {:.3} | {:.3} | {cpu} | {cpu10k} | {rss} | {private} | {} | {} |",
             line.profile,
             line.row.name(),
             line.rps,
