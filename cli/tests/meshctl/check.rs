@@ -14,14 +14,40 @@ use serde_json::{Value, json};
 use std::{path::PathBuf, process::Stdio, time::Duration};
 use tokio::process::Command;
 
+/// A kubeconfig for `api` in a scratch directory of its own, removed with it.
+struct Kubeconfig(PathBuf);
+
+impl Kubeconfig {
+    fn new(api: &FakeApiServer, dir_name: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("meshctl-check-{dir_name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(api.write_kubeconfig(&dir))
+    }
+}
+
+impl std::ops::Deref for Kubeconfig {
+    type Target = std::path::Path;
+
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Kubeconfig {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
 /// What a healthy cluster with the mesh installed serves: the install's
 /// namespace, Secret and webhook configuration, a ready pod per component
 /// and a meshed pod whose proxy is ready.
-async fn healthy(dir_name: &str) -> (FakeApiServer, PathBuf) {
+async fn healthy(dir_name: &str) -> (FakeApiServer, Kubeconfig) {
     let api = FakeApiServer::start().await;
-    let dir = std::env::temp_dir().join(format!("meshctl-check-{dir_name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let kubeconfig = api.write_kubeconfig(&dir);
+    let kubeconfig = Kubeconfig::new(&api, dir_name);
     let (out, _) = ok(&["install"], "");
     for document in docs(&out) {
         let kind = document["kind"].as_str().unwrap();
@@ -107,7 +133,7 @@ fn generate(valid_for: Duration) -> ServingCertificate {
 }
 
 /// Runs `meshctl check ARGS` against the kubeconfig: (success, stdout).
-async fn check(kubeconfig: &PathBuf, args: &[&str]) -> (bool, String) {
+async fn check(kubeconfig: &std::path::Path, args: &[&str]) -> (bool, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_meshctl"))
         .arg("check")
         .args(args)
@@ -213,9 +239,7 @@ async fn each_broken_state_has_its_own_failing_line() {
 
     // RBAC forbids creating ClusterRoles: the pre-install check fails.
     let api = FakeApiServer::start().await;
-    let dir = std::env::temp_dir().join(format!("meshctl-check-pre-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let kubeconfig = api.write_kubeconfig(&dir);
+    let kubeconfig = Kubeconfig::new(&api, "pre");
     let (success, out) = check(&kubeconfig, &["--pre"]).await;
     assert!(success, "{out}");
     assert!(
