@@ -200,7 +200,7 @@ async fn k8s_watches_survive_cuts_410_gone_and_an_api_server_restart() {
         "stockdata-def",
         &[("10.0.0.3", "stockdata-3", true, false)],
     ));
-    assert_eq!(added(next(&mut stream).await).len(), 1);
+    meshed_endpoint_added(&mut stream, "10.0.0.3:8080").await;
 
     // Down, and while it is, a slice goes; then its old versions are gone
     // (410), so the watcher lists again and notices the deletion.
@@ -222,6 +222,19 @@ async fn k8s_watches_survive_cuts_410_gone_and_an_api_server_restart() {
         &[("10.0.0.4", "stockdata-4", true, false)],
     ));
     assert_eq!(added(next(&mut stream).await).len(), 1);
+}
+
+/// Waits for `addr` to be added as meshed. The resumed watches may deliver
+/// the slice before its pod: then the endpoint is added first without the
+/// pod's facts, and again once the pod arrives.
+async fn meshed_endpoint_added(stream: &mut tonic::Streaming<Update>, addr: &str) {
+    loop {
+        let endpoints = added(next(stream).await);
+        assert!(endpoints.iter().all(|(a, _, _)| a == addr), "{endpoints:?}");
+        if endpoints.iter().any(|(_, _, meshed)| *meshed) {
+            return;
+        }
+    }
 }
 
 /// How many LISTs (requests without `watch`) the fake served.
