@@ -498,7 +498,7 @@ async fn run(args: DemoArgs, bin_dir: PathBuf) -> anyhow::Result<()> {
 
 /// Waits until the proxy whose admin server is `admin` is ready (holds its
 /// identity certificate).
-async fn wait_ready(admin: SocketAddr) -> anyhow::Result<()> {
+pub(crate) async fn wait_ready(admin: SocketAddr) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + process::READY_TIMEOUT;
     while http_get(admin, stockkube_proto::admin::READY)
         .await

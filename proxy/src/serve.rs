@@ -204,7 +204,8 @@ pub trait Handler: Send + Sync + 'static {
 
     fn tcp(&self, io: ServerIo, peer: PeerTls) -> impl Future<Output = ()> + Send;
 
-    /// Serves one request; its extensions hold the connection's [`PeerTls`].
+    /// Serves one request; its extensions hold the connection's [`PeerTls`]
+    /// when it is mesh TLS (none: plaintext).
     fn http(
         &self,
         protocol: Protocol,
@@ -433,7 +434,11 @@ impl Server {
                     if let Err(err) = server.authorize(&*handler, &peer) {
                         return err.response(grpc);
                     }
-                    request.extensions_mut().insert(peer);
+                    // Only mesh TLS needs saying: a request without it is
+                    // plaintext, and the extension map is an allocation.
+                    if peer.is_tls() {
+                        request.extensions_mut().insert(peer);
+                    }
                     handler.http(protocol, request).await
                 }
             },

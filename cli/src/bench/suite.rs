@@ -499,16 +499,7 @@ impl Bench {
             self.tls.register(&service, upstreams).await?;
             crate::demo::wait_for_endpoints(admin, upstreams.len()).await?;
         }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while crate::demo::http_get(admin, stockkube_proto::admin::READY)
-            .await
-            .is_err()
-        {
-            if tokio::time::Instant::now() > deadline {
-                bail!("mesh-proxy on {listen} got no certificate within 20 s");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        crate::demo::wait_ready(admin).await?;
         Ok(process)
     }
 
