@@ -194,3 +194,34 @@ impl Inbound {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_identities_past_the_cap_share_one_series_without_client_id() {
+        let metrics = Arc::new(Metrics::default());
+        let app = SocketAddr::from((Ipv4Addr::LOCALHOST, 8080));
+        let inbound = Inbound::new(app, Policy::AllUnauthenticated, metrics.clone());
+        for n in 0..MAX_CLIENT_IDS + 44 {
+            let peer = PeerTls::Mesh {
+                id: Some(format!("spiffe://cluster.local/ns/a/sa/client-{n}").into()),
+            };
+            metrics.request(inbound.route_of(&peer).route());
+        }
+        let text = metrics.encode();
+        let requests: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("mesh_requests_total{") && l.contains(r#"tls="true""#))
+            .collect();
+        let named = requests.iter().filter(|l| l.contains("client_id=")).count();
+        assert_eq!(named, MAX_CLIENT_IDS);
+        let rest: Vec<&&str> = requests
+            .iter()
+            .filter(|l| !l.contains("client_id="))
+            .collect();
+        assert_eq!(rest.len(), 1, "{rest:?}");
+        assert!(rest[0].ends_with(" 44"), "{rest:?}");
+    }
+}
