@@ -93,7 +93,7 @@ if ! command -v haproxy >/dev/null || ! command -v nginx >/dev/null; then
   fi
 fi
 if command -v haproxy >/dev/null && command -v nginx >/dev/null; then
-  haproxy -v | head -1
+  haproxy -v | sed -n 1p  # sed reads it all: head could SIGPIPE haproxy under pipefail
   nginx -v
 elif [ "$ci" = true ]; then
   echo "haproxy and nginx are required with CI=true and could not be installed" >&2
