@@ -68,6 +68,14 @@ pub enum ProxyError {
     #[error("request headers are {size} bytes, more than the {limit} allowed")]
     HeaderTooLarge { size: usize, limit: usize },
 
+    /// A method the mesh does not proxy: `CONNECT` ([`crate::head`]).
+    #[error("mesh-proxy: {method} is not proxied")]
+    MethodNotAllowed { method: http::Method },
+
+    /// A request whose authority is not one valid host ([`crate::head`]).
+    #[error("mesh-proxy: bad request: {problem}")]
+    BadAuthority { problem: &'static str },
+
     /// The inbound policy does not admit the client ([`crate::policy`]).
     #[error("mesh-proxy: {client} may not call port {port} (policy: {reason})")]
     Forbidden {
@@ -98,6 +106,12 @@ impl ProxyError {
                 tonic::Code::ResourceExhausted,
             ),
             ProxyError::Forbidden { .. } => (StatusCode::FORBIDDEN, tonic::Code::PermissionDenied),
+            ProxyError::MethodNotAllowed { .. } => {
+                (StatusCode::METHOD_NOT_ALLOWED, tonic::Code::Unimplemented)
+            }
+            ProxyError::BadAuthority { .. } => {
+                (StatusCode::BAD_REQUEST, tonic::Code::InvalidArgument)
+            }
         }
     }
 
@@ -114,7 +128,9 @@ impl ProxyError {
             ProxyError::Timeout { blame, .. } => *blame,
             ProxyError::ClientCancelled(_)
             | ProxyError::HeaderTooLarge { .. }
-            | ProxyError::Forbidden { .. } => Blame::Client,
+            | ProxyError::Forbidden { .. }
+            | ProxyError::MethodNotAllowed { .. }
+            | ProxyError::BadAuthority { .. } => Blame::Client,
             ProxyError::NoEndpoints { .. } | ProxyError::App { .. } => Blame::Nobody,
         }
     }

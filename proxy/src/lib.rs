@@ -19,7 +19,8 @@
 //! ```
 //!
 //! Layout: [`config`] flags; [`serve`] accepting, detection ([`detect`]) and
-//! the drain; [`limits`] every limit against bad peers; [`outbound`] and
+//! the drain; [`limits`] every limit against bad peers; [`head`] what a
+//! request head must be to be forwarded; [`outbound`] and
 //! [`inbound`] the two directions; [`errors`] the proxy's own answers;
 //! [`discover`] endpoint sources; [`balance`] balancers, failure accrual and
 //! probes; [`identity`] the proxy's certificate, [`tls`] mTLS between
@@ -37,6 +38,7 @@ pub mod config;
 pub mod detect;
 pub mod discover;
 pub mod errors;
+pub mod head;
 pub mod http;
 pub mod http2;
 pub mod identity;

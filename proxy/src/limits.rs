@@ -121,6 +121,17 @@ impl Limits {
         Err(err)
     }
 
+    /// Refuses (counted) a request head the proxy does not forward.
+    pub fn check_request(
+        &self,
+        direction: Direction,
+        request: &http::Request<impl Sized>,
+    ) -> Result<(), ProxyError> {
+        crate::head::check(request).inspect_err(|err| {
+            self.refusals.refused(direction, Refusal::BadRequest, err);
+        })
+    }
+
     /// A connection that ended with an error: a limit the HTTP layer
     /// enforced itself is counted as a refusal like the proxy's own;
     /// anything else is a peer that broke the protocol or went away.
@@ -157,6 +168,9 @@ pub enum Refusal {
     /// A mesh TLS handshake that failed: a certificate from another
     /// authority, an expired one, a protocol error.
     TlsHandshake,
+    /// A request head the proxy does not forward ([`crate::head`]):
+    /// `CONNECT`, a missing or invalid authority.
+    BadRequest,
 }
 
 impl Refusal {
@@ -171,6 +185,7 @@ impl Refusal {
             Refusal::Unauthorized => "unauthorized",
             Refusal::PolicyDenied => "denied",
             Refusal::TlsHandshake => "tls_handshake",
+            Refusal::BadRequest => "bad_request",
         }
     }
 }

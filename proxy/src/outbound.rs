@@ -121,7 +121,9 @@ impl Outbound {
             metrics,
         };
         for balancer in balancers {
-            let name = balancer.service().clone();
+            // Keyed lowercase: requests name services by host, which has
+            // no case (`route`).
+            let name = balancer.service().to_ascii_lowercase().into();
             let service = outbound.service_over(balancer);
             outbound.services.insert(name, Arc::new(service));
         }
@@ -140,7 +142,7 @@ impl Outbound {
     }
 
     pub fn service(&self, name: &str) -> Option<&Arc<Service>> {
-        self.services.get(name)
+        self.services.get(name.to_ascii_lowercase().as_str())
     }
 
     /// The service the controller calls `name` (as `Resolve` answered it),
@@ -179,6 +181,14 @@ impl Outbound {
             strip_hop_by_hop(&mut head.headers);
         }
         let deadline = Deadline::of(arrived, service.timeout, &head.headers);
+        if let Some(deadline) = deadline
+            && deadline.after.is_zero()
+        {
+            // `grpc-timeout: 0`: the caller's time is up before anything
+            // could be sent (gRPC servers answer so too).
+            let expired = deadline.expired(service.balancer.service());
+            return respond::respond(protocol, grpc, Outcome::NotSent(expired));
+        }
         service.budget.deposit();
         let replay = ReplayBody::new(body, self.retry.replay_limit());
         let outcome = Attempts {

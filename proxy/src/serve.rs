@@ -7,7 +7,8 @@
 //! accept -> permit (limits) -> detect -> [inbound: mesh TLS -> detect inside]
 //!        -> policy: may this peer connect (inbound)
 //!        -> opaque: policy: may it call -> Direction::tcp
-//!        -> HTTP/1, HTTP/2: per request: head size (limits) -> policy: may it call -> Direction::http
+//!        -> HTTP/1, HTTP/2: per request: head size (limits) -> head checks (head)
+//!                           -> policy: may it call -> Direction::http
 //! ```
 //!
 //! Also the drain: every connection holds a guard, and [`Drain::wait`]
@@ -429,6 +430,9 @@ impl Server {
                 async move {
                     let grpc = errors::is_grpc(&request);
                     if let Err(err) = server.limits.check_head(direction, &request) {
+                        return err.response(grpc);
+                    }
+                    if let Err(err) = server.limits.check_request(direction, &request) {
                         return err.response(grpc);
                     }
                     if let Err(err) = server.authorize(&*handler, &peer) {

@@ -1,6 +1,8 @@
 //! The route stage: which of the proxy's services a request is for. The
 //! one its `:authority` (HTTP/2) or `Host` (HTTP/1) names, when the proxy
 //! knows that service; else the service of the listener it came in on.
+//! Host names compare without regard to case, as DNS names do (service
+//! names are kept lowercase, see `config`).
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -22,7 +24,13 @@ pub fn route<'a, S, B>(
     target: &'a Arc<S>,
 ) -> &'a Arc<S> {
     host(request)
-        .and_then(|host| services.get(host))
+        .and_then(|host| {
+            if host.bytes().any(|b| b.is_ascii_uppercase()) {
+                services.get(host.to_ascii_lowercase().as_str())
+            } else {
+                services.get(host)
+            }
+        })
         .unwrap_or(target)
 }
 
@@ -56,6 +64,9 @@ mod tests {
         // HTTP/1: origin-form path and a Host header.
         assert_eq!(to("/x", Some("web:80")), "web");
         assert_eq!(to("/x", Some("stockdata")), "stockdata");
+        // Host names have no case.
+        assert_eq!(to("http://WEB:8080/x", None), "web");
+        assert_eq!(to("/x", Some("StockData")), "stockdata");
     }
 
     #[test]

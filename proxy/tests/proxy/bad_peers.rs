@@ -113,6 +113,169 @@ async fn oversized_headers_are_refused_with_431_or_resource_exhausted() {
     proxy.shutdown().await;
 }
 
+/// Heads the proxy answers itself: CONNECT, a bad Host, a deadline already
+/// spent; and host names matched without case.
+#[tokio::test]
+async fn bad_heads_are_answered_by_the_proxy() {
+    let replica = spawn_replica("r").await;
+    // A second service, named in upper case on the command line.
+    let other = spawn_replica("other").await;
+    let discover_other = format!("Other=static:{}", other.addr);
+    let proxy = proxy_in_front(
+        &replica,
+        &[
+            "--outbound",
+            "Other=127.0.0.1:0",
+            "--discover",
+            &discover_other,
+        ],
+    )
+    .await;
+    for (head, status) in [
+        (
+            "CONNECT stockdata:443 HTTP/1.1\r\nHost: stockdata:443\r\n",
+            "405",
+        ),
+        ("GET / HTTP/1.1\r\nHost: a b\r\n", "400"),
+        ("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n", "400"),
+        ("GET / HTTP/1.1\r\nHost: u@stockdata\r\n", "400"),
+        ("GET / HTTP/1.1\r\n", "400"),
+    ] {
+        let mut conn = TcpStream::connect(proxy.outbound).await.unwrap();
+        conn.write_all(format!("{head}Connection: close\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let answer = read_until_closed(&mut conn).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{head:?}: {answer}"
+        );
+        assert!(
+            !answer.contains("x-mesh-endpoint"),
+            "{head:?} was forwarded: {answer}"
+        );
+    }
+    assert_eq!(refused(proxy.admin, "bad_request").await, 5.0);
+
+    // gRPC: a deadline of zero is exceeded before anything is sent.
+    // (Over h2 directly: tonic's client would apply the timeout itself.)
+    for (timeout, status) in [("0S", "4"), ("0n", "4"), ("0m", "4"), ("10S", "0")] {
+        assert_eq!(
+            grpc_status_with_timeout(proxy.outbound, timeout).await,
+            status,
+            "grpc-timeout: {timeout}"
+        );
+    }
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", proxy.outbound))
+        .unwrap()
+        .origin("http://oTHER:80".parse().unwrap())
+        .connect()
+        .await
+        .unwrap();
+    // Through stockdata's listener, an authority naming the other service
+    // in any case goes there.
+    let answer = StocksClient::new(channel)
+        .get(stockkube_proto::stockdata::GetRequest { id: 1 })
+        .await
+        .unwrap();
+    assert_eq!(
+        answer.metadata().get("x-mesh-endpoint").unwrap(),
+        other.addr.to_string().as_str()
+    );
+    proxy.shutdown().await;
+}
+
+/// The `grpc-status` of a `Get` call sent with `grpc-timeout: timeout`.
+async fn grpc_status_with_timeout(addr: std::net::SocketAddr, timeout: &str) -> String {
+    let (mut client, connection) = h2::client::handshake(TcpStream::connect(addr).await.unwrap())
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::post("http://stockdata/StockData.Stocks/Get")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", timeout)
+        .body(())
+        .unwrap();
+    let (response, mut body) = client.send_request(request, false).unwrap();
+    // One length-prefixed message: GetRequest { id: 1 }.
+    body.send_data(
+        bytes::Bytes::from_static(&[0, 0, 0, 0, 2, 0x08, 0x01]),
+        true,
+    )
+    .unwrap();
+    let response = response.await.unwrap();
+    if let Some(status) = response.headers().get("grpc-status") {
+        return status.to_str().unwrap().to_owned();
+    }
+    let mut body = response.into_body();
+    while let Some(data) = body.data().await {
+        data.unwrap();
+    }
+    let trailers = body.trailers().await.unwrap().expect("trailers");
+    trailers["grpc-status"].to_str().unwrap().to_owned()
+}
+
+/// Far over the limit on HTTP/2 (beyond what the HTTP layer decodes): the
+/// HTTP/2 layer answers as docs/proxy.md says. A head of 18 KB (a HEADERS
+/// frame and a CONTINUATION) gets a 431 and RST_STREAM(PROTOCOL_ERROR), and
+/// the connection serves on; one whose CONTINUATIONs carry more than the
+/// limit again ends the connection with GOAWAY(COMPRESSION_ERROR).
+#[tokio::test]
+async fn far_oversized_http2_heads_get_what_the_docs_say() {
+    let replica = spawn_replica("r").await;
+    let proxy = proxy_in_front(&replica, &["--max-header-bytes", "4096"]).await;
+    for (fields, expected) in [(3, "reset"), (4, "goaway")] {
+        let mut conn = TcpStream::connect(proxy.outbound).await.unwrap();
+        let mut block = raw_h2::call_block();
+        for i in 0..fields {
+            block.extend(raw_h2::long_literal(
+                &format!("x-big-{i}"),
+                &"a".repeat(6000),
+            ));
+        }
+        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        out.extend(raw_h2::frame(0x4, 0, 0, &[])); // SETTINGS
+        let mut chunks = block.chunks(16_000).peekable();
+        let mut kind = 0x1; // HEADERS, then CONTINUATION
+        while let Some(chunk) = chunks.next() {
+            let end_headers = if chunks.peek().is_none() { 0x4 } else { 0 };
+            out.extend(raw_h2::frame(kind, end_headers, 1, chunk));
+            kind = 0x9;
+        }
+        // A call on the same connection after it (with END_STREAM: the
+        // replica answers an empty body at once).
+        out.extend(raw_h2::frame(0x1, 0x5, 3, &raw_h2::call_block()));
+        conn.write_all(&out).await.unwrap();
+        let frames = raw_h2::read_frames(&mut conn, |kind, stream, _| {
+            kind == 0x7 || (kind == 0x1 && stream == 3)
+        })
+        .await;
+        let code = |kind: u8, stream: u32, at: usize| {
+            let frame = frames.iter().find(|f| f.0 == kind && f.2 == stream)?;
+            Some(u32::from_be_bytes(frame.3[at..at + 4].try_into().unwrap()))
+        };
+        if expected == "reset" {
+            // :status 431 (a literal: 0x48, then "431" Huffman-coded).
+            let head = frames.iter().find(|f| f.0 == 0x1 && f.2 == 1);
+            assert_eq!(
+                head.map(|f| &f.3[..]),
+                Some(&[0x48, 0x83, 0x69, 0x90, 0xff][..]),
+                "{frames:?}"
+            );
+            assert_eq!(code(0x3, 1, 0), Some(0x1), "PROTOCOL_ERROR: {frames:?}");
+            assert!(
+                frames.iter().any(|f| f.0 == 0x1 && f.2 == 3),
+                "the connection goes on: stream 3 answered: {frames:?}"
+            );
+        } else {
+            assert_eq!(code(0x7, 0, 4), Some(0x9), "COMPRESSION_ERROR: {frames:?}");
+        }
+    }
+    proxy.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_client_that_sends_its_head_too_slowly_is_cut_off() {
     let replica = spawn_replica("r").await;
@@ -197,14 +360,77 @@ mod raw_h2 {
         out
     }
 
+    /// HPACK integer with an `prefix`-bit prefix, after `first`'s flag bits.
+    fn integer(first: u8, prefix: u32, mut value: usize, out: &mut Vec<u8>) {
+        let max = (1usize << prefix) - 1;
+        if value < max {
+            out.push(first | value as u8);
+            return;
+        }
+        out.push(first | max as u8);
+        value -= max;
+        while value >= 128 {
+            out.push((value % 128 + 128) as u8);
+            value /= 128;
+        }
+        out.push(value as u8);
+    }
+
+    /// HPACK "literal without indexing" with a new name, of any length.
+    pub fn long_literal(name: &str, value: &str) -> Vec<u8> {
+        let mut out = vec![0x00];
+        integer(0, 7, name.len(), &mut out);
+        out.extend_from_slice(name.as_bytes());
+        integer(0, 7, value.len(), &mut out);
+        out.extend_from_slice(value.as_bytes());
+        out
+    }
+
     /// A POST for `StockData.Stocks/Get` whose body never comes.
     pub fn open_call(stream: u32) -> Vec<u8> {
+        frame(0x1, 0x4, stream, &call_block()) // HEADERS, END_HEADERS
+    }
+
+    /// The header block of [`open_call`].
+    pub fn call_block() -> Vec<u8> {
         let mut block = vec![0x83, 0x86]; // :method POST, :scheme http
         block.extend(literal(4, "/StockData.Stocks/Get")); // :path
         block.extend(literal(1, "stockdata")); // :authority
         block.extend([0x0f, 0x10, 16]); // content-type (index 31)
         block.extend_from_slice(b"application/grpc");
-        frame(0x1, 0x4, stream, &block) // HEADERS, END_HEADERS
+        block
+    }
+
+    /// The frames a client reads until `done` says so (or 10 s pass):
+    /// (type, flags, stream, payload).
+    pub async fn read_frames(
+        conn: &mut tokio::net::TcpStream,
+        mut done: impl FnMut(u8, u32, &[u8]) -> bool,
+    ) -> Vec<(u8, u8, u32, Vec<u8>)> {
+        use tokio::io::AsyncReadExt as _;
+        let mut frames = Vec::new();
+        let read = async {
+            let mut header = [0u8; 9];
+            loop {
+                if conn.read_exact(&mut header).await.is_err() {
+                    return;
+                }
+                let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+                let mut payload = vec![0; len];
+                if conn.read_exact(&mut payload).await.is_err() {
+                    return;
+                }
+                let stream =
+                    u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff;
+                let stop = done(header[3], stream, &payload);
+                frames.push((header[3], header[4], stream, payload));
+                if stop {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), read).await;
+        frames
     }
 }
 
