@@ -9,6 +9,8 @@
 //! Strategies:
 //! - power of two choices over peak-EWMA (Linkerd's): pick two endpoints at
 //!   random, send to the one with the lower `latency estimate × (in-flight + 1)`;
+//!   an estimate decays with time and with each pick its endpoint loses, so
+//!   an endpoint that fell behind is tried again (`endpoint::PASSED_OVER_DECAY`);
 //! - round-robin.
 //!
 //! Failures (no answer: refused, reset, timed out; or an answer the retry
@@ -258,7 +260,11 @@ impl Balancer {
             }
             BalanceStrategy::P2cEwma => {
                 let decay = self.config.ewma.decay;
-                p2c::choose(&candidates, |i| endpoints[i].cost(now, decay))
+                p2c::choose(
+                    &candidates,
+                    |i| endpoints[i].cost(now, decay),
+                    |i| endpoints[i].passed_over(),
+                )
             }
         };
         endpoints[index].clone()

@@ -359,7 +359,10 @@ mod tests {
             endpoint: "127.0.0.1:1".into(),
             tls: Default::default(),
         });
-        let recorder = Recorder::new(Arc::new(route), tokio::time::Instant::now());
+        // Kept, as an endpoint keeps its route: the last handle removes
+        // the route's series.
+        let route = Arc::new(route);
+        let recorder = Recorder::new(route.clone(), tokio::time::Instant::now());
         let err = ProxyError::NoEndpoints {
             service: "stockdata".into(),
         };

@@ -188,7 +188,7 @@ impl Inbound {
     }
 
     pub async fn proxy_tcp(&self, client: ServerIo, peer: PeerTls) {
-        self.metrics.tcp_connection(self.route_of(&peer).route());
+        self.route_of(&peer).tcp_connection();
         if let Err(err) = tcp::forward(client, self.app, None).await {
             tracing::debug!(%err, app = %self.app, "opaque connection ended with an error");
         }

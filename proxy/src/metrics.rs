@@ -18,6 +18,13 @@
 //! | `mesh_identity_certifications_total` | counter (identity certificates asked for; `--identity`) | result (`ok`, `error`) |
 //! | `mesh_identity_certificate_expiry_seconds` | gauge (Unix time the certificate in use expires; 0: none) | |
 //!
+//! Series with an `endpoint` label live as long as the endpoint: the last
+//! handle of a route ([`RouteMetrics`], held by the endpoint's balancer
+//! entry and by its requests in flight) removes them when it goes, so
+//! `/metrics` follows discovery instead of growing with every endpoint ever
+//! seen (counters of an endpoint that comes back start again from zero, a
+//! reset Prometheus handles).
+//!
 //! Requests and responses count attempts: a retried request is one request
 //! per endpoint it was sent to. Retry reasons: `error` (no response) or
 //! `status` (a status the retry policy names); skip reasons: `budget`
@@ -49,7 +56,10 @@ use prometheus_client::{
     },
     registry::Registry,
 };
-use std::sync::Arc;
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex, OnceLock},
+};
 use stockkube_proto::metrics::{PREFIX, labels, names};
 
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
@@ -184,6 +194,17 @@ pub struct Metrics {
     resolutions: Family<ResultLabels, Counter>,
     identity_certifications: Family<ResultLabels, Counter>,
     identity_expiry: Gauge,
+    /// Routes with live handles, and which of their series exist beyond
+    /// the ones every route has, so the last handle can remove them all.
+    routes: Mutex<HashMap<RouteLabels, Tracked>>,
+}
+
+/// A route's live handles and its series that carry more labels.
+#[derive(Debug, Default)]
+struct Tracked {
+    handles: usize,
+    responses: HashSet<(u16, Option<u8>, Classification)>,
+    retry_reasons: HashSet<&'static str>,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -283,6 +304,7 @@ impl Default for Metrics {
             resolutions,
             identity_certifications,
             identity_expiry,
+            routes: Mutex::default(),
         }
     }
 }
@@ -343,11 +365,18 @@ fn per_endpoint<M: EncodeMetric>(
 /// One route's metric handles, resolved once (per endpoint, or per inbound
 /// listener) instead of per request: the request counter, the latency
 /// histogram, and the counter of the common answer (gRPC OK, or HTTP 200
-/// without a gRPC status). Other answers go through the label lookup.
+/// without a gRPC status), made on the first request so that a route used
+/// only for opaque TCP has no request series. Other answers go through the
+/// label lookup. Dropping the route's last handle removes its series.
 #[derive(Debug)]
 pub struct RouteMetrics {
     metrics: Arc<Metrics>,
     route: RouteLabels,
+    http: OnceLock<HttpHandles>,
+}
+
+#[derive(Debug)]
+struct HttpHandles {
     requests: Counter,
     latency: Histogram,
     grpc_ok: Counter,
@@ -359,8 +388,34 @@ impl RouteMetrics {
         &self.route
     }
 
+    fn http(&self) -> &HttpHandles {
+        self.http.get_or_init(|| {
+            let metrics = &self.metrics;
+            let route = &self.route;
+            let ok = |status_code, grpc_status| {
+                let labels =
+                    ResponseLabels::new(route, status_code, grpc_status, Classification::Success);
+                metrics.responses.get_or_create(&labels).clone()
+            };
+            HttpHandles {
+                requests: metrics.requests.get_or_create(route).clone(),
+                latency: metrics.latency.get_or_create(route).clone(),
+                grpc_ok: ok(200, Some(0)),
+                http_ok: ok(200, None),
+            }
+        })
+    }
+
     pub fn request(&self) {
-        self.requests.inc();
+        self.http().requests.inc();
+    }
+
+    /// An opaque TCP connection forwarded on this route.
+    pub fn tcp_connection(&self) {
+        self.metrics
+            .tcp_connections
+            .get_or_create(&self.route)
+            .inc();
     }
 
     pub fn response(
@@ -370,41 +425,80 @@ impl RouteMetrics {
         complete: bool,
         latency_seconds: f64,
     ) {
+        let http = self.http();
         match (complete, status_code, grpc_status) {
             (true, 200, Some(0)) => {
-                self.grpc_ok.inc();
+                http.grpc_ok.inc();
             }
             (true, 200, None) => {
-                self.http_ok.inc();
+                http.http_ok.inc();
             }
             _ => self
                 .metrics
                 .count_response(&self.route, status_code, grpc_status, complete),
         }
-        self.latency.observe(latency_seconds);
+        http.latency.observe(latency_seconds);
+    }
+}
+
+impl Drop for RouteMetrics {
+    fn drop(&mut self) {
+        self.metrics.release(&self.route);
     }
 }
 
 impl Metrics {
-    /// The handles of one route's metrics.
+    /// The handles of one route's metrics; its series stay while any
+    /// handle of the route does.
     pub fn route(self: &Arc<Self>, route: RouteLabels) -> RouteMetrics {
-        let response = |status_code, grpc_status| {
-            self.responses
-                .get_or_create(&ResponseLabels::new(
-                    &route,
-                    status_code,
-                    grpc_status,
-                    Classification::Success,
-                ))
-                .clone()
-        };
+        self.tracked(&route, |tracked| tracked.handles += 1);
         RouteMetrics {
-            requests: self.requests.get_or_create(&route).clone(),
-            latency: self.latency.get_or_create(&route).clone(),
-            grpc_ok: response(200, Some(0)),
-            http_ok: response(200, None),
             metrics: self.clone(),
             route,
+            http: OnceLock::new(),
+        }
+    }
+
+    /// Applies `note` to `route`'s entry (made if missing).
+    fn tracked(&self, route: &RouteLabels, note: impl FnOnce(&mut Tracked)) {
+        let mut routes = self.routes.lock().expect("routes lock is never poisoned");
+        match routes.get_mut(route) {
+            Some(tracked) => note(tracked),
+            None => note(routes.entry(route.clone()).or_default()),
+        }
+    }
+
+    /// One handle of `route` went; with the last, its series go.
+    fn release(&self, route: &RouteLabels) {
+        // Held while removing, so that a handle made meanwhile for the same
+        // route finds the series gone, not removed under it.
+        let mut routes = self.routes.lock().expect("routes lock is never poisoned");
+        let Some(tracked) = routes.get_mut(route) else {
+            return;
+        };
+        tracked.handles -= 1;
+        if tracked.handles > 0 {
+            return;
+        }
+        let tracked = routes.remove(route).expect("just found");
+        self.requests.remove(route);
+        self.latency.remove(route);
+        self.timeouts.remove(route);
+        self.tcp_connections.remove(route);
+        let ok = [
+            (200, Some(0), Classification::Success),
+            (200, None, Classification::Success),
+        ];
+        for (status_code, grpc_status, classification) in tracked.responses.into_iter().chain(ok) {
+            self.responses.remove(&ResponseLabels::new(
+                route,
+                status_code,
+                grpc_status,
+                classification,
+            ));
+        }
+        for reason in tracked.retry_reasons {
+            self.retries.remove(&retry_labels(route, reason));
         }
     }
 
@@ -418,14 +512,13 @@ impl Metrics {
     }
 
     pub fn retry(&self, route: &RouteLabels, reason: &'static str) {
-        self.retries
-            .get_or_create(&RetryLabels {
-                direction: route.direction,
-                target: route.target.clone(),
-                endpoint: route.endpoint.clone(),
-                reason,
-            })
-            .inc();
+        let labels = retry_labels(route, reason);
+        if self.retries.get(&labels).is_none() {
+            self.tracked(route, |tracked| {
+                tracked.retry_reasons.insert(reason);
+            });
+        }
+        self.retries.get_or_create(&labels).inc();
     }
 
     pub fn retry_skipped(&self, route: &RouteLabels, reason: &'static str) {
@@ -499,16 +592,19 @@ impl Metrics {
         } else {
             Classification::Success
         };
-        self.responses
-            .get_or_create(&ResponseLabels::new(
-                route,
-                status_code,
-                grpc_status,
-                classification,
-            ))
-            .inc();
+        let labels = ResponseLabels::new(route, status_code, grpc_status, classification);
+        if self.responses.get(&labels).is_none() {
+            self.tracked(route, |tracked| {
+                tracked
+                    .responses
+                    .insert((status_code, grpc_status, classification));
+            });
+        }
+        self.responses.get_or_create(&labels).inc();
     }
 
+    /// An opaque connection on a route without handles (forwarded
+    /// untouched): its series stays.
     pub fn tcp_connection(&self, route: &RouteLabels) {
         self.tcp_connections.get_or_create(route).inc();
     }
@@ -531,9 +627,67 @@ impl Metrics {
     }
 }
 
+fn retry_labels(route: &RouteLabels, reason: &'static str) -> RetryLabels {
+    RetryLabels {
+        direction: route.direction,
+        target: route.target.clone(),
+        endpoint: route.endpoint.clone(),
+        reason,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_routes_series_go_with_its_last_handle() {
+        let metrics = Arc::new(Metrics::default());
+        let labels = |endpoint: &str| RouteLabels {
+            direction: Direction::Outbound,
+            target: "stockdata".into(),
+            endpoint: endpoint.into(),
+            tls: Default::default(),
+        };
+        let series = |endpoint: &str| {
+            let needle = format!(r#"endpoint="{endpoint}""#);
+            metrics
+                .encode()
+                .lines()
+                .filter(|line| line.contains(&needle))
+                .count()
+        };
+        let gone = metrics.route(labels("10.0.0.1:80"));
+        let stays = Arc::new(metrics.route(labels("10.0.0.2:80")));
+        for route in [&gone, &*stays] {
+            route.request();
+            route.response(200, Some(0), true, 0.001);
+            route.response(200, Some(14), true, 0.001);
+            route.response(503, None, false, 0.001);
+            route.tcp_connection();
+            metrics.retry(route.route(), "error");
+            metrics.retry(route.route(), "status");
+            metrics.timeout(route.route());
+        }
+        // A second handle of the same route (a request still in flight).
+        let in_flight = metrics.route(labels("10.0.0.1:80"));
+        assert!(series("10.0.0.1:80") > 10, "{}", metrics.encode());
+        let before = series("10.0.0.2:80");
+        drop(gone);
+        assert_eq!(series("10.0.0.1:80"), series("10.0.0.2:80"));
+        drop(in_flight);
+        assert_eq!(series("10.0.0.1:80"), 0, "{}", metrics.encode());
+        assert_eq!(series("10.0.0.2:80"), before);
+        assert!(metrics.routes.lock().unwrap().len() == 1);
+        // A route used again later starts afresh.
+        let again = metrics.route(labels("10.0.0.1:80"));
+        again.request();
+        assert!(
+            metrics
+                .encode()
+                .contains(r#"mesh_requests_total{direction="outbound",target="stockdata",endpoint="10.0.0.1:80",tls="false"} 1"#)
+        );
+    }
 
     #[test]
     fn names_labels_and_classification_encode() {

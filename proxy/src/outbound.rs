@@ -217,12 +217,17 @@ impl Outbound {
         };
         let endpoint = picked.endpoint().clone();
         let identity = endpoint.endpoint.identity.as_ref();
-        self.metrics.tcp_connection(&RouteLabels {
-            direction: Direction::Outbound,
-            target: balancer.service().clone(),
-            endpoint: endpoint.addr_label.clone(),
-            tls: self.upstream.peer_tls(identity),
-        });
+        endpoint
+            .metrics
+            .get_or_init(|| {
+                Arc::new(self.metrics.route(RouteLabels {
+                    direction: Direction::Outbound,
+                    target: balancer.service().clone(),
+                    endpoint: endpoint.addr_label.clone(),
+                    tls: self.upstream.peer_tls(identity),
+                }))
+            })
+            .tcp_connection();
         picked.succeeded();
         let tls = self.tls.as_deref().zip(identity.map(|id| &**id));
         if let Err(err) = tcp::forward(client, endpoint.endpoint.addr, tls).await {

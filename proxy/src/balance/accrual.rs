@@ -117,6 +117,10 @@ impl Picked {
             && self.state.consecutive_failures.swap(0, Ordering::Relaxed) > 0;
         let recovered = self.state.ejections.load(Ordering::Relaxed) > 0
             && self.state.ejections.swap(0, Ordering::Relaxed) > 0;
+        // A sample replaces what being passed over assumed.
+        if self.state.passed_over.load(Ordering::Relaxed) > 0 {
+            self.state.passed_over.store(0, Ordering::Relaxed);
+        }
         {
             let mut ewma = self.state.rtt.lock().expect("ewma lock is never poisoned");
             if was_failing {
@@ -142,6 +146,7 @@ impl Picked {
     pub fn failed(mut self, error: &dyn std::fmt::Display) {
         let now = Instant::now();
         let rtt = (now - self.started).max(FAILURE_PENALTY);
+        self.state.passed_over.store(0, Ordering::Relaxed);
         self.state
             .rtt
             .lock()

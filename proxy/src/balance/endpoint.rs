@@ -8,7 +8,7 @@ use crate::discover::Endpoint;
 use std::{
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -30,6 +30,8 @@ pub struct EndpointState {
     pub(super) served: AtomicU64,
     pub(super) failed: AtomicU64,
     pub(super) rtt: Mutex<PeakEwma>,
+    /// Picks it lost since its last sample (see [`PASSED_OVER_DECAY`]).
+    pub(super) passed_over: AtomicU32,
     pub(super) last_error: Mutex<Option<String>>,
     /// Failures since the last success.
     pub(super) consecutive_failures: AtomicU64,
@@ -59,6 +61,7 @@ impl EndpointState {
             served: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             rtt: Mutex::new(PeakEwma::new(ewma.default_rtt, Instant::now())),
+            passed_over: AtomicU32::new(0),
             last_error: Mutex::new(None),
             consecutive_failures: AtomicU64::new(0),
             ejections: AtomicU64::new(0),
@@ -78,9 +81,36 @@ impl EndpointState {
             .lock()
             .expect("ewma lock is never poisoned")
             .estimate(now, decay);
-        rtt * (self.in_flight.load(Ordering::Relaxed) + 1) as f64
+        let passed_over = self
+            .passed_over
+            .load(Ordering::Relaxed)
+            .min(MAX_PASSED_OVER);
+        rtt * PASSED_OVER_DECAY.powi(passed_over as i32)
+            * (self.in_flight.load(Ordering::Relaxed) + 1) as f64
+    }
+
+    /// It lost a pick to a cheaper endpoint. A failing endpoint is not
+    /// decayed so: its probes decide when it is tried again.
+    pub(super) fn passed_over(&self) {
+        if self.consecutive_failures.load(Ordering::Relaxed) == 0 {
+            self.passed_over.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
+
+/// How much of an endpoint's latency estimate is left each time it loses a
+/// pick, until its next sample. The estimate already decays with time
+/// (`--ewma-decay`), but an endpoint that fell behind gets no samples to
+/// correct it, and at one request at a time nothing else tells equal
+/// endpoints apart: without this, one of two equal replicas can go unused
+/// for most of the decay time. So an unused estimate also decays with the
+/// traffic that passes it by: 2% per lost pick, so an estimate twice the
+/// winner's is tried again after about 35 lost picks, a 50x slower one after
+/// about 200 (Linkerd decays only with time).
+pub(super) const PASSED_OVER_DECAY: f64 = 0.98;
+
+/// Past this many lost picks the estimate is about a millionth of itself.
+const MAX_PASSED_OVER: u32 = 700;
 
 /// The endpoints one pick chooses among, and which of them it may use.
 pub(super) struct Candidates<'a> {

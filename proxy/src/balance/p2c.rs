@@ -5,8 +5,13 @@ use super::endpoint::Candidates;
 
 /// Two distinct random eligible endpoints, the cheaper one; when most are
 /// ejected or tried, any eligible one, else any untried one (fail open),
-/// else the cheaper of a random pair.
-pub(super) fn choose(candidates: &Candidates<'_>, cost: impl Fn(usize) -> f64) -> usize {
+/// else the cheaper of a random pair. `passed_over` hears of the endpoint
+/// that lost a comparison.
+pub(super) fn choose(
+    candidates: &Candidates<'_>,
+    cost: impl Fn(usize) -> f64,
+    passed_over: impl FnOnce(usize),
+) -> usize {
     let n = candidates.len();
     if n == 1 {
         return 0;
@@ -39,5 +44,7 @@ pub(super) fn choose(candidates: &Candidates<'_>, cost: impl Fn(usize) -> f64) -
             }
         }
     };
-    if cost(a) <= cost(b) { a } else { b }
+    let (chosen, lost) = if cost(a) <= cost(b) { (a, b) } else { (b, a) };
+    passed_over(lost);
+    chosen
 }

@@ -77,6 +77,24 @@ async fn peak_ewma_steers_away_from_a_slow_replica() {
     );
 }
 
+/// One call at a time: two equal replicas share the calls. Nothing is in
+/// flight to tell them apart, so only the latency estimates do, and an
+/// endpoint that fell behind must be tried again.
+#[tokio::test]
+async fn one_call_at_a_time_is_shared_by_equal_replicas() {
+    let replicas = [spawn_replica("a").await, spawn_replica("b").await];
+    let proxy = stockdata_proxy(&[replicas[0].addr, replicas[1].addr], &[]).await;
+    let client = StocksClient::new(connect(proxy.outbound).await);
+    let calls = 3000;
+    let tally = call_many(&client, calls, 1).await;
+    assert!(tally.failures.is_empty(), "{:?}", tally.failures);
+    for replica in &replicas {
+        let share = tally.count(&replica.server_id) as f64 / calls as f64;
+        assert!(share >= 0.3, "{:?}", tally.servers);
+    }
+    proxy.shutdown().await;
+}
+
 #[tokio::test]
 async fn round_robin_gives_the_slow_replica_its_third() {
     let share = slow_share("round-robin").await;

@@ -139,6 +139,19 @@ async fn endpoints_added_and_removed_under_load() {
         "calls failed during the changes: {failures:?}"
     );
     assert!(log.len() > 100, "load ran: {} calls", log.len());
+
+    // `/metrics` follows discovery: a's series went with it, b's and c's stay.
+    let series = |text: &str, replica: &Replica| {
+        let needle = format!(r#"endpoint="{}""#, replica.addr);
+        text.lines().filter(|line| line.contains(&needle)).count()
+    };
+    eventually("a's series are removed", Duration::from_secs(5), || async {
+        let (_, text) = crate::support::http_get(proxy.admin, "/metrics").await;
+        (series(&text, &a) == 0).then_some(())
+    })
+    .await;
+    let (_, text) = crate::support::http_get(proxy.admin, "/metrics").await;
+    assert!(series(&text, &b) > 5 && series(&text, &c) > 5, "{text}");
     proxy.shutdown().await;
 }
 
