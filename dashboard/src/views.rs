@@ -47,31 +47,46 @@ impl<'a> Window<'a> {
             .expect("a window has at least one snapshot")
     }
 
-    /// The increase over the window of the sum of `name` samples passing
-    /// `filter`, on proxies passing `proxy`. Per proxy, so one proxy's
-    /// restart (its counters back to zero) is handled on its own.
+    /// The increase over the window of `name` samples passing `filter`, on
+    /// proxies passing `proxy`, summed. Per series of each proxy, so that
+    /// one proxy's restart (its counters back to zero) is handled on its
+    /// own, and a series that goes away (a proxy drops an endpoint's series
+    /// when discovery removes it) or comes (counted from zero) moves the
+    /// sum only by what it grew.
     pub fn increase(
         &self,
         proxy: &dyn Fn(&ProxyTarget) -> bool,
         name: &str,
         filter: &dyn Fn(&Sample) -> bool,
     ) -> f64 {
-        let mut series: BTreeMap<SocketAddr, Vec<f64>> = BTreeMap::new();
+        type Series<'s> = (SocketAddr, &'s BTreeMap<String, String>);
+        // Each series' value in every snapshot its proxy answered, 0 where
+        // the series was absent.
+        let mut series: BTreeMap<Series<'_>, Vec<f64>> = BTreeMap::new();
+        let mut answered: BTreeMap<SocketAddr, usize> = BTreeMap::new();
         for snap in &self.snaps {
             for scraped in snap.proxies.iter().filter(|p| p.up() && proxy(&p.target)) {
-                let sum = scraped
+                let addr = scraped.target.admin_addr;
+                let seen = answered.entry(addr).or_default();
+                for sample in scraped
                     .samples
                     .iter()
                     .filter(|s| s.name == name && filter(s))
-                    .map(|s| s.value)
-                    .sum();
-                series
-                    .entry(scraped.target.admin_addr)
-                    .or_default()
-                    .push(sum);
+                {
+                    let values = series.entry((addr, &sample.labels)).or_default();
+                    values.resize(*seen, 0.0);
+                    values.push(sample.value);
+                }
+                *seen += 1;
             }
         }
-        series.values().map(|values| stats::increase(values)).sum()
+        series
+            .into_iter()
+            .map(|((addr, _), mut values)| {
+                values.resize(answered[&addr], 0.0);
+                stats::increase(&values)
+            })
+            .sum()
     }
 
     /// Golden metrics of the matching traffic.
@@ -771,6 +786,37 @@ mod tests {
         let history = history(&[(0, 0, true), (30, 40, true), (60, 10, true)]);
         let window = Window::new(&history, Duration::from_secs(60)).unwrap();
         assert_eq!(window.golden(&|_| true, &|_| true).requests, 100.0);
+    }
+
+    #[test]
+    fn series_that_go_or_come_count_only_what_they_grew() {
+        // Both endpoints at 40; then the proxy dropped the second's series
+        // (discovery removed it) and the first reached 50; then the second
+        // came back, counting from zero to 5.
+        let mut history = (*history(&[(0, 40, true), (30, 50, true), (60, 50, true)])).clone();
+        let without_second = |text: String| -> String {
+            text.lines()
+                .filter(|line| !line.contains("127.0.0.1:2"))
+                .map(|line| format!("{line}\n"))
+                .collect()
+        };
+        let with_second_at_5 = without_second(stockweb_text(50))
+            + &stockweb_text(5)
+                .lines()
+                .filter(|line| line.contains("127.0.0.1:2"))
+                .map(|line| format!("{line}\n"))
+                .collect::<String>();
+        for (snap, text) in [
+            (1, without_second(stockweb_text(50))),
+            (2, with_second_at_5),
+        ] {
+            let mut changed = (*history[snap]).clone();
+            changed.proxies[0].samples = metrics(&text);
+            history[snap] = Arc::new(changed);
+        }
+        let history: History = Arc::new(history);
+        let window = Window::new(&history, Duration::from_secs(60)).unwrap();
+        assert_eq!(window.golden(&|_| true, &|_| true).requests, 15.0);
     }
 
     #[test]
