@@ -138,8 +138,9 @@ pub fn add_sidecar(template: &mut Value, config: &SidecarConfig) -> Result<Outco
 
 /// The proxy's policy variables from the workload's annotations
 /// (`config.stockkube.io/default-inbound-policy`,
-/// `config.stockkube.io/inbound-port-policies`), checked: a bad value, or
-/// one that needs identities where the mesh has none, refuses the injection.
+/// `config.stockkube.io/inbound-port-policies`,
+/// `config.stockkube.io/opaque-ports`), checked: a bad value, or one that
+/// needs identities where the mesh has none, refuses the injection.
 fn policy_env(annotations: &Value, config: &SidecarConfig) -> Result<Vec<Value>, String> {
     use stockkube_proto::policy::{
         DEFAULT_INBOUND_POLICY_ANNOTATION, PORT_POLICIES_ANNOTATION, Policy, parse_port_policies,
@@ -160,6 +161,13 @@ fn policy_env(annotations: &Value, config: &SidecarConfig) -> Result<Vec<Value>,
         env.push(
             serde_json::json!({"name": "MESH_PROXY_INBOUND_PORT_POLICY", "value": value.trim()}),
         );
+    }
+    if let Some(value) = annotations[stockkube_proto::ports::OPAQUE_PORTS_ANNOTATION].as_str() {
+        use stockkube_proto::ports::{OPAQUE_PORTS_ANNOTATION, parse_opaque_ports};
+        let ports =
+            parse_opaque_ports(value).map_err(|e| format!("{OPAQUE_PORTS_ANNOTATION}: {e}"))?;
+        let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+        env.push(serde_json::json!({"name": "MESH_PROXY_OPAQUE_PORTS", "value": ports.join(",")}));
     }
     if needs_identity && config.identity.is_none() {
         return Err(

@@ -199,6 +199,24 @@ pub mod ports {
     pub const CONTROLLER: u16 = 8086;
     /// The dashboard's web server.
     pub const DASHBOARD: u16 = 8084;
+
+    /// The annotation listing a workload's opaque ports (Linkerd's
+    /// `config.linkerd.io/opaque-ports`): comma-separated ports whose
+    /// traffic is not HTTP and is relayed as TCP.
+    pub const OPAQUE_PORTS_ANNOTATION: &str = "config.stockkube.io/opaque-ports";
+
+    /// Ports from an opaque-ports value (`3306,6379`, spaces allowed).
+    pub fn parse_opaque_ports(value: &str) -> Result<Vec<u16>, String> {
+        value
+            .split(',')
+            .map(str::trim)
+            .filter(|port| !port.is_empty())
+            .map(|port| match port.parse::<u16>() {
+                Ok(0) | Err(_) => Err(format!("{port:?} is not a port (1-65535)")),
+                Ok(port) => Ok(port),
+            })
+            .collect()
+    }
 }
 
 /// The routes of the sidecar's admin server.

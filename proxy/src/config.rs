@@ -15,6 +15,7 @@ use crate::{
     register::Registration,
     retry::{RetryConfig, RetryPolicy, budget::BudgetConfig},
     serve::DetectConfig,
+    tcp::OpaqueConfig,
 };
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
@@ -42,6 +43,7 @@ pub struct Config {
     pub destination: Option<http::Uri>,
     pub dns_refresh: Duration,
     pub detect: DetectConfig,
+    pub opaque: OpaqueConfig,
     pub balancer: BalancerConfig,
     pub retry: RetryConfig,
     /// Retry policy per service; services without one use the default.
@@ -198,6 +200,10 @@ impl TryFrom<Args> for Config {
             detect: DetectConfig {
                 timeout: args.detect_timeout,
                 max_bytes: args.detect_max_bytes,
+            },
+            opaque: OpaqueConfig {
+                ports: args.opaque_ports.clone().into(),
+                idle_timeout: args.opaque_idle_timeout,
             },
             balancer: BalancerConfig {
                 strategy: args.balance,

@@ -17,7 +17,7 @@ use crate::{
     http::{Upstream, set_authority, strip_hop_by_hop},
     metrics::{Direction, Metrics, RouteLabels, RouteMetrics},
     policy::{InboundPolicy, Policy},
-    tcp,
+    tcp::{self, OpaqueConfig},
     tls::{PeerTls, ServerIo},
 };
 use crate::{
@@ -45,18 +45,25 @@ pub struct InboundListener {
     /// One per app port seen, made on first use.
     ports: Mutex<HashMap<u16, Arc<Inbound>>>,
     policy: InboundPolicy,
+    opaque: OpaqueConfig,
     metrics: Arc<Metrics>,
 }
 
 impl InboundListener {
-    pub fn new(app: Option<SocketAddr>, policy: InboundPolicy, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        app: Option<SocketAddr>,
+        policy: InboundPolicy,
+        opaque: OpaqueConfig,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             app: app.map(|app| {
                 let port_policy = policy.for_port(app.port()).clone();
-                Arc::new(Inbound::new(app, port_policy, metrics.clone()))
+                Arc::new(Inbound::new(app, port_policy, &opaque, metrics.clone()))
             }),
             ports: Mutex::new(HashMap::new()),
             policy,
+            opaque,
             metrics,
         }
     }
@@ -80,7 +87,12 @@ impl Listener for InboundListener {
         let inbound = ports.entry(destination.port()).or_insert_with(|| {
             let app = SocketAddr::from((Ipv4Addr::LOCALHOST, destination.port()));
             let policy = self.policy.for_port(app.port()).clone();
-            Arc::new(Inbound::new(app, policy, self.metrics.clone()))
+            Arc::new(Inbound::new(
+                app,
+                policy,
+                &self.opaque,
+                self.metrics.clone(),
+            ))
         });
         Accepted::Handle(inbound.clone())
     }
@@ -91,6 +103,9 @@ pub struct Inbound {
     app: SocketAddr,
     authority: http::uri::Authority,
     policy: Policy,
+    /// Whether the app port is opaque (`--opaque-ports`).
+    opaque: bool,
+    opaque_idle_timeout: std::time::Duration,
     /// Plaintext clients' metric handles.
     route: Arc<RouteMetrics>,
     /// Mesh TLS clients' handles, by the client's identity.
@@ -100,9 +115,16 @@ pub struct Inbound {
 }
 
 impl Inbound {
-    pub fn new(app: SocketAddr, policy: Policy, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        app: SocketAddr,
+        policy: Policy,
+        opaque: &OpaqueConfig,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let addr = app.to_string();
         Self {
+            opaque: opaque.allows(app.port()),
+            opaque_idle_timeout: opaque.idle_timeout,
             app,
             authority: addr.parse().expect("a socket address is a valid authority"),
             policy,
@@ -187,11 +209,28 @@ impl Inbound {
         }
     }
 
-    pub async fn proxy_tcp(&self, client: ServerIo, peer: PeerTls) {
+    /// Relays an opaque connection to the app; one whose protocol was not
+    /// detected only when the app port is opaque.
+    pub async fn proxy_tcp(
+        &self,
+        client: ServerIo,
+        peer: PeerTls,
+        undetected: bool,
+    ) -> Result<(), (Refusal, String)> {
+        if undetected && !self.opaque {
+            return Err((
+                Refusal::ProtocolNotDetected,
+                format!(
+                    "a connection to app port {} that is not HTTP, and the port is not opaque",
+                    self.app.port()
+                ),
+            ));
+        }
         self.route_of(&peer).tcp_connection();
-        if let Err(err) = tcp::forward(client, self.app, None).await {
+        if let Err(err) = tcp::forward(client, self.app, None, self.opaque_idle_timeout).await {
             tracing::debug!(%err, app = %self.app, "opaque connection ended with an error");
         }
+        Ok(())
     }
 }
 
@@ -203,7 +242,12 @@ mod tests {
     fn client_identities_past_the_cap_share_one_series_without_client_id() {
         let metrics = Arc::new(Metrics::default());
         let app = SocketAddr::from((Ipv4Addr::LOCALHOST, 8080));
-        let inbound = Inbound::new(app, Policy::AllUnauthenticated, metrics.clone());
+        let inbound = Inbound::new(
+            app,
+            Policy::AllUnauthenticated,
+            &OpaqueConfig::default(),
+            metrics.clone(),
+        );
         for n in 0..MAX_CLIENT_IDS + 44 {
             let peer = PeerTls::Mesh {
                 id: Some(format!("spiffe://cluster.local/ns/a/sa/client-{n}").into()),

@@ -112,6 +112,7 @@ pub async fn run(
     let server = Arc::new(Server::new(
         config.detect,
         limits,
+        config.opaque.idle_timeout,
         metrics.clone(),
         tls,
         &drain,

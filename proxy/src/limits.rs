@@ -168,6 +168,9 @@ pub enum Refusal {
     /// A mesh TLS handshake that failed: a certificate from another
     /// authority, an expired one, a protocol error.
     TlsHandshake,
+    /// A connection whose protocol was not detected (not HTTP: too slow,
+    /// garbled, or another protocol) to a port not declared opaque.
+    ProtocolNotDetected,
     /// A request head the proxy does not forward ([`crate::head`]):
     /// `CONNECT`, a missing or invalid authority.
     BadRequest,
@@ -186,6 +189,7 @@ impl Refusal {
             Refusal::PolicyDenied => "denied",
             Refusal::TlsHandshake => "tls_handshake",
             Refusal::BadRequest => "bad_request",
+            Refusal::ProtocolNotDetected => "protocol_not_detected",
         }
     }
 }

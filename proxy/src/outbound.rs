@@ -35,9 +35,10 @@ use crate::{
     discover::{Discover as _, destination::Destination},
     errors,
     http::{Upstream, strip_hop_by_hop},
+    limits::Refusal,
     metrics::{Direction, Metrics, RouteLabels},
     retry::{RetryConfig, RetryPolicy, budget::RetryBudget, replay::ReplayBody},
-    tcp,
+    tcp::{self, OpaqueConfig},
     tls::MeshTls,
 };
 use std::{
@@ -91,6 +92,7 @@ pub struct Outbound {
     retry: RetryConfig,
     upstream: Upstream<ReplayBody<Received>>,
     tls: Option<Arc<MeshTls>>,
+    opaque: OpaqueConfig,
     metrics: Arc<Metrics>,
 }
 
@@ -118,6 +120,7 @@ impl Outbound {
             retry: config.retry.clone(),
             upstream: Upstream::new(tls.clone()),
             tls,
+            opaque: config.opaque.clone(),
             metrics,
         };
         for balancer in balancers {
@@ -202,8 +205,14 @@ impl Outbound {
         respond::respond(protocol, grpc, outcome)
     }
 
-    /// Forwards one opaque connection to an endpoint of `target`.
-    pub async fn proxy_tcp<C>(&self, target: &Arc<Service>, client: C)
+    /// Forwards one opaque connection to an endpoint of `target`; one whose
+    /// protocol was not detected only when the endpoint's port is opaque.
+    pub async fn proxy_tcp<C>(
+        &self,
+        target: &Arc<Service>,
+        client: C,
+        undetected: bool,
+    ) -> Result<(), (Refusal, String)>
     where
         C: AsyncRead + AsyncWrite + Unpin,
     {
@@ -212,10 +221,22 @@ impl Outbound {
             Ok(picked) => picked,
             Err(err) => {
                 tracing::debug!(%err, "no endpoint for an opaque connection");
-                return;
+                return Ok(());
             }
         };
         let endpoint = picked.endpoint().clone();
+        let port = endpoint.endpoint.addr.port();
+        if undetected && !self.opaque.allows(port) {
+            // Nothing was sent: the pick is not the endpoint's failure.
+            picked.succeeded();
+            return Err((
+                Refusal::ProtocolNotDetected,
+                format!(
+                    "a connection to {} that is not HTTP, and port {port} is not opaque",
+                    balancer.service()
+                ),
+            ));
+        }
         let identity = endpoint.endpoint.identity.as_ref();
         endpoint
             .metrics
@@ -230,8 +251,10 @@ impl Outbound {
             .tcp_connection();
         picked.succeeded();
         let tls = self.tls.as_deref().zip(identity.map(|id| &**id));
-        if let Err(err) = tcp::forward(client, endpoint.endpoint.addr, tls).await {
+        let idle = self.opaque.idle_timeout;
+        if let Err(err) = tcp::forward(client, endpoint.endpoint.addr, tls, idle).await {
             tracing::debug!(%err, endpoint = %endpoint.addr_label, "opaque connection ended with an error");
         }
+        Ok(())
     }
 }

@@ -6,7 +6,8 @@
 //! ```text
 //! accept -> permit (limits) -> detect -> [inbound: mesh TLS -> detect inside]
 //!        -> policy: may this peer connect (inbound)
-//!        -> opaque: policy: may it call -> Direction::tcp
+//!        -> opaque: policy: may it call -> Direction::tcp (closed unless an
+//!           opaque port, when no protocol was detected)
 //!        -> HTTP/1, HTTP/2: per request: head size (limits) -> head checks (head)
 //!                           -> policy: may it call -> Direction::http
 //! ```
@@ -153,6 +154,7 @@ pub fn accept_all(
     let inbound = Arc::new(InboundListener::new(
         config.app,
         config.inbound_policy.clone(),
+        config.opaque.clone(),
         metrics.clone(),
     ));
     for listener in sockets.inbound {
@@ -203,7 +205,15 @@ pub trait Handler: Send + Sync + 'static {
         None
     }
 
-    fn tcp(&self, io: ServerIo, peer: PeerTls) -> impl Future<Output = ()> + Send;
+    /// Relays an opaque connection; `undetected` when it is not a protocol
+    /// the proxy knows (not HTTP, not TLS it passes through), which only
+    /// opaque ports relay. `Err`: refused, with why.
+    fn tcp(
+        &self,
+        io: ServerIo,
+        peer: PeerTls,
+        undetected: bool,
+    ) -> impl Future<Output = Result<(), (Refusal, String)>> + Send;
 
     /// Serves one request; its extensions hold the connection's [`PeerTls`]
     /// when it is mesh TLS (none: plaintext).
@@ -224,8 +234,13 @@ pub struct OutboundTarget {
 impl Handler for OutboundTarget {
     const DIRECTION: Direction = Direction::Outbound;
 
-    async fn tcp(&self, io: ServerIo, _: PeerTls) {
-        self.outbound.proxy_tcp(&self.target, io).await
+    async fn tcp(
+        &self,
+        io: ServerIo,
+        _: PeerTls,
+        undetected: bool,
+    ) -> Result<(), (Refusal, String)> {
+        self.outbound.proxy_tcp(&self.target, io, undetected).await
     }
 
     async fn http(
@@ -246,8 +261,13 @@ impl Handler for Inbound {
         Some((self.port(), self.port_policy()))
     }
 
-    async fn tcp(&self, io: ServerIo, peer: PeerTls) {
-        self.proxy_tcp(io, peer).await
+    async fn tcp(
+        &self,
+        io: ServerIo,
+        peer: PeerTls,
+        undetected: bool,
+    ) -> Result<(), (Refusal, String)> {
+        self.proxy_tcp(io, peer, undetected).await
     }
 
     async fn http(
@@ -273,6 +293,8 @@ pub struct DetectConfig {
 pub struct Server {
     detect: DetectConfig,
     limits: Limits,
+    /// Idle timeout of connections forwarded untouched.
+    forward_idle_timeout: Duration,
     metrics: Arc<Metrics>,
     /// The mesh's TLS, terminated on inbound listeners.
     tls: Option<Arc<MeshTls>>,
@@ -285,6 +307,7 @@ impl Server {
     pub fn new(
         detect: DetectConfig,
         limits: Limits,
+        forward_idle_timeout: Duration,
         metrics: Arc<Metrics>,
         tls: Option<Arc<MeshTls>>,
         drain: &Drain,
@@ -292,6 +315,7 @@ impl Server {
         Self {
             detect,
             limits,
+            forward_idle_timeout,
             metrics,
             tls,
             drain: drain.signal(),
@@ -355,7 +379,7 @@ impl Server {
                     endpoint: addr.to_string().into(),
                     tls: PeerTls::None,
                 });
-                if let Err(err) = tcp::forward(conn, addr, None).await {
+                if let Err(err) = tcp::forward(conn, addr, None, self.forward_idle_timeout).await {
                     tracing::debug!(%err, %addr, "forwarded connection ended with an error");
                 }
                 return;
@@ -376,7 +400,9 @@ impl Server {
         let Some((protocol, prefix)) = self.detect(&mut conn).await else {
             return;
         };
-        let (protocol, io, peer) = match &self.tls {
+        // `undetected`: opaque because it is no protocol the proxy knows
+        // (TLS that is not the mesh's is known: it passes through).
+        let (protocol, io, peer, undetected) = match &self.tls {
             Some(mesh) if direction == Direction::Inbound && tls::looks_like_tls(&prefix) => {
                 match mesh.accept(conn, prefix).await {
                     Ok(tls::Accepted::Terminated(mut stream, peer)) => {
@@ -384,11 +410,11 @@ impl Server {
                             return;
                         };
                         let io = Prefixed::new(prefix, Transport::Tls(stream));
-                        (protocol, io, peer)
+                        (protocol, io, peer, protocol == Protocol::Opaque)
                     }
                     Ok(tls::Accepted::Passthrough(read, conn)) => {
                         let io = Prefixed::new(read, Transport::Plain(conn));
-                        (Protocol::Opaque, io, PeerTls::None)
+                        (Protocol::Opaque, io, PeerTls::None, false)
                     }
                     Err(err) => {
                         self.limits.refused(direction, Refusal::TlsHandshake, &err);
@@ -400,6 +426,7 @@ impl Server {
                 protocol,
                 Prefixed::new(prefix, Transport::Plain(conn)),
                 PeerTls::None,
+                protocol == Protocol::Opaque,
             ),
         };
         if let Some((port, policy)) = handler.policy()
@@ -416,7 +443,10 @@ impl Server {
                 tracing::debug!(err = %err.message(), "opaque connection refused");
                 return;
             }
-            return handler.tcp(io, peer).await;
+            if let Err((reason, detail)) = handler.tcp(io, peer, undetected).await {
+                self.limits.refused(direction, reason, &detail);
+            }
+            return;
         }
         let server = self.clone();
         let served = http::serve(

@@ -1,30 +1,219 @@
-//! Opaque TCP: bytes forwarded unchanged in both directions. Balancing, when
-//! there is any, happens once per connection, by the caller.
+//! Opaque TCP: bytes forwarded unchanged in both directions, until either
+//! side closes or no byte has passed either way for the idle timeout.
+//! Balancing, when there is any, happens once per connection, by the
+//! caller; so does deciding whether a connection may be opaque at all
+//! ([`OpaqueConfig::allows`]).
 
 use crate::tls::{Alpn, MeshTls};
-use std::net::SocketAddr;
+use std::{
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
 use tokio::{
-    io::{AsyncRead, AsyncWrite},
+    io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
+    time::Instant,
 };
 
-/// Connects to `upstream` and relays until either side closes; over mTLS
-/// with a server that must prove `tls`'s identity when given.
+/// Opaque TCP settings.
+#[derive(Debug, Clone)]
+pub struct OpaqueConfig {
+    /// Ports whose connections may be relayed though their protocol was
+    /// not detected (Linkerd's opaque ports): server-speaks-first or binary
+    /// protocols. On any other port such a connection is closed, so that a
+    /// slow or garbled client cannot bypass the HTTP layer's limits.
+    pub ports: Arc<[u16]>,
+    /// How long a relay may carry no bytes either way.
+    pub idle_timeout: Duration,
+}
+
+impl Default for OpaqueConfig {
+    fn default() -> Self {
+        Self {
+            ports: Arc::new([]),
+            idle_timeout: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl OpaqueConfig {
+    /// Whether a connection to `port` may be relayed undetected.
+    pub fn allows(&self, port: u16) -> bool {
+        self.ports.contains(&port)
+    }
+}
+
+/// Connects to `upstream` and relays until either side closes or the relay
+/// is idle for `idle_timeout`; over mTLS with a server that must prove
+/// `tls`'s identity when given.
 pub async fn forward<C>(
-    mut client: C,
+    client: C,
     upstream: SocketAddr,
     tls: Option<(&MeshTls, &str)>,
-) -> std::io::Result<(u64, u64)>
+    idle_timeout: Duration,
+) -> io::Result<(u64, u64)>
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
     let server = TcpStream::connect(upstream).await?;
     server.set_nodelay(true)?;
     match tls {
-        None => tokio::io::copy_bidirectional(&mut client, &mut { server }).await,
+        None => relay(client, server, idle_timeout).await,
         Some((tls, identity)) => {
-            let mut server = tls.connect(server, identity, Alpn::None).await?;
-            tokio::io::copy_bidirectional(&mut client, &mut server).await
+            let server = tls.connect(server, identity, Alpn::None).await?;
+            relay(client, server, idle_timeout).await
         }
+    }
+}
+
+/// Copies both ways until one side closes, or nothing moved for `idle`.
+async fn relay<A, B>(client: A, server: B, idle: Duration) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let activity = Activity::default();
+    let mut client = Watched {
+        io: client,
+        activity: &activity,
+    };
+    let mut server = Watched {
+        io: server,
+        activity: &activity,
+    };
+    tokio::select! {
+        copied = tokio::io::copy_bidirectional(&mut client, &mut server) => copied,
+        () = activity.idle_for(idle) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no bytes either way for {idle:?}"),
+        )),
+    }
+}
+
+/// When bytes last moved, in milliseconds since it was made.
+#[derive(Debug)]
+struct Activity {
+    started: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self {
+            started: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Activity {
+    fn moved(&self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        // Only ever forward; a plain store would do, but a read is cheaper
+        // than a write when nothing changed this millisecond.
+        if self.last_ms.load(Ordering::Relaxed) != ms {
+            self.last_ms.store(ms, Ordering::Relaxed);
+        }
+    }
+
+    /// Returns once nothing moved for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            let last = self.started + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let deadline = last + idle;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
+/// An I/O stream whose reads are noted in `activity`.
+struct Watched<'a, I> {
+    io: I,
+    activity: &'a Activity,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Watched<'_, I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.moved();
+        }
+        polled
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<'_, I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// A relay between two in-memory pipes, with paused time.
+    #[tokio::test(start_paused = true)]
+    async fn a_relay_ends_after_the_idle_timeout_and_not_before() {
+        let (mut client, client_side) = tokio::io::duplex(1024);
+        let (server_side, mut server) = tokio::io::duplex(1024);
+        let idle = Duration::from_secs(60);
+        let relay = tokio::spawn(relay(client_side, server_side, idle));
+        // Bytes every 40 s keep it open past the idle timeout.
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_secs(40)).await;
+            client.write_all(b"ping").await.unwrap();
+            let mut got = [0; 4];
+            server.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, b"ping");
+        }
+        assert!(!relay.is_finished());
+        // Then silence: closed once 60 s passed.
+        tokio::time::sleep(Duration::from_secs(59)).await;
+        tokio::task::yield_now().await;
+        assert!(!relay.is_finished());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let ended = relay.await.unwrap().unwrap_err();
+        assert_eq!(ended.kind(), io::ErrorKind::TimedOut);
     }
 }

@@ -258,6 +258,25 @@ fn policy_annotations_become_the_proxys_policy_or_refuse_the_injection() {
         "9090=all-unauthenticated;5001=spiffe://cluster.local/ns/stocks/sa/stockweb"
     );
 
+    let mut opaque = annotated(json!({"config.stockkube.io/opaque-ports": "3306, 6379"}));
+    assert_eq!(
+        add_sidecar(&mut opaque, &SidecarConfig::default()),
+        Ok(Outcome::Injected)
+    );
+    assert_eq!(
+        env(
+            &opaque["spec"]["initContainers"][1],
+            "MESH_PROXY_OPAQUE_PORTS"
+        )["value"],
+        "3306,6379"
+    );
+    let mut bad = annotated(json!({"config.stockkube.io/opaque-ports": "3306,redis"}));
+    let err = add_sidecar(&mut bad, &SidecarConfig::default()).unwrap_err();
+    assert!(
+        err.starts_with("config.stockkube.io/opaque-ports: \"redis\" is not a port"),
+        "{err}"
+    );
+
     let mut bad = annotated(json!({"config.stockkube.io/default-inbound-policy": "friends"}));
     let err = add_sidecar(&mut bad, &with_identity()).unwrap_err();
     assert!(

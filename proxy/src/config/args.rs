@@ -116,13 +116,25 @@ pub struct Args {
     pub dns_refresh: Duration,
 
     /// How long protocol detection waits for a client's first bytes before
-    /// treating the connection as opaque TCP.
+    /// deciding the protocol is not HTTP.
     #[arg(long, env = "MESH_PROXY_DETECT_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub detect_timeout: Duration,
 
     /// How many bytes detection reads at most before deciding.
     #[arg(long, env = "MESH_PROXY_DETECT_MAX_BYTES", default_value_t = 8192)]
     pub detect_max_bytes: usize,
+
+    /// Ports whose connections are relayed as opaque TCP when they are not
+    /// HTTP (Linkerd's opaque ports; comma-separated): the app port
+    /// inbound, the endpoint's port outbound. On other ports a connection
+    /// whose protocol was not detected is closed.
+    #[arg(long, env = "MESH_PROXY_OPAQUE_PORTS", value_delimiter = ',')]
+    pub opaque_ports: Vec<u16>,
+
+    /// How long an opaque TCP relay may carry no bytes either way before
+    /// it is closed.
+    #[arg(long, env = "MESH_PROXY_OPAQUE_IDLE_TIMEOUT", default_value = "1h", value_parser = parse_duration)]
+    pub opaque_idle_timeout: Duration,
 
     /// Peak-EWMA decay: how fast a latency sample is forgotten.
     #[arg(long, env = "MESH_PROXY_EWMA_DECAY", default_value = "10s", value_parser = parse_duration)]

@@ -113,6 +113,61 @@ async fn oversized_headers_are_refused_with_431_or_resource_exhausted() {
     proxy.shutdown().await;
 }
 
+/// Connections whose protocol is not detected (a slow preface, silence,
+/// garbage) are closed on a port not declared opaque, never relayed; an
+/// opaque port relays them.
+#[tokio::test]
+async fn undetected_protocols_are_closed_unless_the_port_is_opaque() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+    // An upstream that counts the connections it gets.
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_addr = upstream.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = upstream.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            held.push(conn);
+        }
+    });
+    let discover = format!("stockdata=static:{upstream_addr}");
+    let flags = [
+        "--outbound",
+        "stockdata=127.0.0.1:0",
+        "--discover",
+        &discover,
+        "--detect-timeout",
+        "200ms",
+    ];
+    let proxy = spawn_proxy(&flags).await;
+    for first in [&b"PRI * HTTP/2.0\r\n"[..], b"", b"\x00\x01garbage"] {
+        let mut conn = TcpStream::connect(proxy.outbound).await.unwrap();
+        conn.write_all(first).await.unwrap();
+        assert_eq!(read_until_closed(&mut conn).await, b"", "{first:?}");
+    }
+    assert_eq!(refused(proxy.admin, "protocol_not_detected").await, 3.0);
+    assert_eq!(accepted.load(Ordering::SeqCst), 0, "relayed");
+    proxy.shutdown().await;
+
+    // The same upstream port declared opaque: relayed.
+    let port = upstream_addr.port().to_string();
+    let opaque: Vec<&str> = flags.into_iter().chain(["--opaque-ports", &port]).collect();
+    let proxy = spawn_proxy(&opaque).await;
+    let mut conn = TcpStream::connect(proxy.outbound).await.unwrap();
+    conn.write_all(b"\x00\x01garbage").await.unwrap();
+    eventually("relayed", Duration::from_secs(5), || async {
+        (accepted.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    assert_eq!(refused(proxy.admin, "protocol_not_detected").await, 0.0);
+    drop(conn);
+    proxy.shutdown().await;
+}
+
 /// Heads the proxy answers itself: CONNECT, a bad Host, a deadline already
 /// spent; and host names matched without case.
 #[tokio::test]

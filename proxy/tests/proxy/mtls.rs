@@ -674,7 +674,12 @@ async fn http1_and_opaque_tcp_are_mtls_between_sidecars() {
     });
 
     let web_side = mesh.inbound_proxy("stockdata", web_addr, &[]).await;
-    let echo_side = mesh.inbound_proxy("stockdata", echo_addr, &[]).await;
+    // Opaque bytes are relayed only to ports declared opaque: the echo
+    // app's port inbound, and its endpoint's port outbound.
+    let echo_port = echo_addr.port().to_string();
+    let echo_side = mesh
+        .inbound_proxy("stockdata", echo_addr, &["--opaque-ports", &echo_port])
+        .await;
     for (service, side) in [("web", &web_side), ("echo", &echo_side)] {
         mesh.registry.register(
             service,
@@ -695,6 +700,10 @@ async fn http1_and_opaque_tcp_are_mtls_between_sidecars() {
     ]
     .map(String::from)
     .to_vec();
+    flags.extend([
+        "--opaque-ports".into(),
+        echo_side.inbound.unwrap().port().to_string(),
+    ]);
     flags.extend(mesh.identity_flags("stockweb"));
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let args = mesh_proxy::Args::try_parse_from(

@@ -97,9 +97,12 @@ async fn opaque_bytes_arrive_unchanged() {
         "echo=127.0.0.1:0",
         "--discover",
         &format!("echo=static:{echo}"),
+        "--opaque-ports",
+        &format!("1,{}", echo.port()),
     ])
     .await;
-    // Binary noise that is neither HTTP/1 nor an HTTP/2 preface.
+    // Binary noise that is neither HTTP/1 nor an HTTP/2 preface, to a port
+    // declared opaque.
     let payload: Vec<u8> = (0..64 * 1024u32).map(|i| (i * 7 + 3) as u8).collect();
     let mut conn = TcpStream::connect(proxy.outbound).await.unwrap();
     let (mut read, mut write) = conn.split();
