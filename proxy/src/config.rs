@@ -233,8 +233,11 @@ impl TryFrom<Args> for Config {
             limits: LimitsConfig {
                 max_header_bytes: args.max_header_bytes,
                 header_read_timeout: args.header_read_timeout,
+                idle_timeout: args.idle_timeout,
+                max_resets_per_second: args.max_resets_per_second,
                 max_concurrent_streams: args.max_concurrent_streams,
                 max_connections: args.max_connections,
+                max_connections_per_source: args.max_connections_per_source,
             },
             drain_timeout: args.drain_timeout,
         })
@@ -318,6 +321,16 @@ fn check_ranges(args: &Args) -> Result<(), ConfigError> {
             "MESH_PROXY_MAX_CONNECTIONS",
             args.max_connections,
         ),
+        (
+            "--max-resets-per-second",
+            "MESH_PROXY_MAX_RESETS_PER_SECOND",
+            args.max_resets_per_second as usize,
+        ),
+        (
+            "--max-connections-per-source",
+            "MESH_PROXY_MAX_CONNECTIONS_PER_SOURCE",
+            args.max_connections_per_source,
+        ),
     ];
     if let Some((flag, env, _)) = counts.into_iter().find(|(_, _, n)| *n == 0) {
         return Err(bad(flag, env, "must be at least 1"));
@@ -344,6 +357,16 @@ fn check_ranges(args: &Args) -> Result<(), ConfigError> {
             "--header-read-timeout",
             "MESH_PROXY_HEADER_READ_TIMEOUT",
             args.header_read_timeout,
+        ),
+        (
+            "--idle-timeout",
+            "MESH_PROXY_IDLE_TIMEOUT",
+            args.idle_timeout,
+        ),
+        (
+            "--opaque-idle-timeout",
+            "MESH_PROXY_OPAQUE_IDLE_TIMEOUT",
+            args.opaque_idle_timeout,
         ),
     ];
     if let Some((flag, env, _)) = durations.into_iter().find(|(_, _, d)| d.is_zero()) {

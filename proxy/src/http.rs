@@ -191,6 +191,12 @@ pub enum ServeError {
     Http1(hyper::Error),
     #[error(transparent)]
     Http2(h2::Error),
+    /// An HTTP/2 client sent no request within the header read timeout.
+    #[error("no request within {0:?}")]
+    NoRequest(std::time::Duration),
+    /// An HTTP/2 client reset more streams than the proxy allows.
+    #[error("more streams reset in a second than allowed, and more than half of those opened")]
+    TooManyResets,
 }
 
 /// Serves one HTTP connection of the detected `protocol` with `handle` as
@@ -210,9 +216,16 @@ where
     F: Future<Output = http::Response<ProxyBody>> + Send + 'static,
 {
     if protocol == Protocol::Http2 {
-        return http2::serve(io, limits, drain, handle)
-            .await
-            .map_err(ServeError::Http2);
+        return match http2::serve(io, limits, drain, handle).await {
+            Ok(http2::Ended::NoRequest) => Err(ServeError::NoRequest(limits.header_read_timeout)),
+            Ok(http2::Ended::Idle) => {
+                tracing::debug!(idle = ?limits.idle_timeout, "idle connection closed");
+                Ok(())
+            }
+            Ok(http2::Ended::Closed) => Ok(()),
+            Ok(http2::Ended::TooManyResets) => Err(ServeError::TooManyResets),
+            Err(err) => Err(ServeError::Http2(err)),
+        };
     }
     let service = hyper::service::service_fn(move |request: http::Request<_>| {
         let response = handle(request.map(Received::Http1));

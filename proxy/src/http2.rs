@@ -33,12 +33,17 @@ use http_body::{Body, Frame};
 use std::{
     future::{Future, poll_fn},
     pin::{Pin, pin},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
     task::{Context, Poll, ready},
     time::Duration,
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     sync::watch,
+    time::Instant,
 };
 use tracing::Instrument as _;
 
@@ -102,15 +107,32 @@ impl Body for RecvBody {
     }
 }
 
+/// How a served connection ended, when it ended without a protocol error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The client closed it, or the drain did.
+    Closed,
+    /// No stream was open for the idle timeout: closed with GOAWAY.
+    Idle,
+    /// No request came within the header read timeout: closed with GOAWAY.
+    NoRequest,
+    /// The client reset more streams than it let finish, past
+    /// `max_resets_per_second`: closed with GOAWAY(ENHANCE_YOUR_CALM).
+    TooManyResets,
+}
+
 /// Serves one client's HTTP/2 connection with `handle` as the per-request
 /// function, until the connection closes. When `drain` turns true it sends
-/// GOAWAY and lets the streams in flight finish.
+/// GOAWAY and lets the streams in flight finish. A connection that sends no
+/// request within `header_read_timeout`, or has no stream open for
+/// `idle_timeout`, is sent GOAWAY too, so idle clients cannot hold the
+/// proxy's connections.
 pub async fn serve<I, H, F>(
     io: I,
     limits: &LimitsConfig,
     mut drain: watch::Receiver<bool>,
     handle: H,
-) -> Result<(), h2::Error>
+) -> Result<Ended, h2::Error>
 where
     I: AsyncRead + AsyncWrite + Unpin,
     H: Fn(http::Request<Received>) -> F + Clone + Send + 'static,
@@ -124,28 +146,174 @@ where
         .max_header_list_size(u32::try_from(limits.transport_header_bytes()).unwrap_or(u32::MAX))
         .handshake::<_, Bytes>(io)
         .await?;
+    let open = Arc::new(OpenStreams::default());
+    let resets = Arc::new(Resets::new(limits.max_resets_per_second));
+    let mut requested = false;
+    let mut ended = Ended::Closed;
     let mut draining = false;
+    let check = tokio::time::sleep(limits.header_read_timeout);
+    let mut check = pin!(check);
     loop {
         tokio::select! {
             accepted = connection.accept() => match accepted {
                 Some(Ok((request, respond))) => {
+                    requested = true;
+                    resets.opened();
                     // A task per stream, so that a proxy with several
                     // workers spreads one connection's streams over them.
                     // Polling the streams inside this task instead measured
                     // the same CPU per request (docs/benchmarks.md).
-                    let stream = respond_to(request, respond, handle.clone());
+                    let stream = respond_to(
+                        request,
+                        respond,
+                        handle.clone(),
+                        (open.opened(), resets.clone()),
+                    );
                     tokio::spawn(stream.in_current_span());
                 }
+                // After the proxy closed it for a reason of its own, the
+                // error is that GOAWAY's: the reason is what it ended with.
+                Some(Err(_)) if ended != Ended::Closed => return Ok(ended),
                 Some(Err(err)) => return Err(err),
                 // Closed, and after a GOAWAY only once every stream ended.
-                None => return Ok(()),
+                None => return Ok(ended),
             },
             // The watch guard must not live across an await.
             _ = async { drain.wait_for(|draining| *draining).await.is_ok() }, if !draining => {
                 draining = true;
                 connection.graceful_shutdown();
             }
+            () = resets.exceeded.notified(), if !draining => {
+                draining = true;
+                ended = Ended::TooManyResets;
+                connection.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
+            }
+            () = &mut check, if !draining => {
+                let now = Instant::now();
+                let next = if !requested {
+                    ended = Ended::NoRequest;
+                    None
+                } else {
+                    match open.idle_since() {
+                        None => Some(now + limits.idle_timeout),
+                        Some(since) if now >= since + limits.idle_timeout => {
+                            ended = Ended::Idle;
+                            None
+                        }
+                        Some(since) => Some(since + limits.idle_timeout),
+                    }
+                };
+                match next {
+                    Some(at) => check.as_mut().reset(at),
+                    None => {
+                        // Not the graceful shutdown, which waits for the
+                        // client to answer a PING an idle client may never
+                        // read: no stream is open, so nothing is cut short.
+                        draining = true;
+                        connection.abrupt_shutdown(h2::Reason::NO_ERROR);
+                    }
+                }
+            }
         }
+    }
+}
+
+/// How many streams of a connection are open, and since when none is.
+#[derive(Debug)]
+struct OpenStreams {
+    count: AtomicUsize,
+    /// When the last stream ended, in milliseconds since `started`.
+    last_ended_ms: AtomicU64,
+    started: Instant,
+}
+
+impl Default for OpenStreams {
+    fn default() -> Self {
+        Self {
+            count: AtomicUsize::new(0),
+            last_ended_ms: AtomicU64::new(0),
+            started: Instant::now(),
+        }
+    }
+}
+
+impl OpenStreams {
+    fn opened(self: &Arc<Self>) -> OpenStream {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        OpenStream(self.clone())
+    }
+
+    /// `None` while a stream is open.
+    fn idle_since(&self) -> Option<Instant> {
+        (self.count.load(Ordering::Relaxed) == 0).then(|| {
+            self.started + Duration::from_millis(self.last_ended_ms.load(Ordering::Relaxed))
+        })
+    }
+}
+
+/// One open stream, counted until it ends.
+struct OpenStream(Arc<OpenStreams>);
+
+/// A connection's streams and client resets in the current second. Past
+/// `limit` resets of accepted streams in a second that are also more than
+/// half of the streams opened in it, the connection is closed: a client
+/// cancelling calls now and then is served on, while one that opens
+/// streams only to reset them (Rapid Reset, CVE-2023-44487, paced so that
+/// each stream is accepted first) is cut off after a bounded number of
+/// streams sent upstream.
+#[derive(Debug)]
+struct Resets {
+    limit: u64,
+    started: Instant,
+    /// The second the counts are for, since `started`.
+    second: AtomicU64,
+    opened: AtomicU64,
+    reset: AtomicU64,
+    exceeded: tokio::sync::Notify,
+}
+
+impl Resets {
+    fn new(limit: u32) -> Self {
+        Self {
+            limit: limit.into(),
+            started: Instant::now(),
+            second: AtomicU64::new(0),
+            opened: AtomicU64::new(0),
+            reset: AtomicU64::new(0),
+            exceeded: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Starts the counts over when a new second began.
+    fn roll(&self) {
+        let now = self.started.elapsed().as_secs();
+        if self.second.swap(now, Ordering::Relaxed) != now {
+            self.opened.store(0, Ordering::Relaxed);
+            self.reset.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn opened(&self) {
+        self.roll();
+        self.opened.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The client reset an accepted stream before its response.
+    fn client_reset(&self) {
+        self.roll();
+        let reset = self.reset.fetch_add(1, Ordering::Relaxed) + 1;
+        if reset > self.limit && reset * 2 > self.opened.load(Ordering::Relaxed) {
+            // Stored, so a serve loop not waiting right now still sees it.
+            self.exceeded.notify_one();
+        }
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        let ms = self.0.started.elapsed().as_millis() as u64;
+        self.0.last_ended_ms.store(ms, Ordering::Relaxed);
+        self.0.count.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -156,6 +324,7 @@ async fn respond_to<H, F>(
     request: http::Request<RecvStream>,
     mut respond: h2::server::SendResponse<Bytes>,
     handle: H,
+    (_open, resets): (OpenStream, Arc<Resets>),
 ) where
     H: Fn(http::Request<Received>) -> F,
     F: Future<Output = http::Response<ProxyBody>>,
@@ -163,13 +332,16 @@ async fn respond_to<H, F>(
     let request = request.map(|body| Received::Http2(RecvBody::new(body)));
     let mut response = pin!(handle(request));
     let response = poll_fn(|cx| {
-        if let Poll::Ready(response) = response.as_mut().poll(cx) {
-            return Poll::Ready(Some(response));
+        // The reset first: a reset also ends the request body, which may
+        // make the handler answer for a client that is no longer there.
+        if respond.poll_reset(cx).is_ready() {
+            return Poll::Ready(None);
         }
-        respond.poll_reset(cx).map(|_| None)
+        response.as_mut().poll(cx).map(Some)
     })
     .await;
     let Some(response) = response else {
+        resets.client_reset();
         return;
     };
     let (head, body) = response.into_parts();

@@ -1,5 +1,5 @@
 //! Limits against peers that send too much or too slowly, all checked
-//! here: connections per proxy ([`Limits::admit`]), request header size
+//! here: connections per side and per source ([`Limits::admit`]), request header size
 //! ([`Limits::check_head`]), and the limits the HTTP layer enforces itself
 //! (time to send a request head, streams per HTTP/2 connection, a head past
 //! the transport's maximum), whose errors become refusals
@@ -15,6 +15,7 @@ use crate::{
 };
 use std::{
     collections::HashMap,
+    net::{IpAddr, SocketAddr},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -29,13 +30,21 @@ pub struct LimitsConfig {
     /// Largest request header block, counted as HTTP/2 does (RFC 9113
     /// section 6.5.2: name + value + 32 per field).
     pub max_header_bytes: usize,
-    /// How long an HTTP/1 client may take to send a request head.
+    /// How long an HTTP/1 client may take to send a request head, and an
+    /// HTTP/2 client its first request.
     pub header_read_timeout: Duration,
+    /// How long an HTTP/2 client connection may have no stream open.
+    pub idle_timeout: Duration,
+    /// Client resets of accepted streams one HTTP/2 connection may make in
+    /// a second (when also more than half the streams it opened).
+    pub max_resets_per_second: u32,
     /// Streams one HTTP/2 client connection may have open at once; clients
     /// learn it from SETTINGS and queue the rest.
     pub max_concurrent_streams: u32,
-    /// Connections open at once, all listeners together.
+    /// Connections open at once, per side (inbound, outbound).
     pub max_connections: usize,
+    /// Connections open at once from one IP address, per side.
+    pub max_connections_per_source: usize,
 }
 
 impl Default for LimitsConfig {
@@ -43,8 +52,11 @@ impl Default for LimitsConfig {
         Self {
             max_header_bytes: 16 * 1024,
             header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            max_resets_per_second: 100,
             max_concurrent_streams: 256,
             max_connections: 4096,
+            max_connections_per_source: 1024,
         }
     }
 }
@@ -61,40 +73,100 @@ impl LimitsConfig {
 }
 
 /// The limits in force, shared by every listener: the configuration, the
-/// open-connection permits, and where refusals are counted.
+/// open-connection permits of each side, and where refusals are counted.
 #[derive(Debug)]
 pub struct Limits {
     pub config: LimitsConfig,
-    /// One permit per open client connection.
-    connections: Arc<Semaphore>,
+    inbound: Side,
+    outbound: Side,
     refusals: Refusals,
+}
+
+/// One side's open connections: a permit each, and how many per source.
+#[derive(Debug)]
+struct Side {
+    connections: Arc<Semaphore>,
+    per_source: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Side {
+    fn new(config: &LimitsConfig) -> Self {
+        Self {
+            connections: Arc::new(Semaphore::new(config.max_connections)),
+            per_source: Arc::default(),
+        }
+    }
+}
+
+/// A connection's place in its side's limits, given back when it closes.
+#[derive(Debug)]
+pub struct ConnectionPermit {
+    _open: OwnedSemaphorePermit,
+    per_source: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    source: IpAddr,
+}
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        let mut per_source = self.per_source.lock().expect("lock is never poisoned");
+        if let Some(open) = per_source.get_mut(&self.source) {
+            *open -= 1;
+            if *open == 0 {
+                per_source.remove(&self.source);
+            }
+        }
+    }
 }
 
 impl Limits {
     pub fn new(config: LimitsConfig, metrics: Arc<Metrics>) -> Self {
         Self {
-            connections: Arc::new(Semaphore::new(config.max_connections)),
+            inbound: Side::new(&config),
+            outbound: Side::new(&config),
             refusals: Refusals::new(metrics),
             config,
         }
     }
 
     /// A permit for a new connection from `peer`, held until it closes;
-    /// `None` (counted) when the proxy has its maximum open.
-    pub fn admit(
-        &self,
-        direction: Direction,
-        peer: &dyn std::fmt::Display,
-    ) -> Option<OwnedSemaphorePermit> {
-        let permit = self.connections.clone().try_acquire_owned().ok();
-        if permit.is_none() {
+    /// `None` (counted) when its side has its maximum open, or its source
+    /// its share.
+    pub fn admit(&self, direction: Direction, peer: SocketAddr) -> Option<ConnectionPermit> {
+        let side = match direction {
+            Direction::Inbound => &self.inbound,
+            Direction::Outbound => &self.outbound,
+        };
+        let Ok(open) = side.connections.clone().try_acquire_owned() else {
             self.refusals.refused(
                 direction,
                 Refusal::MaxConnections,
                 &format_args!("{peer}: {} connections open", self.config.max_connections),
             );
+            return None;
+        };
+        let source = peer.ip();
+        {
+            let mut per_source = side.per_source.lock().expect("lock is never poisoned");
+            let from_source = per_source.entry(source).or_default();
+            if *from_source >= self.config.max_connections_per_source {
+                drop(per_source);
+                self.refusals.refused(
+                    direction,
+                    Refusal::MaxConnectionsPerSource,
+                    &format_args!(
+                        "{peer}: {} connections open from {source}",
+                        self.config.max_connections_per_source
+                    ),
+                );
+                return None;
+            }
+            *from_source += 1;
         }
-        permit
+        Some(ConnectionPermit {
+            _open: open,
+            per_source: side.per_source.clone(),
+            source,
+        })
     }
 
     /// Counts and logs a refusal the caller made.
@@ -139,6 +211,8 @@ impl Limits {
         let refusal = match err {
             ServeError::Http1(err) if err.is_parse_too_large() => Some(Refusal::HeaderTooLarge),
             ServeError::Http1(err) if err.is_timeout() => Some(Refusal::HeaderReadTimeout),
+            ServeError::NoRequest(_) => Some(Refusal::HeaderReadTimeout),
+            ServeError::TooManyResets => Some(Refusal::TooManyResets),
             _ => None,
         };
         match refusal {
@@ -152,6 +226,7 @@ impl Limits {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Refusal {
     MaxConnections,
+    MaxConnectionsPerSource,
     HeaderTooLarge,
     HeaderReadTimeout,
     /// A connection to a transparent listener that was not redirected to
@@ -171,6 +246,9 @@ pub enum Refusal {
     /// A connection whose protocol was not detected (not HTTP: too slow,
     /// garbled, or another protocol) to a port not declared opaque.
     ProtocolNotDetected,
+    /// An HTTP/2 client that opened streams only to reset them (Rapid
+    /// Reset): closed with GOAWAY(ENHANCE_YOUR_CALM).
+    TooManyResets,
     /// A request head the proxy does not forward ([`crate::head`]):
     /// `CONNECT`, a missing or invalid authority.
     BadRequest,
@@ -180,6 +258,7 @@ impl Refusal {
     pub fn as_str(self) -> &'static str {
         match self {
             Refusal::MaxConnections => "max_connections",
+            Refusal::MaxConnectionsPerSource => "max_connections_per_source",
             Refusal::HeaderTooLarge => "header_too_large",
             Refusal::HeaderReadTimeout => "header_read_timeout",
             Refusal::NoOriginalDestination => "no_original_destination",
@@ -190,6 +269,7 @@ impl Refusal {
             Refusal::TlsHandshake => "tls_handshake",
             Refusal::BadRequest => "bad_request",
             Refusal::ProtocolNotDetected => "protocol_not_detected",
+            Refusal::TooManyResets => "too_many_resets",
         }
     }
 }
@@ -325,15 +405,46 @@ mod tests {
             },
             metrics.clone(),
         );
-        let first = limits.admit(Direction::Inbound, &"a").unwrap();
-        let _second = limits.admit(Direction::Inbound, &"b").unwrap();
-        assert!(limits.admit(Direction::Inbound, &"c").is_none());
+        let peer = |n: u8| SocketAddr::from(([10, 0, 0, n], 40000));
+        let first = limits.admit(Direction::Inbound, peer(1)).unwrap();
+        let _second = limits.admit(Direction::Inbound, peer(2)).unwrap();
+        assert!(limits.admit(Direction::Inbound, peer(3)).is_none());
+        // The other side has its own.
+        let _outbound = limits.admit(Direction::Outbound, peer(3)).unwrap();
         drop(first);
-        assert!(limits.admit(Direction::Inbound, &"d").is_some());
+        assert!(limits.admit(Direction::Inbound, peer(4)).is_some());
         assert!(
             metrics
                 .encode()
                 .contains(r#"mesh_refused_total{direction="inbound",reason="max_connections"} 1"#)
+        );
+    }
+
+    #[test]
+    fn one_source_gets_its_share_and_no_more() {
+        let metrics = Arc::new(Metrics::default());
+        let limits = Limits::new(
+            LimitsConfig {
+                max_connections_per_source: 2,
+                ..LimitsConfig::default()
+            },
+            metrics.clone(),
+        );
+        let from = |n: u8, port: u16| SocketAddr::from(([10, 0, 0, n], port));
+        let first = limits.admit(Direction::Inbound, from(1, 1)).unwrap();
+        let _second = limits.admit(Direction::Inbound, from(1, 2)).unwrap();
+        assert!(limits.admit(Direction::Inbound, from(1, 3)).is_none());
+        // Another source is not held back, nor the other side.
+        assert!(limits.admit(Direction::Inbound, from(2, 1)).is_some());
+        assert!(limits.admit(Direction::Outbound, from(1, 4)).is_some());
+        drop(first);
+        let _again = limits.admit(Direction::Inbound, from(1, 5)).unwrap();
+        assert!(metrics.encode().contains(
+            r#"mesh_refused_total{direction="inbound",reason="max_connections_per_source"} 1"#
+        ));
+        assert_eq!(
+            limits.inbound.per_source.lock().unwrap()[&from(1, 0).ip()],
+            2
         );
     }
 

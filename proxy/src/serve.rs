@@ -23,7 +23,7 @@ use crate::{
     errors::{self, ProxyError},
     http::{self, DrainGuard},
     inbound::{Inbound, InboundListener},
-    limits::{Limits, Refusal},
+    limits::{ConnectionPermit, Limits, Refusal},
     metrics::{Direction, Metrics, RouteLabels},
     outbound::{Outbound, Service, intercept::Intercepted},
     policy::{Admits as _, Policy},
@@ -34,7 +34,7 @@ use anyhow::Context as _;
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 use tokio::{
     net::{TcpListener, TcpStream},
-    sync::{OwnedSemaphorePermit, mpsc, watch},
+    sync::{mpsc, watch},
 };
 use tracing::Instrument as _;
 
@@ -341,7 +341,7 @@ impl Server {
                 Ok((conn, peer)) => {
                     // Closing at once tells a refused client to go
                     // elsewhere; the backlog would only make it wait.
-                    let Some(permit) = self.limits.admit(L::Handler::DIRECTION, &peer) else {
+                    let Some(permit) = self.limits.admit(L::Handler::DIRECTION, peer) else {
                         drop(conn);
                         continue;
                     };
@@ -366,7 +366,7 @@ impl Server {
         self: Arc<Self>,
         listener: Arc<L>,
         conn: TcpStream,
-        _permit: OwnedSemaphorePermit,
+        _permit: ConnectionPermit,
     ) {
         let _ = conn.set_nodelay(true);
         let direction = L::Handler::DIRECTION;

@@ -199,19 +199,41 @@ pub struct Args {
     pub max_header_bytes: usize,
 
     /// How long an HTTP/1 client may take to send a request head
-    /// (slowloris); the connection is closed after it.
+    /// (slowloris), and an HTTP/2 client its first request; the connection
+    /// is closed after it.
     #[arg(long, env = "MESH_PROXY_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,
+
+    /// How long an HTTP/2 client connection may have no stream open before
+    /// the proxy closes it (GOAWAY).
+    #[arg(long, env = "MESH_PROXY_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
 
     /// Streams one HTTP/2 client connection may have open at once
     /// (advertised in SETTINGS; clients queue the rest).
     #[arg(long, env = "MESH_PROXY_MAX_CONCURRENT_STREAMS", default_value_t = 256)]
     pub max_concurrent_streams: u32,
 
-    /// Client connections open at once, all listeners together; more are
+    /// Streams one HTTP/2 client may reset in a second, once accepted,
+    /// when they are also more than half the streams it opened then; past
+    /// it the connection is closed with GOAWAY(ENHANCE_YOUR_CALM) (Rapid
+    /// Reset).
+    #[arg(long, env = "MESH_PROXY_MAX_RESETS_PER_SECOND", default_value_t = 100)]
+    pub max_resets_per_second: u32,
+
+    /// Client connections open at once on each side (inbound, outbound),
+    /// so that one side filling up never refuses the other's; more are
     /// closed as soon as they are accepted.
     #[arg(long, env = "MESH_PROXY_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
+
+    /// Client connections open at once from one IP address, on each side.
+    #[arg(
+        long,
+        env = "MESH_PROXY_MAX_CONNECTIONS_PER_SOURCE",
+        default_value_t = 1024
+    )]
+    pub max_connections_per_source: usize,
 
     /// Register with the controller (--destination) as a proxy of this
     /// workload, so the dashboard finds it, where nothing else registers it

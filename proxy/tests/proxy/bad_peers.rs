@@ -113,6 +113,177 @@ async fn oversized_headers_are_refused_with_431_or_resource_exhausted() {
     proxy.shutdown().await;
 }
 
+/// A paced Rapid Reset: streams opened ten at a time and reset only once
+/// the proxy has forwarded them (so that the HTTP/2 layer's own limit on
+/// resets of streams not yet accepted never triggers), as fast as that
+/// allows: the proxy closes the connection with GOAWAY(ENHANCE_YOUR_CALM)
+/// after a bounded number of streams, the endpoint is not ejected, and a
+/// good client beside it is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paced_rapid_reset_is_cut_off() {
+    let replica = spawn_replica("r").await;
+    // A lower limit than the default 100, which this test's pacing (each
+    // batch waits for the proxy's metrics) may not reach in a debug build.
+    let proxy = proxy_in_front(&replica, &["--max-resets-per-second", "20"]).await;
+    let admin = proxy.admin;
+    let forwarded = move || async move {
+        let (_, text) = crate::support::http_get(admin, "/metrics").await;
+        crate::support::sum(
+            &crate::support::parse_prometheus(&text),
+            "mesh_requests_total",
+            &[],
+        )
+    };
+    let conn = TcpStream::connect(proxy.outbound).await.unwrap();
+    let (mut read, mut write) = conn.into_split();
+    let attack = tokio::spawn(async move {
+        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        hello.extend(raw_h2::frame(0x4, 0, 0, &[])); // SETTINGS
+        write.write_all(&hello).await.unwrap();
+        let mut stream = 1u32;
+        // At most 10 s, or 5,000 streams.
+        let give_up = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < give_up && stream < 10_000 {
+            let before = forwarded().await;
+            let first = stream;
+            let mut opens = Vec::new();
+            for _ in 0..10 {
+                opens.extend(raw_h2::open_call(stream));
+                stream += 2;
+            }
+            if write.write_all(&opens).await.is_err() {
+                break;
+            }
+            // Until the proxy has sent them on (or closed the connection).
+            let sent = tokio::time::timeout(Duration::from_secs(2), async {
+                while forwarded().await < before + 10.0 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            });
+            if sent.await.is_err() {
+                break;
+            }
+            let mut resets = Vec::new();
+            for id in (first..stream).step_by(2) {
+                resets.extend(raw_h2::frame(0x3, 0, id, &8u32.to_be_bytes())); // CANCEL
+            }
+            if write.write_all(&resets).await.is_err() {
+                break;
+            }
+        }
+        (stream - 1) / 2
+    });
+    // Until GOAWAY, or the end of the connection: closed with the
+    // attacker's frames unread, the socket may be reset before the GOAWAY
+    // is read. The refusal counted below is what tells it was the proxy's.
+    let frames = raw_h2::read_frames(&mut read, |kind, _, _| kind == 0x7).await;
+    if let Some(goaway) = frames.iter().find(|f| f.0 == 0x7) {
+        assert_eq!(&goaway.3[4..8], &0xbu32.to_be_bytes(), "ENHANCE_YOUR_CALM");
+    }
+    let opened = attack.await.unwrap();
+    eventually("the refusal counted", Duration::from_secs(5), || async {
+        (refused(proxy.admin, "too_many_resets").await == 1.0).then_some(())
+    })
+    .await;
+
+    // What reached the endpoint is bounded, and it was not ejected.
+    let sent = forwarded().await;
+    assert!(
+        sent < 200.0,
+        "{sent} requests upstream of the {opened} opened"
+    );
+    let good = StocksClient::new(connect(proxy.outbound).await);
+    let tally = call_many(&good, 200, 10).await;
+    assert!(tally.failures.is_empty(), "{:?}", tally.failures);
+    let (_, text) = crate::support::http_get(proxy.admin, "/metrics").await;
+    let metrics = crate::support::parse_prometheus(&text);
+    assert_eq!(
+        crate::support::sum(&metrics, "mesh_endpoint_ejections_total", &[]),
+        0.0
+    );
+    proxy.shutdown().await;
+}
+
+/// 5,000 idle HTTP/2 connections (a preface and SETTINGS, then nothing)
+/// neither lock new clients out for longer than the first-request deadline
+/// nor touch the other side's listener; a connection whose streams are all
+/// done is closed after the idle timeout.
+#[tokio::test]
+async fn idle_connections_cannot_lock_out_new_clients() {
+    use std::time::Instant;
+    let replica = spawn_replica("r").await;
+    let app = replica.addr.to_string();
+    let proxy = proxy_in_front(
+        &replica,
+        &[
+            "--max-connections",
+            "300",
+            "--header-read-timeout",
+            "2s",
+            "--idle-timeout",
+            "1s",
+            "--inbound",
+            "127.0.0.1:0",
+            "--app",
+            &app,
+        ],
+    )
+    .await;
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(raw_h2::frame(0x4, 0, 0, &[])); // SETTINGS
+    let mut idle = Vec::new();
+    for _ in 0..5000 {
+        let mut conn = TcpStream::connect(proxy.outbound).await.unwrap();
+        // Refused ones are closed at once; what they were sent is moot.
+        let _ = conn.write_all(&hello).await;
+        idle.push(conn);
+    }
+    let filled = Instant::now();
+    assert_eq!(refused(proxy.admin, "max_connections").await, 4700.0);
+
+    // The inbound side is not touched by the outbound side's load.
+    let mut inbound = StocksClient::new(connect(proxy.inbound.unwrap()).await);
+    inbound
+        .get(stockkube_proto::stockdata::GetRequest { id: 1 })
+        .await
+        .unwrap();
+
+    // A new outbound client is served once the idle ones are closed: within
+    // the first-request deadline and a second.
+    let served = eventually(
+        "a new client is served",
+        Duration::from_secs(10),
+        || async {
+            let conn = tokio::time::timeout(Duration::from_millis(500), async {
+                let mut client = StocksClient::new(connect(proxy.outbound).await);
+                client
+                    .get(stockkube_proto::stockdata::GetRequest { id: 2 })
+                    .await
+            });
+            matches!(conn.await, Ok(Ok(_))).then(Instant::now)
+        },
+    )
+    .await;
+    let waited = served - filled;
+    assert!(waited < Duration::from_secs(3), "served after {waited:?}");
+    // Every one the proxy took is closed for sending no request.
+    eventually("300 closed", Duration::from_secs(5), || async {
+        (refused(proxy.admin, "header_read_timeout").await == 300.0).then_some(())
+    })
+    .await;
+
+    // A connection whose call is done is closed after the idle timeout.
+    let mut conn = TcpStream::connect(proxy.outbound).await.unwrap();
+    let mut call = hello.clone();
+    call.extend(raw_h2::frame(0x1, 0x5, 1, &raw_h2::call_block()));
+    conn.write_all(&call).await.unwrap();
+    let frames = raw_h2::read_frames(&mut conn, |kind, _, _| kind == 0x7).await;
+    let goaway = frames.iter().find(|f| f.0 == 0x7).expect("GOAWAY");
+    assert_eq!(&goaway.3[4..8], &[0, 0, 0, 0], "NO_ERROR: {frames:?}");
+    drop(idle);
+    proxy.shutdown().await;
+}
+
 /// Connections whose protocol is not detected (a slow preface, silence,
 /// garbage) are closed on a port not declared opaque, never relayed; an
 /// opaque port relays them.
@@ -459,7 +630,7 @@ mod raw_h2 {
     /// The frames a client reads until `done` says so (or 10 s pass):
     /// (type, flags, stream, payload).
     pub async fn read_frames(
-        conn: &mut tokio::net::TcpStream,
+        conn: &mut (impl tokio::io::AsyncRead + Unpin),
         mut done: impl FnMut(u8, u32, &[u8]) -> bool,
     ) -> Vec<(u8, u8, u32, Vec<u8>)> {
         use tokio::io::AsyncReadExt as _;
