@@ -244,4 +244,51 @@ mod tests {
         replay.read_to_end(&mut all).await.unwrap();
         assert_eq!(all, b"hello world");
     }
+
+    mod properties {
+        //! Detection over arbitrary bytes, a bounded number of cases per run
+        //! (the test command runs them; `PROPTEST_CASES` raises it).
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// A request line an HTTP/1 client could send.
+        fn request_line() -> impl Strategy<Value = Vec<u8>> {
+            ("[A-Z]{1,16}", "/[!-~]{0,200}", prop::bool::ANY).prop_map(|(method, target, v11)| {
+                let version = if v11 { "1.1" } else { "1.0" };
+                format!("{method} {target} HTTP/{version}\r\n").into_bytes()
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn any_bytes_are_classified_without_panicking(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+                let _ = classify(&bytes);
+            }
+
+            /// Undecided on every prefix before the line ends (or decided
+            /// HTTP/1 no sooner), HTTP/1 once it has, whatever follows.
+            #[test]
+            fn request_lines_are_http1(line in request_line(), rest in prop::collection::vec(any::<u8>(), 0..64)) {
+                for end in 1..line.len() {
+                    prop_assert_ne!(classify(&line[..end]), Some(Protocol::Opaque), "{:?}", &line[..end]);
+                    prop_assert_ne!(classify(&line[..end]), Some(Protocol::Http2));
+                }
+                let mut all = line.clone();
+                all.extend(rest);
+                prop_assert_eq!(classify(&all), Some(Protocol::Http1));
+            }
+
+            /// Prefixes of the HTTP/2 preface wait; the whole preface, with
+            /// anything after it, is HTTP/2.
+            #[test]
+            fn the_preface_is_http2(end in 1..H2_PREFACE.len(), rest in prop::collection::vec(any::<u8>(), 0..64)) {
+                prop_assert_eq!(classify(&H2_PREFACE[..end]), None);
+                let mut all = H2_PREFACE.to_vec();
+                all.extend(rest);
+                prop_assert_eq!(classify(&all), Some(Protocol::Http2));
+            }
+        }
+    }
 }

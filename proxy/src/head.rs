@@ -158,4 +158,40 @@ mod tests {
             assert!(err.message().contains(why), "{why}: {}", err.message());
         }
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            /// Whatever Host an HTTP/1.1 client sends: an answer, no panic;
+            /// and never a 405 for a GET.
+            #[test]
+            fn any_host_is_checked_without_panicking(host in prop::collection::vec(any::<u8>(), 0..100)) {
+                if let Ok(value) = http::HeaderValue::from_bytes(&host) {
+                    let mut request = request("GET", "/x", Version::HTTP_11, &[]);
+                    request.headers_mut().insert(HOST, value);
+                    if let Err(err) = check(&request) {
+                        prop_assert_eq!(err.status().0, http::StatusCode::BAD_REQUEST);
+                    }
+                }
+            }
+
+            /// DNS names and IPv4 addresses, with or without a port, pass.
+            #[test]
+            fn host_names_with_ports_pass(
+                labels in prop::collection::vec("[a-zA-Z0-9]([a-zA-Z0-9-]{0,20}[a-zA-Z0-9])?", 1..5),
+                port in prop::option::of(any::<u16>()),
+            ) {
+                let mut host = labels.join(".");
+                if let Some(port) = port {
+                    host = format!("{host}:{port}");
+                }
+                let request = request("GET", "/x", Version::HTTP_11, &[host.as_bytes()]);
+                prop_assert!(check(&request).is_ok(), "{}", host);
+            }
+        }
+    }
 }

@@ -115,4 +115,37 @@ mod tests {
         let ignored = Deadline::of(now, Some(ms(200)), &headers(Some("soon"))).unwrap();
         assert_eq!(ignored.after, ms(200));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn any_value_parses_without_panicking(value in "[ -~]{0,16}") {
+                if let Ok(value) = http::HeaderValue::from_str(&value) {
+                    let mut headers = http::HeaderMap::new();
+                    headers.insert("grpc-timeout", value);
+                    let _ = grpc_timeout(&headers);
+                }
+            }
+
+            /// Up to 8 digits and a unit: exactly that long.
+            #[test]
+            fn valid_values_are_exact(n in 0u64..100_000_000, unit in prop::sample::select(vec!["H", "M", "S", "m", "u", "n"])) {
+                let parsed = grpc_timeout(&headers(Some(&format!("{n}{unit}")))).unwrap();
+                let expected = match unit {
+                    "H" => Duration::from_secs(n * 3600),
+                    "M" => Duration::from_secs(n * 60),
+                    "S" => Duration::from_secs(n),
+                    "m" => Duration::from_millis(n),
+                    "u" => Duration::from_micros(n),
+                    _ => Duration::from_nanos(n),
+                };
+                prop_assert_eq!(parsed, expected);
+            }
+        }
+    }
 }
