@@ -235,6 +235,7 @@ impl TryFrom<Args> for Config {
                 header_read_timeout: args.header_read_timeout,
                 idle_timeout: args.idle_timeout,
                 max_resets_per_second: args.max_resets_per_second,
+                max_empty_frames_per_second: args.max_empty_frames_per_second,
                 max_concurrent_streams: args.max_concurrent_streams,
                 max_connections: args.max_connections,
                 max_connections_per_source: args.max_connections_per_source,
@@ -320,6 +321,11 @@ fn check_ranges(args: &Args) -> Result<(), ConfigError> {
             "--max-connections",
             "MESH_PROXY_MAX_CONNECTIONS",
             args.max_connections,
+        ),
+        (
+            "--max-empty-frames-per-second",
+            "MESH_PROXY_MAX_EMPTY_FRAMES_PER_SECOND",
+            args.max_empty_frames_per_second as usize,
         ),
         (
             "--max-resets-per-second",

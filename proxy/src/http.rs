@@ -197,6 +197,11 @@ pub enum ServeError {
     /// An HTTP/2 client reset more streams than the proxy allows.
     #[error("more streams reset in a second than allowed, and more than half of those opened")]
     TooManyResets,
+    /// An HTTP/2 client sent more frames that carry nothing than allowed.
+    #[error(
+        "more frames that carry nothing (PING, SETTINGS, WINDOW_UPDATE, PRIORITY, empty DATA) than allowed"
+    )]
+    TooManyEmptyFrames,
 }
 
 /// Serves one HTTP connection of the detected `protocol` with `handle` as
@@ -224,6 +229,7 @@ where
             }
             Ok(http2::Ended::Closed) => Ok(()),
             Ok(http2::Ended::TooManyResets) => Err(ServeError::TooManyResets),
+            Ok(http2::Ended::TooManyEmptyFrames) => Err(ServeError::TooManyEmptyFrames),
             Err(err) => Err(ServeError::Http2(err)),
         };
     }

@@ -17,6 +17,7 @@
 //! Layout: serving (here), [`client`] (the upstream connections), [`pipe`]
 //! (sending a body on a stream).
 
+mod budget;
 mod client;
 mod pipe;
 
@@ -119,6 +120,9 @@ pub enum Ended {
     /// The client reset more streams than it let finish, past
     /// `max_resets_per_second`: closed with GOAWAY(ENHANCE_YOUR_CALM).
     TooManyResets,
+    /// The client sent more frames that carry nothing than its budget
+    /// ([`budget`]): closed with GOAWAY(ENHANCE_YOUR_CALM).
+    TooManyEmptyFrames,
 }
 
 /// Serves one client's HTTP/2 connection with `handle` as the per-request
@@ -138,6 +142,8 @@ where
     H: Fn(http::Request<Received>) -> F + Clone + Send + 'static,
     F: Future<Output = http::Response<ProxyBody>> + Send + 'static,
 {
+    let frames = budget::FrameBudget::new(limits.max_empty_frames_per_second);
+    let io = budget::Budgeted::new(io, frames.clone());
     let mut connection = h2::server::Builder::new()
         .initial_window_size(SERVER_STREAM_WINDOW)
         .initial_connection_window_size(SERVER_CONNECTION_WINDOW)
@@ -155,33 +161,18 @@ where
     let mut check = pin!(check);
     loop {
         tokio::select! {
-            accepted = connection.accept() => match accepted {
-                Some(Ok((request, respond))) => {
-                    requested = true;
-                    resets.opened();
-                    // A task per stream, so that a proxy with several
-                    // workers spreads one connection's streams over them.
-                    // Polling the streams inside this task instead measured
-                    // the same CPU per request (docs/benchmarks.md).
-                    let stream = respond_to(
-                        request,
-                        respond,
-                        handle.clone(),
-                        (open.opened(), resets.clone()),
-                    );
-                    tokio::spawn(stream.in_current_span());
-                }
-                // After the proxy closed it for a reason of its own, the
-                // error is that GOAWAY's: the reason is what it ended with.
-                Some(Err(_)) if ended != Ended::Closed => return Ok(ended),
-                Some(Err(err)) => return Err(err),
-                // Closed, and after a GOAWAY only once every stream ended.
-                None => return Ok(ended),
-            },
+            // In this order: a limit's GOAWAY is queued before the HTTP/2
+            // layer reads again.
+            biased;
             // The watch guard must not live across an await.
             _ = async { drain.wait_for(|draining| *draining).await.is_ok() }, if !draining => {
                 draining = true;
                 connection.graceful_shutdown();
+            }
+            () = frames.notify.notified(), if !draining => {
+                draining = true;
+                ended = Ended::TooManyEmptyFrames;
+                connection.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
             }
             () = resets.exceeded.notified(), if !draining => {
                 draining = true;
@@ -214,6 +205,31 @@ where
                     }
                 }
             }
+            accepted = connection.accept() => match accepted {
+                Some(Ok((request, respond))) => {
+                    requested = true;
+                    resets.opened();
+                    // A task per stream, so that a proxy with several
+                    // workers spreads one connection's streams over them.
+                    // Polling the streams inside this task instead measured
+                    // the same CPU per request (docs/benchmarks.md).
+                    let stream = respond_to(
+                        request,
+                        respond,
+                        handle.clone(),
+                        (open.opened(), resets.clone()),
+                    );
+                    tokio::spawn(stream.in_current_span());
+                }
+                // After the proxy closed it for a reason of its own, the
+                // error is that GOAWAY's (or the budget's refused read):
+                // the reason is what it ended with.
+                Some(Err(_)) if frames.exceeded() => return Ok(Ended::TooManyEmptyFrames),
+                Some(Err(_)) if ended != Ended::Closed => return Ok(ended),
+                Some(Err(err)) => return Err(err),
+                // Closed, and after a GOAWAY only once every stream ended.
+                None => return Ok(ended),
+            },
         }
     }
 }

@@ -38,6 +38,9 @@ pub struct LimitsConfig {
     /// Client resets of accepted streams one HTTP/2 connection may make in
     /// a second (when also more than half the streams it opened).
     pub max_resets_per_second: u32,
+    /// Frames that carry nothing one HTTP/2 client may send in a second,
+    /// plus one per KiB the proxy wrote to it.
+    pub max_empty_frames_per_second: u32,
     /// Streams one HTTP/2 client connection may have open at once; clients
     /// learn it from SETTINGS and queue the rest.
     pub max_concurrent_streams: u32,
@@ -54,6 +57,7 @@ impl Default for LimitsConfig {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
             max_resets_per_second: 100,
+            max_empty_frames_per_second: 1000,
             max_concurrent_streams: 256,
             max_connections: 4096,
             max_connections_per_source: 1024,
@@ -213,6 +217,7 @@ impl Limits {
             ServeError::Http1(err) if err.is_timeout() => Some(Refusal::HeaderReadTimeout),
             ServeError::NoRequest(_) => Some(Refusal::HeaderReadTimeout),
             ServeError::TooManyResets => Some(Refusal::TooManyResets),
+            ServeError::TooManyEmptyFrames => Some(Refusal::TooManyEmptyFrames),
             _ => None,
         };
         match refusal {
@@ -249,6 +254,9 @@ pub enum Refusal {
     /// An HTTP/2 client that opened streams only to reset them (Rapid
     /// Reset): closed with GOAWAY(ENHANCE_YOUR_CALM).
     TooManyResets,
+    /// An HTTP/2 client that flooded frames carrying nothing (PING,
+    /// SETTINGS, WINDOW_UPDATE, PRIORITY, empty DATA).
+    TooManyEmptyFrames,
     /// A request head the proxy does not forward ([`crate::head`]):
     /// `CONNECT`, a missing or invalid authority.
     BadRequest,
@@ -270,6 +278,7 @@ impl Refusal {
             Refusal::BadRequest => "bad_request",
             Refusal::ProtocolNotDetected => "protocol_not_detected",
             Refusal::TooManyResets => "too_many_resets",
+            Refusal::TooManyEmptyFrames => "too_many_empty_frames",
         }
     }
 }

@@ -221,6 +221,17 @@ pub struct Args {
     #[arg(long, env = "MESH_PROXY_MAX_RESETS_PER_SECOND", default_value_t = 100)]
     pub max_resets_per_second: u32,
 
+    /// Frames that carry nothing (PING, SETTINGS, WINDOW_UPDATE, PRIORITY,
+    /// empty DATA) one HTTP/2 client may send in a second, plus one per KiB
+    /// the proxy wrote to it; past it the connection is closed with
+    /// GOAWAY(ENHANCE_YOUR_CALM).
+    #[arg(
+        long,
+        env = "MESH_PROXY_MAX_EMPTY_FRAMES_PER_SECOND",
+        default_value_t = 1000
+    )]
+    pub max_empty_frames_per_second: u32,
+
     /// Client connections open at once on each side (inbound, outbound),
     /// so that one side filling up never refuses the other's; more are
     /// closed as soon as they are accepted.

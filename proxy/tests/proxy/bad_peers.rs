@@ -204,6 +204,74 @@ async fn a_paced_rapid_reset_is_cut_off() {
     proxy.shutdown().await;
 }
 
+/// Floods of frames that carry nothing (WINDOW_UPDATE, PING, SETTINGS,
+/// PRIORITY, empty DATA): each connection is closed once past its budget,
+/// long before the flood ends, counted; a good client beside them is
+/// served throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn floods_of_frames_that_carry_nothing_are_cut_off() {
+    let replica = spawn_replica("r").await;
+    let proxy = proxy_in_front(&replica, &["--max-empty-frames-per-second", "100"]).await;
+    let good = StocksClient::new(connect(proxy.outbound).await);
+    let background = tokio::spawn(async move { call_many(&good, 2000, 10).await });
+    let floods: [(&str, Vec<u8>, Vec<u8>); 5] = [
+        (
+            "WINDOW_UPDATE",
+            vec![],
+            raw_h2::frame(0x8, 0, 0, &1u32.to_be_bytes()),
+        ),
+        ("PING", vec![], raw_h2::frame(0x6, 0, 0, &[0; 8])),
+        ("SETTINGS", vec![], raw_h2::frame(0x4, 0, 0, &[])),
+        (
+            "PRIORITY",
+            vec![],
+            raw_h2::frame(0x2, 0, 3, &[0, 0, 0, 0, 16]),
+        ),
+        (
+            "empty DATA",
+            raw_h2::open_call(1),
+            raw_h2::frame(0x0, 0, 1, &[]),
+        ),
+    ];
+    for (n, (name, first, frame)) in floods.into_iter().enumerate() {
+        let conn = TcpStream::connect(proxy.outbound).await.unwrap();
+        let (mut read, mut write) = conn.into_split();
+        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        hello.extend(raw_h2::frame(0x4, 0, 0, &[]));
+        hello.extend(first);
+        write.write_all(&hello).await.unwrap();
+        let batch: Vec<u8> = frame.repeat(1000);
+        let flood = tokio::spawn(async move {
+            // A million frames at most, or until the proxy closes.
+            for sent in 0..1000 {
+                if write.write_all(&batch).await.is_err() {
+                    return sent * 1000;
+                }
+            }
+            1_000_000
+        });
+        // GOAWAY(ENHANCE_YOUR_CALM), unless the close reset the socket
+        // before it was read (the flood is unread on the proxy's side).
+        let frames = raw_h2::read_frames(&mut read, |kind, _, _| kind == 0x7).await;
+        if let Some(goaway) = frames.iter().find(|f| f.0 == 0x7) {
+            assert_eq!(&goaway.3[4..8], &0xbu32.to_be_bytes(), "{name}");
+        }
+        let sent = tokio::time::timeout(Duration::from_secs(10), flood)
+            .await
+            .expect("the flood ends")
+            .unwrap();
+        assert!(sent < 1_000_000, "{name}: all {sent} frames were taken");
+        eventually(name, Duration::from_secs(5), || async {
+            let counted = refused(proxy.admin, "too_many_empty_frames").await;
+            (counted == (n + 1) as f64).then_some(())
+        })
+        .await;
+    }
+    let tally = background.await.unwrap();
+    assert!(tally.failures.is_empty(), "{:?}", tally.failures);
+    proxy.shutdown().await;
+}
+
 /// 5,000 idle HTTP/2 connections (a preface and SETTINGS, then nothing)
 /// neither lock new clients out for longer than the first-request deadline
 /// nor touch the other side's listener; a connection whose streams are all
