@@ -10,7 +10,7 @@
 # come from Debian (apt-get install haproxy nginx-light); rows whose proxy is
 # missing are left out. Extra arguments go to `meshctl bench --suite`
 # (e.g. --run-time 5s --rounds 3). On 2 cores: about 5 minutes of runs with
-# the defaults, plus about 4 for the first release build.
+# the defaults, plus about 7 for the first release build (LTO).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
