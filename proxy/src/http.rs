@@ -8,7 +8,7 @@ use crate::{
     body::{ProxyBody, Received},
     detect::Protocol,
     http2,
-    limits::LimitsConfig,
+    limits::{LimitsConfig, Refusal},
     retry::replay::BoxError,
     tls::{MeshTls, PeerTls, ServerIo},
 };
@@ -191,17 +191,9 @@ pub enum ServeError {
     Http1(hyper::Error),
     #[error(transparent)]
     Http2(h2::Error),
-    /// An HTTP/2 client sent no request within the header read timeout.
-    #[error("no request within {0:?}")]
-    NoRequest(std::time::Duration),
-    /// An HTTP/2 client reset more streams than the proxy allows.
-    #[error("more streams reset in a second than allowed, and more than half of those opened")]
-    TooManyResets,
-    /// An HTTP/2 client sent more frames that carry nothing than allowed.
-    #[error(
-        "more frames that carry nothing (PING, SETTINGS, WINDOW_UPDATE, PRIORITY, empty DATA) than allowed"
-    )]
-    TooManyEmptyFrames,
+    /// The proxy closed an HTTP/2 connection for a limit.
+    #[error("HTTP/2 connection closed by the proxy: {}", .0.as_str())]
+    Http2Refused(Refusal),
 }
 
 /// Serves one HTTP connection of the detected `protocol` with `handle` as
@@ -222,14 +214,12 @@ where
 {
     if protocol == Protocol::Http2 {
         return match http2::serve(io, limits, drain, handle).await {
-            Ok(http2::Ended::NoRequest) => Err(ServeError::NoRequest(limits.header_read_timeout)),
+            Ok(http2::Ended::Refused(reason)) => Err(ServeError::Http2Refused(reason)),
             Ok(http2::Ended::Idle) => {
                 tracing::debug!(idle = ?limits.idle_timeout, "idle connection closed");
                 Ok(())
             }
             Ok(http2::Ended::Closed) => Ok(()),
-            Ok(http2::Ended::TooManyResets) => Err(ServeError::TooManyResets),
-            Ok(http2::Ended::TooManyEmptyFrames) => Err(ServeError::TooManyEmptyFrames),
             Err(err) => Err(ServeError::Http2(err)),
         };
     }

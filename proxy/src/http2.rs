@@ -26,7 +26,7 @@ pub use pipe::{Pipe, Piped};
 
 use crate::{
     body::{ProxyBody, Received},
-    limits::LimitsConfig,
+    limits::{LimitsConfig, Refusal},
 };
 use bytes::Bytes;
 use h2::RecvStream;
@@ -115,14 +115,10 @@ pub enum Ended {
     Closed,
     /// No stream was open for the idle timeout: closed with GOAWAY.
     Idle,
-    /// No request came within the header read timeout: closed with GOAWAY.
-    NoRequest,
-    /// The client reset more streams than it let finish, past
-    /// `max_resets_per_second`: closed with GOAWAY(ENHANCE_YOUR_CALM).
-    TooManyResets,
-    /// The client sent more frames that carry nothing than its budget
-    /// ([`budget`]): closed with GOAWAY(ENHANCE_YOUR_CALM).
-    TooManyEmptyFrames,
+    /// Closed with GOAWAY for a limit: no request within the header read
+    /// timeout, too many resets, too many frames that carry nothing
+    /// ([`budget`]).
+    Refused(Refusal),
 }
 
 /// Serves one client's HTTP/2 connection with `handle` as the per-request
@@ -171,18 +167,18 @@ where
             }
             () = frames.notify.notified(), if !draining => {
                 draining = true;
-                ended = Ended::TooManyEmptyFrames;
+                ended = Ended::Refused(Refusal::TooManyEmptyFrames);
                 connection.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
             }
             () = resets.exceeded.notified(), if !draining => {
                 draining = true;
-                ended = Ended::TooManyResets;
+                ended = Ended::Refused(Refusal::TooManyResets);
                 connection.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
             }
             () = &mut check, if !draining => {
                 let now = Instant::now();
                 let next = if !requested {
-                    ended = Ended::NoRequest;
+                    ended = Ended::Refused(Refusal::HeaderReadTimeout);
                     None
                 } else {
                     match open.idle_since() {
@@ -224,7 +220,9 @@ where
                 // After the proxy closed it for a reason of its own, the
                 // error is that GOAWAY's (or the budget's refused read):
                 // the reason is what it ended with.
-                Some(Err(_)) if frames.exceeded() => return Ok(Ended::TooManyEmptyFrames),
+                Some(Err(_)) if frames.exceeded() => {
+                    return Ok(Ended::Refused(Refusal::TooManyEmptyFrames));
+                }
                 Some(Err(_)) if ended != Ended::Closed => return Ok(ended),
                 Some(Err(err)) => return Err(err),
                 // Closed, and after a GOAWAY only once every stream ended.
@@ -280,45 +278,31 @@ struct OpenStream(Arc<OpenStreams>);
 #[derive(Debug)]
 struct Resets {
     limit: u64,
-    started: Instant,
-    /// The second the counts are for, since `started`.
-    second: AtomicU64,
-    opened: AtomicU64,
-    reset: AtomicU64,
+    /// Streams opened, and reset by the client.
+    counts: budget::PerSecond,
     exceeded: tokio::sync::Notify,
 }
+
+const OPENED: usize = 0;
+const RESET: usize = 1;
 
 impl Resets {
     fn new(limit: u32) -> Self {
         Self {
             limit: limit.into(),
-            started: Instant::now(),
-            second: AtomicU64::new(0),
-            opened: AtomicU64::new(0),
-            reset: AtomicU64::new(0),
+            counts: budget::PerSecond::default(),
             exceeded: tokio::sync::Notify::new(),
         }
     }
 
-    /// Starts the counts over when a new second began.
-    fn roll(&self) {
-        let now = self.started.elapsed().as_secs();
-        if self.second.swap(now, Ordering::Relaxed) != now {
-            self.opened.store(0, Ordering::Relaxed);
-            self.reset.store(0, Ordering::Relaxed);
-        }
-    }
-
     fn opened(&self) {
-        self.roll();
-        self.opened.fetch_add(1, Ordering::Relaxed);
+        self.counts.add(OPENED, 1);
     }
 
     /// The client reset an accepted stream before its response.
     fn client_reset(&self) {
-        self.roll();
-        let reset = self.reset.fetch_add(1, Ordering::Relaxed) + 1;
-        if reset > self.limit && reset * 2 > self.opened.load(Ordering::Relaxed) {
+        let reset = self.counts.add(RESET, 1);
+        if reset > self.limit && reset * 2 > self.counts.get(OPENED) {
             // Stored, so a serve loop not waiting right now still sees it.
             self.exceeded.notify_one();
         }

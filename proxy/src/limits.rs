@@ -215,9 +215,7 @@ impl Limits {
         let refusal = match err {
             ServeError::Http1(err) if err.is_parse_too_large() => Some(Refusal::HeaderTooLarge),
             ServeError::Http1(err) if err.is_timeout() => Some(Refusal::HeaderReadTimeout),
-            ServeError::NoRequest(_) => Some(Refusal::HeaderReadTimeout),
-            ServeError::TooManyResets => Some(Refusal::TooManyResets),
-            ServeError::TooManyEmptyFrames => Some(Refusal::TooManyEmptyFrames),
+            ServeError::Http2Refused(reason) => Some(*reason),
             _ => None,
         };
         match refusal {

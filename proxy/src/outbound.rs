@@ -28,7 +28,7 @@ use attempt::{Attempt, Attempts, Outcome};
 use deadline::Deadline;
 
 use crate::{
-    balance::{Balancer, BalancerConfig, Balancers},
+    balance::{Balancer, BalancerConfig, Balancers, EndpointState},
     body::{ProxyBody, Received},
     config::Config,
     detect::Protocol,
@@ -36,10 +36,10 @@ use crate::{
     errors,
     http::{Upstream, strip_hop_by_hop},
     limits::Refusal,
-    metrics::{Direction, Metrics, RouteLabels},
+    metrics::{Direction, Metrics, RouteLabels, RouteMetrics},
     retry::{RetryConfig, RetryPolicy, budget::RetryBudget, replay::ReplayBody},
     tcp::{self, OpaqueConfig},
-    tls::MeshTls,
+    tls::{MeshTls, PeerTls},
 };
 use std::{
     collections::{BTreeMap, HashMap},
@@ -227,8 +227,9 @@ impl Outbound {
         let endpoint = picked.endpoint().clone();
         let port = endpoint.endpoint.addr.port();
         if undetected && !self.opaque.allows(port) {
-            // Nothing was sent: the pick is not the endpoint's failure.
-            picked.succeeded();
+            // Nothing was sent: the pick only gives its slot back, and the
+            // endpoint learns nothing.
+            drop(picked);
             return Err((
                 Refusal::ProtocolNotDetected,
                 format!(
@@ -238,17 +239,10 @@ impl Outbound {
             ));
         }
         let identity = endpoint.endpoint.identity.as_ref();
-        endpoint
-            .metrics
-            .get_or_init(|| {
-                Arc::new(self.metrics.route(RouteLabels {
-                    direction: Direction::Outbound,
-                    target: balancer.service().clone(),
-                    endpoint: endpoint.addr_label.clone(),
-                    tls: self.upstream.peer_tls(identity),
-                }))
-            })
-            .tcp_connection();
+        endpoint_metrics(&self.metrics, balancer.service(), &endpoint, || {
+            self.upstream.peer_tls(identity)
+        })
+        .tcp_connection();
         picked.succeeded();
         let tls = self.tls.as_deref().zip(identity.map(|id| &**id));
         let idle = self.opaque.idle_timeout;
@@ -257,4 +251,22 @@ impl Outbound {
         }
         Ok(())
     }
+}
+
+/// An outbound endpoint's metric handles, made on its first request or
+/// connection and kept with it (so its series go with it).
+fn endpoint_metrics<'e>(
+    metrics: &Arc<Metrics>,
+    service: &Arc<str>,
+    endpoint: &'e EndpointState,
+    tls: impl FnOnce() -> PeerTls,
+) -> &'e Arc<RouteMetrics> {
+    endpoint.metrics.get_or_init(|| {
+        Arc::new(metrics.route(RouteLabels {
+            direction: Direction::Outbound,
+            target: service.clone(),
+            endpoint: endpoint.addr_label.clone(),
+            tls: tls(),
+        }))
+    })
 }

@@ -8,19 +8,18 @@ use crate::tls::{Alpn, MeshTls};
 use std::{
     io,
     net::SocketAddr,
-    pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    task::{Context, Poll},
     time::Duration,
 };
 use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
+    io::{AsyncRead, AsyncWrite},
     net::TcpStream,
     time::Instant,
 };
+use tokio_util::io::InspectReader;
 
 /// Opaque TCP settings.
 #[derive(Debug, Clone)]
@@ -80,14 +79,13 @@ where
     B: AsyncRead + AsyncWrite + Unpin,
 {
     let activity = Activity::default();
-    let mut client = Watched {
-        io: client,
-        activity: &activity,
+    let moved = |bytes: &[u8]| {
+        if !bytes.is_empty() {
+            activity.moved();
+        }
     };
-    let mut server = Watched {
-        io: server,
-        activity: &activity,
-    };
+    let mut client = InspectReader::new(client, moved);
+    let mut server = InspectReader::new(server, moved);
     tokio::select! {
         copied = tokio::io::copy_bidirectional(&mut client, &mut server) => copied,
         () = activity.idle_for(idle) => Err(io::Error::new(
@@ -133,57 +131,6 @@ impl Activity {
             }
             tokio::time::sleep_until(deadline).await;
         }
-    }
-}
-
-/// An I/O stream whose reads are noted in `activity`.
-struct Watched<'a, I> {
-    io: I,
-    activity: &'a Activity,
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for Watched<'_, I> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.activity.moved();
-        }
-        polled
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<'_, I> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
     }
 }
 

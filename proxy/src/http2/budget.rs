@@ -31,29 +31,68 @@ use tokio::{
 const PREFACE_LEN: usize = 24;
 const FRAME_HEADER_LEN: usize = 9;
 
+/// Two counts that start over each second; what every per-connection
+/// budget here counts with.
+#[derive(Debug)]
+pub struct PerSecond {
+    started: Instant,
+    /// The second the counts are for, since `started`.
+    second: AtomicU64,
+    counts: [AtomicU64; 2],
+}
+
+impl Default for PerSecond {
+    fn default() -> Self {
+        Self {
+            started: Instant::now(),
+            second: AtomicU64::new(0),
+            counts: [AtomicU64::new(0), AtomicU64::new(0)],
+        }
+    }
+}
+
+impl PerSecond {
+    /// Adds `n` to count `i` of this second; its new value.
+    pub fn add(&self, i: usize, n: u64) -> u64 {
+        let now = self.started.elapsed().as_secs();
+        // Read first: the second changes rarely, a write every time would
+        // cost every caller the cache line.
+        if self.second.load(Ordering::Relaxed) != now
+            && self.second.swap(now, Ordering::Relaxed) != now
+        {
+            for count in &self.counts {
+                count.store(0, Ordering::Relaxed);
+            }
+        }
+        self.counts[i].fetch_add(n, Ordering::Relaxed) + n
+    }
+
+    /// Count `i` of this second (as last added to).
+    pub fn get(&self, i: usize) -> u64 {
+        self.counts[i].load(Ordering::Relaxed)
+    }
+}
+
 /// What a connection's budget allows, and whether it was exceeded.
 #[derive(Debug)]
 pub struct FrameBudget {
     per_second: u64,
-    started: Instant,
-    /// The second the counts are for, since `started`.
-    second: AtomicU64,
-    frames: AtomicU64,
-    written: AtomicU64,
+    /// Frames that carried nothing, and bytes written.
+    counts: PerSecond,
     exceeded: AtomicBool,
     /// Told once when the budget is exceeded.
     pub notify: Notify,
 }
+
+const FRAMES: usize = 0;
+const WRITTEN: usize = 1;
 
 impl FrameBudget {
     /// `per_second` frames that carry no data, plus one per KiB written.
     pub fn new(per_second: u32) -> Arc<Self> {
         Arc::new(Self {
             per_second: per_second.into(),
-            started: Instant::now(),
-            second: AtomicU64::new(0),
-            frames: AtomicU64::new(0),
-            written: AtomicU64::new(0),
+            counts: PerSecond::default(),
             exceeded: AtomicBool::new(false),
             notify: Notify::new(),
         })
@@ -63,26 +102,14 @@ impl FrameBudget {
         self.exceeded.load(Ordering::Relaxed)
     }
 
-    fn roll(&self) {
-        let now = self.started.elapsed().as_secs();
-        if self.second.load(Ordering::Relaxed) != now
-            && self.second.swap(now, Ordering::Relaxed) != now
-        {
-            self.frames.store(0, Ordering::Relaxed);
-            self.written.store(0, Ordering::Relaxed);
-        }
-    }
-
     fn wrote(&self, bytes: usize) {
-        self.roll();
-        self.written.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.counts.add(WRITTEN, bytes as u64);
     }
 
     /// One frame that carries nothing; `false` once past the budget.
     fn empty_frame(&self) -> bool {
-        self.roll();
-        let frames = self.frames.fetch_add(1, Ordering::Relaxed) + 1;
-        let allowed = self.per_second + self.written.load(Ordering::Relaxed) / 1024;
+        let frames = self.counts.add(FRAMES, 1);
+        let allowed = self.per_second + self.counts.get(WRITTEN) / 1024;
         if frames > allowed && !self.exceeded.swap(true, Ordering::Relaxed) {
             self.notify.notify_one();
         }

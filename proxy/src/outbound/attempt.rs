@@ -18,7 +18,7 @@ use crate::{
     detect::Protocol,
     errors::{Blame, ProxyError},
     http::{Upstream, UpstreamError, set_authority},
-    metrics::{Direction, Metrics, RouteLabels, RouteMetrics},
+    metrics::{Metrics, RouteMetrics},
     retry::{RetryConfig, replay::ReplayBody},
     tls::PeerTls,
 };
@@ -257,16 +257,7 @@ impl<U> Attempts<'_, U> {
         endpoint: &EndpointState,
         tls: impl FnOnce() -> PeerTls,
     ) -> Arc<RouteMetrics> {
-        endpoint
-            .metrics
-            .get_or_init(|| {
-                Arc::new(self.metrics.route(RouteLabels {
-                    direction: Direction::Outbound,
-                    target: self.service.balancer.service().clone(),
-                    endpoint: endpoint.addr_label.clone(),
-                    tls: tls(),
-                }))
-            })
+        super::endpoint_metrics(self.metrics, self.service.balancer.service(), endpoint, tls)
             .clone()
     }
 
