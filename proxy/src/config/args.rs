@@ -5,8 +5,9 @@ use std::{net::SocketAddr, time::Duration};
 use stockkube_proto::ports;
 
 /// mesh-proxy: the StockKube Mesh sidecar. Balances every HTTP/2 (gRPC) and
-/// HTTP/1 request across a service's endpoints; forwards anything else as
-/// opaque TCP.
+/// HTTP/1 request across a service's endpoints; forwards other protocols as
+/// opaque TCP to the ports declared opaque (--opaque-ports) and closes them
+/// elsewhere.
 #[derive(Debug, clap::Parser)]
 #[command(name = "mesh-proxy", version)]
 pub struct Args {
