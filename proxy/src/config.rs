@@ -239,6 +239,8 @@ impl TryFrom<Args> for Config {
                 max_concurrent_streams: args.max_concurrent_streams,
                 max_connections: args.max_connections,
                 max_connections_per_source: args.max_connections_per_source,
+                max_streams: args.max_streams,
+                stream_idle_timeout: args.stream_idle_timeout,
             },
             drain_timeout: args.drain_timeout,
         })
@@ -337,6 +339,7 @@ fn check_ranges(args: &Args) -> Result<(), ConfigError> {
             "MESH_PROXY_MAX_CONNECTIONS_PER_SOURCE",
             args.max_connections_per_source,
         ),
+        ("--max-streams", "MESH_PROXY_MAX_STREAMS", args.max_streams),
     ];
     if let Some((flag, env, _)) = counts.into_iter().find(|(_, _, n)| *n == 0) {
         return Err(bad(flag, env, "must be at least 1"));
@@ -373,6 +376,11 @@ fn check_ranges(args: &Args) -> Result<(), ConfigError> {
             "--opaque-idle-timeout",
             "MESH_PROXY_OPAQUE_IDLE_TIMEOUT",
             args.opaque_idle_timeout,
+        ),
+        (
+            "--stream-idle-timeout",
+            "MESH_PROXY_STREAM_IDLE_TIMEOUT",
+            args.stream_idle_timeout,
         ),
     ];
     if let Some((flag, env, _)) = durations.into_iter().find(|(_, _, d)| d.is_zero()) {

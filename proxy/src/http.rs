@@ -8,7 +8,7 @@ use crate::{
     body::{ProxyBody, Received},
     detect::Protocol,
     http2,
-    limits::{LimitsConfig, Refusal},
+    limits::{LimitsConfig, Refusal, StreamLimits},
     retry::replay::BoxError,
     tls::{MeshTls, PeerTls, ServerIo},
 };
@@ -30,6 +30,22 @@ pub enum UpstreamError {
     Http2(#[from] http2::ClientError),
     #[error("HTTP/1 request failed")]
     Http1(#[source] hyper_util::client::legacy::Error),
+}
+
+impl UpstreamError {
+    /// The endpoint closed the shared connection with
+    /// GOAWAY(ENHANCE_YOUR_CALM): its verdict on what came over the
+    /// connection (the resets the proxy passed on for its clients, Rapid
+    /// Reset), not a failure of the endpoint's own. The requests it took
+    /// with it are retried on a new connection, and the endpoint is not
+    /// charged for them.
+    pub fn is_calm_down(&self) -> bool {
+        matches!(
+            self,
+            UpstreamError::Http2(http2::ClientError::Request(err))
+                if err.is_go_away() && err.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM)
+        )
+    }
 }
 
 /// Clients to upstreams, sending request bodies of type `B`: one
@@ -204,6 +220,7 @@ pub async fn serve<H, F>(
     protocol: Protocol,
     io: ServerIo,
     limits: &LimitsConfig,
+    streams: &StreamLimits,
     mut drain: watch::Receiver<bool>,
     _guard: DrainGuard,
     handle: H,
@@ -213,7 +230,7 @@ where
     F: Future<Output = http::Response<ProxyBody>> + Send + 'static,
 {
     if protocol == Protocol::Http2 {
-        return match http2::serve(io, limits, drain, handle).await {
+        return match http2::serve(io, limits, streams, drain, handle).await {
             Ok(http2::Ended::Refused(reason)) => Err(ServeError::Http2Refused(reason)),
             Ok(http2::Ended::Idle) => {
                 tracing::debug!(idle = ?limits.idle_timeout, "idle connection closed");

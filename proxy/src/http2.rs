@@ -25,8 +25,9 @@ pub use client::{Client, ClientError};
 pub use pipe::{Pipe, Piped};
 
 use crate::{
+    activity::{Activity, Watched},
     body::{ProxyBody, Received},
-    limits::{LimitsConfig, Refusal},
+    limits::{LimitsConfig, Refusal, StreamLimits},
 };
 use bytes::Bytes;
 use h2::RecvStream;
@@ -43,19 +44,32 @@ use std::{
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite},
-    sync::watch,
+    sync::{OwnedSemaphorePermit, watch},
     time::Instant,
 };
 use tracing::Instrument as _;
 
-// Windows and buffers as hyper sets them: h2's own defaults (64 KiB
-// windows) would throttle any body larger than a few messages.
-const SERVER_STREAM_WINDOW: u32 = 1024 * 1024;
-const SERVER_CONNECTION_WINDOW: u32 = 1024 * 1024;
+// Windows, both ways. A stream's window (larger than h2's 64 KiB default,
+// which would throttle any body of more than a few messages) is what one
+// stream can hold buffered here when its reader stops. A connection's
+// window is that times the most streams it carries, so streams whose
+// readers stopped hold only their own windows, never the window the
+// connection's other streams need: one client that does not read cannot
+// stall everyone else's calls on a shared connection.
+const STREAM_WINDOW: u32 = 256 * 1024;
+const CLIENT_CONNECTION_WINDOW: u32 = STREAM_WINDOW * client::MAX_STREAMS_PER_CONNECTION as u32;
 const SERVER_SEND_BUFFER: usize = 400 * 1024;
-const CLIENT_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
-const CLIENT_CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
 const CLIENT_SEND_BUFFER: usize = 1024 * 1024;
+
+/// A served connection's window: a stream's times its stream limit.
+fn server_connection_window(max_concurrent_streams: u32) -> u32 {
+    STREAM_WINDOW
+        .saturating_mul(max_concurrent_streams)
+        .clamp(STREAM_WINDOW, MAX_WINDOW)
+}
+
+/// The largest window HTTP/2 allows (RFC 9113 section 6.9.1).
+const MAX_WINDOW: u32 = (1 << 31) - 1;
 
 /// How long connecting to an upstream may take, HTTP/1 or HTTP/2.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -66,6 +80,10 @@ pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub struct RecvBody {
     stream: RecvStream,
     data_done: bool,
+    /// A served request's: its stream's activity, moved by each frame.
+    activity: Option<Arc<Activity>>,
+    /// An upstream response's: its place on its connection.
+    _slot: Option<client::StreamSlot>,
 }
 
 impl RecvBody {
@@ -73,6 +91,24 @@ impl RecvBody {
         Self {
             stream,
             data_done: false,
+            activity: None,
+            _slot: None,
+        }
+    }
+
+    fn watched(mut self, activity: Arc<Activity>) -> Self {
+        self.activity = Some(activity);
+        self
+    }
+
+    fn holding(mut self, slot: client::StreamSlot) -> Self {
+        self._slot = Some(slot);
+        self
+    }
+
+    fn moved(&self) {
+        if let Some(activity) = &self.activity {
+            activity.moved();
         }
     }
 }
@@ -90,6 +126,7 @@ impl Body for RecvBody {
                 Some(Ok(data)) => {
                     // Fails only when the stream is already gone.
                     let _ = self.stream.flow_control().release_capacity(data.len());
+                    self.moved();
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 Some(Err(err)) => return Poll::Ready(Some(Err(err))),
@@ -97,7 +134,10 @@ impl Body for RecvBody {
             }
         }
         match ready!(self.stream.poll_trailers(cx)) {
-            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+            Ok(Some(trailers)) => {
+                self.moved();
+                Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+            }
             Ok(None) => Poll::Ready(None),
             Err(err) => Poll::Ready(Some(Err(err))),
         }
@@ -126,10 +166,13 @@ pub enum Ended {
 /// GOAWAY and lets the streams in flight finish. A connection that sends no
 /// request within `header_read_timeout`, or has no stream open for
 /// `idle_timeout`, is sent GOAWAY too, so idle clients cannot hold the
-/// proxy's connections.
+/// proxy's connections. Each stream takes a permit from its side's cap
+/// on open streams (`streams`), and is reset when nothing moves on it for
+/// the stream idle timeout.
 pub async fn serve<I, H, F>(
     io: I,
     limits: &LimitsConfig,
+    streams: &StreamLimits,
     mut drain: watch::Receiver<bool>,
     handle: H,
 ) -> Result<Ended, h2::Error>
@@ -141,8 +184,8 @@ where
     let frames = budget::FrameBudget::new(limits.max_empty_frames_per_second);
     let io = budget::Budgeted::new(io, frames.clone());
     let mut connection = h2::server::Builder::new()
-        .initial_window_size(SERVER_STREAM_WINDOW)
-        .initial_connection_window_size(SERVER_CONNECTION_WINDOW)
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(server_connection_window(limits.max_concurrent_streams))
         .max_send_buffer_size(SERVER_SEND_BUFFER)
         .max_concurrent_streams(limits.max_concurrent_streams)
         .max_header_list_size(u32::try_from(limits.transport_header_bytes()).unwrap_or(u32::MAX))
@@ -202,9 +245,13 @@ where
                 }
             }
             accepted = connection.accept() => match accepted {
-                Some(Ok((request, respond))) => {
+                Some(Ok((request, mut respond))) => {
                     requested = true;
                     resets.opened();
+                    let Some(permit) = streams.admit() else {
+                        respond.send_reset(h2::Reason::REFUSED_STREAM);
+                        continue;
+                    };
                     // A task per stream, so that a proxy with several
                     // workers spreads one connection's streams over them.
                     // Polling the streams inside this task instead measured
@@ -213,7 +260,12 @@ where
                         request,
                         respond,
                         handle.clone(),
-                        (open.opened(), resets.clone()),
+                        Held {
+                            _open: open.opened(),
+                            _permit: permit,
+                            resets: resets.clone(),
+                            limits: streams.clone(),
+                        },
                     );
                     tokio::spawn(stream.in_current_span());
                 }
@@ -317,32 +369,66 @@ impl Drop for OpenStream {
     }
 }
 
+/// What a served stream holds while it lives: its place among its
+/// connection's open streams and its side's, and where its client's
+/// resets and its own timeout are counted.
+struct Held {
+    _open: OpenStream,
+    _permit: OwnedSemaphorePermit,
+    resets: Arc<Resets>,
+    limits: StreamLimits,
+}
+
+/// How a stream's wait for its response ended.
+enum Awaited {
+    Response(http::Response<ProxyBody>),
+    ClientReset,
+    Idle,
+}
+
 /// One stream of a served connection: the handler's response, then its
 /// body. A client that resets the stream cancels both (and with them the
-/// upstream request).
+/// upstream request); so does the stream idle timeout, which resets the
+/// stream with CANCEL when no frame moved either way (request read,
+/// response sent) for that long.
 async fn respond_to<H, F>(
     request: http::Request<RecvStream>,
     mut respond: h2::server::SendResponse<Bytes>,
     handle: H,
-    (_open, resets): (OpenStream, Arc<Resets>),
+    held: Held,
 ) where
     H: Fn(http::Request<Received>) -> F,
     F: Future<Output = http::Response<ProxyBody>>,
 {
-    let request = request.map(|body| Received::Http2(RecvBody::new(body)));
+    let idle_timeout = held.limits.idle_timeout;
+    let activity = Arc::new(Activity::default());
+    let mut idle = pin!(activity.idle_for(idle_timeout));
+    let request =
+        request.map(|body| Received::Http2(RecvBody::new(body).watched(activity.clone())));
     let mut response = pin!(handle(request));
-    let response = poll_fn(|cx| {
+    let awaited = poll_fn(|cx| {
         // The reset first: a reset also ends the request body, which may
         // make the handler answer for a client that is no longer there.
         if respond.poll_reset(cx).is_ready() {
-            return Poll::Ready(None);
+            return Poll::Ready(Awaited::ClientReset);
         }
-        response.as_mut().poll(cx).map(Some)
+        if let Poll::Ready(response) = response.as_mut().poll(cx) {
+            return Poll::Ready(Awaited::Response(response));
+        }
+        idle.as_mut().poll(cx).map(|()| Awaited::Idle)
     })
     .await;
-    let Some(response) = response else {
-        resets.client_reset();
-        return;
+    let response = match awaited {
+        Awaited::Response(response) => response,
+        Awaited::ClientReset => {
+            held.resets.client_reset();
+            return;
+        }
+        Awaited::Idle => {
+            respond.send_reset(h2::Reason::CANCEL);
+            stream_idle(&held.limits);
+            return;
+        }
     };
     let (head, body) = response.into_parts();
     // A response without a body (a trailers-only gRPC status) stays one
@@ -350,12 +436,30 @@ async fn respond_to<H, F>(
     let end = body.is_end_stream();
     match respond.send_response(http::Response::from_parts(head, ()), end) {
         Ok(stream) if !end => {
+            activity.moved();
+            let mut pipe = pin!(Pipe::new(Watched::new(body, activity.clone()), stream));
             // How it ended is the response's business: the recorder saw it.
-            let _ = Pipe::new(body, stream).await;
+            let idle = poll_fn(|cx| match pipe.as_mut().poll(cx) {
+                Poll::Ready(_) => Poll::Ready(false),
+                Poll::Pending => idle.as_mut().poll(cx).map(|()| true),
+            })
+            .await;
+            if idle {
+                pipe.as_mut().reset(h2::Reason::CANCEL);
+                stream_idle(&held.limits);
+            }
         }
         Ok(_) => {}
         Err(err) => tracing::debug!(%err, "cannot send a response head"),
     }
+}
+
+/// Counts a stream reset for its idle timeout.
+fn stream_idle(limits: &StreamLimits) {
+    limits.refused(
+        Refusal::StreamIdleTimeout,
+        &format_args!("nothing moved for {:?}", limits.idle_timeout),
+    );
 }
 
 #[cfg(test)]

@@ -27,10 +27,11 @@
 //! proxies, [`policy`] who may call the app; [`retry`] retry policy, budget
 //! and replayable bodies; [`http`]
 //! (HTTP/1 via hyper), [`http2`] (HTTP/2 on h2 directly), [`tcp`] and
-//! [`body`] the transports; [`metrics`] and [`admin`] what operators read;
+//! [`body`] the transports, [`activity`] their idle timeouts; [`metrics`] and [`admin`] what operators read;
 //! [`register`] self-registration with the controller; [`redirect`] the
 //! iptables rules of the `mesh-proxy-init` container.
 
+pub mod activity;
 pub mod admin;
 pub mod balance;
 pub mod body;

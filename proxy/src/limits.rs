@@ -48,6 +48,12 @@ pub struct LimitsConfig {
     pub max_connections: usize,
     /// Connections open at once from one IP address, per side.
     pub max_connections_per_source: usize,
+    /// HTTP/2 streams open at once over all connections, per side; past
+    /// it new streams are refused (REFUSED_STREAM, which clients retry).
+    pub max_streams: usize,
+    /// How long an HTTP/2 stream may go without a frame moving either way
+    /// (its request read, its response sent) before it is reset.
+    pub stream_idle_timeout: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -61,6 +67,8 @@ impl Default for LimitsConfig {
             max_concurrent_streams: 256,
             max_connections: 4096,
             max_connections_per_source: 1024,
+            max_streams: 10_000,
+            stream_idle_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -83,14 +91,16 @@ pub struct Limits {
     pub config: LimitsConfig,
     inbound: Side,
     outbound: Side,
-    refusals: Refusals,
+    refusals: Arc<Refusals>,
 }
 
-/// One side's open connections: a permit each, and how many per source.
+/// One side's open connections (a permit each, and how many per source)
+/// and open HTTP/2 streams (a permit each).
 #[derive(Debug)]
 struct Side {
     connections: Arc<Semaphore>,
     per_source: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    streams: Arc<Semaphore>,
 }
 
 impl Side {
@@ -98,7 +108,41 @@ impl Side {
         Self {
             connections: Arc::new(Semaphore::new(config.max_connections)),
             per_source: Arc::default(),
+            streams: Arc::new(Semaphore::new(config.max_streams)),
         }
+    }
+}
+
+/// What serving HTTP/2 needs of one side's limits for each stream: a
+/// permit from the side's cap on open streams, the stream idle timeout,
+/// and where its refusals are counted.
+#[derive(Debug, Clone)]
+pub struct StreamLimits {
+    permits: Arc<Semaphore>,
+    refusals: Arc<Refusals>,
+    direction: Direction,
+    max_streams: usize,
+    pub idle_timeout: Duration,
+}
+
+impl StreamLimits {
+    /// A permit for a new stream, held until it ends; `None` (counted)
+    /// when the side has its maximum open.
+    pub fn admit(&self) -> Option<OwnedSemaphorePermit> {
+        let permit = self.permits.clone().try_acquire_owned().ok();
+        if permit.is_none() {
+            self.refusals.refused(
+                self.direction,
+                Refusal::MaxStreams,
+                &format_args!("{} streams open", self.max_streams),
+            );
+        }
+        permit
+    }
+
+    /// Counts and logs a stream the HTTP/2 layer ended for a limit.
+    pub fn refused(&self, reason: Refusal, detail: &dyn std::fmt::Display) {
+        self.refusals.refused(self.direction, reason, detail);
     }
 }
 
@@ -127,8 +171,26 @@ impl Limits {
         Self {
             inbound: Side::new(&config),
             outbound: Side::new(&config),
-            refusals: Refusals::new(metrics),
+            refusals: Arc::new(Refusals::new(metrics)),
             config,
+        }
+    }
+
+    fn side(&self, direction: Direction) -> &Side {
+        match direction {
+            Direction::Inbound => &self.inbound,
+            Direction::Outbound => &self.outbound,
+        }
+    }
+
+    /// The stream limits of `direction`'s HTTP/2 connections.
+    pub fn streams(&self, direction: Direction) -> StreamLimits {
+        StreamLimits {
+            permits: self.side(direction).streams.clone(),
+            refusals: self.refusals.clone(),
+            direction,
+            max_streams: self.config.max_streams,
+            idle_timeout: self.config.stream_idle_timeout,
         }
     }
 
@@ -136,10 +198,7 @@ impl Limits {
     /// `None` (counted) when its side has its maximum open, or its source
     /// its share.
     pub fn admit(&self, direction: Direction, peer: SocketAddr) -> Option<ConnectionPermit> {
-        let side = match direction {
-            Direction::Inbound => &self.inbound,
-            Direction::Outbound => &self.outbound,
-        };
+        let side = self.side(direction);
         let Ok(open) = side.connections.clone().try_acquire_owned() else {
             self.refusals.refused(
                 direction,
@@ -258,6 +317,13 @@ pub enum Refusal {
     /// A request head the proxy does not forward ([`crate::head`]):
     /// `CONNECT`, a missing or invalid authority.
     BadRequest,
+    /// An HTTP/2 stream over the side's cap on open streams: refused with
+    /// REFUSED_STREAM.
+    MaxStreams,
+    /// An HTTP/2 stream on which nothing moved for the stream idle timeout
+    /// (a client that stopped reading its response or sending its
+    /// request): reset with CANCEL.
+    StreamIdleTimeout,
 }
 
 impl Refusal {
@@ -277,6 +343,8 @@ impl Refusal {
             Refusal::ProtocolNotDetected => "protocol_not_detected",
             Refusal::TooManyResets => "too_many_resets",
             Refusal::TooManyEmptyFrames => "too_many_empty_frames",
+            Refusal::MaxStreams => "max_streams",
+            Refusal::StreamIdleTimeout => "stream_idle_timeout",
         }
     }
 }

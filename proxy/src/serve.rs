@@ -453,6 +453,7 @@ impl Server {
             protocol,
             io,
             &self.limits.config,
+            &self.limits.streams(direction),
             self.drain.clone(),
             self.guard.clone(),
             move |mut request| {

@@ -4,20 +4,14 @@
 //! caller; so does deciding whether a connection may be opaque at all
 //! ([`OpaqueConfig::allows`]).
 
-use crate::tls::{Alpn, MeshTls};
-use std::{
-    io,
-    net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Duration,
+use crate::{
+    activity::Activity,
+    tls::{Alpn, MeshTls},
 };
+use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpStream,
-    time::Instant,
 };
 use tokio_util::io::InspectReader;
 
@@ -92,45 +86,6 @@ where
             io::ErrorKind::TimedOut,
             format!("no bytes either way for {idle:?}"),
         )),
-    }
-}
-
-/// When bytes last moved, in milliseconds since it was made.
-#[derive(Debug)]
-struct Activity {
-    started: Instant,
-    last_ms: AtomicU64,
-}
-
-impl Default for Activity {
-    fn default() -> Self {
-        Self {
-            started: Instant::now(),
-            last_ms: AtomicU64::new(0),
-        }
-    }
-}
-
-impl Activity {
-    fn moved(&self) {
-        let ms = self.started.elapsed().as_millis() as u64;
-        // Only ever forward; a plain store would do, but a read is cheaper
-        // than a write when nothing changed this millisecond.
-        if self.last_ms.load(Ordering::Relaxed) != ms {
-            self.last_ms.store(ms, Ordering::Relaxed);
-        }
-    }
-
-    /// Returns once nothing moved for `idle`.
-    async fn idle_for(&self, idle: Duration) {
-        loop {
-            let last = self.started + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-            let deadline = last + idle;
-            if Instant::now() >= deadline {
-                return;
-            }
-            tokio::time::sleep_until(deadline).await;
-        }
     }
 }
 

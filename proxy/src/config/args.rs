@@ -215,6 +215,18 @@ pub struct Args {
     #[arg(long, env = "MESH_PROXY_MAX_CONCURRENT_STREAMS", default_value_t = 256)]
     pub max_concurrent_streams: u32,
 
+    /// HTTP/2 streams open at once over all client connections, per side
+    /// (inbound, outbound); past it new streams are refused with
+    /// REFUSED_STREAM, which clients retry.
+    #[arg(long, env = "MESH_PROXY_MAX_STREAMS", default_value_t = 10_000)]
+    pub max_streams: usize,
+
+    /// How long an HTTP/2 stream may go with nothing moving either way (no
+    /// request frame read, no response frame sent: a client that stopped
+    /// reading or sending) before it is reset with CANCEL.
+    #[arg(long, env = "MESH_PROXY_STREAM_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub stream_idle_timeout: Duration,
+
     /// Streams one HTTP/2 client may reset in a second, once accepted,
     /// when they are also more than half the streams it opened then; past
     /// it the connection is closed with GOAWAY(ENHANCE_YOUR_CALM) (Rapid

@@ -1,8 +1,11 @@
-//! The upstream side: one multiplexed HTTP/2 connection per endpoint
-//! address (and identity, over mTLS), shared by every request to it.
+//! The upstream side: multiplexed HTTP/2 connections per endpoint address
+//! (and identity, over mTLS), shared by every request to it: one while it
+//! has room, more (a few) when the streams open on it reach what the
+//! endpoint allows, so that one client holding many streams does not make
+//! every other client's request wait behind them.
 
 use super::{
-    CLIENT_CONNECTION_WINDOW, CLIENT_SEND_BUFFER, CLIENT_STREAM_WINDOW, CONNECT_TIMEOUT, RecvBody,
+    CLIENT_CONNECTION_WINDOW, CLIENT_SEND_BUFFER, CONNECT_TIMEOUT, RecvBody, STREAM_WINDOW,
     pipe::{Pipe, Piped},
 };
 use crate::{
@@ -18,7 +21,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     task::Poll,
 };
@@ -63,18 +66,62 @@ struct Connection {
     /// Set when the connection's task ends, or once the peer said GOAWAY:
     /// no new request goes to it.
     closed: Arc<AtomicBool>,
+    /// Requests on it whose response has not ended.
+    open: Arc<AtomicUsize>,
+}
+
+impl Connection {
+    fn is_live(&self) -> bool {
+        !self.closed.load(Ordering::Acquire)
+    }
+
+    /// Whether a new stream would open at once: fewer streams open than
+    /// the endpoint allows (its SETTINGS) and than [`MAX_STREAMS_PER_CONNECTION`].
+    fn has_room(&self) -> bool {
+        let open = self.open.load(Ordering::Relaxed);
+        open < MAX_STREAMS_PER_CONNECTION && open < self.sender.current_max_send_streams()
+    }
+}
+
+/// Streams one upstream connection carries at most: with the connection
+/// window this many times a stream's, streams that stop being read (their
+/// client gives no window) can hold only their own windows, never the
+/// connection's.
+pub(super) const MAX_STREAMS_PER_CONNECTION: usize = 256;
+
+/// Connections to one endpoint at most. Past them all being full, a
+/// request waits (in h2's queue) on the least busy one.
+const MAX_CONNECTIONS_PER_ENDPOINT: usize = 4;
+
+/// A request's place on its connection, given back when its response
+/// ends (or fails), so the pool knows which connection has room.
+#[derive(Debug)]
+pub struct StreamSlot(Arc<AtomicUsize>);
+
+impl StreamSlot {
+    fn take(open: &Arc<AtomicUsize>) -> Self {
+        open.fetch_add(1, Ordering::Relaxed);
+        Self(open.clone())
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Where a connection goes: an address, and the identity it must prove
 /// over mTLS (`None`: plaintext).
 type Key = (SocketAddr, Option<Arc<str>>);
 
-/// Connections to upstreams: one multiplexed HTTP/2 connection per address,
-/// shared by every request to it, opened on first use and again after it
-/// closes. A request takes one uncontended lock to find its connection.
+/// Connections to upstreams: multiplexed HTTP/2 connections per address,
+/// shared by every request to it, opened on first use, again after one
+/// closes, and beside it when it is full. A request takes one uncontended
+/// lock to find its connection.
 #[derive(Default)]
 pub struct Client {
-    connections: Mutex<HashMap<Key, Connection>>,
+    connections: Mutex<HashMap<Key, Vec<Connection>>>,
     /// Held while connecting, per address, so concurrent first requests
     /// share one new connection.
     connecting: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
@@ -111,28 +158,25 @@ impl Client {
         B::Error: Into<BoxError>,
     {
         let key = (addr, server_id.cloned());
-        let connection = match self.live(&key) {
-            Some(connection) => connection,
+        let connection = match self.pick(&key) {
+            Pick::Use(connection) => connection,
             // Boxed: connecting is rare, and its future, large, would
             // otherwise be part of every request's.
-            None => Box::pin(self.connect(&key)).await?,
+            Pick::Open => Box::pin(self.connect(&key)).await?,
         };
-        // Waits while the connection is at its peer's stream limit.
-        let mut sender = match connection.sender.ready().await {
-            Ok(sender) => sender,
+        let (mut sender, connection) = match connection.sender.clone().ready().await {
+            Ok(sender) => (sender, connection),
             Err(_) => {
                 // Closed, or going away (the peer sent GOAWAY, and the
                 // connection lives on only for the streams it had): new
                 // requests go to a new connection.
                 connection.closed.store(true, Ordering::Release);
-                Box::pin(self.connect(&key))
-                    .await?
-                    .sender
-                    .ready()
-                    .await
-                    .map_err(ClientError::Request)?
+                let connection = Box::pin(self.connect(&key)).await?;
+                let sender = connection.sender.clone().ready().await;
+                (sender.map_err(ClientError::Request)?, connection)
             }
         };
+        let slot = StreamSlot::take(&connection.open);
         let (head, body) = request.into_parts();
         let end = body.is_end_stream();
         let (mut response, stream) = sender
@@ -171,21 +215,37 @@ impl Client {
             response
         };
         let response = response?;
-        Ok(response.map(RecvBody::new))
+        Ok(response.map(|body| RecvBody::new(body).holding(slot)))
     }
 
-    fn live(&self, key: &Key) -> Option<Connection> {
-        let connections = self
+    /// The connection a request to `key` goes on: the first with room;
+    /// when all are full, a new one while there are fewer than
+    /// [`MAX_CONNECTIONS_PER_ENDPOINT`], else the least busy.
+    fn pick(&self, key: &Key) -> Pick {
+        let mut connections = self
             .connections
             .lock()
             .expect("connection map lock is never poisoned");
-        connections
-            .get(key)
-            .filter(|connection| !connection.closed.load(Ordering::Acquire))
+        let Some(pool) = connections.get_mut(key) else {
+            return Pick::Open;
+        };
+        if pool.len() > 1 || pool.first().is_some_and(|c| !c.is_live()) {
+            pool.retain(Connection::is_live);
+        }
+        if let Some(connection) = pool.iter().find(|c| c.has_room()) {
+            return Pick::Use(connection.clone());
+        }
+        if pool.len() < MAX_CONNECTIONS_PER_ENDPOINT {
+            return Pick::Open;
+        }
+        pool.iter()
+            .min_by_key(|c| c.open.load(Ordering::Relaxed))
             .cloned()
+            .map_or(Pick::Open, Pick::Use)
     }
 
-    /// A new connection for `key`, unless a concurrent request just made one.
+    /// A new connection for `key`, unless a concurrent request just made
+    /// one with room (or the endpoint has all it may have).
     async fn connect(&self, key: &Key) -> Result<Connection, ClientError> {
         let addr = key.0;
         let gate = self
@@ -196,7 +256,7 @@ impl Client {
             .or_default()
             .clone();
         let _connecting = gate.lock().await;
-        if let Some(connection) = self.live(key) {
+        if let Pick::Use(connection) = self.pick(key) {
             return Ok(connection);
         }
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
@@ -219,26 +279,41 @@ impl Client {
             }
             _ => handshake(addr, stream, closed.clone()).await?,
         };
-        {
-            // Connecting is rare: the moment to forget connections that
-            // closed (endpoints gone, peers restarted), so neither map grows
-            // with every address ever used.
-            let mut connections = self
-                .connections
-                .lock()
-                .expect("connection map lock is never poisoned");
-            connections.retain(|_, connection| !connection.closed.load(Ordering::Acquire));
-            let connection = Connection { sender, closed };
-            connections.insert(key.clone(), connection.clone());
-            let live: Vec<Key> = connections.keys().cloned().collect();
-            drop(connections);
-            self.connecting
-                .lock()
-                .expect("connect map lock is never poisoned")
-                .retain(|k, gate| k == key || live.contains(k) || Arc::strong_count(gate) > 1);
-            Ok(connection)
-        }
+        let connection = Connection {
+            sender,
+            closed,
+            open: Arc::default(),
+        };
+        // Connecting is rare: the moment to forget connections that closed
+        // (endpoints gone, peers restarted), so neither map grows with
+        // every address ever used.
+        let mut connections = self
+            .connections
+            .lock()
+            .expect("connection map lock is never poisoned");
+        connections.retain(|_, pool| {
+            pool.retain(Connection::is_live);
+            !pool.is_empty()
+        });
+        connections
+            .entry(key.clone())
+            .or_default()
+            .push(connection.clone());
+        let live: Vec<Key> = connections.keys().cloned().collect();
+        drop(connections);
+        self.connecting
+            .lock()
+            .expect("connect map lock is never poisoned")
+            .retain(|k, gate| k == key || live.contains(k) || Arc::strong_count(gate) > 1);
+        Ok(connection)
     }
+}
+
+/// Where a request goes.
+enum Pick {
+    Use(Connection),
+    /// Every connection is full (or there is none): open one.
+    Open,
 }
 
 /// The HTTP/2 handshake over `io`; the connection is driven by a task of
@@ -252,7 +327,7 @@ where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (sender, connection) = h2::client::Builder::new()
-        .initial_window_size(CLIENT_STREAM_WINDOW)
+        .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CLIENT_CONNECTION_WINDOW)
         .max_send_buffer_size(CLIENT_SEND_BUFFER)
         .enable_push(false)

@@ -43,6 +43,11 @@ impl<B> Pipe<B> {
             pending: None,
         }
     }
+
+    /// Gives up on the stream: resets it with `reason`.
+    pub fn reset(self: Pin<&mut Self>, reason: Reason) {
+        self.project().stream.send_reset(reason);
+    }
 }
 
 impl<B> Future for Pipe<B>

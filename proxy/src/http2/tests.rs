@@ -20,6 +20,12 @@ fn recorder() -> Recorder {
     Recorder::new(Arc::new(route), Instant::now())
 }
 
+/// Stream limits as a proxy's outbound side has them by default.
+fn streams() -> StreamLimits {
+    let limits = crate::limits::Limits::new(LimitsConfig::default(), Arc::default());
+    limits.streams(Direction::Outbound)
+}
+
 /// Serves HTTP/2 on a fresh loopback port with `handle`.
 async fn server<H, F>(handle: H) -> SocketAddr
 where
@@ -34,7 +40,7 @@ where
         while let Ok((conn, _)) = listener.accept().await {
             let (drain, handle) = (drain.clone(), handle.clone());
             tokio::spawn(async move {
-                let _ = serve(conn, &LimitsConfig::default(), drain, handle).await;
+                let _ = serve(conn, &LimitsConfig::default(), &streams(), drain, handle).await;
             });
         }
     });
@@ -168,7 +174,7 @@ async fn after_a_goaway_new_requests_go_to_a_new_connection() {
             let drain = first.take().unwrap_or_else(|| watch::channel(false).1);
             let handle = handle.clone();
             tokio::spawn(async move {
-                let _ = serve(conn, &LimitsConfig::default(), drain, handle).await;
+                let _ = serve(conn, &LimitsConfig::default(), &streams(), drain, handle).await;
             });
         }
     });

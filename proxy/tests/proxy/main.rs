@@ -13,6 +13,7 @@ mod support;
 mod bad_peers;
 mod balancing;
 mod discovery;
+mod fairness;
 mod identity;
 mod intercept;
 mod metrics;

@@ -1,0 +1,404 @@
+//! One client's streams hold only their own share of the proxy: a client
+//! that does not read its responses, holds more streams than the upstream
+//! allows, or sends a request head and never its body, does not make the
+//! other clients of the same endpoint wait, and is cut off after the stream
+//! idle timeout.
+
+use crate::support::{http_get, parse_prometheus, stockdata_proxy, sum};
+use bytes::Bytes;
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+use stockdata::test_util::eventually;
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::Notify,
+};
+
+/// Streams whose client reads nothing: four times the attack in issue 19.
+const UNREAD: usize = 16;
+
+/// Bytes in `/big`'s response.
+const BIG: usize = 20 * 1024 * 1024;
+
+/// An HTTP/2 upstream allowing `max_streams` streams per connection:
+/// `/big` answers 20 MB, `/hold` answers nothing until its client goes,
+/// anything else a short body; each once the request's body has ended.
+async fn upstream(max_streams: u32) -> SocketAddr {
+    upstream_calmed_by(max_streams, Arc::default()).await
+}
+
+/// [`upstream`], closing its connections with GOAWAY(ENHANCE_YOUR_CALM),
+/// as an HTTP/2 server's own reset limit does, whenever `calm` is notified.
+async fn upstream_calmed_by(max_streams: u32, calm: Arc<Notify>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            let calm = calm.clone();
+            tokio::spawn(async move {
+                let mut conn = h2::server::Builder::new()
+                    .max_concurrent_streams(max_streams)
+                    .handshake::<_, Bytes>(conn)
+                    .await?;
+                let mut calmed = false;
+                loop {
+                    tokio::select! {
+                        () = calm.notified(), if !calmed => {
+                            calmed = true;
+                            conn.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
+                        }
+                        accepted = conn.accept() => match accepted {
+                            Some(accepted) => {
+                                let (request, respond) = accepted?;
+                                tokio::spawn(answer(request, respond));
+                            }
+                            None => return Ok::<_, h2::Error>(()),
+                        },
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+async fn answer(
+    request: http::Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<Bytes>,
+) {
+    let path = request.uri().path().to_owned();
+    if path == "/hold" {
+        // Until the stream is reset (its client, or the proxy, gave up).
+        let _ = std::future::poll_fn(|cx| respond.poll_reset(cx)).await;
+        return;
+    }
+    // The whole request first, as a unary gRPC server reads it.
+    let mut request = request.into_body();
+    while let Some(data) = request.data().await {
+        let Ok(data) = data else { return };
+        let _ = request.flow_control().release_capacity(data.len());
+    }
+    let Ok(mut body) = respond.send_response(http::Response::new(()), false) else {
+        return;
+    };
+    let mut left = if path == "/big" { BIG } else { 16 };
+    while left > 0 {
+        let chunk = left.min(64 * 1024);
+        body.reserve_capacity(chunk);
+        let granted = match std::future::poll_fn(|cx| body.poll_capacity(cx)).await {
+            Some(Ok(granted)) => granted.min(chunk),
+            _ => return,
+        };
+        left -= granted;
+        if body
+            .send_data(Bytes::from(vec![7; granted]), left == 0)
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// An HTTP/2 connection to `addr`; `window` is its streams' initial window
+/// (0: a client that reads nothing).
+async fn h2_client(addr: SocketAddr, window: u32) -> h2::client::SendRequest<Bytes> {
+    let conn = TcpStream::connect(addr).await.unwrap();
+    let (sender, connection) = h2::client::Builder::new()
+        .initial_window_size(window)
+        .handshake::<_, Bytes>(conn)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    sender
+}
+
+fn get(addr: SocketAddr, path: &str) -> http::Request<()> {
+    http::Request::get(format!("http://{addr}{path}"))
+        .body(())
+        .unwrap()
+}
+
+/// `calls` GETs of a short body, `concurrency` at a time, each on a
+/// connection of its own, as many clients would; how many succeeded,
+/// and how long they took.
+async fn well_behaved(proxy: SocketAddr, calls: usize, concurrency: usize) -> (usize, Duration) {
+    let started = tokio::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..concurrency {
+        let share = calls / concurrency + usize::from(worker < calls % concurrency);
+        tasks.spawn(async move {
+            let mut client = h2_client(proxy, 65_535).await;
+            let mut ok = 0;
+            for _ in 0..share {
+                client = client.ready().await.unwrap();
+                let (response, _) = client.send_request(get(proxy, "/small"), true).unwrap();
+                let Ok(response) = response.await else {
+                    continue;
+                };
+                let mut body = response.into_body();
+                let mut read = 0;
+                while let Some(Ok(data)) = body.data().await {
+                    read += data.len();
+                    let _ = body.flow_control().release_capacity(data.len());
+                }
+                ok += usize::from(read == 16);
+            }
+            ok
+        });
+    }
+    let mut ok = 0;
+    while let Some(done) = tasks.join_next().await {
+        ok += done.unwrap();
+    }
+    (ok, started.elapsed())
+}
+
+/// Well-behaved calls per run.
+const CALLS: usize = 2000;
+
+/// Runs the well-behaved clients within a deadline far above what they
+/// need: before fair sharing they hung until the attacker left.
+async fn well_behaved_within(proxy: SocketAddr, what: &str) -> (usize, Duration) {
+    tokio::time::timeout(Duration::from_secs(60), well_behaved(proxy, CALLS, 100))
+        .await
+        .unwrap_or_else(|_| panic!("the well-behaved calls finish {what}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_do_not_read_their_responses_do_not_stall_the_others() {
+    let upstream = upstream(100).await;
+    let proxy = stockdata_proxy(&[upstream], &[]).await;
+    let (ok, baseline) = well_behaved_within(proxy.outbound, "before any attack").await;
+    assert_eq!(ok, CALLS);
+
+    // Streams of 20 MB whose client grants no window: they hold their
+    // stream windows in the proxy, and nothing more, whichever of the
+    // endpoint's connections they share with the other clients' calls.
+    let attacker = h2_client(proxy.outbound, 0).await;
+    let mut held = Vec::new();
+    for _ in 0..UNREAD {
+        let (response, _) = attacker
+            .clone()
+            .ready()
+            .await
+            .unwrap()
+            .send_request(get(proxy.outbound, "/big"), true)
+            .unwrap();
+        held.push(response.await.unwrap());
+    }
+
+    let (ok, attacked) = well_behaved_within(proxy.outbound, "while streams read nothing").await;
+    assert_eq!(ok, CALLS, "every well-behaved call succeeds");
+    println!(
+        "2,000 calls at 100 concurrent: {baseline:?} alone, {attacked:?} beside {UNREAD} unread 20 MB \
+         responses ({:.2} of the rate)",
+        baseline.as_secs_f64() / attacked.as_secs_f64()
+    );
+    drop(held);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_holding_more_streams_than_the_upstream_allows_does_not_stall_the_others() {
+    let upstream = upstream(100).await;
+    let proxy = stockdata_proxy(&[upstream], &[]).await;
+
+    // 150 streams the upstream never answers: more than its 100.
+    let attacker = h2_client(proxy.outbound, 65_535).await;
+    let mut held = Vec::new();
+    for _ in 0..150 {
+        let (response, _) = attacker
+            .clone()
+            .ready()
+            .await
+            .unwrap()
+            .send_request(get(proxy.outbound, "/hold"), true)
+            .unwrap();
+        held.push(response);
+    }
+    eventually(
+        "150 held requests in flight",
+        Duration::from_secs(10),
+        || async {
+            let (_, json) = http_get(proxy.admin, "/endpoints").await;
+            let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+            (json["services"][0]["endpoints"][0]["in_flight"] == 150).then_some(())
+        },
+    )
+    .await;
+
+    let (ok, _) = well_behaved_within(proxy.outbound, "beside 150 held streams").await;
+    assert_eq!(ok, CALLS, "every well-behaved call succeeds");
+    drop(held);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_on_which_nothing_moves_are_reset_after_the_stream_idle_timeout() {
+    let upstream = upstream(1000).await;
+    let proxy = stockdata_proxy(&[upstream], &["--stream-idle-timeout", "1s"]).await;
+
+    // Requests whose head arrived and whose body never does (held streams),
+    // and a response its client never reads.
+    let held_client = h2_client(proxy.outbound, 65_535).await;
+    let mut held = Vec::new();
+    for _ in 0..200 {
+        let (response, body) = held_client
+            .clone()
+            .ready()
+            .await
+            .unwrap()
+            .send_request(get(proxy.outbound, "/small"), false)
+            .unwrap();
+        held.push((response, body));
+    }
+    let unread_client = h2_client(proxy.outbound, 0).await;
+    let (unread, _) = unread_client
+        .ready()
+        .await
+        .unwrap()
+        .send_request(get(proxy.outbound, "/big"), true)
+        .unwrap();
+    let unread = unread.await.unwrap();
+
+    // Each is reset with CANCEL once nothing moved on it for the timeout.
+    let reset = tokio::time::timeout(Duration::from_secs(20), async {
+        for (response, _body) in held {
+            let err = response.await.expect_err("a held stream is reset");
+            assert_eq!(err.reason(), Some(h2::Reason::CANCEL), "{err}");
+        }
+        let mut body = unread.into_body();
+        loop {
+            match body.data().await {
+                Some(Ok(_)) => continue,
+                Some(Err(err)) => break err,
+                None => panic!("the unread response ended instead of being reset"),
+            }
+        }
+    })
+    .await
+    .expect("the idle streams are reset within 20 s");
+    assert_eq!(reset.reason(), Some(h2::Reason::CANCEL), "{reset}");
+
+    assert_eq!(refused(proxy.admin, "stream_idle_timeout").await, 201.0);
+    // Their upstream streams went with them.
+    until_in_flight(proxy.admin, 0).await;
+
+    // A stream that keeps moving outlives the timeout: a slow reader of a
+    // large response, reading a little at a time.
+    let (ok, _) = well_behaved(proxy.outbound, 10, 1).await;
+    assert_eq!(ok, 10);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn streams_over_the_cap_are_refused_and_counted() {
+    let upstream = upstream(1000).await;
+    let proxy = stockdata_proxy(&[upstream], &["--max-streams", "10"]).await;
+    let client = h2_client(proxy.outbound, 65_535).await;
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        let (response, _) = client
+            .clone()
+            .ready()
+            .await
+            .unwrap()
+            .send_request(get(proxy.outbound, "/hold"), true)
+            .unwrap();
+        held.push(response);
+    }
+    eventually(
+        "10 held requests in flight",
+        Duration::from_secs(10),
+        || async {
+            let (_, json) = http_get(proxy.admin, "/endpoints").await;
+            let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+            (json["services"][0]["endpoints"][0]["in_flight"] == 10).then_some(())
+        },
+    )
+    .await;
+    // The eleventh, from another connection, is refused; clients retry those.
+    let other = h2_client(proxy.outbound, 65_535).await;
+    let (response, _) = other
+        .ready()
+        .await
+        .unwrap()
+        .send_request(get(proxy.outbound, "/small"), true)
+        .unwrap();
+    let err = response.await.expect_err("refused");
+    assert_eq!(err.reason(), Some(h2::Reason::REFUSED_STREAM), "{err}");
+    assert_eq!(refused(proxy.admin, "max_streams").await, 1.0);
+    // Once they end, streams are admitted again.
+    drop(held);
+    until_in_flight(proxy.admin, 0).await;
+    let (ok, _) = well_behaved(proxy.outbound, 10, 2).await;
+    assert_eq!(ok, 10);
+    proxy.shutdown().await;
+}
+
+/// Outbound refusals for `reason`.
+async fn refused(admin: SocketAddr, reason: &str) -> f64 {
+    let (_, text) = http_get(admin, "/metrics").await;
+    sum(
+        &parse_prometheus(&text),
+        "mesh_refused_total",
+        &[("direction", "outbound"), ("reason", reason)],
+    )
+}
+
+/// Waits until the proxy's only endpoint has `requests` in flight.
+async fn until_in_flight(admin: SocketAddr, requests: u64) {
+    eventually(
+        &format!("{requests} requests in flight"),
+        Duration::from_secs(10),
+        || async {
+            let (_, json) = http_get(admin, "/endpoints").await;
+            let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+            (json["services"][0]["endpoints"][0]["in_flight"] == requests).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_endpoint_that_closes_the_shared_connection_to_calm_it_is_not_charged() {
+    let calm = Arc::new(Notify::new());
+    let upstream = upstream_calmed_by(1000, calm.clone()).await;
+    let proxy = stockdata_proxy(&[upstream], &[]).await;
+    let client = h2_client(proxy.outbound, 65_535).await;
+    // More requests in flight than --failure-accrual (7): were each charged
+    // when the endpoint closes their connection, it would be ejected.
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        let (response, _) = client
+            .clone()
+            .ready()
+            .await
+            .unwrap()
+            .send_request(get(proxy.outbound, "/hold"), true)
+            .unwrap();
+        held.push(response);
+    }
+    until_in_flight(proxy.admin, 10).await;
+    calm.notify_waiters();
+
+    // The held requests were retried on a new connection, where they are
+    // held again; the endpoint was charged nothing.
+    let retried = || async {
+        let (_, text) = http_get(proxy.admin, "/metrics").await;
+        sum(&parse_prometheus(&text), "mesh_retries_total", &[])
+    };
+    eventually(
+        "the held requests retried",
+        Duration::from_secs(10),
+        || async { (retried().await >= 10.0).then_some(()) },
+    )
+    .await;
+    until_in_flight(proxy.admin, 10).await;
+    let (_, json) = http_get(proxy.admin, "/endpoints").await;
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let endpoint = &json["services"][0]["endpoints"][0];
+    assert_eq!(endpoint["failed"], 0, "{endpoint}");
+    assert_eq!(endpoint["ejected"], false, "{endpoint}");
+    drop(held);
+    proxy.shutdown().await;
+}
