@@ -8,6 +8,10 @@
 //! | `GET /live` | 200 `live` while the process runs |
 //! | `GET /endpoints` | JSON: each outbound service, its balancing and endpoints |
 
+mod limited;
+
+pub use limited::AdminLimits;
+
 use crate::{balance::Balancers, metrics::Metrics};
 use axum::{Json, Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use std::{
@@ -42,7 +46,9 @@ pub fn app(state: AdminState) -> Router {
 /// Serves the admin routes on `listener` until `stop` turns true: after
 /// the drain, so that probes read `/ready`'s `503 draining` (not a refused
 /// connection) and metrics stay readable while requests finish.
+/// Its connections are limited apart from the data plane's ([`AdminLimits`]).
 pub async fn serve(listener: TcpListener, state: AdminState, mut stop: watch::Receiver<bool>) {
+    let listener = limited::Limited::new(listener, AdminLimits::default());
     let served = axum::serve(listener, app(state))
         .with_graceful_shutdown(async move {
             let _ = stop.wait_for(|stop| *stop).await;
