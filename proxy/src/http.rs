@@ -5,6 +5,7 @@
 mod connect;
 
 use crate::{
+    activity::IdleIo,
     body::{ProxyBody, Received},
     detect::Protocol,
     http2,
@@ -207,9 +208,9 @@ pub enum ServeError {
     Http1(hyper::Error),
     #[error(transparent)]
     Http2(h2::Error),
-    /// The proxy closed an HTTP/2 connection for a limit.
-    #[error("HTTP/2 connection closed by the proxy: {}", .0.as_str())]
-    Http2Refused(Refusal),
+    /// The proxy closed the connection for a limit.
+    #[error("connection closed by the proxy: {}", .0.as_str())]
+    Refused(Refusal),
 }
 
 /// Serves one HTTP connection of the detected `protocol` with `handle` as
@@ -231,7 +232,7 @@ where
 {
     if protocol == Protocol::Http2 {
         return match http2::serve(io, limits, streams, drain, handle).await {
-            Ok(http2::Ended::Refused(reason)) => Err(ServeError::Http2Refused(reason)),
+            Ok(http2::Ended::Refused(reason)) => Err(ServeError::Refused(reason)),
             Ok(http2::Ended::Idle) => {
                 tracing::debug!(idle = ?limits.idle_timeout, "idle connection closed");
                 Ok(())
@@ -249,17 +250,27 @@ where
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.transport_header_bytes());
+    // A request whose body stops coming, a response its client stops
+    // reading: nothing moves, and the connection is closed after the
+    // stream idle timeout (idle keep-alive connections go sooner, at the
+    // header read timeout).
+    let io = IdleIo::new(io, limits.stream_idle_timeout);
+    let idle = io.expired();
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
-    tokio::select! {
+    let served = tokio::select! {
         result = conn.as_mut() => result,
         // The watch guard must not live across the await below.
         _ = async { drain.wait_for(|draining| *draining).await.is_ok() } => {
             conn.as_mut().graceful_shutdown();
             conn.await
         }
+    };
+    // Whether hyper calls it an error depends on where it was reading.
+    if idle.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(ServeError::Refused(Refusal::StreamIdleTimeout));
     }
-    .map_err(ServeError::Http1)
+    served.map_err(ServeError::Http1)
 }
 
 #[cfg(test)]

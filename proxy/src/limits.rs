@@ -52,7 +52,8 @@ pub struct LimitsConfig {
     /// it new streams are refused (REFUSED_STREAM, which clients retry).
     pub max_streams: usize,
     /// How long an HTTP/2 stream may go without a frame moving either way
-    /// (its request read, its response sent) before it is reset.
+    /// (its request read, its response sent) before it is reset, and an
+    /// HTTP/1 connection without a byte before it is closed.
     pub stream_idle_timeout: Duration,
 }
 
@@ -274,7 +275,7 @@ impl Limits {
         let refusal = match err {
             ServeError::Http1(err) if err.is_parse_too_large() => Some(Refusal::HeaderTooLarge),
             ServeError::Http1(err) if err.is_timeout() => Some(Refusal::HeaderReadTimeout),
-            ServeError::Http2Refused(reason) => Some(*reason),
+            ServeError::Refused(reason) => Some(*reason),
             _ => None,
         };
         match refusal {
@@ -322,7 +323,7 @@ pub enum Refusal {
     MaxStreams,
     /// An HTTP/2 stream on which nothing moved for the stream idle timeout
     /// (a client that stopped reading its response or sending its
-    /// request): reset with CANCEL.
+    /// request): reset with CANCEL; an HTTP/1 connection: closed.
     StreamIdleTimeout,
 }
 

@@ -5,6 +5,7 @@
 //! peer that opens many and holds them can use up this listener's share,
 //! never file descriptors or permits the proxied traffic needs.
 
+use crate::activity::IdleIo;
 use std::{
     io,
     net::SocketAddr,
@@ -17,7 +18,6 @@ use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
     sync::{OwnedSemaphorePermit, Semaphore},
-    time::{Instant, Sleep},
 };
 
 /// How many connections the admin server keeps, and for how long idle.
@@ -78,28 +78,19 @@ impl axum::serve::Listener for Limited {
     }
 }
 
-/// An admitted connection: holds its permit, and fails its reads once no
-/// byte moved either way for the idle timeout, which ends it.
+/// An admitted connection: holds its permit, and ends once no byte moved
+/// either way for the idle timeout.
 pub struct Admitted {
-    io: TcpStream,
+    io: IdleIo<TcpStream>,
     _permit: OwnedSemaphorePermit,
-    idle: Pin<Box<Sleep>>,
-    idle_timeout: Duration,
 }
 
 impl Admitted {
     fn new(io: TcpStream, permit: OwnedSemaphorePermit, idle_timeout: Duration) -> Self {
         Self {
-            io,
+            io: IdleIo::new(io, idle_timeout),
             _permit: permit,
-            idle: Box::pin(tokio::time::sleep(idle_timeout)),
-            idle_timeout,
         }
-    }
-
-    fn moved(&mut self) {
-        let deadline = Instant::now() + self.idle_timeout;
-        self.idle.as_mut().reset(deadline);
     }
 }
 
@@ -109,23 +100,7 @@ impl AsyncRead for Admitted {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        match Pin::new(&mut this.io).poll_read(cx, buf) {
-            Poll::Ready(read) => {
-                if buf.filled().len() > before {
-                    this.moved();
-                }
-                Poll::Ready(read)
-            }
-            Poll::Pending => match this.idle.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "admin connection idle",
-                ))),
-                Poll::Pending => Poll::Pending,
-            },
-        }
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
     }
 }
 
@@ -135,14 +110,7 @@ impl AsyncWrite for Admitted {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let written = Pin::new(&mut this.io).poll_write(cx, data);
-        if let Poll::Ready(Ok(n)) = written
-            && n > 0
-        {
-            this.moved();
-        }
-        written
+        Pin::new(&mut self.get_mut().io).poll_write(cx, data)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

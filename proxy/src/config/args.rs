@@ -223,7 +223,8 @@ pub struct Args {
 
     /// How long an HTTP/2 stream may go with nothing moving either way (no
     /// request frame read, no response frame sent: a client that stopped
-    /// reading or sending) before it is reset with CANCEL.
+    /// reading or sending) before it is reset with CANCEL; an HTTP/1
+    /// connection with no byte either way is closed.
     #[arg(long, env = "MESH_PROXY_STREAM_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
     pub stream_idle_timeout: Duration,
 

@@ -2,13 +2,15 @@
 //! that does not read its responses, holds more streams than the upstream
 //! allows, or sends a request head and never its body, does not make the
 //! other clients of the same endpoint wait, and is cut off after the stream
-//! idle timeout.
+//! idle timeout (HTTP/2 and HTTP/1). An endpoint that closes the shared
+//! connection for what came over it is not blamed for it.
 
 use crate::support::{http_get, parse_prometheus, stockdata_proxy, sum};
 use bytes::Bytes;
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 use stockdata::test_util::eventually;
 use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
     sync::Notify,
 };
@@ -400,5 +402,44 @@ async fn an_endpoint_that_closes_the_shared_connection_to_calm_it_is_not_charged
     assert_eq!(endpoint["failed"], 0, "{endpoint}");
     assert_eq!(endpoint["ejected"], false, "{endpoint}");
     drop(held);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn http1_connections_on_which_nothing_moves_are_closed_after_the_stream_idle_timeout() {
+    // An app that reads whole bodies before answering.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_addr = listener.local_addr().unwrap();
+    let app = axum::Router::new()
+        .fallback(|body: axum::body::Bytes| async move { format!("read {} bytes", body.len()) });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let proxy = crate::support::spawn_proxy(&[
+        "--outbound",
+        "web=127.0.0.1:0",
+        "--discover",
+        &format!("web=static:{app_addr}"),
+        "--stream-idle-timeout",
+        "1s",
+    ])
+    .await;
+    // A request that announces 100 bytes of body and sends 5.
+    let mut conn = TcpStream::connect(proxy.outbound).await.unwrap();
+    conn.write_all(b"POST /upload HTTP/1.1\r\nHost: web\r\nContent-Length: 100\r\n\r\nabcde")
+        .await
+        .unwrap();
+    until_in_flight(proxy.admin, 1).await;
+    // Closed by the proxy, well before the 10 s header read timeout, and
+    // the request upstream cancelled with it.
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(8), conn.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the connection is closed within 8 s");
+    until_in_flight(proxy.admin, 0).await;
+    eventually("the close counted", Duration::from_secs(5), || async {
+        (refused(proxy.admin, "stream_idle_timeout").await == 1.0).then_some(())
+    })
+    .await;
+    // Requests that move are served as before.
+    let (status, body) = http_get(proxy.outbound, "/after").await;
+    assert_eq!(status, 200, "{body}");
     proxy.shutdown().await;
 }
