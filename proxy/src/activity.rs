@@ -7,7 +7,7 @@
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use std::{
-    pin::Pin,
+    pin::{Pin, pin},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -17,46 +17,43 @@ use std::{
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
-    time::{Instant, Sleep},
+    time::Sleep,
 };
 
-/// When something last moved, in milliseconds since it was made.
-#[derive(Debug)]
+/// Whether something moved: a count of moves, which costs an atomic add
+/// and no clock read per move (a stream moves several times per request).
+#[derive(Debug, Default)]
 pub struct Activity {
-    started: Instant,
-    last_ms: AtomicU64,
-}
-
-impl Default for Activity {
-    fn default() -> Self {
-        Self {
-            started: Instant::now(),
-            last_ms: AtomicU64::new(0),
-        }
-    }
+    moves: AtomicU64,
 }
 
 impl Activity {
     /// Something moved now.
     pub fn moved(&self) {
-        let ms = self.started.elapsed().as_millis() as u64;
-        // Only ever forward; a plain store would do, but a read is cheaper
-        // than a write when nothing changed this millisecond.
-        if self.last_ms.load(Ordering::Relaxed) != ms {
-            self.last_ms.store(ms, Ordering::Relaxed);
-        }
+        self.moves.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Returns once nothing moved for `idle`. One timer, set again only
-    /// when it fires and something moved meanwhile.
+    /// Returns once nothing moved for `idle`, checked every quarter of it:
+    /// between `idle` and 1.25 × `idle` after the last move. One timer,
+    /// set again each quarter only while the wait lasts.
     pub async fn idle_for(&self, idle: Duration) {
+        let every = idle / 4;
+        let mut check = pin!(tokio::time::sleep(every));
+        let mut seen = self.moves.load(Ordering::Relaxed);
+        let mut quiet = Duration::ZERO;
         loop {
-            let last = self.started + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-            let deadline = last + idle;
-            if Instant::now() >= deadline {
-                return;
+            check.as_mut().await;
+            let moves = self.moves.load(Ordering::Relaxed);
+            if moves == seen {
+                quiet += every;
+                if quiet >= idle {
+                    return;
+                }
+            } else {
+                (seen, quiet) = (moves, Duration::ZERO);
             }
-            tokio::time::sleep_until(deadline).await;
+            let next = check.deadline() + every;
+            check.as_mut().reset(next);
         }
     }
 }
@@ -108,26 +105,31 @@ impl<B: Body<Data = Bytes>> Body for Watched<B> {
 pub struct IdleTimedOut(pub Duration);
 
 /// A connection whose reads fail with [`IdleTimedOut`] once no byte moved
-/// either way for its timeout, which ends whatever serves it (and tells
-/// [`IdleIo::expired`]: the server that ended may not say why). One timer,
-/// set again only when it fires and bytes moved meanwhile.
+/// either way for its timeout (checked every quarter of it, as
+/// [`Activity::idle_for`]), which ends whatever serves it (and tells
+/// [`IdleIo::expired`]: the server that ended may not say why).
 #[derive(Debug)]
 pub struct IdleIo<I> {
     io: I,
     timeout: Duration,
-    last: Instant,
-    timer: Pin<Box<Sleep>>,
+    /// Reads and writes that moved bytes, and how many the last check saw.
+    moves: u64,
+    seen: u64,
+    /// How long the checks found nothing moved.
+    quiet: Duration,
+    check: Pin<Box<Sleep>>,
     expired: Arc<AtomicBool>,
 }
 
 impl<I> IdleIo<I> {
     pub fn new(io: I, timeout: Duration) -> Self {
-        let last = Instant::now();
         Self {
             io,
             timeout,
-            last,
-            timer: Box::pin(tokio::time::sleep_until(last + timeout)),
+            moves: 0,
+            seen: 0,
+            quiet: Duration::ZERO,
+            check: Box::pin(tokio::time::sleep(timeout / 4)),
             expired: Arc::default(),
         }
     }
@@ -139,14 +141,20 @@ impl<I> IdleIo<I> {
 
     /// `Ready` once the connection has been idle for its timeout.
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let every = self.timeout / 4;
         loop {
-            ready!(self.timer.as_mut().poll(cx));
-            let deadline = self.last + self.timeout;
-            if Instant::now() >= deadline {
-                self.expired.store(true, Ordering::Relaxed);
-                return Poll::Ready(());
+            ready!(self.check.as_mut().poll(cx));
+            if self.moves == self.seen {
+                self.quiet += every;
+                if self.quiet >= self.timeout {
+                    self.expired.store(true, Ordering::Relaxed);
+                    return Poll::Ready(());
+                }
+            } else {
+                (self.seen, self.quiet) = (self.moves, Duration::ZERO);
             }
-            self.timer.as_mut().reset(deadline);
+            let next = self.check.deadline() + every;
+            self.check.as_mut().reset(next);
         }
     }
 }
@@ -162,7 +170,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for IdleIo<I> {
         match Pin::new(&mut this.io).poll_read(cx, buf) {
             Poll::Ready(read) => {
                 if buf.filled().len() > before {
-                    this.last = Instant::now();
+                    this.moves += 1;
                 }
                 Poll::Ready(read)
             }
@@ -187,7 +195,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for IdleIo<I> {
         if let Poll::Ready(Ok(n)) = written
             && n > 0
         {
-            this.last = Instant::now();
+            this.moves += 1;
         }
         written
     }
@@ -202,7 +210,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for IdleIo<I> {
         if let Poll::Ready(Ok(n)) = written
             && n > 0
         {
-            this.last = Instant::now();
+            this.moves += 1;
         }
         written
     }
@@ -223,7 +231,10 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for IdleIo<I> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::{
+        io::{AsyncReadExt as _, AsyncWriteExt as _},
+        time::Instant,
+    };
 
     #[tokio::test(start_paused = true)]
     async fn an_idle_io_fails_its_read_once_nothing_moved_for_its_timeout() {
@@ -250,6 +261,9 @@ mod tests {
         assert_eq!(got, b"xxx");
         assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
         assert!(expired.load(Ordering::Relaxed));
-        assert_eq!(at - last, Duration::from_secs(10));
+        // Checked every quarter of the timeout.
+        let quiet = at - last;
+        assert!(quiet >= Duration::from_secs(10), "{quiet:?}");
+        assert!(quiet <= Duration::from_millis(12_500), "{quiet:?}");
     }
 }

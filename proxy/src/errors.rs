@@ -124,7 +124,7 @@ impl ProxyError {
 
     pub fn blame(&self) -> Blame {
         match self {
-            ProxyError::Upstream { source, .. } if source.is_calm_down() => Blame::Nobody,
+            ProxyError::Upstream { source, .. } if source.is_provoked() => Blame::Nobody,
             ProxyError::Upstream { .. } => Blame::Endpoint,
             ProxyError::Timeout { blame, .. } => *blame,
             ProxyError::ClientCancelled(_)

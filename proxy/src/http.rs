@@ -34,18 +34,21 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
-    /// The endpoint closed the shared connection with
-    /// GOAWAY(ENHANCE_YOUR_CALM): its verdict on what came over the
-    /// connection (the resets the proxy passed on for its clients, Rapid
-    /// Reset), not a failure of the endpoint's own. The requests it took
-    /// with it are retried on a new connection, and the endpoint is not
-    /// charged for them.
-    pub fn is_calm_down(&self) -> bool {
-        matches!(
-            self,
-            UpstreamError::Http2(http2::ClientError::Request(err))
-                if err.is_go_away() && err.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM)
-        )
+    /// The endpoint closed the shared connection for what came over it:
+    /// with GOAWAY(ENHANCE_YOUR_CALM), or in any way right after the proxy
+    /// cancelled many streams on it (the resets it passes on for clients
+    /// that reset theirs, such as a Rapid Reset attack). That is the
+    /// endpoint's reset limit, not a failure of its own: the requests the
+    /// connection took with it are retried, and the endpoint is not charged
+    /// for them.
+    pub fn is_provoked(&self) -> bool {
+        match self {
+            UpstreamError::Http2(http2::ClientError::Provoked { .. }) => true,
+            UpstreamError::Http2(http2::ClientError::Request(err)) => {
+                err.is_go_away() && err.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM)
+            }
+            _ => false,
+        }
     }
 }
 

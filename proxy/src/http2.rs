@@ -27,7 +27,7 @@ pub use pipe::{Pipe, Piped};
 use crate::{
     activity::{Activity, Watched},
     body::{ProxyBody, Received},
-    limits::{LimitsConfig, Refusal, StreamLimits},
+    limits::{LimitsConfig, Refusal, StreamLimits, StreamPermit},
 };
 use bytes::Bytes;
 use h2::RecvStream;
@@ -44,7 +44,7 @@ use std::{
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite},
-    sync::{OwnedSemaphorePermit, watch},
+    sync::watch,
     time::Instant,
 };
 use tracing::Instrument as _;
@@ -83,7 +83,7 @@ pub struct RecvBody {
     /// A served request's: its stream's activity, moved by each frame.
     activity: Option<Arc<Activity>>,
     /// An upstream response's: its place on its connection.
-    _slot: Option<client::StreamSlot>,
+    slot: Option<client::StreamSlot>,
 }
 
 impl RecvBody {
@@ -92,7 +92,7 @@ impl RecvBody {
             stream,
             data_done: false,
             activity: None,
-            _slot: None,
+            slot: None,
         }
     }
 
@@ -102,13 +102,20 @@ impl RecvBody {
     }
 
     fn holding(mut self, slot: client::StreamSlot) -> Self {
-        self._slot = Some(slot);
+        self.slot = Some(slot);
         self
     }
 
     fn moved(&self) {
         if let Some(activity) = &self.activity {
             activity.moved();
+        }
+    }
+
+    /// The body came to its end, or failed: it was not cancelled.
+    fn ended(&mut self) {
+        if let Some(slot) = &mut self.slot {
+            slot.ended();
         }
     }
 }
@@ -129,11 +136,16 @@ impl Body for RecvBody {
                     self.moved();
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                Some(Err(err)) => return Poll::Ready(Some(Err(err))),
+                Some(Err(err)) => {
+                    self.ended();
+                    return Poll::Ready(Some(Err(err)));
+                }
                 None => self.data_done = true,
             }
         }
-        match ready!(self.stream.poll_trailers(cx)) {
+        let trailers = ready!(self.stream.poll_trailers(cx));
+        self.ended();
+        match trailers {
             Ok(Some(trailers)) => {
                 self.moved();
                 Poll::Ready(Some(Ok(Frame::trailers(trailers))))
@@ -374,7 +386,7 @@ impl Drop for OpenStream {
 /// resets and its own timeout are counted.
 struct Held {
     _open: OpenStream,
-    _permit: OwnedSemaphorePermit,
+    _permit: StreamPermit,
     resets: Arc<Resets>,
     limits: StreamLimits,
 }

@@ -16,7 +16,10 @@ use crate::{
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 use tokio::{
@@ -101,7 +104,9 @@ pub struct Limits {
 struct Side {
     connections: Arc<Semaphore>,
     per_source: Arc<Mutex<HashMap<IpAddr, usize>>>,
-    streams: Arc<Semaphore>,
+    /// Open HTTP/2 streams: a counter, not a semaphore, since a stream
+    /// never waits for a place (and a semaphore's release takes a lock).
+    streams: Arc<AtomicUsize>,
 }
 
 impl Side {
@@ -109,7 +114,7 @@ impl Side {
         Self {
             connections: Arc::new(Semaphore::new(config.max_connections)),
             per_source: Arc::default(),
-            streams: Arc::new(Semaphore::new(config.max_streams)),
+            streams: Arc::default(),
         }
     }
 }
@@ -119,7 +124,7 @@ impl Side {
 /// and where its refusals are counted.
 #[derive(Debug, Clone)]
 pub struct StreamLimits {
-    permits: Arc<Semaphore>,
+    open: Arc<AtomicUsize>,
     refusals: Arc<Refusals>,
     direction: Direction,
     max_streams: usize,
@@ -129,21 +134,32 @@ pub struct StreamLimits {
 impl StreamLimits {
     /// A permit for a new stream, held until it ends; `None` (counted)
     /// when the side has its maximum open.
-    pub fn admit(&self) -> Option<OwnedSemaphorePermit> {
-        let permit = self.permits.clone().try_acquire_owned().ok();
-        if permit.is_none() {
+    pub fn admit(&self) -> Option<StreamPermit> {
+        if self.open.fetch_add(1, Ordering::Relaxed) >= self.max_streams {
+            self.open.fetch_sub(1, Ordering::Relaxed);
             self.refusals.refused(
                 self.direction,
                 Refusal::MaxStreams,
                 &format_args!("{} streams open", self.max_streams),
             );
+            return None;
         }
-        permit
+        Some(StreamPermit(self.open.clone()))
     }
 
     /// Counts and logs a stream the HTTP/2 layer ended for a limit.
     pub fn refused(&self, reason: Refusal, detail: &dyn std::fmt::Display) {
         self.refusals.refused(self.direction, reason, detail);
+    }
+}
+
+/// A stream's place among its side's open streams, given back when it ends.
+#[derive(Debug)]
+pub struct StreamPermit(Arc<AtomicUsize>);
+
+impl Drop for StreamPermit {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -187,7 +203,7 @@ impl Limits {
     /// The stream limits of `direction`'s HTTP/2 connections.
     pub fn streams(&self, direction: Direction) -> StreamLimits {
         StreamLimits {
-            permits: self.side(direction).streams.clone(),
+            open: self.side(direction).streams.clone(),
             refusals: self.refusals.clone(),
             direction,
             max_streams: self.config.max_streams,

@@ -53,6 +53,16 @@ pub enum ClientError {
     },
     #[error("HTTP/2 request failed")]
     Request(#[source] h2::Error),
+    /// The request failed with its connection, right after the proxy
+    /// cancelled many streams on it for clients that reset theirs: what an
+    /// HTTP/2 server's reset limit does (GOAWAY, often read only as a
+    /// broken connection), not a failure of the endpoint's own.
+    #[error("HTTP/2 request failed after {cancels} recent cancellations on its connection")]
+    Provoked {
+        cancels: u32,
+        #[source]
+        source: h2::Error,
+    },
     /// The request's own body failed before a response came: its client
     /// reset the stream or went away. Not the upstream's doing.
     #[error("the request body failed")]
@@ -66,8 +76,68 @@ struct Connection {
     /// Set when the connection's task ends, or once the peer said GOAWAY:
     /// no new request goes to it.
     closed: Arc<AtomicBool>,
-    /// Requests on it whose response has not ended.
-    open: Arc<AtomicUsize>,
+    streams: Arc<Streams>,
+}
+
+/// What a connection's requests share: how many are open, and how many
+/// the proxy cancelled lately.
+#[derive(Debug, Default)]
+struct Streams {
+    open: AtomicUsize,
+    cancels: Mutex<Decaying>,
+}
+
+/// A count that halves every second: recent events, without the edges of
+/// a window. Touched only when a stream is cancelled or fails.
+#[derive(Debug, Default)]
+struct Decaying {
+    value: f64,
+    at: Option<tokio::time::Instant>,
+}
+
+impl Decaying {
+    fn now(&mut self) -> f64 {
+        let now = tokio::time::Instant::now();
+        if let Some(at) = self.at {
+            self.value *= 0.5f64.powf(now.duration_since(at).as_secs_f64());
+        }
+        self.at = Some(now);
+        self.value
+    }
+}
+
+/// Recent cancellations on a connection from which its failure is taken
+/// for the endpoint's answer to them: HTTP/2 servers allow about 20 resets
+/// before they accept a stream (h2, hence hyper and tonic), and a steady
+/// rate of cancellations reaches this at about 14 a second.
+const PROVOKING_CANCELS: f64 = 20.0;
+
+impl Streams {
+    fn cancelled(&self) {
+        let mut cancels = self
+            .cancels
+            .lock()
+            .expect("cancel count lock is never poisoned");
+        cancels.now();
+        cancels.value += 1.0;
+    }
+
+    /// How `err`, which failed a request on this connection, is told.
+    fn failed(&self, err: h2::Error) -> ClientError {
+        let cancels = self
+            .cancels
+            .lock()
+            .expect("cancel count lock is never poisoned")
+            .now();
+        if cancels >= PROVOKING_CANCELS {
+            ClientError::Provoked {
+                cancels: cancels as u32,
+                source: err,
+            }
+        } else {
+            ClientError::Request(err)
+        }
+    }
 }
 
 impl Connection {
@@ -78,7 +148,7 @@ impl Connection {
     /// Whether a new stream would open at once: fewer streams open than
     /// the endpoint allows (its SETTINGS) and than [`MAX_STREAMS_PER_CONNECTION`].
     fn has_room(&self) -> bool {
-        let open = self.open.load(Ordering::Relaxed);
+        let open = self.streams.open.load(Ordering::Relaxed);
         open < MAX_STREAMS_PER_CONNECTION && open < self.sender.current_max_send_streams()
     }
 }
@@ -94,20 +164,36 @@ pub(super) const MAX_STREAMS_PER_CONNECTION: usize = 256;
 const MAX_CONNECTIONS_PER_ENDPOINT: usize = 4;
 
 /// A request's place on its connection, given back when its response
-/// ends (or fails), so the pool knows which connection has room.
+/// ends (or fails), so the pool knows which connection has room. One given
+/// back before then was cancelled by the proxy (its client reset or went
+/// away), which the connection counts.
 #[derive(Debug)]
-pub struct StreamSlot(Arc<AtomicUsize>);
+pub struct StreamSlot {
+    streams: Arc<Streams>,
+    ended: bool,
+}
 
 impl StreamSlot {
-    fn take(open: &Arc<AtomicUsize>) -> Self {
-        open.fetch_add(1, Ordering::Relaxed);
-        Self(open.clone())
+    fn take(streams: &Arc<Streams>) -> Self {
+        streams.open.fetch_add(1, Ordering::Relaxed);
+        Self {
+            streams: streams.clone(),
+            ended: false,
+        }
+    }
+
+    /// The response ended, or the request failed: not cancelled.
+    pub(super) fn ended(&mut self) {
+        self.ended = true;
     }
 }
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.streams.open.fetch_sub(1, Ordering::Relaxed);
+        if !self.ended {
+            self.streams.cancelled();
+        }
     }
 }
 
@@ -176,21 +262,25 @@ impl Client {
                 (sender.map_err(ClientError::Request)?, connection)
             }
         };
-        let slot = StreamSlot::take(&connection.open);
+        let mut slot = StreamSlot::take(&connection.streams);
         let (head, body) = request.into_parts();
         let end = body.is_end_stream();
-        let (mut response, stream) = sender
-            .send_request(http::Request::from_parts(head, ()), end)
-            .map_err(|err| {
+        let failed = |err| connection.streams.failed(err);
+        let sent = sender.send_request(http::Request::from_parts(head, ()), end);
+        let (mut response, stream) = match sent {
+            Ok(sent) => sent,
+            Err(err) => {
                 // A GOAWAY that arrived since `ready`: this request fails
                 // (and may be retried elsewhere), the next one reconnects.
                 if err.is_go_away() {
                     connection.closed.store(true, Ordering::Release);
                 }
-                ClientError::Request(err)
-            })?;
+                slot.ended();
+                return Err(failed(err));
+            }
+        };
         let response = if end {
-            response.await.map_err(ClientError::Request)
+            response.await.map_err(failed)
         } else {
             let mut pipe = Some(Pipe::new(body, stream));
             let response = poll_fn(|cx| {
@@ -202,9 +292,7 @@ impl Client {
                         return Poll::Ready(Err(ClientError::RequestBody(err)));
                     }
                 }
-                Pin::new(&mut response)
-                    .poll(cx)
-                    .map_err(ClientError::Request)
+                Pin::new(&mut response).poll(cx).map_err(failed)
             })
             .await;
             // A request still streaming (a client stream, a bidirectional
@@ -214,6 +302,15 @@ impl Client {
             }
             response
         };
+        match &response {
+            // Its client's body failed: the stream was reset for it, which
+            // counts as cancelled.
+            Err(ClientError::RequestBody(_)) => {}
+            // Failed, or nothing to read (a trailers-only response).
+            Err(_) => slot.ended(),
+            Ok(response) if response.body().is_end_stream() => slot.ended(),
+            Ok(_) => {}
+        }
         let response = response?;
         Ok(response.map(|body| RecvBody::new(body).holding(slot)))
     }
@@ -239,7 +336,7 @@ impl Client {
             return Pick::Open;
         }
         pool.iter()
-            .min_by_key(|c| c.open.load(Ordering::Relaxed))
+            .min_by_key(|c| c.streams.open.load(Ordering::Relaxed))
             .cloned()
             .map_or(Pick::Open, Pick::Use)
     }
@@ -282,7 +379,7 @@ impl Client {
         let connection = Connection {
             sender,
             closed,
-            open: Arc::default(),
+            streams: Arc::default(),
         };
         // Connecting is rare: the moment to forget connections that closed
         // (endpoints gone, peers restarted), so neither map grows with

@@ -7,12 +7,19 @@
 
 use crate::support::{http_get, parse_prometheus, stockdata_proxy, sum};
 use bytes::Bytes;
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 use stockdata::test_util::eventually;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
-    sync::Notify,
+    sync::watch,
 };
 
 /// Streams whose client reads nothing: four times the attack in issue 19.
@@ -25,17 +32,26 @@ const BIG: usize = 20 * 1024 * 1024;
 /// `/big` answers 20 MB, `/hold` answers nothing until its client goes,
 /// anything else a short body; each once the request's body has ended.
 async fn upstream(max_streams: u32) -> SocketAddr {
-    upstream_calmed_by(max_streams, Arc::default()).await
+    upstream_with_reset_limit(max_streams, usize::MAX).await.0
 }
 
-/// [`upstream`], closing its connections with GOAWAY(ENHANCE_YOUR_CALM),
-/// as an HTTP/2 server's own reset limit does, whenever `calm` is notified.
-async fn upstream_calmed_by(max_streams: u32, calm: Arc<Notify>) -> SocketAddr {
+/// [`upstream`], with a reset limit as HTTP/2 servers have: once its
+/// clients reset `limit` `/hold` streams, it closes the connections it has
+/// with GOAWAY(ENHANCE_YOUR_CALM). The receiver turns 1 then.
+async fn upstream_with_reset_limit(
+    max_streams: u32,
+    limit: usize,
+) -> (SocketAddr, watch::Receiver<u64>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let (calm, calmed) = watch::channel(0);
+    let resets = Arc::new((AtomicUsize::new(0), limit, calm));
+    let watching = calmed.clone();
     tokio::spawn(async move {
         while let Ok((conn, _)) = listener.accept().await {
-            let calm = calm.clone();
+            let mut calm = watching.clone();
+            calm.mark_unchanged();
+            let resets = resets.clone();
             tokio::spawn(async move {
                 let mut conn = h2::server::Builder::new()
                     .max_concurrent_streams(max_streams)
@@ -44,14 +60,14 @@ async fn upstream_calmed_by(max_streams: u32, calm: Arc<Notify>) -> SocketAddr {
                 let mut calmed = false;
                 loop {
                     tokio::select! {
-                        () = calm.notified(), if !calmed => {
+                        Ok(()) = calm.changed(), if !calmed => {
                             calmed = true;
                             conn.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
                         }
                         accepted = conn.accept() => match accepted {
                             Some(accepted) => {
                                 let (request, respond) = accepted?;
-                                tokio::spawn(answer(request, respond));
+                                tokio::spawn(answer(request, respond, resets.clone()));
                             }
                             None => return Ok::<_, h2::Error>(()),
                         },
@@ -60,17 +76,26 @@ async fn upstream_calmed_by(max_streams: u32, calm: Arc<Notify>) -> SocketAddr {
             });
         }
     });
-    addr
+    (addr, calmed)
 }
+
+/// Resets of `/hold` streams so far, the limit, and what tells when it is
+/// reached.
+type Resets = Arc<(AtomicUsize, usize, watch::Sender<u64>)>;
 
 async fn answer(
     request: http::Request<h2::RecvStream>,
     mut respond: h2::server::SendResponse<Bytes>,
+    resets: Resets,
 ) {
     let path = request.uri().path().to_owned();
     if path == "/hold" {
         // Until the stream is reset (its client, or the proxy, gave up).
         let _ = std::future::poll_fn(|cx| respond.poll_reset(cx)).await;
+        let (count, limit, calm) = &*resets;
+        if count.fetch_add(1, Ordering::Relaxed) + 1 == *limit {
+            calm.send_replace(1);
+        }
         return;
     }
     // The whole request first, as a unary gRPC server reads it.
@@ -361,10 +386,10 @@ async fn until_in_flight(admin: SocketAddr, requests: u64) {
     .await;
 }
 
-#[tokio::test]
-async fn an_endpoint_that_closes_the_shared_connection_to_calm_it_is_not_charged() {
-    let calm = Arc::new(Notify::new());
-    let upstream = upstream_calmed_by(1000, calm.clone()).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_closing_the_shared_connection_for_forwarded_resets_is_not_charged() {
+    // An endpoint that closes its connections after 30 resets.
+    let (upstream, mut calmed) = upstream_with_reset_limit(1000, 30).await;
     let proxy = stockdata_proxy(&[upstream], &[]).await;
     let client = h2_client(proxy.outbound, 65_535).await;
     // More requests in flight than --failure-accrual (7): were each charged
@@ -381,13 +406,34 @@ async fn an_endpoint_that_closes_the_shared_connection_to_calm_it_is_not_charged
         held.push(response);
     }
     until_in_flight(proxy.admin, 10).await;
-    calm.notify_waiters();
 
-    // The held requests were retried on a new connection, where they are
-    // held again; the endpoint was charged nothing.
+    // Another client opens streams and resets each once the proxy has
+    // sent it on, until the endpoint has had enough (at most 40).
+    let attacker = h2_client(proxy.outbound, 65_535).await;
+    for _ in 0..40 {
+        if *calmed.borrow_and_update() == 1 {
+            break;
+        }
+        let (response, _) = attacker
+            .clone()
+            .ready()
+            .await
+            .unwrap()
+            .send_request(get(proxy.outbound, "/hold"), true)
+            .unwrap();
+        until_in_flight(proxy.admin, 11).await;
+        drop(response);
+        until_in_flight(proxy.admin, 10).await;
+    }
+    assert_eq!(*calmed.borrow(), 1, "the endpoint closed its connection");
+
+    // The held requests were retried on a new connection (as far as the
+    // retry budget allows); the endpoint was charged nothing, whether the
+    // proxy read its GOAWAY or only a broken connection.
     let retried = || async {
         let (_, text) = http_get(proxy.admin, "/metrics").await;
-        sum(&parse_prometheus(&text), "mesh_retries_total", &[])
+        let metrics = parse_prometheus(&text);
+        sum(&metrics, "mesh_retries_total", &[]) + sum(&metrics, "mesh_retries_skipped_total", &[])
     };
     eventually(
         "the held requests retried",
@@ -395,7 +441,6 @@ async fn an_endpoint_that_closes_the_shared_connection_to_calm_it_is_not_charged
         || async { (retried().await >= 10.0).then_some(()) },
     )
     .await;
-    until_in_flight(proxy.admin, 10).await;
     let (_, json) = http_get(proxy.admin, "/endpoints").await;
     let json: serde_json::Value = serde_json::from_str(&json).unwrap();
     let endpoint = &json["services"][0]["endpoints"][0];
