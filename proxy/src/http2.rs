@@ -120,6 +120,19 @@ impl RecvBody {
     }
 }
 
+impl Drop for RecvBody {
+    fn drop(&mut self) {
+        // A body whose last frame ended it (no trailers) may never be read
+        // to its end: that is not a cancellation either.
+        if let Some(slot) = &mut self.slot
+            && !slot.is_ended()
+            && self.stream.is_end_stream()
+        {
+            slot.ended();
+        }
+    }
+}
+
 impl Body for RecvBody {
     type Data = Bytes;
     type Error = h2::Error;
@@ -204,6 +217,8 @@ where
         .handshake::<_, Bytes>(io)
         .await?;
     let open = Arc::new(OpenStreams::default());
+    // One per connection: each stream holds a reference, not a copy.
+    let streams = Arc::new(streams.clone());
     let resets = Arc::new(Resets::new(limits.max_resets_per_second));
     let mut requested = false;
     let mut ended = Ended::Closed;
@@ -388,7 +403,7 @@ struct Held {
     _open: OpenStream,
     _permit: StreamPermit,
     resets: Arc<Resets>,
-    limits: StreamLimits,
+    limits: Arc<StreamLimits>,
 }
 
 /// How a stream's wait for its response ended.

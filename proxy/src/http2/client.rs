@@ -186,6 +186,10 @@ impl StreamSlot {
     pub(super) fn ended(&mut self) {
         self.ended = true;
     }
+
+    pub(super) fn is_ended(&self) -> bool {
+        self.ended
+    }
 }
 
 impl Drop for StreamSlot {
@@ -250,22 +254,29 @@ impl Client {
             // otherwise be part of every request's.
             Pick::Open => Box::pin(self.connect(&key)).await?,
         };
-        let (mut sender, connection) = match connection.sender.clone().ready().await {
-            Ok(sender) => (sender, connection),
+        // Taken apart, not cloned: cloning a sender takes h2's lock.
+        let Connection {
+            sender,
+            closed,
+            streams,
+        } = connection;
+        let (mut sender, closed, streams) = match sender.ready().await {
+            Ok(sender) => (sender, closed, streams),
             Err(_) => {
                 // Closed, or going away (the peer sent GOAWAY, and the
                 // connection lives on only for the streams it had): new
                 // requests go to a new connection.
-                connection.closed.store(true, Ordering::Release);
+                closed.store(true, Ordering::Release);
                 let connection = Box::pin(self.connect(&key)).await?;
-                let sender = connection.sender.clone().ready().await;
-                (sender.map_err(ClientError::Request)?, connection)
+                let sender = connection.sender.ready().await;
+                let sender = sender.map_err(ClientError::Request)?;
+                (sender, connection.closed, connection.streams)
             }
         };
-        let mut slot = StreamSlot::take(&connection.streams);
+        let mut slot = StreamSlot::take(&streams);
         let (head, body) = request.into_parts();
         let end = body.is_end_stream();
-        let failed = |err| connection.streams.failed(err);
+        let failed = |err| streams.failed(err);
         let sent = sender.send_request(http::Request::from_parts(head, ()), end);
         let (mut response, stream) = match sent {
             Ok(sent) => sent,
@@ -273,7 +284,7 @@ impl Client {
                 // A GOAWAY that arrived since `ready`: this request fails
                 // (and may be retried elsewhere), the next one reconnects.
                 if err.is_go_away() {
-                    connection.closed.store(true, Ordering::Release);
+                    closed.store(true, Ordering::Release);
                 }
                 slot.ended();
                 return Err(failed(err));
