@@ -144,5 +144,8 @@ BIN_DIR=target/debug bench/ab.sh --rounds 1 --run-time 1s target/debug/mesh-prox
 step "bench/held-streams.py (smoke: 512 held streams on the debug build, reset after 1 s; measures nothing)"
 BIN_DIR=target/debug python3 bench/held-streams.py --streams 512 --idle-timeout 1s --rounds 1 --settle 0.5
 
+step "bench/attacks.py (smoke: one round of 1 s rows on the debug build; measures nothing)"
+BIN_DIR=target/debug python3 bench/attacks.py --run-time 1 --rounds 1
+
 step "bench/intercept.sh (smoke: one short round of the debug build through real iptables; measures nothing)"
 BIN_DIR=target/debug PYTHON="$PWD/$venv/bin/python" bench/intercept.sh --rounds 1 --run-time 1s
