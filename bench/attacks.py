@@ -95,7 +95,10 @@ class Attacker(threading.Thread):
         while not self.stop.is_set():
             sent = 0
             try:
-                conn = socket.create_connection(("127.0.0.1", self.port))
+                # From a source of its own, as another pod would be: the
+                # proxy refuses new connections from a source it caught.
+                conn = socket.create_connection(("127.0.0.1", self.port),
+                                                source_address=("127.0.0.2", 0))
                 conn.settimeout(2)
                 hello = PREFACE + frame(0x4, 0, 0)
                 if self.kind == "empty_data":
@@ -181,16 +184,16 @@ def main():
         print(f"good client: 1 connection x 10 streams, {args.run_time:g} s per row, "
               f"medians of {args.rounds} rounds")
         print(f"{'beside':>14} {'req/s':>8} {'ratio':>6} {'p99 µs':>8} {'ratio':>6} "
-              f"{'attacking connections closed':>29}")
+              f"{'attacker connections ended':>27}")
         print(f"{'nothing':>14} {base_rps:8.0f} {1:6.2f} {base_p99:8.0f} {1:6.2f}")
         for kind in attacks:
             rps = statistics.median(r for r, _ in rows[kind])
             p99 = statistics.median(p for _, p in rows[kind])
             print(f"{kind:>14} {rps:8.0f} {rps / base_rps:6.2f} {p99:8.0f} {p99 / base_p99:6.2f} "
-                  f"{len(closes[kind]):29d}")
+                  f"{len(closes[kind]):27d}")
         print("closed by the proxy and counted: " + ", ".join(
             f"{reason} {refused(admin_port, reason):.0f}"
-            for reason in ("too_many_empty_frames", "too_many_resets")))
+            for reason in ("too_many_empty_frames", "too_many_resets", "penalized")))
     finally:
         for proc in procs:
             proc.terminate()

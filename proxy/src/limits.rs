@@ -107,6 +107,66 @@ struct Side {
     /// Open HTTP/2 streams: a counter, not a semaphore, since a stream
     /// never waits for a place (and a semaphore's release takes a lock).
     streams: Arc<AtomicUsize>,
+    penalties: Penalties,
+}
+
+/// Sources whose connection was closed for abuse, refused new connections
+/// for a while: 1 s, twice as long each time they offend again soon after,
+/// up to 30 s. Closing a flooding connection alone leaves the attacker to
+/// reconnect at once, and every new connection costs the proxy a handshake
+/// and a fresh budget; refused at accept, it costs next to nothing. Other
+/// sources, and the source's connections already open, are not touched.
+#[derive(Debug, Default)]
+struct Penalties(Mutex<HashMap<IpAddr, Penalty>>);
+
+#[derive(Debug, Clone, Copy)]
+struct Penalty {
+    until: Instant,
+    length: Duration,
+}
+
+const FIRST_PENALTY: Duration = Duration::from_secs(1);
+const LONGEST_PENALTY: Duration = Duration::from_secs(30);
+/// Sources remembered at most, so that a spoofed flood of sources cannot
+/// grow the map without bound (past it, new offenders go unpenalized).
+const MAX_PENALIZED: usize = 4096;
+
+impl Penalties {
+    /// Penalizes `source`; for how long.
+    fn penalize(&self, source: IpAddr) -> Duration {
+        let now = Instant::now();
+        let mut penalized = self.0.lock().expect("penalty lock is never poisoned");
+        if penalized.len() >= MAX_PENALIZED {
+            penalized.retain(|_, p| p.until + p.length > now);
+            if penalized.len() >= MAX_PENALIZED && !penalized.contains_key(&source) {
+                return Duration::ZERO;
+            }
+        }
+        let penalty = penalized.entry(source).or_insert(Penalty {
+            until: now,
+            length: Duration::ZERO,
+        });
+        // Offending again within a penalty's length of the last one's end.
+        let length = if now < penalty.until + penalty.length {
+            (penalty.length * 2).clamp(FIRST_PENALTY, LONGEST_PENALTY)
+        } else {
+            FIRST_PENALTY
+        };
+        *penalty = Penalty {
+            until: now + length,
+            length,
+        };
+        length
+    }
+
+    /// Whether `source` is refused now.
+    fn holds(&self, source: IpAddr) -> bool {
+        let penalized = self.0.lock().expect("penalty lock is never poisoned");
+        !penalized.is_empty()
+            && penalized
+                .get(&source)
+                .is_some_and(|p| p.until > Instant::now())
+    }
 }
 
 impl Side {
@@ -115,6 +175,7 @@ impl Side {
             connections: Arc::new(Semaphore::new(config.max_connections)),
             per_source: Arc::default(),
             streams: Arc::default(),
+            penalties: Penalties::default(),
         }
     }
 }
@@ -225,6 +286,15 @@ impl Limits {
             return None;
         };
         let source = peer.ip();
+        if side.penalties.holds(source) {
+            drop(open);
+            self.refusals.refused(
+                direction,
+                Refusal::Penalized,
+                &format_args!("{peer}: a connection from {source} was closed for abuse"),
+            );
+            return None;
+        }
         {
             let mut per_source = side.per_source.lock().expect("lock is never poisoned");
             let from_source = per_source.entry(source).or_default();
@@ -284,19 +354,41 @@ impl Limits {
         })
     }
 
-    /// A connection that ended with an error: a limit the HTTP layer
-    /// enforced itself is counted as a refusal like the proxy's own;
-    /// anything else is a peer that broke the protocol or went away.
-    pub fn connection_error(&self, direction: Direction, err: &ServeError) {
+    /// A connection from `source` that ended with an error: a limit the
+    /// HTTP layer enforced itself is counted as a refusal like the proxy's
+    /// own; anything else is a peer that broke the protocol or went away.
+    /// A connection closed for abuse (a flood of frames that carry nothing,
+    /// Rapid Reset) has its source refused new connections for a while
+    /// ([`Penalties`]).
+    pub fn connection_error(&self, direction: Direction, source: IpAddr, err: &ServeError) {
         let refusal = match err {
             ServeError::Http1(err) if err.is_parse_too_large() => Some(Refusal::HeaderTooLarge),
             ServeError::Http1(err) if err.is_timeout() => Some(Refusal::HeaderReadTimeout),
             ServeError::Refused(reason) => Some(*reason),
+            // The HTTP/2 layer's own Rapid Reset guard: streams reset before
+            // they were accepted.
+            ServeError::Http2(err)
+                if err.is_library()
+                    && err.is_go_away()
+                    && err.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) =>
+            {
+                Some(Refusal::TooManyResets)
+            }
             _ => None,
         };
-        match refusal {
-            Some(reason) => self.refusals.refused(direction, reason, err),
-            None => tracing::debug!(%err, "connection ended with an error"),
+        let Some(reason) = refusal else {
+            tracing::debug!(%err, "connection ended with an error");
+            return;
+        };
+        if matches!(reason, Refusal::TooManyEmptyFrames | Refusal::TooManyResets) {
+            let penalty = self.side(direction).penalties.penalize(source);
+            self.refusals.refused(
+                direction,
+                reason,
+                &format_args!("{err}; new connections from {source} refused for {penalty:?}"),
+            );
+        } else {
+            self.refusals.refused(direction, reason, err);
         }
     }
 }
@@ -337,6 +429,9 @@ pub enum Refusal {
     /// An HTTP/2 stream over the side's cap on open streams: refused with
     /// REFUSED_STREAM.
     MaxStreams,
+    /// A connection from a source one of whose connections was closed for
+    /// abuse lately ([`Penalties`]).
+    Penalized,
     /// An HTTP/2 stream on which nothing moved for the stream idle timeout
     /// (a client that stopped reading its response or sending its
     /// request): reset with CANCEL; an HTTP/1 connection: closed.
@@ -361,6 +456,7 @@ impl Refusal {
             Refusal::TooManyResets => "too_many_resets",
             Refusal::TooManyEmptyFrames => "too_many_empty_frames",
             Refusal::MaxStreams => "max_streams",
+            Refusal::Penalized => "penalized",
             Refusal::StreamIdleTimeout => "stream_idle_timeout",
         }
     }
@@ -444,6 +540,44 @@ pub fn header_bytes<B>(request: &http::Request<B>) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_penalty_lasts_a_second_and_doubles_for_sources_that_offend_again() {
+        let penalties = Penalties::default();
+        let (offender, other): (IpAddr, IpAddr) =
+            ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        assert!(!penalties.holds(offender));
+        assert_eq!(penalties.penalize(offender), Duration::from_secs(1));
+        assert!(penalties.holds(offender));
+        assert!(!penalties.holds(other), "other sources are not touched");
+        tokio::time::advance(Duration::from_millis(1001)).await;
+        assert!(!penalties.holds(offender));
+        // Again soon after: twice as long, and so on up to 30 s.
+        assert_eq!(penalties.penalize(offender), Duration::from_secs(2));
+        let mut length = Duration::from_secs(2);
+        for _ in 0..6 {
+            tokio::time::advance(length).await;
+            length = penalties.penalize(offender);
+        }
+        assert_eq!(length, Duration::from_secs(30));
+        // After a quiet spell as long as the last penalty, it starts over.
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert_eq!(penalties.penalize(offender), Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn penalized_sources_are_bounded() {
+        let penalties = Penalties::default();
+        for n in 0..MAX_PENALIZED as u32 {
+            penalties.penalize(IpAddr::from(n.to_be_bytes()));
+        }
+        let one_more = IpAddr::from([255, 255, 255, 255]);
+        assert_eq!(penalties.penalize(one_more), Duration::ZERO);
+        assert!(!penalties.holds(one_more));
+        // Once their penalties are long over, room is made.
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert_eq!(penalties.penalize(one_more), Duration::from_secs(1));
+    }
 
     #[test]
     fn header_bytes_count_names_values_and_overhead() {

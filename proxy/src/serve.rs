@@ -397,6 +397,9 @@ impl Server {
     /// the connection or each of its requests to its direction.
     async fn serve<H: Handler>(self: Arc<Self>, handler: Arc<H>, mut conn: TcpStream) {
         let direction = H::DIRECTION;
+        let source = conn
+            .peer_addr()
+            .map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |peer| peer.ip());
         let Some((protocol, prefix)) = self.detect(&mut conn).await else {
             return;
         };
@@ -480,7 +483,7 @@ impl Server {
         )
         .await;
         if let Err(err) = served {
-            self.limits.connection_error(direction, &err);
+            self.limits.connection_error(direction, source, &err);
         }
     }
 

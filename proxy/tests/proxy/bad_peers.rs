@@ -53,6 +53,16 @@ async fn garbage_resets_and_idle_connections_leave_others_served() {
     proxy.shutdown().await;
 }
 
+/// A connection to `addr` from the loopback address `source`.
+async fn connect_from(
+    source: std::net::Ipv4Addr,
+    addr: std::net::SocketAddr,
+) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind((source, 0).into())?;
+    socket.connect(addr).await
+}
+
 /// An outbound proxy in front of `replica`, with `limits` added to its flags.
 async fn proxy_in_front(replica: &stockdata::test_util::Replica, limits: &[&str]) -> Proxy {
     stockdata_proxy(&[replica.addr], limits).await
@@ -234,7 +244,10 @@ async fn floods_of_frames_that_carry_nothing_are_cut_off() {
         ),
     ];
     for (n, (name, first, frame)) in floods.into_iter().enumerate() {
-        let conn = TcpStream::connect(proxy.outbound).await.unwrap();
+        // Each from a source of its own: a source whose connection was
+        // closed for a flood is refused new ones for a while.
+        let source = std::net::Ipv4Addr::new(127, 0, 0, 2 + n as u8);
+        let conn = connect_from(source, proxy.outbound).await.unwrap();
         let (mut read, mut write) = conn.into_split();
         let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
         hello.extend(raw_h2::frame(0x4, 0, 0, &[]));
@@ -267,6 +280,13 @@ async fn floods_of_frames_that_carry_nothing_are_cut_off() {
         })
         .await;
     }
+    // The last source reconnecting at once is refused at accept, counted;
+    // the good client's connection, from another source, was never touched.
+    let mut again = connect_from(std::net::Ipv4Addr::new(127, 0, 0, 6), proxy.outbound)
+        .await
+        .unwrap();
+    assert!(read_until_closed(&mut again).await.is_empty());
+    assert_eq!(refused(proxy.admin, "penalized").await, 1.0);
     let tally = background.await.unwrap();
     assert!(tally.failures.is_empty(), "{:?}", tally.failures);
     proxy.shutdown().await;
