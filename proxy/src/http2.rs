@@ -191,7 +191,8 @@ pub enum Ended {
 /// GOAWAY and lets the streams in flight finish. A connection that sends no
 /// request within `header_read_timeout`, or has no stream open for
 /// `idle_timeout`, is sent GOAWAY too, so idle clients cannot hold the
-/// proxy's connections. Each stream takes a permit from its side's cap
+/// proxy's connections; so is one that has not acknowledged the proxy's
+/// SETTINGS within `header_read_timeout`. Each stream takes a permit from its side's cap
 /// on open streams (`streams`), and is reset when nothing moves on it for
 /// the stream idle timeout.
 pub async fn serve<I, H, F>(
@@ -250,6 +251,11 @@ where
                 let next = if !requested {
                     ended = Ended::Refused(Refusal::HeaderReadTimeout);
                     None
+                } else if !frames.settings_acked() {
+                    // RFC 9113 section 6.5.3: until then the client may
+                    // not hold to the proxy's limits.
+                    ended = Ended::Refused(Refusal::SettingsTimeout);
+                    None
                 } else {
                     match open.idle_since() {
                         None => Some(now + limits.idle_timeout),
@@ -262,6 +268,10 @@ where
                 };
                 match next {
                     Some(at) => check.as_mut().reset(at),
+                    None if ended == Ended::Refused(Refusal::SettingsTimeout) => {
+                        draining = true;
+                        connection.abrupt_shutdown(h2::Reason::SETTINGS_TIMEOUT);
+                    }
                     None => {
                         // Not the graceful shutdown, which waits for the
                         // client to answer a PING an idle client may never

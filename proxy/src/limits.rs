@@ -34,7 +34,7 @@ pub struct LimitsConfig {
     /// section 6.5.2: name + value + 32 per field).
     pub max_header_bytes: usize,
     /// How long an HTTP/1 client may take to send a request head, and an
-    /// HTTP/2 client its first request.
+    /// HTTP/2 client its first request and its SETTINGS acknowledgement.
     pub header_read_timeout: Duration,
     /// How long an HTTP/2 client connection may have no stream open.
     pub idle_timeout: Duration,
@@ -429,6 +429,9 @@ pub enum Refusal {
     /// An HTTP/2 stream over the side's cap on open streams: refused with
     /// REFUSED_STREAM.
     MaxStreams,
+    /// An HTTP/2 client that did not acknowledge the proxy's SETTINGS
+    /// within the header read timeout: GOAWAY(SETTINGS_TIMEOUT).
+    SettingsTimeout,
     /// A connection from a source one of whose connections was closed for
     /// abuse lately ([`Penalties`]).
     Penalized,
@@ -457,6 +460,7 @@ impl Refusal {
             Refusal::TooManyEmptyFrames => "too_many_empty_frames",
             Refusal::MaxStreams => "max_streams",
             Refusal::Penalized => "penalized",
+            Refusal::SettingsTimeout => "settings_timeout",
             Refusal::StreamIdleTimeout => "stream_idle_timeout",
         }
     }

@@ -200,8 +200,9 @@ pub struct Args {
     pub max_header_bytes: usize,
 
     /// How long an HTTP/1 client may take to send a request head
-    /// (slowloris), and an HTTP/2 client its first request; the connection
-    /// is closed after it.
+    /// (slowloris), and an HTTP/2 client its first request and its
+    /// acknowledgement of the proxy's SETTINGS; the connection is closed
+    /// after it.
     #[arg(long, env = "MESH_PROXY_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,
 

@@ -82,6 +82,9 @@ pub struct FrameBudget {
     exceeded: AtomicBool,
     /// Told once when the budget is exceeded.
     pub notify: Notify,
+    /// Whether the client acknowledged the proxy's SETTINGS (the reader
+    /// sees every frame, so it notes that too).
+    settings_acked: AtomicBool,
 }
 
 const FRAMES: usize = 0;
@@ -95,7 +98,13 @@ impl FrameBudget {
             counts: PerSecond::default(),
             exceeded: AtomicBool::new(false),
             notify: Notify::new(),
+            settings_acked: AtomicBool::new(false),
         })
+    }
+
+    /// Whether the client has acknowledged the proxy's SETTINGS.
+    pub fn settings_acked(&self) -> bool {
+        self.settings_acked.load(Ordering::Relaxed)
     }
 
     pub fn exceeded(&self) -> bool {
@@ -181,6 +190,9 @@ impl<I> Budgeted<I> {
                     }
                     let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
                     let (kind, flags) = (header[3], header[4]);
+                    if kind == SETTINGS && flags & ACK != 0 {
+                        self.budget.settings_acked.store(true, Ordering::Relaxed);
+                    }
                     if carries_nothing(kind, flags, len) && !self.budget.empty_frame() {
                         return false;
                     }
@@ -201,10 +213,13 @@ impl<I> Budgeted<I> {
 
 /// PING, SETTINGS, WINDOW_UPDATE, PRIORITY, and an empty DATA frame that
 /// does not end its stream.
+const SETTINGS: u8 = 0x4;
+/// SETTINGS' flag that acknowledges the peer's.
+const ACK: u8 = 0x1;
+
 fn carries_nothing(kind: u8, flags: u8, len: usize) -> bool {
     const DATA: u8 = 0x0;
     const PRIORITY: u8 = 0x2;
-    const SETTINGS: u8 = 0x4;
     const PING: u8 = 0x6;
     const WINDOW_UPDATE: u8 = 0x8;
     const END_STREAM: u8 = 0x1;

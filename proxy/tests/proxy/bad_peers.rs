@@ -319,6 +319,7 @@ async fn idle_connections_cannot_lock_out_new_clients() {
     .await;
     let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     hello.extend(raw_h2::frame(0x4, 0, 0, &[])); // SETTINGS
+    hello.extend(raw_h2::frame(0x4, 0x1, 0, &[])); // and the ACK of the proxy's
     let mut idle = Vec::new();
     for _ in 0..5000 {
         let mut conn = TcpStream::connect(proxy.outbound).await.unwrap();
@@ -369,6 +370,31 @@ async fn idle_connections_cannot_lock_out_new_clients() {
     let goaway = frames.iter().find(|f| f.0 == 0x7).expect("GOAWAY");
     assert_eq!(&goaway.3[4..8], &[0, 0, 0, 0], "NO_ERROR: {frames:?}");
     drop(idle);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_that_never_acknowledges_the_proxys_settings_is_cut_off() {
+    let replica = spawn_replica("r").await;
+    let proxy = proxy_in_front(&replica, &["--header-read-timeout", "1s"]).await;
+    // A request, and no SETTINGS ACK: the proxy's limits are not known to
+    // be in force for this client.
+    let mut conn = TcpStream::connect(proxy.outbound).await.unwrap();
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(raw_h2::frame(0x4, 0, 0, &[]));
+    hello.extend(raw_h2::frame(0x1, 0x5, 1, &raw_h2::call_block()));
+    conn.write_all(&hello).await.unwrap();
+    let frames = raw_h2::read_frames(&mut conn, |kind, _, _| kind == 0x7).await;
+    let goaway = frames.iter().find(|f| f.0 == 0x7).expect("GOAWAY");
+    assert_eq!(
+        &goaway.3[4..8],
+        &0x4u32.to_be_bytes(),
+        "SETTINGS_TIMEOUT: {frames:?}"
+    );
+    eventually("the close counted", Duration::from_secs(5), || async {
+        (refused(proxy.admin, "settings_timeout").await == 1.0).then_some(())
+    })
+    .await;
     proxy.shutdown().await;
 }
 
