@@ -21,10 +21,21 @@ use tokio::{
 };
 
 /// Whether something moved: a count of moves, which costs an atomic add
-/// and no clock read per move (a stream moves several times per request).
+/// and no clock read per move (a stream moves several times per request);
+/// and, for a stream, whether its request body has ended.
 #[derive(Debug, Default)]
 pub struct Activity {
     moves: AtomicU64,
+    request_ended: AtomicBool,
+}
+
+/// Why a stream was given up on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stalled {
+    /// Nothing moved for the idle timeout.
+    Idle,
+    /// Its request body had not ended within the request body timeout.
+    RequestBody,
 }
 
 impl Activity {
@@ -33,21 +44,40 @@ impl Activity {
         self.moves.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The stream's request body has ended.
+    pub fn request_ended(&self) {
+        self.request_ended.store(true, Ordering::Relaxed);
+    }
+
     /// Returns once nothing moved for `idle`, checked every quarter of it:
     /// between `idle` and 1.25 × `idle` after the last move. One timer,
     /// set again each quarter only while the wait lasts.
     pub async fn idle_for(&self, idle: Duration) {
-        let every = idle / 4;
+        self.stalled(idle, None).await;
+    }
+
+    /// Returns once nothing moved for `idle`, or, with a `body_timeout`,
+    /// once that long passed without the request body ending; each
+    /// checked every quarter of the shorter, so it is noticed within a
+    /// quarter more.
+    pub async fn stalled(&self, idle: Duration, body_timeout: Option<Duration>) -> Stalled {
+        let every = body_timeout.map_or(idle, |body| body.min(idle)) / 4;
         let mut check = pin!(tokio::time::sleep(every));
         let mut seen = self.moves.load(Ordering::Relaxed);
-        let mut quiet = Duration::ZERO;
+        let (mut quiet, mut waited) = (Duration::ZERO, Duration::ZERO);
         loop {
             check.as_mut().await;
+            waited += every;
+            if body_timeout.is_some_and(|body| waited >= body)
+                && !self.request_ended.load(Ordering::Relaxed)
+            {
+                return Stalled::RequestBody;
+            }
             let moves = self.moves.load(Ordering::Relaxed);
             if moves == seen {
                 quiet += every;
                 if quiet >= idle {
-                    return;
+                    return Stalled::Idle;
                 }
             } else {
                 (seen, quiet) = (moves, Duration::ZERO);

@@ -241,6 +241,7 @@ impl TryFrom<Args> for Config {
                 max_connections_per_source: args.max_connections_per_source,
                 max_streams: args.max_streams,
                 stream_idle_timeout: args.stream_idle_timeout,
+                request_body_timeout: args.request_body_timeout,
             },
             drain_timeout: args.drain_timeout,
         })
@@ -381,6 +382,11 @@ fn check_ranges(args: &Args) -> Result<(), ConfigError> {
             "--stream-idle-timeout",
             "MESH_PROXY_STREAM_IDLE_TIMEOUT",
             args.stream_idle_timeout,
+        ),
+        (
+            "--request-body-timeout",
+            "MESH_PROXY_REQUEST_BODY_TIMEOUT",
+            args.request_body_timeout.unwrap_or(Duration::MAX),
         ),
     ];
     if let Some((flag, env, _)) = durations.into_iter().find(|(_, _, d)| d.is_zero()) {

@@ -25,7 +25,7 @@ pub use client::{Client, ClientError};
 pub use pipe::{Pipe, Piped};
 
 use crate::{
-    activity::{Activity, Watched},
+    activity::{Activity, Stalled, Watched},
     body::{ProxyBody, Received},
     limits::{LimitsConfig, Refusal, StreamLimits, StreamPermit},
 };
@@ -80,8 +80,12 @@ pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub struct RecvBody {
     stream: RecvStream,
     data_done: bool,
-    /// A served request's: its stream's activity, moved by each frame.
+    /// A served request's: its stream's activity, moved by each frame,
+    /// and told when the body ends.
     activity: Option<Arc<Activity>>,
+    /// Whether to look for the end after each DATA frame: only with a
+    /// request body timeout, since looking takes h2's lock.
+    watch_end: bool,
     /// An upstream response's: its place on its connection.
     slot: Option<client::StreamSlot>,
 }
@@ -92,12 +96,14 @@ impl RecvBody {
             stream,
             data_done: false,
             activity: None,
+            watch_end: false,
             slot: None,
         }
     }
 
-    fn watched(mut self, activity: Arc<Activity>) -> Self {
+    fn watched(mut self, activity: Arc<Activity>, watch_end: bool) -> Self {
         self.activity = Some(activity);
+        self.watch_end = watch_end;
         self
     }
 
@@ -116,6 +122,9 @@ impl RecvBody {
     fn ended(&mut self) {
         if let Some(slot) = &mut self.slot {
             slot.ended();
+        }
+        if let Some(activity) = &self.activity {
+            activity.request_ended();
         }
     }
 }
@@ -147,6 +156,10 @@ impl Body for RecvBody {
                     // Fails only when the stream is already gone.
                     let _ = self.stream.flow_control().release_capacity(data.len());
                     self.moved();
+                    // A last DATA frame ends the body; nobody may poll past it.
+                    if self.watch_end && self.stream.is_end_stream() {
+                        self.ended();
+                    }
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 Some(Err(err)) => {
@@ -420,7 +433,7 @@ struct Held {
 enum Awaited {
     Response(http::Response<ProxyBody>),
     ClientReset,
-    Idle,
+    Stalled(Stalled),
 }
 
 /// One stream of a served connection: the handler's response, then its
@@ -437,11 +450,16 @@ async fn respond_to<H, F>(
     H: Fn(http::Request<Received>) -> F,
     F: Future<Output = http::Response<ProxyBody>>,
 {
-    let idle_timeout = held.limits.idle_timeout;
+    let (idle_timeout, body_timeout) = (held.limits.idle_timeout, held.limits.body_timeout);
     let activity = Arc::new(Activity::default());
-    let mut idle = pin!(activity.idle_for(idle_timeout));
-    let request =
-        request.map(|body| Received::Http2(RecvBody::new(body).watched(activity.clone())));
+    if body_timeout.is_some() && request.body().is_end_stream() {
+        activity.request_ended();
+    }
+    let mut stalled = pin!(activity.stalled(idle_timeout, body_timeout));
+    let request = request.map(|body| {
+        let body = RecvBody::new(body).watched(activity.clone(), body_timeout.is_some());
+        Received::Http2(body)
+    });
     let mut response = pin!(handle(request));
     let awaited = poll_fn(|cx| {
         // The reset first: a reset also ends the request body, which may
@@ -452,7 +470,7 @@ async fn respond_to<H, F>(
         if let Poll::Ready(response) = response.as_mut().poll(cx) {
             return Poll::Ready(Awaited::Response(response));
         }
-        idle.as_mut().poll(cx).map(|()| Awaited::Idle)
+        stalled.as_mut().poll(cx).map(Awaited::Stalled)
     })
     .await;
     let response = match awaited {
@@ -461,9 +479,9 @@ async fn respond_to<H, F>(
             held.resets.client_reset();
             return;
         }
-        Awaited::Idle => {
+        Awaited::Stalled(why) => {
             respond.send_reset(h2::Reason::CANCEL);
-            stream_idle(&held.limits);
+            stream_stalled(&held.limits, why);
             return;
         }
     };
@@ -476,14 +494,14 @@ async fn respond_to<H, F>(
             activity.moved();
             let mut pipe = pin!(Pipe::new(Watched::new(body, activity.clone()), stream));
             // How it ended is the response's business: the recorder saw it.
-            let idle = poll_fn(|cx| match pipe.as_mut().poll(cx) {
-                Poll::Ready(_) => Poll::Ready(false),
-                Poll::Pending => idle.as_mut().poll(cx).map(|()| true),
+            let stalled = poll_fn(|cx| match pipe.as_mut().poll(cx) {
+                Poll::Ready(_) => Poll::Ready(None),
+                Poll::Pending => stalled.as_mut().poll(cx).map(Some),
             })
             .await;
-            if idle {
+            if let Some(why) = stalled {
                 pipe.as_mut().reset(h2::Reason::CANCEL);
-                stream_idle(&held.limits);
+                stream_stalled(&held.limits, why);
             }
         }
         Ok(_) => {}
@@ -491,12 +509,21 @@ async fn respond_to<H, F>(
     }
 }
 
-/// Counts a stream reset for its idle timeout.
-fn stream_idle(limits: &StreamLimits) {
-    limits.refused(
-        Refusal::StreamIdleTimeout,
-        &format_args!("nothing moved for {:?}", limits.idle_timeout),
-    );
+/// Counts a stream reset for a timeout.
+fn stream_stalled(limits: &StreamLimits, why: Stalled) {
+    match why {
+        Stalled::Idle => limits.refused(
+            Refusal::StreamIdleTimeout,
+            &format_args!("nothing moved for {:?}", limits.idle_timeout),
+        ),
+        Stalled::RequestBody => limits.refused(
+            Refusal::RequestBodyTimeout,
+            &format_args!(
+                "the request body did not end within {:?}",
+                limits.body_timeout.unwrap_or_default()
+            ),
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -58,6 +58,10 @@ pub struct LimitsConfig {
     /// (its request read, its response sent) before it is reset, and an
     /// HTTP/1 connection without a byte before it is closed.
     pub stream_idle_timeout: Duration,
+    /// How long an HTTP/2 request's body may take, from its head to its
+    /// end, before the stream is reset; `None`: as long as it likes
+    /// (client-streaming calls).
+    pub request_body_timeout: Option<Duration>,
 }
 
 impl Default for LimitsConfig {
@@ -73,6 +77,7 @@ impl Default for LimitsConfig {
             max_connections_per_source: 1024,
             max_streams: 10_000,
             stream_idle_timeout: Duration::from_secs(300),
+            request_body_timeout: None,
         }
     }
 }
@@ -190,6 +195,7 @@ pub struct StreamLimits {
     direction: Direction,
     max_streams: usize,
     pub idle_timeout: Duration,
+    pub body_timeout: Option<Duration>,
 }
 
 impl StreamLimits {
@@ -269,6 +275,7 @@ impl Limits {
             direction,
             max_streams: self.config.max_streams,
             idle_timeout: self.config.stream_idle_timeout,
+            body_timeout: self.config.request_body_timeout,
         }
     }
 
@@ -432,6 +439,9 @@ pub enum Refusal {
     /// An HTTP/2 client that did not acknowledge the proxy's SETTINGS
     /// within the header read timeout: GOAWAY(SETTINGS_TIMEOUT).
     SettingsTimeout,
+    /// An HTTP/2 request whose body had not ended within the request body
+    /// timeout: reset with CANCEL.
+    RequestBodyTimeout,
     /// A connection from a source one of whose connections was closed for
     /// abuse lately ([`Penalties`]).
     Penalized,
@@ -460,6 +470,7 @@ impl Refusal {
             Refusal::TooManyEmptyFrames => "too_many_empty_frames",
             Refusal::MaxStreams => "max_streams",
             Refusal::Penalized => "penalized",
+            Refusal::RequestBodyTimeout => "request_body_timeout",
             Refusal::SettingsTimeout => "settings_timeout",
             Refusal::StreamIdleTimeout => "stream_idle_timeout",
         }

@@ -229,6 +229,12 @@ pub struct Args {
     #[arg(long, env = "MESH_PROXY_STREAM_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
     pub stream_idle_timeout: Duration,
 
+    /// How long an HTTP/2 request's body may take, from its head to its
+    /// end, before the stream is reset with CANCEL (a body that trickles).
+    /// Off by default: client-streaming calls may last as long as they like.
+    #[arg(long, env = "MESH_PROXY_REQUEST_BODY_TIMEOUT", value_parser = parse_duration)]
+    pub request_body_timeout: Option<Duration>,
+
     /// Streams one HTTP/2 client may reset in a second, once accepted,
     /// when they are also more than half the streams it opened then; past
     /// it the connection is closed with GOAWAY(ENHANCE_YOUR_CALM) (Rapid

@@ -30,7 +30,8 @@ const BIG: usize = 20 * 1024 * 1024;
 
 /// An HTTP/2 upstream allowing `max_streams` streams per connection:
 /// `/big` answers 20 MB, `/hold` answers nothing until its client goes,
-/// anything else a short body; each once the request's body has ended.
+/// `/slow` a short body 2 s late, anything else a short body at once; each
+/// once the request's body has ended.
 async fn upstream(max_streams: u32) -> SocketAddr {
     upstream_with_reset_limit(max_streams, usize::MAX).await.0
 }
@@ -103,6 +104,9 @@ async fn answer(
     while let Some(data) = request.data().await {
         let Ok(data) = data else { return };
         let _ = request.flow_control().release_capacity(data.len());
+    }
+    if path == "/slow" {
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
     let Ok(mut body) = respond.send_response(http::Response::new(()), false) else {
         return;
@@ -486,5 +490,64 @@ async fn http1_connections_on_which_nothing_moves_are_closed_after_the_stream_id
     // Requests that move are served as before.
     let (status, body) = http_get(proxy.outbound, "/after").await;
     assert_eq!(status, 200, "{body}");
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_that_does_not_end_in_time_is_reset() {
+    let upstream = upstream(1000).await;
+    let proxy = stockdata_proxy(&[upstream], &["--request-body-timeout", "1s"]).await;
+    let client = h2_client(proxy.outbound, 65_535).await;
+
+    // A body that trickles: a frame every 200 ms, never its end. Moving,
+    // so the stream idle timeout would never catch it.
+    let (response, mut body) = client
+        .clone()
+        .ready()
+        .await
+        .unwrap()
+        .send_request(get(proxy.outbound, "/small"), false)
+        .unwrap();
+    let trickle = tokio::spawn(async move {
+        for _ in 0..50 {
+            if body.send_data(Bytes::from_static(b"x"), false).is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let err = tokio::time::timeout(Duration::from_secs(5), response)
+        .await
+        .expect("reset within 5 s")
+        .expect_err("reset");
+    assert_eq!(err.reason(), Some(h2::Reason::CANCEL), "{err}");
+    trickle.abort();
+    assert_eq!(refused(proxy.admin, "request_body_timeout").await, 1.0);
+
+    // A body that ended in time, with a response that takes longer than the
+    // timeout, and a request with no body held longer: neither is touched.
+    let (slow, mut body) = client
+        .clone()
+        .ready()
+        .await
+        .unwrap()
+        .send_request(get(proxy.outbound, "/slow"), false)
+        .unwrap();
+    body.send_data(Bytes::from_static(b"done"), true).unwrap();
+    let (held, _) = client
+        .clone()
+        .ready()
+        .await
+        .unwrap()
+        .send_request(get(proxy.outbound, "/hold"), true)
+        .unwrap();
+    let slow = tokio::time::timeout(Duration::from_secs(10), slow)
+        .await
+        .expect("answered within 10 s")
+        .expect("answered, not reset");
+    assert_eq!(slow.status(), 200);
+    until_in_flight(proxy.admin, 1).await;
+    assert_eq!(refused(proxy.admin, "request_body_timeout").await, 1.0);
+    drop(held);
     proxy.shutdown().await;
 }
