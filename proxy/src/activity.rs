@@ -169,6 +169,14 @@ impl<I> IdleIo<I> {
         self.expired.clone()
     }
 
+    /// Counts a write that moved bytes.
+    fn count(&mut self, written: Poll<std::io::Result<usize>>) -> Poll<std::io::Result<usize>> {
+        if let Poll::Ready(Ok(1..)) = written {
+            self.moves += 1;
+        }
+        written
+    }
+
     /// `Ready` once the connection has been idle for its timeout.
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let every = self.timeout / 4;
@@ -222,12 +230,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for IdleIo<I> {
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
         let written = Pin::new(&mut this.io).poll_write(cx, data);
-        if let Poll::Ready(Ok(n)) = written
-            && n > 0
-        {
-            this.moves += 1;
-        }
-        written
+        this.count(written)
     }
 
     fn poll_write_vectored(
@@ -237,12 +240,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for IdleIo<I> {
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
         let written = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = written
-            && n > 0
-        {
-            this.moves += 1;
-        }
-        written
+        this.count(written)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -224,7 +224,7 @@ pub async fn serve<H, F>(
     protocol: Protocol,
     io: ServerIo,
     limits: &LimitsConfig,
-    streams: &StreamLimits,
+    streams: &Arc<StreamLimits>,
     mut drain: watch::Receiver<bool>,
     _guard: DrainGuard,
     handle: H,

@@ -211,7 +211,7 @@ pub enum Ended {
 pub async fn serve<I, H, F>(
     io: I,
     limits: &LimitsConfig,
-    streams: &StreamLimits,
+    streams: &Arc<StreamLimits>,
     mut drain: watch::Receiver<bool>,
     handle: H,
 ) -> Result<Ended, h2::Error>
@@ -231,8 +231,6 @@ where
         .handshake::<_, Bytes>(io)
         .await?;
     let open = Arc::new(OpenStreams::default());
-    // One per connection: each stream holds a reference, not a copy.
-    let streams = Arc::new(streams.clone());
     let resets = Arc::new(Resets::new(limits.max_resets_per_second));
     let mut requested = false;
     let mut ended = Ended::Closed;

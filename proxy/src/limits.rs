@@ -109,9 +109,8 @@ pub struct Limits {
 struct Side {
     connections: Arc<Semaphore>,
     per_source: Arc<Mutex<HashMap<IpAddr, usize>>>,
-    /// Open HTTP/2 streams: a counter, not a semaphore, since a stream
-    /// never waits for a place (and a semaphore's release takes a lock).
-    streams: Arc<AtomicUsize>,
+    /// Open HTTP/2 streams, and what every stream needs of the limits.
+    streams: Arc<StreamLimits>,
     penalties: Penalties,
 }
 
@@ -175,11 +174,18 @@ impl Penalties {
 }
 
 impl Side {
-    fn new(config: &LimitsConfig) -> Self {
+    fn new(config: &LimitsConfig, direction: Direction, refusals: &Arc<Refusals>) -> Self {
         Self {
             connections: Arc::new(Semaphore::new(config.max_connections)),
             per_source: Arc::default(),
-            streams: Arc::default(),
+            streams: Arc::new(StreamLimits {
+                open: AtomicUsize::new(0),
+                refusals: refusals.clone(),
+                direction,
+                max_streams: config.max_streams,
+                idle_timeout: config.stream_idle_timeout,
+                body_timeout: config.request_body_timeout,
+            }),
             penalties: Penalties::default(),
         }
     }
@@ -188,9 +194,11 @@ impl Side {
 /// What serving HTTP/2 needs of one side's limits for each stream: a
 /// permit from the side's cap on open streams, the stream idle timeout,
 /// and where its refusals are counted.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct StreamLimits {
-    open: Arc<AtomicUsize>,
+    /// Open streams: a counter, not a semaphore, since a stream never
+    /// waits for a place (and a semaphore's release takes a lock).
+    open: AtomicUsize,
     refusals: Arc<Refusals>,
     direction: Direction,
     max_streams: usize,
@@ -201,7 +209,7 @@ pub struct StreamLimits {
 impl StreamLimits {
     /// A permit for a new stream, held until it ends; `None` (counted)
     /// when the side has its maximum open.
-    pub fn admit(&self) -> Option<StreamPermit> {
+    pub fn admit(self: &Arc<Self>) -> Option<StreamPermit> {
         if self.open.fetch_add(1, Ordering::Relaxed) >= self.max_streams {
             self.open.fetch_sub(1, Ordering::Relaxed);
             self.refusals.refused(
@@ -211,7 +219,7 @@ impl StreamLimits {
             );
             return None;
         }
-        Some(StreamPermit(self.open.clone()))
+        Some(StreamPermit(self.clone()))
     }
 
     /// Counts and logs a stream the HTTP/2 layer ended for a limit.
@@ -222,11 +230,11 @@ impl StreamLimits {
 
 /// A stream's place among its side's open streams, given back when it ends.
 #[derive(Debug)]
-pub struct StreamPermit(Arc<AtomicUsize>);
+pub struct StreamPermit(Arc<StreamLimits>);
 
 impl Drop for StreamPermit {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -236,6 +244,13 @@ pub struct ConnectionPermit {
     _open: OwnedSemaphorePermit,
     per_source: Arc<Mutex<HashMap<IpAddr, usize>>>,
     source: IpAddr,
+}
+
+impl ConnectionPermit {
+    /// The IP address the connection came from.
+    pub fn source(&self) -> IpAddr {
+        self.source
+    }
 }
 
 impl Drop for ConnectionPermit {
@@ -252,10 +267,11 @@ impl Drop for ConnectionPermit {
 
 impl Limits {
     pub fn new(config: LimitsConfig, metrics: Arc<Metrics>) -> Self {
+        let refusals = Arc::new(Refusals::new(metrics));
         Self {
-            inbound: Side::new(&config),
-            outbound: Side::new(&config),
-            refusals: Arc::new(Refusals::new(metrics)),
+            inbound: Side::new(&config, Direction::Inbound, &refusals),
+            outbound: Side::new(&config, Direction::Outbound, &refusals),
+            refusals,
             config,
         }
     }
@@ -268,15 +284,8 @@ impl Limits {
     }
 
     /// The stream limits of `direction`'s HTTP/2 connections.
-    pub fn streams(&self, direction: Direction) -> StreamLimits {
-        StreamLimits {
-            open: self.side(direction).streams.clone(),
-            refusals: self.refusals.clone(),
-            direction,
-            max_streams: self.config.max_streams,
-            idle_timeout: self.config.stream_idle_timeout,
-            body_timeout: self.config.request_body_timeout,
-        }
+    pub fn streams(&self, direction: Direction) -> &Arc<StreamLimits> {
+        &self.side(direction).streams
     }
 
     /// A permit for a new connection from `peer`, held until it closes;

@@ -366,7 +366,7 @@ impl Server {
         self: Arc<Self>,
         listener: Arc<L>,
         conn: TcpStream,
-        _permit: ConnectionPermit,
+        permit: ConnectionPermit,
     ) {
         let _ = conn.set_nodelay(true);
         let direction = L::Handler::DIRECTION;
@@ -389,17 +389,20 @@ impl Server {
                 return;
             }
         };
-        self.serve(handler, conn).await
+        let source = permit.source();
+        self.serve(handler, conn, source).await
     }
 
     /// Detects a connection's protocol (inside the mesh's TLS, which
     /// inbound listeners terminate), applies the inbound policy, and hands
     /// the connection or each of its requests to its direction.
-    async fn serve<H: Handler>(self: Arc<Self>, handler: Arc<H>, mut conn: TcpStream) {
+    async fn serve<H: Handler>(
+        self: Arc<Self>,
+        handler: Arc<H>,
+        mut conn: TcpStream,
+        source: std::net::IpAddr,
+    ) {
         let direction = H::DIRECTION;
-        let source = conn
-            .peer_addr()
-            .map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |peer| peer.ip());
         let Some((protocol, prefix)) = self.detect(&mut conn).await else {
             return;
         };
@@ -456,7 +459,7 @@ impl Server {
             protocol,
             io,
             &self.limits.config,
-            &self.limits.streams(direction),
+            self.limits.streams(direction),
             self.drain.clone(),
             self.guard.clone(),
             move |mut request| {

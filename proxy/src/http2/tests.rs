@@ -21,9 +21,9 @@ fn recorder() -> Recorder {
 }
 
 /// Stream limits as a proxy's outbound side has them by default.
-fn streams() -> StreamLimits {
+fn streams() -> Arc<StreamLimits> {
     let limits = crate::limits::Limits::new(LimitsConfig::default(), Arc::default());
-    limits.streams(Direction::Outbound)
+    limits.streams(Direction::Outbound).clone()
 }
 
 /// Serves HTTP/2 on a fresh loopback port with `handle`.

@@ -1,6 +1,8 @@
 //! Peers that misbehave do not hurt the proxy or its other clients.
 
-use crate::support::{Proxy, call_many, spawn_proxy, stockdata_proxy};
+use crate::support::{
+    Proxy, assert_uncharged, call_many, refused, spawn_proxy, stockdata_proxy, until_in_flight,
+};
 use std::time::Duration;
 use stockdata::test_util::{connect, eventually, spawn_replica};
 use stockkube_proto::stockdata::stocks_client::StocksClient;
@@ -66,15 +68,6 @@ async fn connect_from(
 /// An outbound proxy in front of `replica`, with `limits` added to its flags.
 async fn proxy_in_front(replica: &stockdata::test_util::Replica, limits: &[&str]) -> Proxy {
     stockdata_proxy(&[replica.addr], limits).await
-}
-
-async fn refused(admin: std::net::SocketAddr, reason: &str) -> f64 {
-    let (_, text) = crate::support::http_get(admin, "/metrics").await;
-    crate::support::sum(
-        &crate::support::parse_prometheus(&text),
-        "mesh_refused_total",
-        &[("reason", reason)],
-    )
 }
 
 /// Reads until the peer closes (or 10 s pass); what it sent.
@@ -833,33 +826,9 @@ async fn streams_beyond_the_limit_are_refused() {
     proxy.shutdown().await;
 }
 
-/// The proxy's only endpoint, as `/endpoints` shows it.
-async fn sole_endpoint(admin: std::net::SocketAddr) -> serde_json::Value {
-    let (_, json) = crate::support::http_get(admin, "/endpoints").await;
-    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
-    json["services"][0]["endpoints"][0].clone()
-}
-
-/// Waits until the proxy's only endpoint has `requests` in flight.
-async fn until_in_flight(admin: std::net::SocketAddr, requests: u64) {
-    eventually(
-        &format!("{requests} requests in flight"),
-        Duration::from_secs(10),
-        || async { (sole_endpoint(admin).await["in_flight"] == requests).then_some(()) },
-    )
-    .await;
-}
-
 /// More abandoned requests than `--failure-accrual` (7): were they blamed on
 /// the endpoint, it would be ejected.
 const ABANDONED: usize = 10;
-
-/// The endpoint was charged no failure for them.
-async fn assert_uncharged(admin: std::net::SocketAddr) {
-    let view = sole_endpoint(admin).await;
-    assert_eq!(view["failed"], 0, "{view}");
-    assert_eq!(view["ejected"], false, "{view}");
-}
 
 /// A request body that sends one frame, then fails when told: its client
 /// broke off the request mid-body.

@@ -5,7 +5,9 @@
 //! idle timeout (HTTP/2 and HTTP/1). An endpoint that closes the shared
 //! connection for what came over it is not blamed for it.
 
-use crate::support::{http_get, parse_prometheus, stockdata_proxy, sum};
+use crate::support::{
+    assert_uncharged, http_get, parse_prometheus, refused, stockdata_proxy, sum, until_in_flight,
+};
 use bytes::Bytes;
 use std::{
     net::SocketAddr,
@@ -142,6 +144,18 @@ async fn h2_client(addr: SocketAddr, window: u32) -> h2::client::SendRequest<Byt
     sender
 }
 
+/// A GET of `path` through the proxy at `addr` on `client`'s connection;
+/// `end`: whether the request ends with its head (else its body follows).
+async fn open(
+    client: &h2::client::SendRequest<Bytes>,
+    addr: SocketAddr,
+    path: &str,
+    end: bool,
+) -> (h2::client::ResponseFuture, h2::SendStream<Bytes>) {
+    let mut ready = client.clone().ready().await.unwrap();
+    ready.send_request(get(addr, path), end).unwrap()
+}
+
 fn get(addr: SocketAddr, path: &str) -> http::Request<()> {
     http::Request::get(format!("http://{addr}{path}"))
         .body(())
@@ -207,13 +221,7 @@ async fn clients_that_do_not_read_their_responses_do_not_stall_the_others() {
     let attacker = h2_client(proxy.outbound, 0).await;
     let mut held = Vec::new();
     for _ in 0..UNREAD {
-        let (response, _) = attacker
-            .clone()
-            .ready()
-            .await
-            .unwrap()
-            .send_request(get(proxy.outbound, "/big"), true)
-            .unwrap();
+        let (response, _) = open(&attacker, proxy.outbound, "/big", true).await;
         held.push(response.await.unwrap());
     }
 
@@ -237,25 +245,10 @@ async fn a_client_holding_more_streams_than_the_upstream_allows_does_not_stall_t
     let attacker = h2_client(proxy.outbound, 65_535).await;
     let mut held = Vec::new();
     for _ in 0..150 {
-        let (response, _) = attacker
-            .clone()
-            .ready()
-            .await
-            .unwrap()
-            .send_request(get(proxy.outbound, "/hold"), true)
-            .unwrap();
+        let (response, _) = open(&attacker, proxy.outbound, "/hold", true).await;
         held.push(response);
     }
-    eventually(
-        "150 held requests in flight",
-        Duration::from_secs(10),
-        || async {
-            let (_, json) = http_get(proxy.admin, "/endpoints").await;
-            let json: serde_json::Value = serde_json::from_str(&json).unwrap();
-            (json["services"][0]["endpoints"][0]["in_flight"] == 150).then_some(())
-        },
-    )
-    .await;
+    until_in_flight(proxy.admin, 150).await;
 
     let (ok, _) = well_behaved_within(proxy.outbound, "beside 150 held streams").await;
     assert_eq!(ok, CALLS, "every well-behaved call succeeds");
@@ -273,22 +266,11 @@ async fn streams_on_which_nothing_moves_are_reset_after_the_stream_idle_timeout(
     let held_client = h2_client(proxy.outbound, 65_535).await;
     let mut held = Vec::new();
     for _ in 0..200 {
-        let (response, body) = held_client
-            .clone()
-            .ready()
-            .await
-            .unwrap()
-            .send_request(get(proxy.outbound, "/small"), false)
-            .unwrap();
+        let (response, body) = open(&held_client, proxy.outbound, "/small", false).await;
         held.push((response, body));
     }
     let unread_client = h2_client(proxy.outbound, 0).await;
-    let (unread, _) = unread_client
-        .ready()
-        .await
-        .unwrap()
-        .send_request(get(proxy.outbound, "/big"), true)
-        .unwrap();
+    let (unread, _) = open(&unread_client, proxy.outbound, "/big", true).await;
     let unread = unread.await.unwrap();
 
     // Each is reset with CANCEL once nothing moved on it for the timeout.
@@ -328,33 +310,13 @@ async fn streams_over_the_cap_are_refused_and_counted() {
     let client = h2_client(proxy.outbound, 65_535).await;
     let mut held = Vec::new();
     for _ in 0..10 {
-        let (response, _) = client
-            .clone()
-            .ready()
-            .await
-            .unwrap()
-            .send_request(get(proxy.outbound, "/hold"), true)
-            .unwrap();
+        let (response, _) = open(&client, proxy.outbound, "/hold", true).await;
         held.push(response);
     }
-    eventually(
-        "10 held requests in flight",
-        Duration::from_secs(10),
-        || async {
-            let (_, json) = http_get(proxy.admin, "/endpoints").await;
-            let json: serde_json::Value = serde_json::from_str(&json).unwrap();
-            (json["services"][0]["endpoints"][0]["in_flight"] == 10).then_some(())
-        },
-    )
-    .await;
+    until_in_flight(proxy.admin, 10).await;
     // The eleventh, from another connection, is refused; clients retry those.
     let other = h2_client(proxy.outbound, 65_535).await;
-    let (response, _) = other
-        .ready()
-        .await
-        .unwrap()
-        .send_request(get(proxy.outbound, "/small"), true)
-        .unwrap();
+    let (response, _) = open(&other, proxy.outbound, "/small", true).await;
     let err = response.await.expect_err("refused");
     assert_eq!(err.reason(), Some(h2::Reason::REFUSED_STREAM), "{err}");
     assert_eq!(refused(proxy.admin, "max_streams").await, 1.0);
@@ -364,30 +326,6 @@ async fn streams_over_the_cap_are_refused_and_counted() {
     let (ok, _) = well_behaved(proxy.outbound, 10, 2).await;
     assert_eq!(ok, 10);
     proxy.shutdown().await;
-}
-
-/// Outbound refusals for `reason`.
-async fn refused(admin: SocketAddr, reason: &str) -> f64 {
-    let (_, text) = http_get(admin, "/metrics").await;
-    sum(
-        &parse_prometheus(&text),
-        "mesh_refused_total",
-        &[("direction", "outbound"), ("reason", reason)],
-    )
-}
-
-/// Waits until the proxy's only endpoint has `requests` in flight.
-async fn until_in_flight(admin: SocketAddr, requests: u64) {
-    eventually(
-        &format!("{requests} requests in flight"),
-        Duration::from_secs(10),
-        || async {
-            let (_, json) = http_get(admin, "/endpoints").await;
-            let json: serde_json::Value = serde_json::from_str(&json).unwrap();
-            (json["services"][0]["endpoints"][0]["in_flight"] == requests).then_some(())
-        },
-    )
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -400,13 +338,7 @@ async fn an_endpoint_closing_the_shared_connection_for_forwarded_resets_is_not_c
     // when the endpoint closes their connection, it would be ejected.
     let mut held = Vec::new();
     for _ in 0..10 {
-        let (response, _) = client
-            .clone()
-            .ready()
-            .await
-            .unwrap()
-            .send_request(get(proxy.outbound, "/hold"), true)
-            .unwrap();
+        let (response, _) = open(&client, proxy.outbound, "/hold", true).await;
         held.push(response);
     }
     until_in_flight(proxy.admin, 10).await;
@@ -418,13 +350,7 @@ async fn an_endpoint_closing_the_shared_connection_for_forwarded_resets_is_not_c
         if *calmed.borrow_and_update() == 1 {
             break;
         }
-        let (response, _) = attacker
-            .clone()
-            .ready()
-            .await
-            .unwrap()
-            .send_request(get(proxy.outbound, "/hold"), true)
-            .unwrap();
+        let (response, _) = open(&attacker, proxy.outbound, "/hold", true).await;
         until_in_flight(proxy.admin, 11).await;
         drop(response);
         until_in_flight(proxy.admin, 10).await;
@@ -445,11 +371,7 @@ async fn an_endpoint_closing_the_shared_connection_for_forwarded_resets_is_not_c
         || async { (retried().await >= 10.0).then_some(()) },
     )
     .await;
-    let (_, json) = http_get(proxy.admin, "/endpoints").await;
-    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
-    let endpoint = &json["services"][0]["endpoints"][0];
-    assert_eq!(endpoint["failed"], 0, "{endpoint}");
-    assert_eq!(endpoint["ejected"], false, "{endpoint}");
+    assert_uncharged(proxy.admin).await;
     drop(held);
     proxy.shutdown().await;
 }
@@ -501,13 +423,7 @@ async fn a_request_body_that_does_not_end_in_time_is_reset() {
 
     // A body that trickles: a frame every 200 ms, never its end. Moving,
     // so the stream idle timeout would never catch it.
-    let (response, mut body) = client
-        .clone()
-        .ready()
-        .await
-        .unwrap()
-        .send_request(get(proxy.outbound, "/small"), false)
-        .unwrap();
+    let (response, mut body) = open(&client, proxy.outbound, "/small", false).await;
     let trickle = tokio::spawn(async move {
         for _ in 0..50 {
             if body.send_data(Bytes::from_static(b"x"), false).is_err() {
@@ -526,21 +442,9 @@ async fn a_request_body_that_does_not_end_in_time_is_reset() {
 
     // A body that ended in time, with a response that takes longer than the
     // timeout, and a request with no body held longer: neither is touched.
-    let (slow, mut body) = client
-        .clone()
-        .ready()
-        .await
-        .unwrap()
-        .send_request(get(proxy.outbound, "/slow"), false)
-        .unwrap();
+    let (slow, mut body) = open(&client, proxy.outbound, "/slow", false).await;
     body.send_data(Bytes::from_static(b"done"), true).unwrap();
-    let (held, _) = client
-        .clone()
-        .ready()
-        .await
-        .unwrap()
-        .send_request(get(proxy.outbound, "/hold"), true)
-        .unwrap();
+    let (held, _) = open(&client, proxy.outbound, "/hold", true).await;
     let slow = tokio::time::timeout(Duration::from_secs(10), slow)
         .await
         .expect("answered within 10 s")

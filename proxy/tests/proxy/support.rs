@@ -405,3 +405,37 @@ pub async fn try_http_get(port: u16, path: &str) -> std::io::Result<String> {
     stream.read_to_string(&mut answer).await?;
     Ok(answer)
 }
+
+/// Peers the proxy at `admin` refused for `reason`, both directions.
+pub async fn refused(admin: SocketAddr, reason: &str) -> f64 {
+    let (_, text) = http_get(admin, "/metrics").await;
+    sum(
+        &parse_prometheus(&text),
+        "mesh_refused_total",
+        &[("reason", reason)],
+    )
+}
+
+/// The proxy's only endpoint, as `/endpoints` shows it.
+pub async fn sole_endpoint(admin: SocketAddr) -> serde_json::Value {
+    let (_, json) = http_get(admin, "/endpoints").await;
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    json["services"][0]["endpoints"][0].clone()
+}
+
+/// Waits until the proxy's only endpoint has `requests` in flight.
+pub async fn until_in_flight(admin: SocketAddr, requests: u64) {
+    stockdata::test_util::eventually(
+        &format!("{requests} requests in flight"),
+        Duration::from_secs(10),
+        || async { (sole_endpoint(admin).await["in_flight"] == requests).then_some(()) },
+    )
+    .await;
+}
+
+/// The proxy's only endpoint was charged no failure and is not ejected.
+pub async fn assert_uncharged(admin: SocketAddr) {
+    let view = sole_endpoint(admin).await;
+    assert_eq!(view["failed"], 0, "{view}");
+    assert_eq!(view["ejected"], false, "{view}");
+}
