@@ -25,40 +25,8 @@ import struct
 import subprocess
 import sys
 import threading
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.environ.get("BIN_DIR", os.path.join(ROOT, "target", "release"))
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_listening(port, deadline=10.0):
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    sys.exit(f"attacks.py: nothing listens on {port}")
-
-
-def frame(kind, flags, stream, payload=b""):
-    return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", stream) + payload
-
-
-def call_head():
-    def literal(index, value):
-        return bytes([index, len(value)]) + value.encode()
-
-    return (bytes([0x83, 0x86]) + literal(4, "/StockData.Stocks/Get") + literal(1, "stockdata")
-            + bytes([0, 12]) + b"content-type" + bytes([16]) + b"application/grpc")
+from rawh2 import BIN, PREFACE, call_head, frame, free_port, refused, wait_listening
 
 
 def batch(kind, first_stream):
@@ -116,16 +84,6 @@ class Attacker(threading.Thread):
                 conn.close()
             except OSError:
                 self.per_connection.append(sent)
-
-
-def refused(admin_port, reason):
-    with socket.create_connection(("127.0.0.1", admin_port)) as s:
-        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-        text = b""
-        while chunk := s.recv(65536):
-            text += chunk
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.decode().splitlines()
-               if line.startswith("mesh_refused_total{") and f'reason="{reason}"' in line)
 
 
 def good_client(port, seconds):

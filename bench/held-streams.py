@@ -21,19 +21,11 @@ import argparse
 import json
 import os
 import socket
-import struct
 import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.environ.get("BIN_DIR", os.path.join(ROOT, "target", "release"))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from rawh2 import BIN, PREFACE, call_head, frame, free_port, refused, wait_listening
 
 
 def rss_kib(pid):
@@ -44,50 +36,11 @@ def rss_kib(pid):
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
-def wait_listening(port, deadline=10.0):
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    sys.exit(f"held-streams.py: nothing listens on {port}")
-
-
-def frame(kind, flags, stream, payload):
-    return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", stream) + payload
-
-
-def literal(index, value):
-    """A header field as a literal without indexing, its name from the
-    static table (RFC 7541 section 6.2.2)."""
-    value = value.encode()
-    assert index < 15 and len(value) < 127
-    return bytes([index, len(value)]) + value
-
-
-def literal_name(name, value):
-    name, value = name.encode(), value.encode()
-    return bytes([0, len(name)]) + name + bytes([len(value)]) + value
-
-
-def call_head(authority):
-    # :method POST (static 3), :scheme http (static 6), then literals.
-    return (
-        bytes([0x83, 0x86])
-        + literal(4, "/StockData.Stocks/Get")
-        + literal(1, authority)
-        + literal_name("content-type", "application/grpc")
-        + literal_name("te", "trailers")
-    )
-
-
 def held_connection(port, streams):
     """A connection with `streams` request heads sent, no END_STREAM."""
     conn = socket.create_connection(("127.0.0.1", port))
-    head = call_head("stockdata")
-    out = bytearray(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+    head = call_head()
+    out = bytearray(PREFACE)
     out += frame(0x4, 0, 0, b"")  # SETTINGS
     for n in range(streams):
         out += frame(0x1, 0x4, 1 + 2 * n, head)  # HEADERS, END_HEADERS only
@@ -104,19 +57,6 @@ def drain(conns):
                 pass
         except (BlockingIOError, ConnectionError):
             pass
-
-
-def refused(admin_port, reason):
-    with socket.create_connection(("127.0.0.1", admin_port)) as s:
-        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-        text = b""
-        while chunk := s.recv(65536):
-            text += chunk
-    total = 0.0
-    for line in text.decode().splitlines():
-        if line.startswith("mesh_refused_total{") and f'reason="{reason}"' in line:
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def main():
