@@ -205,9 +205,9 @@ pub enum Ended {
 /// request within `header_read_timeout`, or has no stream open for
 /// `idle_timeout`, is sent GOAWAY too, so idle clients cannot hold the
 /// proxy's connections; so is one that has not acknowledged the proxy's
-/// SETTINGS within `header_read_timeout`. Each stream takes a permit from its side's cap
-/// on open streams (`streams`), and is reset when nothing moves on it for
-/// the stream idle timeout.
+/// SETTINGS within `header_read_timeout`. Each stream takes a permit from
+/// its side's cap on open streams (`streams`), and is reset when nothing
+/// moves on it for the stream idle timeout.
 pub async fn serve<I, H, F>(
     io: I,
     limits: &LimitsConfig,
@@ -259,36 +259,34 @@ where
             }
             () = &mut check, if !draining => {
                 let now = Instant::now();
+                // When to look again, or the reason to close with now.
                 let next = if !requested {
                     ended = Ended::Refused(Refusal::HeaderReadTimeout);
-                    None
+                    Err(h2::Reason::NO_ERROR)
                 } else if !frames.settings_acked() {
                     // RFC 9113 section 6.5.3: until then the client may
                     // not hold to the proxy's limits.
                     ended = Ended::Refused(Refusal::SettingsTimeout);
-                    None
+                    Err(h2::Reason::SETTINGS_TIMEOUT)
                 } else {
                     match open.idle_since() {
-                        None => Some(now + limits.idle_timeout),
+                        None => Ok(now + limits.idle_timeout),
                         Some(since) if now >= since + limits.idle_timeout => {
                             ended = Ended::Idle;
-                            None
+                            Err(h2::Reason::NO_ERROR)
                         }
-                        Some(since) => Some(since + limits.idle_timeout),
+                        Some(since) => Ok(since + limits.idle_timeout),
                     }
                 };
                 match next {
-                    Some(at) => check.as_mut().reset(at),
-                    None if ended == Ended::Refused(Refusal::SettingsTimeout) => {
-                        draining = true;
-                        connection.abrupt_shutdown(h2::Reason::SETTINGS_TIMEOUT);
-                    }
-                    None => {
+                    Ok(at) => check.as_mut().reset(at),
+                    Err(reason) => {
                         // Not the graceful shutdown, which waits for the
                         // client to answer a PING an idle client may never
-                        // read: no stream is open, so nothing is cut short.
+                        // read: no stream is open (or the client is not
+                        // playing by the rules), so nothing is cut short.
                         draining = true;
-                        connection.abrupt_shutdown(h2::Reason::NO_ERROR);
+                        connection.abrupt_shutdown(reason);
                     }
                 }
             }
@@ -310,9 +308,8 @@ where
                         handle.clone(),
                         Held {
                             _open: open.opened(),
-                            _permit: permit,
+                            permit,
                             resets: resets.clone(),
-                            limits: streams.clone(),
                         },
                     );
                     tokio::spawn(stream.in_current_span());
@@ -422,9 +419,8 @@ impl Drop for OpenStream {
 /// resets and its own timeout are counted.
 struct Held {
     _open: OpenStream,
-    _permit: StreamPermit,
+    permit: StreamPermit,
     resets: Arc<Resets>,
-    limits: Arc<StreamLimits>,
 }
 
 /// How a stream's wait for its response ended.
@@ -448,7 +444,10 @@ async fn respond_to<H, F>(
     H: Fn(http::Request<Received>) -> F,
     F: Future<Output = http::Response<ProxyBody>>,
 {
-    let (idle_timeout, body_timeout) = (held.limits.idle_timeout, held.limits.body_timeout);
+    let (idle_timeout, body_timeout) = (
+        held.permit.limits().idle_timeout,
+        held.permit.limits().body_timeout,
+    );
     let activity = Arc::new(Activity::default());
     if body_timeout.is_some() && request.body().is_end_stream() {
         activity.request_ended();
@@ -479,7 +478,7 @@ async fn respond_to<H, F>(
         }
         Awaited::Stalled(why) => {
             respond.send_reset(h2::Reason::CANCEL);
-            stream_stalled(&held.limits, why);
+            stream_stalled(held.permit.limits(), why);
             return;
         }
     };
@@ -499,7 +498,7 @@ async fn respond_to<H, F>(
             .await;
             if let Some(why) = stalled {
                 pipe.as_mut().reset(h2::Reason::CANCEL);
-                stream_stalled(&held.limits, why);
+                stream_stalled(held.permit.limits(), why);
             }
         }
         Ok(_) => {}

@@ -232,6 +232,13 @@ impl StreamLimits {
 #[derive(Debug)]
 pub struct StreamPermit(Arc<StreamLimits>);
 
+impl StreamPermit {
+    /// The limits the stream lives under.
+    pub fn limits(&self) -> &StreamLimits {
+        &self.0
+    }
+}
+
 impl Drop for StreamPermit {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::Relaxed);

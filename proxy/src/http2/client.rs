@@ -73,16 +73,16 @@ pub enum ClientError {
 #[derive(Clone)]
 struct Connection {
     sender: h2::client::SendRequest<Bytes>,
-    /// Set when the connection's task ends, or once the peer said GOAWAY:
-    /// no new request goes to it.
-    closed: Arc<AtomicBool>,
     streams: Arc<Streams>,
 }
 
-/// What a connection's requests share: how many are open, and how many
-/// the proxy cancelled lately.
+/// What a connection's requests share: whether it closed, how many are
+/// open, and how many the proxy cancelled lately.
 #[derive(Debug, Default)]
 struct Streams {
+    /// Set when the connection's task ends, or once the peer said GOAWAY:
+    /// no new request goes to it.
+    closed: AtomicBool,
     open: AtomicUsize,
     cancels: Mutex<Decaying>,
 }
@@ -142,7 +142,7 @@ impl Streams {
 
 impl Connection {
     fn is_live(&self) -> bool {
-        !self.closed.load(Ordering::Acquire)
+        !self.streams.closed.load(Ordering::Acquire)
     }
 
     /// Whether a new stream would open at once: fewer streams open than
@@ -255,22 +255,18 @@ impl Client {
             Pick::Open => Box::pin(self.connect(&key)).await?,
         };
         // Taken apart, not cloned: cloning a sender takes h2's lock.
-        let Connection {
-            sender,
-            closed,
-            streams,
-        } = connection;
-        let (mut sender, closed, streams) = match sender.ready().await {
-            Ok(sender) => (sender, closed, streams),
+        let Connection { sender, streams } = connection;
+        let (mut sender, streams) = match sender.ready().await {
+            Ok(sender) => (sender, streams),
             Err(_) => {
                 // Closed, or going away (the peer sent GOAWAY, and the
                 // connection lives on only for the streams it had): new
                 // requests go to a new connection.
-                closed.store(true, Ordering::Release);
+                streams.closed.store(true, Ordering::Release);
                 let connection = Box::pin(self.connect(&key)).await?;
                 let sender = connection.sender.ready().await;
                 let sender = sender.map_err(ClientError::Request)?;
-                (sender, connection.closed, connection.streams)
+                (sender, connection.streams)
             }
         };
         let mut slot = StreamSlot::take(&streams);
@@ -284,7 +280,7 @@ impl Client {
                 // A GOAWAY that arrived since `ready`: this request fails
                 // (and may be retried elsewhere), the next one reconnects.
                 if err.is_go_away() {
-                    closed.store(true, Ordering::Release);
+                    streams.closed.store(true, Ordering::Release);
                 }
                 slot.ended();
                 return Err(failed(err));
@@ -372,7 +368,7 @@ impl Client {
             .map_err(|_| ClientError::ConnectTimeout { addr })?
             .map_err(|source| ClientError::Connect { addr, source })?;
         let _ = stream.set_nodelay(true);
-        let closed = Arc::new(AtomicBool::new(false));
+        let streams = Arc::new(Streams::default());
         let sender = match (&key.1, &self.tls) {
             (Some(identity), Some(tls)) => {
                 let stream =
@@ -383,15 +379,11 @@ impl Client {
                             identity: identity.clone(),
                             source,
                         })?;
-                handshake(addr, stream, closed.clone()).await?
+                handshake(addr, stream, streams.clone()).await?
             }
-            _ => handshake(addr, stream, closed.clone()).await?,
+            _ => handshake(addr, stream, streams.clone()).await?,
         };
-        let connection = Connection {
-            sender,
-            closed,
-            streams: Arc::default(),
-        };
+        let connection = Connection { sender, streams };
         // Connecting is rare: the moment to forget connections that closed
         // (endpoints gone, peers restarted), so neither map grows with
         // every address ever used.
@@ -425,11 +417,11 @@ enum Pick {
 }
 
 /// The HTTP/2 handshake over `io`; the connection is driven by a task of
-/// its own, which sets `closed` when it ends.
+/// its own, which marks the connection closed when it ends.
 async fn handshake<I>(
     addr: SocketAddr,
     io: I,
-    closed: Arc<AtomicBool>,
+    streams: Arc<Streams>,
 ) -> Result<h2::client::SendRequest<Bytes>, ClientError>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -446,7 +438,7 @@ where
         if let Err(err) = connection.await {
             tracing::debug!(%addr, %err, "upstream HTTP/2 connection ended with an error");
         }
-        closed.store(true, Ordering::Release);
+        streams.closed.store(true, Ordering::Release);
     });
     Ok(sender)
 }
