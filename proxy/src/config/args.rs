@@ -238,14 +238,16 @@ pub struct Args {
     /// Streams one HTTP/2 client may reset in a second, once accepted,
     /// when they are also more than half the streams it opened then; past
     /// it the connection is closed with GOAWAY(ENHANCE_YOUR_CALM) (Rapid
-    /// Reset).
+    /// Reset), and its source refused new connections for 1 s, doubling up
+    /// to 30 s while it goes on.
     #[arg(long, env = "MESH_PROXY_MAX_RESETS_PER_SECOND", default_value_t = 100)]
     pub max_resets_per_second: u32,
 
     /// Frames that carry nothing (PING, SETTINGS, WINDOW_UPDATE, PRIORITY,
     /// empty DATA) one HTTP/2 client may send in a second, plus one per KiB
     /// the proxy wrote to it; past it the connection is closed with
-    /// GOAWAY(ENHANCE_YOUR_CALM).
+    /// GOAWAY(ENHANCE_YOUR_CALM), and its source refused new connections
+    /// for 1 s, doubling up to 30 s while it goes on.
     #[arg(
         long,
         env = "MESH_PROXY_MAX_EMPTY_FRAMES_PER_SECOND",
