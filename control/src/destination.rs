@@ -162,23 +162,32 @@ fn endpoint(addr: &SocketAddr, meta: &EndpointMeta) -> mesh::Endpoint {
 }
 
 fn validate_service(service: &str) -> Result<(), Status> {
-    let valid = !service.is_empty()
-        && service.len() <= 253
-        && service
+    validate_name("service", service)
+}
+
+/// Names a caller writes are bounded and plain, so that what they log and
+/// what the dashboard shows stays readable (and small) whoever wrote it.
+fn validate_name(what: &str, name: &str) -> Result<(), Status> {
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':'));
     if valid {
         Ok(())
     } else {
+        let shown: String = name.chars().take(64).collect();
         Err(Status::invalid_argument(format!(
-            "service name must be 1-253 letters, digits, '-', '.', '_' or ':', got {service:?}"
+            "{what} name must be 1-253 letters, digits, '-', '.', '_' or ':', got {shown:?}{}",
+            if shown.len() < name.len() { "..." } else { "" }
         )))
     }
 }
 
 fn parse_addr(addr: &str) -> Result<SocketAddr, Status> {
     addr.parse().map_err(|_| {
-        Status::invalid_argument(format!("endpoint address must be ip:port, got {addr:?}"))
+        let shown: String = addr.chars().take(64).collect();
+        Status::invalid_argument(format!("endpoint address must be ip:port, got {shown:?}"))
     })
 }
 
@@ -238,6 +247,13 @@ impl RegistryService {
         }
     }
 
+    /// How soon a registration must be renewed; 0 when it need not be.
+    fn renew_after_ms(&self) -> u64 {
+        self.registry.renew_after().map_or(0, |d| {
+            u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+        })
+    }
+
     /// Refuses a caller that may not write an endpoint proving `identity`.
     fn check_endpoint(&self, caller: &Option<SpiffeId>, identity: &str) -> Result<(), Status> {
         match (&self.auth, caller) {
@@ -263,6 +279,9 @@ impl registry_server::Registry for RegistryService {
         validate_service(&service)?;
         let endpoint = endpoint.ok_or_else(|| Status::invalid_argument("endpoint is required"))?;
         let addr = parse_addr(&endpoint.addr)?;
+        if !endpoint.instance.is_empty() {
+            validate_name("instance", &endpoint.instance)?;
+        }
         if !endpoint.identity.is_empty()
             && stockkube_proto::identity::parse(&endpoint.identity).is_none()
         {
@@ -282,7 +301,9 @@ impl registry_server::Registry for RegistryService {
         if self.registry.register(&service, addr, meta) {
             tracing::info!(%service, %addr, %instance, "endpoint registered");
         }
-        Ok(Response::new(RegisterResponse {}))
+        Ok(Response::new(RegisterResponse {
+            renew_after_ms: self.renew_after_ms(),
+        }))
     }
 
     async fn deregister(
@@ -293,14 +314,9 @@ impl registry_server::Registry for RegistryService {
         let DeregisterRequest { service, addr } = request.into_inner();
         validate_service(&service)?;
         let addr = parse_addr(&addr)?;
-        let registered = self
-            .registry
-            .watch(&service)
-            .borrow()
-            .get(&addr)
-            .map(|meta| meta.identity.clone());
-        if let Some(identity) = registered {
-            self.check_endpoint(&caller, &identity)?;
+        // Looked up without being added: asking about a name costs nothing.
+        if let Some(registered) = self.registry.endpoint(&service, addr) {
+            self.check_endpoint(&caller, &registered.identity)?;
         }
         let removed = self.registry.deregister(&service, addr);
         if removed {
@@ -331,7 +347,8 @@ impl registry_server::Registry for RegistryService {
     ) -> Result<Response<RegisterProxyResponse>, Status> {
         self.caller(&request).await?;
         let info = request.into_inner();
-        validate_service(&info.workload)?;
+        validate_name("workload", &info.workload)?;
+        validate_name("instance", &info.instance)?;
         let admin_addr = parse_addr(&info.admin_addr)?;
         tracing::info!(workload = %info.workload, instance = %info.instance, %admin_addr, "proxy registered");
         self.registry.register_proxy(crate::registry::ProxyRecord {
@@ -339,7 +356,9 @@ impl registry_server::Registry for RegistryService {
             instance: info.instance,
             admin_addr,
         });
-        Ok(Response::new(RegisterProxyResponse {}))
+        Ok(Response::new(RegisterProxyResponse {
+            renew_after_ms: self.renew_after_ms(),
+        }))
     }
 
     async fn deregister_proxy(

@@ -28,7 +28,7 @@ pub mod registry;
 pub mod test_util;
 pub mod tls;
 
-use std::{future::Future, net::SocketAddr, sync::Arc};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 use stockkube_proto::mesh::{
     destination_server::DestinationServer, identity_server::IdentityServer,
     registry_server::RegistryServer,
@@ -138,7 +138,20 @@ pub struct Args {
         default_value = "default"
     )]
     pub default_namespace: String,
+
+    /// How long an endpoint or proxy registered through the Registry API
+    /// stays unless registered again: the writer is told to renew at two
+    /// fifths of it, so one that died without deregistering (a SIGKILLed
+    /// sidecar) is dropped within two and a half renewals. The local
+    /// backend only; with the Kubernetes backend, announced proxies last the
+    /// default.
+    #[arg(long, env = "MESH_CONTROLLER_REGISTRATION_LEASE", default_value = "25s", value_parser = mesh_runtime::parse_duration)]
+    pub registration_lease: Duration,
 }
+
+/// How long a registration through the Registry API lasts unless renewed
+/// (by default; `--registration-lease`).
+pub const REGISTRATION_LEASE: Duration = Duration::from_secs(25);
 
 /// The controller's source of endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -196,8 +209,9 @@ pub async fn run_with(
     // the pods with the sidecar beside them.
     let registry = match &backend {
         Backend::Local(registry) => registry.clone(),
-        Backend::Kubernetes(_) => Registry::default(),
+        Backend::Kubernetes(_) => Registry::with_lease(REGISTRATION_LEASE),
     };
+    let expiry = tokio::spawn(registry.clone().expire_continuously());
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(stockkube_proto::mesh::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -227,6 +241,7 @@ pub async fn run_with(
     if let Some(readiness) = readiness {
         readiness.abort();
     }
+    expiry.abort();
     served
 }
 

@@ -33,7 +33,14 @@ async fn serve() -> anyhow::Result<()> {
     };
     let identity = identity(&args, client.clone())?;
     let (backend, watchers) = match client {
-        None => (mesh_controller::Registry::default().into(), Vec::new()),
+        None => {
+            anyhow::ensure!(
+                !args.registration_lease.is_zero(),
+                "--registration-lease (MESH_CONTROLLER_REGISTRATION_LEASE) must be more than zero"
+            );
+            let registry = mesh_controller::Registry::with_lease(args.registration_lease);
+            (registry.into(), Vec::new())
+        }
         Some(client) => mesh_controller::kubernetes_backend(
             client,
             &args.cluster_domain,

@@ -2,8 +2,9 @@
 //! the proxy (docker compose, a VM): the proxy announces its admin server
 //! (so the dashboard scrapes it) and, optionally, its inbound listener as an
 //! endpoint of a service (so other proxies discover it). It announces again
-//! every few seconds, so a restarted controller relearns it, and withdraws
-//! both when it drains.
+//! every 10 s, or sooner when the controller's answer asks (registrations
+//! there are leases), so a restarted controller relearns it and one that
+//! dies is forgotten; it withdraws both when it drains.
 
 use std::{net::SocketAddr, time::Duration};
 use stockkube_proto::mesh::{
@@ -13,8 +14,12 @@ use stockkube_proto::mesh::{
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
-/// How often registration is repeated.
+/// How often registration is repeated, unless the controller asks for
+/// sooner (its registrations are leases).
 const REFRESH: Duration = Duration::from_secs(10);
+/// The soonest a controller may ask for a renewal, so that a confused one
+/// cannot make the proxy call it in a loop.
+const MIN_REFRESH: Duration = Duration::from_millis(100);
 
 /// What the proxy says about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,8 +90,12 @@ pub async fn run(mut registration: Registration, mut drain: watch::Receiver<bool
     let mut failing = false;
     loop {
         credential = read_credential(&registration).await.or(credential);
+        let mut refresh = REFRESH;
         match announce(&mut client, &registration, credential.as_deref()).await {
-            Ok(addrs) => {
+            Ok((addrs, renew_after)) => {
+                if let Some(renew_after) = renew_after {
+                    refresh = renew_after.clamp(MIN_REFRESH, REFRESH);
+                }
                 if failing || announced.is_none() {
                     tracing::info!(admin = %addrs.0, endpoint = ?addrs.1, controller = %registration.controller, "registered with the controller");
                 }
@@ -102,9 +111,9 @@ pub async fn run(mut registration: Registration, mut drain: watch::Receiver<bool
             }
         }
         let wait = if failing {
-            Duration::from_secs(1)
+            Duration::from_secs(1).min(refresh)
         } else {
-            REFRESH
+            refresh
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
@@ -159,12 +168,22 @@ fn authorized<T>(message: T, credential: Option<&str>) -> tonic::Request<T> {
     request
 }
 
+/// The addresses announced and how soon the controller wants them again.
+type Announced = ((SocketAddr, Option<SocketAddr>), Option<Duration>);
+
 /// One announcement: the admin address and, if asked, the endpoint.
 async fn announce(
     client: &mut RegistryClient<Channel>,
     registration: &Registration,
     credential: Option<&str>,
-) -> Result<(SocketAddr, Option<SocketAddr>), String> {
+) -> Result<Announced, String> {
+    let mut renew_after = None::<Duration>;
+    let mut lease = |ms: u64| {
+        if ms > 0 {
+            let asked = Duration::from_millis(ms);
+            renew_after = Some(renew_after.map_or(asked, |d| d.min(asked)));
+        }
+    };
     let advertise = registration.advertise.as_deref().unwrap_or("localhost");
     let ip = resolve(advertise).await?;
     let instance = registration.instance.clone().unwrap_or_default();
@@ -183,10 +202,11 @@ async fn announce(
                 ..Default::default()
             }),
         };
-        client
+        let answer = client
             .register(authorized(request, credential))
             .await
             .map_err(|s| format!("Register: {}", s.message()))?;
+        lease(answer.into_inner().renew_after_ms);
         endpoint = Some(addr);
     }
     let request = ProxyInfo {
@@ -194,9 +214,10 @@ async fn announce(
         instance,
         admin_addr: admin.to_string(),
     };
-    client
+    let answer = client
         .register_proxy(authorized(request, credential))
         .await
         .map_err(|s| format!("RegisterProxy: {}", s.message()))?;
-    Ok((admin, endpoint))
+    lease(answer.into_inner().renew_after_ms);
+    Ok(((admin, endpoint), renew_after))
 }

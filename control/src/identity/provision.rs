@@ -10,7 +10,7 @@
 use super::{IdentityError, issuer::Authority};
 use std::{
     collections::HashMap,
-    io::{Read as _, Write as _},
+    io::Write as _,
     os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
     time::Duration,
@@ -78,11 +78,8 @@ pub fn publish(
 
 /// 32 random bytes from the kernel, as hex: a credential nobody guesses.
 pub fn random_credential() -> Result<String, IdentityError> {
-    let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut random| random.read_exact(&mut bytes))
-        .map_err(|e| IdentityError::Setup(format!("cannot read /dev/urandom: {e}")))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    mesh_runtime::random_hex(32)
+        .map_err(|e| IdentityError::Setup(format!("cannot read /dev/urandom: {e}")))
 }
 
 /// `NAMESPACE/ACCOUNT`, checked as the parts of an identity.

@@ -2,6 +2,7 @@
 //! writes made through the Registry API; bad input is refused; the binary
 //! reports a taken port.
 
+mod bounded;
 mod identity;
 mod kubernetes;
 

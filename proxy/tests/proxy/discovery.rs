@@ -201,3 +201,63 @@ async fn a_proxy_registers_itself_and_withdraws_when_it_drains() {
         "endpoint withdrawn at drain"
     );
 }
+
+/// The controller keeps registrations as leases: a proxy renews as soon as
+/// the answers ask, so it stays registered through many leases, and its
+/// withdrawal at drain is immediate.
+#[tokio::test]
+async fn a_self_registered_proxy_renews_its_lease_as_the_controller_asks() {
+    let registry = mesh_controller::Registry::with_lease(Duration::from_millis(1000));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let controller = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(mesh_controller::run(registry.clone(), listener, async {
+        let _ = stopped.await;
+    }));
+    let app = replica("leased").await;
+    let app_addr = app.addr.to_string();
+    let proxy = spawn_proxy(&[
+        "--inbound",
+        "127.0.0.1:0",
+        "--app",
+        &app_addr,
+        "--destination",
+        &controller,
+        "--register-workload",
+        "stockdata",
+        "--register-service",
+        "stockdata",
+        "--register-instance",
+        "stockdata-8",
+        "--advertise",
+        "127.0.0.1",
+    ])
+    .await;
+    let inbound = proxy.inbound.unwrap();
+    let registered = || {
+        let endpoint = registry
+            .list()
+            .iter()
+            .any(|(_, set)| set.get(&inbound).is_some_and(|m| m.instance == "stockdata-8"));
+        let proxied = registry
+            .proxies()
+            .iter()
+            .any(|p| p.admin_addr == proxy.admin);
+        endpoint && proxied
+    };
+    eventually("the proxy registered", Duration::from_secs(10), || async {
+        registered().then_some(())
+    })
+    .await;
+    // Five leases long, checked every 100 ms: never dropped. Without
+    // renewals at 400 ms (the proxy's own pace is 10 s) it would be gone
+    // within 1.1 s.
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(registered(), "the lease ran out while the proxy ran");
+    }
+    proxy.shutdown().await;
+    assert!(registry.proxies().is_empty(), "withdrawn at drain");
+    let _ = stop.send(());
+}

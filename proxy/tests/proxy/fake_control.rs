@@ -206,7 +206,7 @@ impl registry_server::Registry for FakeControl {
         let RegisterRequest { service, endpoint } = request.into_inner();
         let endpoint = endpoint.ok_or_else(|| Status::invalid_argument("no endpoint"))?;
         FakeControl::register(self, &service, addr(&endpoint.addr)?, &endpoint.instance);
-        Ok(Response::new(RegisterResponse {}))
+        Ok(Response::new(RegisterResponse::default()))
     }
 
     async fn deregister(
@@ -233,7 +233,7 @@ impl registry_server::Registry for FakeControl {
         let mut proxies = self.proxies.lock().unwrap();
         proxies.retain(|p| p.admin_addr != info.admin_addr);
         proxies.push(info);
-        Ok(Response::new(RegisterProxyResponse {}))
+        Ok(Response::new(RegisterProxyResponse::default()))
     }
 
     async fn deregister_proxy(
