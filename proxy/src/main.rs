@@ -29,29 +29,8 @@ fn main() -> ExitCode {
 async fn serve() -> anyhow::Result<()> {
     let config = mesh_proxy::Config::try_from(mesh_proxy::Args::parse())?;
     mesh_runtime::init_tracing("mesh_proxy");
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    tokio::spawn(return_freed_memory());
+    tokio::spawn(mesh_runtime::return_freed_memory());
     let shutdown = mesh_runtime::shutdown_signal()?;
     let listeners = mesh_proxy::Listeners::bind(&config).await?;
     mesh_proxy::run(config, listeners, shutdown).await
-}
-
-/// glibc's malloc keeps memory freed in a burst (thousands of held streams
-/// reset at once) for reuse, so the process's resident size stays at its
-/// peak; every 10 s it is asked to return free pages to the system. (musl's
-/// allocator, in the container images, returns them by itself.) Trimming
-/// a heap of a sidecar's size takes well under a millisecond.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-#[allow(unsafe_code)] // One foreign call, with no pointer passed.
-async fn return_freed_memory() {
-    let mut every = tokio::time::interval(std::time::Duration::from_secs(10));
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        every.tick().await;
-        // SAFETY: malloc_trim only releases memory malloc holds free; it
-        // touches no memory the program owns.
-        unsafe {
-            libc::malloc_trim(0);
-        }
-    }
 }

@@ -17,6 +17,45 @@ pub fn tls_provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
 
 use std::{future::Future, io::IsTerminal as _, process::ExitCode, time::Duration};
 
+/// glibc's malloc keeps memory freed in a burst (thousands of held streams
+/// reset at once, a large scrape parsed) for reuse, so the process's
+/// resident size stays at its peak; every 10 s it is asked to return free
+/// pages to the system. Elsewhere (musl's allocator, in the container
+/// images, returns them by itself) this waits forever. Trimming a heap of a
+/// sidecar's size takes well under a millisecond.
+pub async fn return_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let mut every = tokio::time::interval(Duration::from_secs(10));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            trim();
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    std::future::pending::<()>().await;
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)] // One foreign call, with no pointer passed.
+fn trim() {
+    // SAFETY: malloc_trim only releases memory malloc holds free; it
+    // touches no memory the program owns.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// `bytes` random bytes from the kernel, as hex: a token or credential
+/// nobody guesses.
+pub fn random_hex(bytes: usize) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut random = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut random)?;
+    Ok(random.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// Runs `main` and turns its outcome into an exit code. A fatal error is
 /// printed as one line with its causes, prefixed with the binary's name;
 /// never a panic or a backtrace, since it is for the person who started it.
