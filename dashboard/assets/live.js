@@ -12,8 +12,6 @@
     busy = true;
     var url = new URL(window.location.href);
     url.searchParams.set("fragment", "1");
-    // A StockWeb load is a one-off: live updates must not repeat it.
-    url.searchParams.delete("load");
     fetch(url.toString(), { headers: { "Accept": "text/html" } })
       .then(function (r) { if (!r.ok) { throw new Error(r.status); } return r.text(); })
       .then(function (html) {

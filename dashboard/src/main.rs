@@ -14,6 +14,7 @@ async fn serve() -> anyhow::Result<()> {
     let listen = args.listen;
     let config = mesh_dashboard::Config::try_from(args)?;
     mesh_runtime::init_tracing("mesh_dashboard");
+    tokio::spawn(mesh_runtime::return_freed_memory());
     let shutdown = mesh_runtime::shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await

@@ -22,6 +22,9 @@ use stockkube_proto::metrics::{
     RESPONSE_LATENCY_BUCKET as LATENCY_BUCKET, RESPONSES_TOTAL as RESPONSES, labels,
 };
 
+/// The metric families the views read; a scrape keeps no other.
+pub const READ: &[&str] = &[REQUESTS, RESPONSES, LATENCY_BUCKET, REFUSED];
+
 /// The snapshots inside the window, oldest first.
 pub struct Window<'a> {
     snaps: Vec<&'a Snapshot>,
@@ -59,7 +62,7 @@ impl<'a> Window<'a> {
         name: &str,
         filter: &dyn Fn(&Sample) -> bool,
     ) -> f64 {
-        type Series<'s> = (SocketAddr, &'s BTreeMap<String, String>);
+        type Series<'s> = (SocketAddr, &'s crate::prom::Labels);
         // Each series' value in every snapshot its proxy answered, 0 where
         // the series was absent.
         let mut series: BTreeMap<Series<'_>, Vec<f64>> = BTreeMap::new();
@@ -71,7 +74,7 @@ impl<'a> Window<'a> {
                 for sample in scraped
                     .samples
                     .iter()
-                    .filter(|s| s.name == name && filter(s))
+                    .filter(|s| &*s.name == name && filter(s))
                 {
                     let values = series.entry((addr, &sample.labels)).or_default();
                     values.resize(*seen, 0.0);
@@ -106,7 +109,7 @@ impl<'a> Window<'a> {
             .proxies
             .iter()
             .flat_map(|p| p.samples.iter())
-            .filter(|s| s.name == LATENCY_BUCKET)
+            .filter(|s| &*s.name == LATENCY_BUCKET)
             .filter_map(|s| s.label("le").map(str::to_owned))
             .collect();
         let mut buckets: Vec<(f64, f64)> = bounds
@@ -197,8 +200,20 @@ fn workloads(snapshot: &Snapshot) -> BTreeSet<String> {
 pub struct Overview {
     pub window_seconds: f64,
     pub workloads: Vec<WorkloadRow>,
+    /// Proxies the latest scrape could not read, with why.
+    pub unread: Vec<UnreadProxy>,
     /// Why the proxy list may be stale.
     pub registry_error: Option<String>,
+}
+
+/// A proxy that did not answer, or whose answer was refused (too large,
+/// too many series, too slow).
+#[derive(Debug, Clone, Serialize)]
+pub struct UnreadProxy {
+    pub workload: String,
+    pub instance: String,
+    pub admin_addr: String,
+    pub error: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -235,7 +250,7 @@ fn refused(window: &Window<'_>, of_workload: &dyn Fn(&ProxyTarget) -> bool) -> V
         .iter()
         .filter(|p| of_workload(&p.target))
         .flat_map(|p| p.samples.iter())
-        .filter(|s| s.name == REFUSED)
+        .filter(|s| &*s.name == REFUSED)
         .filter_map(|s| s.label(labels::REASON).map(str::to_owned))
         .collect();
     let mut counts: Vec<(String, f64)> = reasons
@@ -284,10 +299,23 @@ pub fn overview(window: &Window<'_>) -> Overview {
             }
         })
         .collect();
+    let unread = latest
+        .proxies
+        .iter()
+        .filter_map(|p| {
+            Some(UnreadProxy {
+                workload: p.target.workload.clone(),
+                instance: p.target.instance.clone(),
+                admin_addr: p.target.admin_addr.to_string(),
+                error: p.error.clone()?,
+            })
+        })
+        .collect();
     Overview {
         window_seconds: window.seconds,
         workloads: rows,
         registry_error: latest.registry_error.clone(),
+        unread,
     }
 }
 
@@ -366,7 +394,7 @@ fn security(
     let mut identities = BTreeSet::new();
     let proxies = window.latest().proxies.iter().filter(|p| source(&p.target));
     for sample in proxies.flat_map(|p| p.samples.iter()) {
-        if sample.name != REQUESTS || sample.value <= 0.0 || !filter(sample) {
+        if &*sample.name != REQUESTS || sample.value <= 0.0 || !filter(sample) {
             continue;
         }
         if sample.label(labels::TLS) == Some("true") {
@@ -397,7 +425,7 @@ pub fn topology(window: &Window<'_>) -> Topology {
     let mut pairs: BTreeSet<(String, String)> = BTreeSet::new();
     for snap in &window.snaps {
         for proxy in &snap.proxies {
-            for sample in proxy.samples.iter().filter(|s| s.name == REQUESTS) {
+            for sample in proxy.samples.iter().filter(|s| &*s.name == REQUESTS) {
                 if sample.label(labels::DIRECTION) == Some(labels::OUTBOUND)
                     && let Some(target) = sample.label(labels::TARGET)
                 {
@@ -561,7 +589,7 @@ pub fn servers(window: &Window<'_>) -> Servers {
                         .insert(endpoint.addr.clone());
                 }
             }
-            for sample in proxy.samples.iter().filter(|s| s.name == RESPONSES) {
+            for sample in proxy.samples.iter().filter(|s| &*s.name == RESPONSES) {
                 if sample.label(labels::DIRECTION) == Some(labels::OUTBOUND)
                     && let (Some(target), Some(endpoint)) =
                         (sample.label(labels::TARGET), sample.label(labels::ENDPOINT))

@@ -5,24 +5,32 @@
 //! |---|---|
 //! | `GET /` | overview: golden metrics per workload |
 //! | `GET /topology` | the mesh as an SVG graph |
-//! | `GET /servers` | requests per replica, the balancers' view; `?load=1` also loads StockWeb once |
+//! | `GET /servers` | requests per replica, the balancers' view, the demo's replicas |
+//! | `POST /servers` | the same after loading StockWeb once (a form with the token) |
 //! | `GET /api/overview`, `/api/topology`, `/api/servers` | the same data as JSON |
 //! | `GET /api/proxies` | every proxy, up or down, with the reason |
 //! | `GET /events` | server-sent events: `scrape` after every scrape round |
 //! | `POST /demo/replicas`, `/demo/replicas/{name}/kill`, `/demo/replicas/{name}/slow` | demo controls (only under `meshctl demo`) |
 //!
+//! Only the Host names configured are answered (403 otherwise), and a POST
+//! is taken only with the token this run put in its forms, and not when the
+//! browser says it comes from another site or origin: a web page the user
+//! visits cannot drive the demo.
+//!
 //! Every page works without JavaScript; `assets/live.js` swaps in fresh
 //! content on each `scrape` event (`?fragment=1` renders only the content).
 
+use crate::{AllowedHosts, Config};
 use crate::{
     scrape::History,
     views::{self, Overview, Servers, Topology, Window},
 };
 use askama::Template;
 use axum::{
-    Json, Router,
-    extract::{Path, Query, State},
-    http::StatusCode,
+    Form, Json, Router,
+    extract::{Path, Query, Request, State},
+    http::{Method, StatusCode, header},
+    middleware::{self, Next},
     response::{
         Html, IntoResponse, Redirect, Response,
         sse::{Event, KeepAlive, Sse},
@@ -35,7 +43,9 @@ use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::TokioExecutor,
 };
-use std::{collections::BTreeMap, convert::Infallible, path::Path as FsPath, time::Duration};
+use std::{
+    collections::BTreeMap, convert::Infallible, path::Path as FsPath, sync::Arc, time::Duration,
+};
 use tokio::sync::watch;
 use tokio_stream::{Stream, StreamExt as _, wrappers::WatchStream};
 use tower_http::services::ServeDir;
@@ -49,39 +59,79 @@ pub struct AppState {
     pub stockweb: Option<http::Uri>,
     /// `meshctl demo`'s control API; demo controls show only when set.
     pub demo_api: Option<http::Uri>,
+    /// `authorization` for the demo API.
+    demo_auth: Option<http::HeaderValue>,
     pub http: Client<HttpConnector, Empty<Bytes>>,
     /// Turns true at shutdown, ending event streams so the drain is quick.
     pub stopping: watch::Receiver<bool>,
+    /// Made at start and put in every form: a POST without it did not come
+    /// from a page this dashboard served.
+    form_token: Arc<str>,
+    allowed_hosts: Arc<AllowedHosts>,
 }
 
 impl AppState {
     pub fn new(
+        config: &Config,
         history: watch::Receiver<History>,
-        window: Duration,
-        stockweb: Option<http::Uri>,
-        demo_api: Option<http::Uri>,
         stopping: watch::Receiver<bool>,
-    ) -> Self {
-        Self {
+    ) -> std::io::Result<Self> {
+        let demo_auth = config
+            .demo_api_token
+            .as_deref()
+            .map(|token| {
+                http::HeaderValue::from_str(&format!("Bearer {}", token.trim())).map_err(|_| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        "MESH_DASHBOARD_DEMO_API_TOKEN is no header value",
+                    )
+                })
+            })
+            .transpose()?;
+        Ok(Self {
             history,
-            window,
-            stockweb,
-            demo_api,
+            window: config.window,
+            stockweb: config.stockweb_url.clone(),
+            demo_api: config.demo_api.clone(),
+            demo_auth,
             http: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
             stopping,
-        }
+            form_token: mesh_runtime::random_hex(16)?.into(),
+            allowed_hosts: Arc::new(config.allowed_hosts.clone()),
+        })
     }
 
     fn history(&self) -> History {
         self.history.borrow().clone()
     }
+
+    /// Whether a submitted form carries this run's token.
+    fn genuine(&self, form: &ActionForm) -> Result<(), AppError> {
+        let (a, b) = (form.token.as_bytes(), self.form_token.as_bytes());
+        // Compared in full, so the time taken tells nothing about it.
+        let same = a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0;
+        if same {
+            Ok(())
+        } else {
+            Err(AppError::Forbidden(
+                "this form was not served by this dashboard (or the dashboard restarted since): reload the page and try again".into(),
+            ))
+        }
+    }
+}
+
+/// What every form posts: the run's token.
+#[derive(Debug, serde::Deserialize)]
+pub struct ActionForm {
+    #[serde(default)]
+    token: String,
 }
 
 pub fn app(state: AppState, assets_dir: &FsPath) -> Router {
     Router::new()
         .route("/", get(overview_page))
         .route("/topology", get(topology_page))
-        .route("/servers", get(servers_page))
+        .route("/servers", get(servers_page).post(servers_load))
         .route(
             "/api/overview",
             get(|State(s): State<AppState>| async move { Json(compute(&s, views::overview)) }),
@@ -99,7 +149,53 @@ pub fn app(state: AppState, assets_dir: &FsPath) -> Router {
         .route("/demo/replicas", post(demo_add))
         .route("/demo/replicas/{name}/{action}", post(demo_action))
         .nest_service("/assets", ServeDir::new(assets_dir))
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
+}
+
+/// Every request: its Host must be one the dashboard answers to (a page
+/// elsewhere cannot reach it through a name it controls). Every POST: not
+/// from another site, by `Sec-Fetch-Site` and `Origin` where the browser
+/// sends them (the form token, checked by each handler, covers the rest).
+async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()));
+    let Some(host) = host.filter(|host| state.allowed_hosts.allows(host)) else {
+        return AppError::Forbidden(
+            "this dashboard does not answer to that host name (see --allowed-hosts)".into(),
+        )
+        .into_response();
+    };
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        let site = headers
+            .get("sec-fetch-site")
+            .map(|v| v.to_str().unwrap_or("?"));
+        if site.is_some_and(|site| !matches!(site, "same-origin" | "none")) {
+            return AppError::Forbidden("requests from other sites are refused".into())
+                .into_response();
+        }
+        let origin = headers
+            .get(header::ORIGIN)
+            .map(|v| v.to_str().unwrap_or("?"));
+        let same_origin = |origin: &str| {
+            origin
+                .parse::<http::Uri>()
+                .ok()
+                .and_then(|uri| {
+                    uri.authority()
+                        .map(|a| a.as_str().eq_ignore_ascii_case(host))
+                })
+                .unwrap_or(false)
+        };
+        if origin.is_some_and(|origin| !same_origin(origin)) {
+            return AppError::Forbidden("requests from other origins are refused".into())
+                .into_response();
+        }
+    }
+    next.run(request).await
 }
 
 /// A view, or `None` before the first scrape.
@@ -108,21 +204,16 @@ fn compute<T>(state: &AppState, view: fn(&Window<'_>) -> T) -> Option<T> {
     Window::new(&history, state.window).map(|window| view(&window))
 }
 
-/// `?fragment` and `?load` count when present, whatever their value
-/// (`?load=1` from a form, `?fragment=true` from a script).
+/// `?fragment` counts when present, whatever its value (`?fragment=true`
+/// from a script).
 #[derive(Debug, serde::Deserialize, Default)]
 struct PageQuery {
     fragment: Option<String>,
-    load: Option<String>,
 }
 
 impl PageQuery {
     fn fragment(&self) -> bool {
         self.fragment.is_some()
-    }
-
-    fn load(&self) -> bool {
-        self.load.is_some()
     }
 }
 
@@ -201,7 +292,34 @@ struct ServersContent {
     view: Option<Servers>,
     stockweb: Option<StockWebLoad>,
     can_load: bool,
-    demo: bool,
+    demo: Option<DemoReplicas>,
+    token: Arc<str>,
+}
+
+/// The demo's replicas as `meshctl demo` supervises them, or why they
+/// cannot be shown.
+type DemoReplicas = Result<Vec<DemoReplica>, String>;
+
+/// A replica as the demo API lists it.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct DemoReplica {
+    pub name: String,
+    /// `up`, `starting`, `crashed`, `restarting` or `killed`.
+    pub state: String,
+    pub restarts: u32,
+    pub last_exit: Option<String>,
+    pub delay_ms: u64,
+}
+
+impl ServersContent {
+    /// The demo's state of `instance`, when the demo knows it.
+    fn demo_state(&self, instance: &str) -> Option<&str> {
+        let replicas = self.demo.as_ref()?.as_ref().ok()?;
+        replicas
+            .iter()
+            .find(|r| r.name == instance)
+            .map(|r| r.state.as_str())
+    }
 }
 
 /// One load of StockWeb's page data, grouped by the server that answered.
@@ -216,17 +334,40 @@ async fn servers_page(
     State(state): State<AppState>,
     Query(q): Query<PageQuery>,
 ) -> Result<Html<String>, AppError> {
-    let stockweb = match (&state.stockweb, q.load()) {
-        (Some(url), true) => Some(load_stockweb(&state, url).await),
-        _ => None,
+    servers(&state, None, q.fragment()).await
+}
+
+/// "Load StockWeb once": a hundred backend calls, so a POST with the
+/// form's token, never a GET a foreign page could embed.
+async fn servers_load(
+    State(state): State<AppState>,
+    Form(form): Form<ActionForm>,
+) -> Result<Html<String>, AppError> {
+    state.genuine(&form)?;
+    let url = state.stockweb.clone().ok_or_else(|| {
+        AppError::BadRequest("no StockWeb to load: start the dashboard with --stockweb-url".into())
+    })?;
+    let load = load_stockweb(&state, &url).await;
+    servers(&state, Some(load), false).await
+}
+
+async fn servers(
+    state: &AppState,
+    stockweb: Option<StockWebLoad>,
+    fragment: bool,
+) -> Result<Html<String>, AppError> {
+    let demo = match state.demo_api {
+        Some(_) => Some(demo_replicas(state).await),
+        None => None,
     };
     let content = ServersContent {
-        view: compute(&state, views::servers),
+        view: compute(state, views::servers),
         stockweb,
         can_load: state.stockweb.is_some(),
-        demo: state.demo_api.is_some(),
+        demo,
+        token: state.form_token.clone(),
     };
-    page("Servers", "servers", content, q.fragment())
+    page("Servers", "servers", content, fragment)
 }
 
 async fn load_stockweb(state: &AppState, base: &http::Uri) -> StockWebLoad {
@@ -329,52 +470,69 @@ async fn events(
 
 // === Demo controls ===
 
-async fn demo_add(State(state): State<AppState>) -> Result<Redirect, AppError> {
-    demo_post(&state, "/replicas".to_owned()).await?;
+async fn demo_add(
+    State(state): State<AppState>,
+    Form(form): Form<ActionForm>,
+) -> Result<Redirect, AppError> {
+    state.genuine(&form)?;
+    demo_call(&state, Method::POST, "/replicas").await?;
     Ok(Redirect::to("/servers"))
 }
 
 async fn demo_action(
     State(state): State<AppState>,
     Path((name, action)): Path<(String, String)>,
+    Form(form): Form<ActionForm>,
 ) -> Result<Redirect, AppError> {
+    state.genuine(&form)?;
     if !matches!(action.as_str(), "kill" | "slow")
+        || name.len() > 64
         || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
     {
-        return Err(AppError::BadRequest(format!(
-            "unknown demo action {action:?} for {name:?}"
-        )));
+        return Err(AppError::BadRequest("unknown demo action".into()));
     }
-    demo_post(&state, format!("/replicas/{name}/{action}")).await?;
+    demo_call(&state, Method::POST, &format!("/replicas/{name}/{action}")).await?;
     Ok(Redirect::to("/servers"))
 }
 
-async fn demo_post(state: &AppState, path: String) -> Result<(), AppError> {
+/// The demo's replicas, for the Servers page.
+async fn demo_replicas(state: &AppState) -> DemoReplicas {
+    let body = demo_call(state, Method::GET, "/replicas")
+        .await
+        .map_err(|e| e.to_string())?;
+    serde_json::from_slice(&body).map_err(|e| format!("the demo's replica list is unreadable: {e}"))
+}
+
+/// A call to the demo API: its body when it succeeded.
+async fn demo_call(state: &AppState, method: Method, path: &str) -> Result<Bytes, AppError> {
     let base = state.demo_api.as_ref().ok_or(AppError::DemoOff)?;
     let uri: http::Uri = format!("{}{path}", base.to_string().trim_end_matches('/'))
         .parse()
         .map_err(|_| AppError::BadRequest(format!("bad demo path {path:?}")))?;
-    let request = http::Request::post(uri)
+    let mut request = http::Request::builder().method(method).uri(uri);
+    if let Some(auth) = &state.demo_auth {
+        request = request.header(header::AUTHORIZATION, auth.clone());
+    }
+    let request = request
         .body(Empty::new())
-        .expect("a POST with an empty body is a valid request");
+        .expect("a request with an empty body is a valid request");
     let response = tokio::time::timeout(Duration::from_secs(30), state.http.request(request))
         .await
         .map_err(|_| AppError::Demo("meshctl demo did not answer within 30 s".into()))?
         .map_err(|e| AppError::Demo(e.to_string()))?;
-    if !response.status().is_success() {
-        let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
+    let status = response.status();
+    let body = http_body_util::Limited::new(response.into_body(), 1024 * 1024)
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    if !status.is_success() {
         return Err(AppError::Demo(format!(
             "{status}: {}",
             String::from_utf8_lossy(&body).trim()
         )));
     }
-    Ok(())
+    Ok(body)
 }
 
 /// A failure a handler turns into a plain page; the detail goes to the log.
@@ -388,6 +546,8 @@ pub enum AppError {
     Demo(String),
     #[error("{0}")]
     BadRequest(String),
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 impl IntoResponse for AppError {
@@ -397,8 +557,16 @@ impl IntoResponse for AppError {
             AppError::DemoOff => StatusCode::NOT_FOUND,
             AppError::Demo(_) => StatusCode::BAD_GATEWAY,
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AppError::Forbidden(_) => StatusCode::FORBIDDEN,
         };
-        tracing::warn!(err = ?self, "request failed");
+        // Refusals are what a foreign page or a scanner causes: not worth
+        // a warning each.
+        match &self {
+            AppError::Forbidden(_) | AppError::BadRequest(_) => {
+                tracing::debug!(err = %self, "request refused");
+            }
+            _ => tracing::warn!(err = %self, "request failed"),
+        }
         let message = match &self {
             AppError::Render(_) => "Internal error".to_owned(),
             other => other.to_string(),

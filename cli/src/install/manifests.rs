@@ -483,8 +483,9 @@ fn injector(options: &Options) -> Vec<Value> {
 
 fn dashboard(options: &Options) -> Vec<Value> {
     let name = "mesh-dashboard";
-    let probe =
-        |period: u32| json!({"httpGet": {"path": "/", "port": "http"}, "periodSeconds": period});
+    // The dashboard answers only its own host names (DNS rebinding); the
+    // kubelet would otherwise send the pod's IP as the Host.
+    let probe = |period: u32| json!({"httpGet": {"path": "/", "port": "http", "httpHeaders": [{"name": "Host", "value": "localhost"}]}, "periodSeconds": period});
     let container = json!({
         "name": "dashboard",
         "image": image(options, name),

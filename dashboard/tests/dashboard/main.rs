@@ -3,6 +3,9 @@
 //! API reports what the proxy did; a proxy that stops answering is shown
 //! down; the binary refuses bad flags.
 
+mod bounded;
+mod guarded;
+
 use clap::Parser as _;
 use serde_json::Value;
 use std::{
@@ -33,15 +36,80 @@ async fn get_json(addr: SocketAddr, path: &str) -> Value {
 
 /// One request on a fresh connection: the response's head and body.
 async fn request(addr: SocketAddr, method: &str, path: &str) -> (String, String) {
+    let answer = raw(addr, Raw::new(method, path).host(&addr.to_string())).await;
+    (answer.head, answer.body)
+}
+
+/// A request written by hand, so that its Host, Origin and the like are
+/// exactly what a test says.
+pub(crate) struct Raw {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Raw {
+    pub(crate) fn new(method: &str, path: &str) -> Self {
+        Self {
+            method: method.into(),
+            path: path.into(),
+            headers: Vec::new(),
+            body: String::new(),
+        }
+    }
+
+    pub(crate) fn get(path: &str) -> Self {
+        Self::new("GET", path)
+    }
+
+    pub(crate) fn post(path: &str) -> Self {
+        Self::new("POST", path)
+    }
+
+    pub(crate) fn host(self, host: &str) -> Self {
+        self.header("host", host)
+    }
+
+    pub(crate) fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// An `application/x-www-form-urlencoded` body, as a form posts.
+    pub(crate) fn form(mut self, body: &str) -> Self {
+        self.body = body.into();
+        self.header("content-type", "application/x-www-form-urlencoded")
+    }
+}
+
+/// A response's head and body.
+pub(crate) struct Answer {
+    pub(crate) head: String,
+    pub(crate) body: String,
+}
+
+/// Sends `request` on a fresh connection and reads the whole answer.
+pub(crate) async fn raw(addr: SocketAddr, request: Raw) -> Answer {
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).await.unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    (head.to_owned(), body.to_owned())
+    let mut text = format!("{} {} HTTP/1.1\r\n", request.method, request.path);
+    for (name, value) in &request.headers {
+        text.push_str(&format!("{name}: {value}\r\n"));
+    }
+    text.push_str(&format!(
+        "content-length: {}\r\nconnection: close\r\n\r\n{}",
+        request.body.len(),
+        request.body
+    ));
+    stream.write_all(text.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    Answer {
+        head: head.to_owned(),
+        body: body.to_owned(),
+    }
 }
 
 /// A recorded pair of admin documents: `/metrics` and `/endpoints`.
