@@ -37,6 +37,8 @@ struct Cli {
 enum Command {
     /// Run the whole mesh on this machine: controller, StockData replicas with
     /// sidecars, StockWeb with and without the mesh (the default command).
+    /// A process that dies is restarted after a back-off; only the
+    /// controller's death ends the demo.
     Demo(demo::DemoArgs),
     /// Run the dashboard against a running mesh's controller.
     Dashboard(dashboard::DashboardArgs),

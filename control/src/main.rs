@@ -15,14 +15,6 @@ async fn serve() -> anyhow::Result<()> {
     // while the API server is away; the watchers say it once per outage.
     mesh_runtime::init_tracing_with("mesh_controller", &["kube_client::client::builder=off"]);
     let shutdown = mesh_runtime::shutdown_signal()?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (--listen / MESH_CONTROLLER_LISTEN)",
-                args.listen
-            )
-        })?;
     let client = match args.backend {
         mesh_controller::BackendKind::Local => None,
         mesh_controller::BackendKind::Kubernetes => Some(
@@ -32,6 +24,16 @@ async fn serve() -> anyhow::Result<()> {
         ),
     };
     let identity = identity(&args, client.clone())?;
+    // Bound once the identity files exist: whoever waits for the port to
+    // open may read them then.
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (--listen / MESH_CONTROLLER_LISTEN)",
+                args.listen
+            )
+        })?;
     let (backend, watchers) = match client {
         None => {
             anyhow::ensure!(

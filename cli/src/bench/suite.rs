@@ -343,6 +343,9 @@ impl TlsSetup {
             workloads.join(","),
             "--registry-admin".into(),
             stockkube_proto::identity::spiffe_id(TRUST_DOMAIN, NAMESPACE, "meshctl"),
+            // The suite registers its endpoints once, for the whole run.
+            "--registration-lease".into(),
+            "24h".into(),
         ];
         let mut process = Service::spawn(
             "mesh-controller",

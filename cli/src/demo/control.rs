@@ -1,52 +1,73 @@
 //! The demo's control API, for the dashboard's demo controls. It listens on
-//! loopback only and exists only while `meshctl demo` runs.
+//! loopback only, exists only while `meshctl demo` runs, and answers only a
+//! caller with the run's token (`authorization: Bearer TOKEN`), which
+//! `meshctl` hands the dashboard alone: another local process cannot drive
+//! the demo through it.
 //!
 //! | route | does |
 //! |---|---|
-//! | `GET /replicas` | lists replicas: name, running, delay |
-//! | `POST /replicas` | adds a replica with its sidecar |
+//! | `GET /replicas` | lists replicas: name, state, restarts, last exit, delay |
+//! | `POST /replicas` | adds a replica with its sidecar (409 past `--max-replicas`) |
 //! | `POST /replicas/{name}/kill` | kills a replica and its sidecar |
 //! | `POST /replicas/{name}/slow` | restarts a replica with a 200 ms delay |
 
-use super::Demo;
+use super::{Demo, ReplicaView};
 use axum::{
     Json, Router,
-    extract::{Path, State},
+    extract::{Path, Request, State},
     http::StatusCode,
+    middleware::{self, Next},
+    response::Response,
     routing::{get, post},
 };
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
-#[derive(serde::Serialize)]
-struct ReplicaView {
-    name: String,
-    running: bool,
-    delay_ms: u64,
-}
-
-pub async fn serve(listener: TcpListener, demo: Arc<Demo>) {
+pub async fn serve(listener: TcpListener, demo: Arc<Demo>, token: String) {
+    let expected: Arc<str> = format!("Bearer {token}").into();
     let app = Router::new()
         .route("/replicas", get(list).post(add))
         .route("/replicas/{name}/{action}", post(act))
+        .layer(middleware::from_fn(move |request: Request, next: Next| {
+            let expected = expected.clone();
+            async move { authorize(&expected, request, next).await }
+        }))
         .with_state(demo);
     if let Err(err) = axum::serve(listener, app).await {
         eprintln!("meshctl: demo API stopped: {err}");
     }
 }
 
+async fn authorize(
+    expected: &str,
+    request: Request,
+    next: Next,
+) -> Result<Response, (StatusCode, &'static str)> {
+    let presented = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .map(|value| value.as_bytes());
+    // Compared in full whatever the first difference, so the time taken
+    // tells nothing about the token.
+    let matches = presented.is_some_and(|presented| {
+        presented.len() == expected.len()
+            && presented
+                .iter()
+                .zip(expected.as_bytes())
+                .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+                == 0
+    });
+    if !matches {
+        return Err((
+            StatusCode::UNAUTHORIZED,
+            "the demo API answers only the dashboard meshctl started\n",
+        ));
+    }
+    Ok(next.run(request).await)
+}
+
 async fn list(State(demo): State<Arc<Demo>>) -> Json<Vec<ReplicaView>> {
-    Json(
-        demo.list()
-            .await
-            .into_iter()
-            .map(|(name, running, delay_ms)| ReplicaView {
-                name,
-                running,
-                delay_ms,
-            })
-            .collect(),
-    )
+    Json(demo.list().await)
 }
 
 async fn add(State(demo): State<Arc<Demo>>) -> Result<String, (StatusCode, String)> {

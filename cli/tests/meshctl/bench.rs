@@ -5,15 +5,13 @@
 
 use std::{
     net::TcpListener,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, Stdio},
 };
 
 const MESHCTL: &str = env!("CARGO_BIN_EXE_meshctl");
 
-fn bin(name: &str) -> PathBuf {
-    Path::new(MESHCTL).parent().unwrap().join(name)
-}
+use crate::bin;
 
 /// A stockdata process, killed on drop.
 struct Replica(std::process::Child);

@@ -24,12 +24,7 @@ use yaml_rust2::YamlLoader;
 
 const HOST: &str = "mesh-injector.stockkube-mesh.svc";
 
-fn bin(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_meshctl"))
-        .parent()
-        .expect("meshctl sits in the target directory")
-        .join(name)
-}
+use crate::bin;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

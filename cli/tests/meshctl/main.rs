@@ -21,10 +21,19 @@ mod inject;
 mod injector;
 mod install;
 mod kbox;
+mod supervision;
 mod tutorial;
 mod webdriver;
 
 const MESHCTL: &str = env!("CARGO_BIN_EXE_meshctl");
+
+/// A binary of the workspace, beside `meshctl`.
+pub(crate) fn bin(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(MESHCTL)
+        .parent()
+        .expect("meshctl sits in the target directory")
+        .join(name)
+}
 
 /// A path in the repository.
 pub(crate) fn repo(path: &str) -> std::path::PathBuf {
@@ -365,6 +374,10 @@ async fn unknown_flags_and_bad_values_are_refused() {
     for (args, expected) in [
         (&["demo", "--frobnicate"][..], "--frobnicate"),
         (&["demo", "--replicas", "0"][..], "--replicas"),
+        (
+            &["demo", "--replicas", "3", "--max-replicas", "2"][..],
+            "--replicas 3 is more than --max-replicas 2",
+        ),
         (&["demo", "--port", "http"][..], "--port"),
         (
             &["demo", "--bin-dir", "/nonexistent/bin"][..],

@@ -235,10 +235,10 @@ async fn a_self_registered_proxy_renews_its_lease_as_the_controller_asks() {
     .await;
     let inbound = proxy.inbound.unwrap();
     let registered = || {
-        let endpoint = registry
-            .list()
-            .iter()
-            .any(|(_, set)| set.get(&inbound).is_some_and(|m| m.instance == "stockdata-8"));
+        let endpoint = registry.list().iter().any(|(_, set)| {
+            set.get(&inbound)
+                .is_some_and(|m| m.instance == "stockdata-8")
+        });
         let proxied = registry
             .proxies()
             .iter()
