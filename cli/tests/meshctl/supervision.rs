@@ -258,7 +258,7 @@ async fn replicas_are_capped_and_the_demo_api_answers_only_the_dashboard() {
     let (status, _) = post_form(dashboard, "/demo/replicas", &token).await;
     assert_eq!(status, "HTTP/1.1 303 See Other");
     let (status, body) = post_form(dashboard, "/demo/replicas", &token).await;
-    assert!(status.starts_with("HTTP/1.1 502"), "{status}");
+    assert!(status.starts_with("HTTP/1.1 409"), "{status}");
     assert!(
         body.contains("2 replicas run already, the most this demo runs (--max-replicas 2)"),
         "{body}"
