@@ -47,6 +47,18 @@ fn trim() {
     }
 }
 
+/// Whether a presented secret (a token, a credential) is the expected
+/// one, compared in full whatever the first difference, so the time taken
+/// tells nothing about it.
+pub fn same_secret(presented: &[u8], expected: &[u8]) -> bool {
+    presented.len() == expected.len()
+        && presented
+            .iter()
+            .zip(expected)
+            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+            == 0
+}
+
 /// `bytes` random bytes from the kernel, as hex: a token or credential
 /// nobody guesses.
 pub fn random_hex(bytes: usize) -> std::io::Result<String> {
@@ -155,5 +167,13 @@ mod tests {
         assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
         assert!(parse_duration("5d").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn secrets_match_only_in_full() {
+        assert!(same_secret(b"token", b"token"));
+        assert!(!same_secret(b"tokem", b"token"));
+        assert!(!same_secret(b"toke", b"token"));
+        assert!(!same_secret(b"", b"token"));
     }
 }

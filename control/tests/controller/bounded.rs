@@ -5,7 +5,7 @@ use std::{net::SocketAddr, time::Duration};
 use stockkube_proto::mesh::{
     DeregisterRequest, ListProxiesRequest, ListRequest, ProxyInfo, registry_client::RegistryClient,
 };
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tonic::transport::Channel;
 
 /// The controller binary on a free loopback port, with `args`.
@@ -14,7 +14,7 @@ async fn controller(args: &[&str]) -> (Child, RegistryClient<Channel>) {
         .unwrap()
         .local_addr()
         .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_mesh-controller"))
+    let child = crate::controller_binary()
         .args(["--listen", &addr.to_string()])
         .args(args)
         .env("RUST_LOG", "warn")
@@ -137,15 +137,10 @@ async fn a_registration_not_renewed_within_the_lease_is_dropped() {
 
 #[tokio::test]
 async fn a_lease_of_zero_is_refused() {
-    let output = Command::new(env!("CARGO_BIN_EXE_mesh-controller"))
-        .args(["--listen", "127.0.0.1:0", "--registration-lease", "0s"])
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(20), output)
-        .await
-        .unwrap()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "{stderr}");
+    let stderr = crate::refused(
+        crate::controller_binary(),
+        &["--listen", "127.0.0.1:0", "--registration-lease", "0s"],
+    )
+    .await;
     assert!(stderr.contains("--registration-lease"), "{stderr}");
 }

@@ -438,18 +438,15 @@ async fn k8s_the_binary_finds_its_api_server_through_kubeconfig() {
 
 #[tokio::test]
 async fn k8s_the_binary_says_when_it_has_no_cluster_configuration() {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_mesh-controller"))
-        .args(["--listen", "127.0.0.1:0", "--backend", "kubernetes"])
+    let mut command = crate::controller_binary();
+    command
         .env_clear()
-        .env("KUBECONFIG", "/nonexistent/kubeconfig")
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(20), output)
-        .await
-        .unwrap()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "{stderr}");
+        .env("KUBECONFIG", "/nonexistent/kubeconfig");
+    let stderr = crate::refused(
+        command,
+        &["--listen", "127.0.0.1:0", "--backend", "kubernetes"],
+    )
+    .await;
     assert!(stderr.contains("--backend kubernetes"), "{stderr}");
 }
 

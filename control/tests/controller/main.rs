@@ -153,20 +153,28 @@ async fn bad_names_and_addresses_are_refused() {
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
 }
 
-#[tokio::test]
-async fn the_binary_reports_a_taken_port() {
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = taken.local_addr().unwrap().to_string();
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_mesh-controller"))
-        .args(["--listen", &addr])
-        .kill_on_drop(true)
-        .output();
+/// Runs the controller binary with `args` (and `command`'s environment),
+/// which must fail within 20 s: its stderr.
+pub(crate) async fn refused(mut command: tokio::process::Command, args: &[&str]) -> String {
+    let output = command.args(args).kill_on_drop(true).output();
     let output = tokio::time::timeout(Duration::from_secs(20), output)
         .await
         .unwrap()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "{stderr}");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success(), "{args:?}: {stderr}");
+    stderr
+}
+
+pub(crate) fn controller_binary() -> tokio::process::Command {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_mesh-controller"))
+}
+
+#[tokio::test]
+async fn the_binary_reports_a_taken_port() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let stderr = refused(controller_binary(), &["--listen", &addr]).await;
     assert!(
         stderr.contains(&format!(
             "cannot listen on {addr} (--listen / MESH_CONTROLLER_LISTEN)"

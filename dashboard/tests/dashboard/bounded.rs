@@ -5,15 +5,11 @@
 //! was, each shown with its error, and the memory comes back once they are
 //! deregistered.
 
-use super::{IDLE, get_json, spawn_admin};
+use super::{IDLE, get_json, register, spawn_admin, spawn_controller};
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 use stockdata::test_util::eventually;
-use stockkube_proto::{
-    admin,
-    mesh::{DeregisterProxyRequest, ProxyInfo, registry_client::RegistryClient},
-};
+use stockkube_proto::{admin, mesh::DeregisterProxyRequest};
 use tokio::net::TcpListener;
-use tonic::transport::Channel;
 
 /// Resident memory of `pid`, in bytes.
 fn rss(pid: u32) -> u64 {
@@ -75,43 +71,11 @@ fn series(name: &str, count: usize) -> String {
         .collect()
 }
 
-async fn register(registry: &mut RegistryClient<Channel>, instance: &str, admin: SocketAddr) {
-    registry
-        .register_proxy(ProxyInfo {
-            workload: "hostile".into(),
-            instance: instance.into(),
-            admin_addr: admin.to_string(),
-        })
-        .await
-        .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_proxy_costs_the_dashboard_a_bounded_amount_of_memory() {
-    let registry = mesh_controller::Registry::default();
-    let controller_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let controller = controller_listener.local_addr().unwrap();
-    tokio::spawn(mesh_controller::run(
-        registry.clone(),
-        controller_listener,
-        std::future::pending(),
-    ));
-    let mut client = RegistryClient::new(
-        tonic::transport::Endpoint::from_shared(format!("http://{controller}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap(),
-    );
+    let (controller, mut client) = spawn_controller().await;
     let (honest, _honest) = spawn_admin(Arc::new(std::sync::Mutex::new(IDLE))).await;
-    client
-        .register_proxy(ProxyInfo {
-            workload: "stockweb".into(),
-            instance: "stockweb-1".into(),
-            admin_addr: honest.to_string(),
-        })
-        .await
-        .unwrap();
+    register(&mut client, "stockweb", "stockweb-1", honest).await;
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -153,9 +117,9 @@ async fn a_hostile_proxy_costs_the_dashboard_a_bounded_amount_of_memory() {
     let huge = hostile_admin(huge.into(), true).await;
     let many = hostile_admin(many.into(), false).await;
     let kept = hostile_admin(series("mesh_requests_total", 9_000).into(), false).await;
-    register(&mut client, "huge", huge).await;
-    register(&mut client, "many", many).await;
-    register(&mut client, "kept", kept).await;
+    for (instance, admin) in [("huge", huge), ("many", many), ("kept", kept)] {
+        register(&mut client, "hostile", instance, admin).await;
+    }
 
     let started = tokio::time::Instant::now();
     let mut peak = baseline;

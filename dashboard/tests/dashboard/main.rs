@@ -22,6 +22,7 @@ use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
 };
+use tonic::transport::Channel;
 
 async fn get_json(addr: SocketAddr, path: &str) -> Value {
     let mut stream = TcpStream::connect(addr).await.unwrap();
@@ -164,34 +165,50 @@ async fn spawn_admin(serving: Arc<Mutex<Recorded>>) -> (SocketAddr, tokio::task:
     (addr, task)
 }
 
-#[tokio::test]
-async fn api_reports_traffic_per_replica_and_proxies_that_went_down() {
-    // Controller.
-    let registry = mesh_controller::Registry::default();
-    let controller_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let controller = controller_listener.local_addr().unwrap();
+/// A controller on the local registry, in this process: its address and a
+/// Registry client.
+async fn spawn_controller() -> (SocketAddr, RegistryClient<Channel>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let controller = listener.local_addr().unwrap();
     tokio::spawn(mesh_controller::run(
-        registry.clone(),
-        controller_listener,
+        mesh_controller::Registry::default(),
+        listener,
         std::future::pending(),
     ));
-
-    // StockWeb's proxy, just started.
-    let serving = Arc::new(Mutex::new(IDLE));
-    let (admin, proxy) = spawn_admin(serving.clone()).await;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{controller}"))
         .unwrap()
         .connect()
         .await
         .unwrap();
-    RegistryClient::new(channel)
+    (controller, RegistryClient::new(channel))
+}
+
+/// Registers a proxy whose admin server is `admin`, for the dashboard.
+async fn register(
+    client: &mut RegistryClient<Channel>,
+    workload: &str,
+    instance: &str,
+    admin: SocketAddr,
+) {
+    client
         .register_proxy(ProxyInfo {
-            workload: "stockweb".into(),
-            instance: "stockweb-1".into(),
+            workload: workload.into(),
+            instance: instance.into(),
             admin_addr: admin.to_string(),
         })
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn api_reports_traffic_per_replica_and_proxies_that_went_down() {
+    // Controller.
+    let (controller, mut client) = spawn_controller().await;
+
+    // StockWeb's proxy, just started.
+    let serving = Arc::new(Mutex::new(IDLE));
+    let (admin, proxy) = spawn_admin(serving.clone()).await;
+    register(&mut client, "stockweb", "stockweb-1", admin).await;
 
     // The dashboard, scraping every 200 ms.
     let args = mesh_dashboard::Args::try_parse_from([

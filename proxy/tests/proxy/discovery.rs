@@ -155,29 +155,35 @@ async fn endpoints_added_and_removed_under_load() {
     proxy.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_proxy_registers_itself_and_withdraws_when_it_drains() {
-    let registry = FakeControl::default();
-    let (controller, _stop) = registry.spawn().await;
-    let app = replica("self-registered").await;
+/// A proxy in front of `app` that registers itself with `controller` as
+/// `instance` of stockdata.
+async fn self_registered(app: &Replica, controller: &str, instance: &str) -> crate::support::Proxy {
     let app_addr = app.addr.to_string();
-    let proxy = spawn_proxy(&[
+    spawn_proxy(&[
         "--inbound",
         "127.0.0.1:0",
         "--app",
         &app_addr,
         "--destination",
-        &controller,
+        controller,
         "--register-workload",
         "stockdata",
         "--register-service",
         "stockdata",
         "--register-instance",
-        "stockdata-7",
+        instance,
         "--advertise",
         "127.0.0.1",
     ])
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn a_proxy_registers_itself_and_withdraws_when_it_drains() {
+    let registry = FakeControl::default();
+    let (controller, _stop) = registry.spawn().await;
+    let app = replica("self-registered").await;
+    let proxy = self_registered(&app, &controller, "stockdata-7").await;
     let inbound = proxy.inbound.unwrap();
     eventually("the proxy registered", Duration::from_secs(10), || async {
         let services = registry.list();
@@ -215,24 +221,7 @@ async fn a_self_registered_proxy_renews_its_lease_as_the_controller_asks() {
         let _ = stopped.await;
     }));
     let app = replica("leased").await;
-    let app_addr = app.addr.to_string();
-    let proxy = spawn_proxy(&[
-        "--inbound",
-        "127.0.0.1:0",
-        "--app",
-        &app_addr,
-        "--destination",
-        &controller,
-        "--register-workload",
-        "stockdata",
-        "--register-service",
-        "stockdata",
-        "--register-instance",
-        "stockdata-8",
-        "--advertise",
-        "127.0.0.1",
-    ])
-    .await;
+    let proxy = self_registered(&app, &controller, "stockdata-8").await;
     let inbound = proxy.inbound.unwrap();
     let registered = || {
         let endpoint = registry.list().iter().any(|(_, set)| {
