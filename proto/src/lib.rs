@@ -256,6 +256,9 @@ pub mod metrics {
         pub const ENDPOINT_EJECTIONS: &str = "endpoint_ejections";
         pub const IDENTITY_CERTIFICATIONS: &str = "identity_certifications";
         pub const IDENTITY_CERTIFICATE_EXPIRY: &str = "identity_certificate_expiry_seconds";
+        pub const ROUTE_REQUESTS: &str = "route_requests";
+        pub const ROUTE_RESPONSES: &str = "route_responses";
+        pub const ROUTE_RESPONSE_LATENCY: &str = "route_response_latency_seconds";
     }
 
     /// Sample names as scraped.
@@ -264,6 +267,9 @@ pub mod metrics {
     pub const RESPONSE_LATENCY_BUCKET: &str = "mesh_response_latency_seconds_bucket";
     pub const ENDPOINT_EJECTED: &str = "mesh_endpoint_ejected";
     pub const REFUSED_TOTAL: &str = "mesh_refused_total";
+    pub const ROUTE_REQUESTS_TOTAL: &str = "mesh_route_requests_total";
+    pub const ROUTE_RESPONSES_TOTAL: &str = "mesh_route_responses_total";
+    pub const ROUTE_RESPONSE_LATENCY_BUCKET: &str = "mesh_route_response_latency_seconds_bucket";
 
     /// Label keys, and the values that are fixed.
     pub mod labels {
@@ -291,6 +297,10 @@ pub mod metrics {
         pub const CLIENT_ID: &str = "client_id";
         /// The called proxy's identity (outbound, mTLS).
         pub const SERVER_ID: &str = "server_id";
+        /// The request's path, one of the first few per target.
+        pub const ROUTE: &str = "route";
+        /// The route of every request past that bound.
+        pub const OTHER_ROUTE: &str = "other";
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! | route | answers |
 //! |---|---|
-//! | `GET /metrics` | Prometheus metrics (OpenMetrics text), see [`crate::metrics`] |
+//! | `GET /metrics` | Prometheus metrics: text format 0.0.4, or OpenMetrics when `Accept` asks for it; see [`crate::metrics`] |
 //! | `GET /ready` | 200 `ready` while serving; 503 `starting` before, `draining` once shutdown began; with `--identity`, 503 while the proxy has no valid certificate, and 200 `ready, degraded: ...` while its renewal is overdue |
 //! | `GET /identity` | JSON: the proxy's identity, its certificate chain (PEM) and expiry; 404 without `--identity`, 503 before the first certificate |
 //! | `GET /live` | 200 `live` while the process runs |
@@ -12,7 +12,10 @@ mod limited;
 
 pub use limited::AdminLimits;
 
-use crate::{balance::Balancers, metrics::Metrics};
+use crate::{
+    balance::Balancers,
+    metrics::{Format, Metrics},
+};
 use axum::{Json, Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use std::{
     future::IntoFuture as _,
@@ -60,13 +63,17 @@ pub async fn serve(listener: TcpListener, state: AdminState, mut stop: watch::Re
     }
 }
 
-async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+async fn metrics(
+    State(state): State<AdminState>,
+    headers: axum::http::HeaderMap,
+) -> impl IntoResponse {
+    let accept = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    let format = Format::negotiate(accept);
     (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.encode(),
+        [(axum::http::header::CONTENT_TYPE, format.content_type())],
+        state.metrics.encode_as(format),
     )
 }
 

@@ -9,7 +9,7 @@
 
 use crate::{
     http2::RecvBody,
-    metrics::{RouteLabels, RouteMetrics},
+    metrics::{RouteLabels, RouteMetrics, paths::Call},
 };
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -21,13 +21,15 @@ use std::{
 };
 use tokio::time::Instant;
 
-/// Records one response's outcome when it is finished or dropped.
+/// Records one response's outcome when it is finished or dropped: into its
+/// endpoint's metrics and, for the answer the client gets, its route's.
 #[derive(Debug)]
 pub struct Recorder {
     metrics: Arc<RouteMetrics>,
     started: Instant,
     status_code: u16,
     grpc_status: Option<u8>,
+    call: Option<Call>,
 }
 
 impl Recorder {
@@ -38,7 +40,14 @@ impl Recorder {
             started,
             status_code: 0,
             grpc_status: None,
+            call: None,
         }
+    }
+
+    /// This response is the client's answer to `call`: it ends the call
+    /// too.
+    pub fn answers(&mut self, call: Call) {
+        self.call = Some(call);
     }
 
     /// The route whose metrics it records into.
@@ -68,10 +77,14 @@ impl Recorder {
             complete,
             self.started.elapsed().as_secs_f64(),
         );
+        if let Some(call) = self.call {
+            call.answered(self.status_code, self.grpc_status, complete);
+        }
     }
 }
 
-fn grpc_status(headers: &http::HeaderMap) -> Option<u8> {
+/// The gRPC status a response head carries (a trailers-only response).
+pub fn grpc_status(headers: &http::HeaderMap) -> Option<u8> {
     headers
         .get("grpc-status")
         .and_then(|v| v.to_str().ok())

@@ -49,6 +49,8 @@ pub struct Config {
     /// Retry policy per service; services without one use the default.
     pub retry_policies: BTreeMap<String, RetryPolicy>,
     pub limits: LimitsConfig,
+    /// Routes per target with metric series of their own.
+    pub max_routes: usize,
     /// Self-registration with the controller, when asked for.
     pub registration: Option<Registration>,
     /// The proxy's identity, when asked for.
@@ -201,6 +203,7 @@ impl TryFrom<Args> for Config {
                 timeout: args.detect_timeout,
                 max_bytes: args.detect_max_bytes,
             },
+            max_routes: args.max_routes,
             opaque: OpaqueConfig {
                 ports: args.opaque_ports.clone().into(),
                 idle_timeout: args.opaque_idle_timeout,

@@ -424,6 +424,10 @@ struct Held {
 }
 
 /// How a stream's wait for its response ended.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "a value of one select, moved once; boxing the response would cost an allocation per request"
+)]
 enum Awaited {
     Response(http::Response<ProxyBody>),
     ClientReset,

@@ -15,7 +15,7 @@ use crate::{
     detect::Protocol,
     errors::{self, ProxyError},
     http::{Upstream, set_authority, strip_hop_by_hop},
-    metrics::{Direction, Metrics, RouteLabels, RouteMetrics},
+    metrics::{Direction, Metrics, RouteLabels, RouteMetrics, paths::PathRoutes},
     policy::{InboundPolicy, Policy},
     tcp::{self, OpaqueConfig},
     tls::{PeerTls, ServerIo},
@@ -30,6 +30,7 @@ use std::{
     net::{Ipv4Addr, SocketAddr},
     sync::{Arc, Mutex},
 };
+use stockkube_proto::metrics::labels;
 use tokio::{net::TcpStream, time::Instant};
 
 /// Distinct client identities with series of their own, per app port;
@@ -110,6 +111,8 @@ pub struct Inbound {
     route: Arc<RouteMetrics>,
     /// Mesh TLS clients' handles, by the client's identity.
     tls_routes: Mutex<HashMap<PeerTls, Arc<RouteMetrics>>>,
+    /// The app's routes' metrics.
+    paths: PathRoutes,
     upstream: Upstream<Received>,
     metrics: Arc<Metrics>,
 }
@@ -130,6 +133,7 @@ impl Inbound {
             policy,
             route: Arc::new(metrics.route(Self::labels(app, PeerTls::None))),
             tls_routes: Mutex::new(HashMap::new()),
+            paths: metrics.paths(Direction::Inbound, labels::APP.into()),
             upstream: Upstream::default(),
             metrics,
         }
@@ -138,7 +142,7 @@ impl Inbound {
     fn labels(app: SocketAddr, tls: PeerTls) -> RouteLabels {
         RouteLabels {
             direction: Direction::Inbound,
-            target: "app".into(),
+            target: labels::APP.into(),
             endpoint: app.to_string().into(),
             tls,
         }
@@ -184,7 +188,9 @@ impl Inbound {
             Some(peer) => self.route_of(peer),
             None => self.route.clone(),
         };
-        let mut recorder = Recorder::new(route, Instant::now());
+        let arrived = Instant::now();
+        let mut recorder = Recorder::new(route, arrived);
+        recorder.answers(self.paths.call(request.uri().path(), arrived));
         set_authority(&mut request, self.authority.clone());
         if protocol == Protocol::Http1 {
             strip_hop_by_hop(request.headers_mut());

@@ -81,7 +81,8 @@ pub async fn run(
         .map(|(service, endpoints)| Balancer::new(&service, endpoints, config.balancer))
         .collect();
     let all_balancers = Arc::new(Balancers::new(balancers.iter().cloned()));
-    let metrics = Arc::new(Metrics::with_balancers(all_balancers.clone()));
+    let metrics =
+        Arc::new(Metrics::with_balancers(all_balancers.clone()).with_max_routes(config.max_routes));
     let drain = serve::Drain::default();
     let identity = match &config.identity {
         None => None,

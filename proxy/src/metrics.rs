@@ -1,5 +1,6 @@
 //! The proxy's Prometheus metrics: names, labels, and recording. Served by
-//! the admin server at `/metrics` (OpenMetrics text, which Prometheus reads).
+//! the admin server at `/metrics`: Prometheus text format 0.0.4, or
+//! OpenMetrics 1.0 to a scraper that asks for it ([`Format`]).
 //!
 //! | metric | type | labels |
 //! |---|---|---|
@@ -17,6 +18,12 @@
 //! | `mesh_endpoint_ejections_total` | counter | target, endpoint |
 //! | `mesh_identity_certifications_total` | counter (identity certificates asked for; `--identity`) | result (`ok`, `error`) |
 //! | `mesh_identity_certificate_expiry_seconds` | gauge (Unix time the certificate in use expires; 0: none) | |
+//! | `mesh_route_requests_total` | counter (per request, not per attempt) | direction, target, route |
+//! | `mesh_route_responses_total` | counter | direction, target, route, status_code, grpc_status, classification |
+//! | `mesh_route_response_latency_seconds` | histogram (arrival to the end of the answer, retries included) | direction, target, route |
+//!
+//! `route` is the request's path (a gRPC method's is `/package.Service/Method`),
+//! bounded per target: see [`paths`].
 //!
 //! Series with an `endpoint` label live as long as the endpoint: the last
 //! handle of a route ([`RouteMetrics`], held by the endpoint's balancer
@@ -39,6 +46,8 @@
 //! `grpc_status` the numeric gRPC code from trailers (or trailers-only
 //! headers), empty for plain HTTP; `classification` `success` or `failure`
 //! (HTTP 5xx, a non-OK gRPC status, or no complete response).
+
+pub mod paths;
 
 use crate::{
     balance::{Balancers, EndpointSnapshot, ServiceSnapshot},
@@ -194,6 +203,9 @@ pub struct Metrics {
     resolutions: Family<ResultLabels, Counter>,
     identity_certifications: Family<ResultLabels, Counter>,
     identity_expiry: Gauge,
+    paths: paths::PathFamilies,
+    /// Routes per target with series of their own (`--max-routes`).
+    max_routes: usize,
     /// Routes with live handles, and which of their series exist beyond
     /// the ones every route has, so the last handle can remove them all.
     routes: Mutex<HashMap<RouteLabels, Tracked>>,
@@ -210,6 +222,17 @@ struct Tracked {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
+}
+
+/// A response's classification: a failure is HTTP 5xx, a non-OK gRPC
+/// status, or an answer cut short.
+fn classify(status_code: u16, grpc_status: Option<u8>, complete: bool) -> Classification {
+    let failed = !complete || status_code >= 500 || grpc_status.is_some_and(|code| code != 0);
+    if failed {
+        Classification::Failure
+    } else {
+        Classification::Success
+    }
 }
 
 fn latency_histogram() -> Histogram {
@@ -290,6 +313,22 @@ impl Default for Metrics {
             "When the identity certificate in use expires (Unix time; 0: none)",
             identity_expiry.clone(),
         );
+        let paths = paths::PathFamilies::default();
+        registry.register(
+            names::ROUTE_REQUESTS,
+            "Requests per route (path), counted once however many attempts",
+            paths.requests.clone(),
+        );
+        registry.register(
+            names::ROUTE_RESPONSES,
+            "Answers per route (path), by status",
+            paths.responses.clone(),
+        );
+        registry.register(
+            names::ROUTE_RESPONSE_LATENCY,
+            "Time from a request's arrival to the end of its answer, per route (path)",
+            paths.latency.clone(),
+        );
         Self {
             registry,
             requests,
@@ -304,6 +343,8 @@ impl Default for Metrics {
             resolutions,
             identity_certifications,
             identity_expiry,
+            paths,
+            max_routes: paths::DEFAULT_MAX_ROUTES,
             routes: Mutex::default(),
         }
     }
@@ -586,12 +627,7 @@ impl Metrics {
         grpc_status: Option<u8>,
         complete: bool,
     ) {
-        let failed = !complete || status_code >= 500 || grpc_status.is_some_and(|code| code != 0);
-        let classification = if failed {
-            Classification::Failure
-        } else {
-            Classification::Success
-        };
+        let classification = classify(status_code, grpc_status, complete);
         let labels = ResponseLabels::new(route, status_code, grpc_status, classification);
         if self.responses.get(&labels).is_none() {
             self.tracked(route, |tracked| {
@@ -618,6 +654,25 @@ impl Metrics {
             .inc();
     }
 
+    /// Keeps series for up to `max` routes per target.
+    pub fn with_max_routes(mut self, max: usize) -> Self {
+        self.max_routes = max;
+        self
+    }
+
+    /// The routes of `target` in `direction`.
+    pub fn paths(&self, direction: Direction, target: Arc<str>) -> paths::PathRoutes {
+        paths::PathRoutes::new(self.paths.clone(), direction, target, self.max_routes)
+    }
+
+    /// The registry in `format`.
+    pub fn encode_as(&self, format: Format) -> String {
+        match format {
+            Format::OpenMetrics => self.encode(),
+            Format::Text => openmetrics_to_text(&self.encode()),
+        }
+    }
+
     /// The registry in OpenMetrics text.
     pub fn encode(&self) -> String {
         let mut text = String::new();
@@ -625,6 +680,86 @@ impl Metrics {
             .expect("writing to a String cannot fail");
         text
     }
+}
+
+/// The text format a scrape is answered in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Prometheus text format 0.0.4: what `curl`, `promtool` and every
+    /// scraper read; the answer unless OpenMetrics is asked for.
+    Text,
+    /// OpenMetrics 1.0 text, to a scraper whose `Accept` prefers it (as
+    /// Prometheus's does).
+    OpenMetrics,
+}
+
+impl Format {
+    const OPENMETRICS: &str = "application/openmetrics-text";
+
+    /// The format an `Accept` header asks for: OpenMetrics when it is
+    /// acceptable and no less preferred than plain text.
+    pub fn negotiate(accept: Option<&str>) -> Self {
+        let (mut openmetrics, mut text) = (0.0_f32, 0.0_f32);
+        for range in accept.unwrap_or("").split(',') {
+            let mut params = range.split(';').map(str::trim);
+            let media = params.next().unwrap_or("").to_ascii_lowercase();
+            let q = params
+                .filter_map(|p| p.split_once('='))
+                .find(|(k, _)| k.eq_ignore_ascii_case("q"))
+                .and_then(|(_, v)| v.parse::<f32>().ok())
+                .unwrap_or(1.0);
+            match media.as_str() {
+                Self::OPENMETRICS => openmetrics = openmetrics.max(q),
+                "text/plain" | "text/*" | "*/*" => text = text.max(q),
+                _ => {}
+            }
+        }
+        if openmetrics > 0.0 && openmetrics >= text {
+            Format::OpenMetrics
+        } else {
+            Format::Text
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Text => "text/plain; version=0.0.4; charset=utf-8",
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+}
+
+/// OpenMetrics text (as `prometheus-client` writes it) in Prometheus text
+/// format 0.0.4. The samples are the same; the metadata differs: a counter
+/// family is named with its `_total` suffix, `unknown` is `untyped`, there
+/// is no `# UNIT` or `# EOF`, and `HELP` does not escape quotes.
+fn openmetrics_to_text(openmetrics: &str) -> String {
+    let mut text = String::with_capacity(openmetrics.len());
+    // OpenMetrics puts HELP before TYPE, and only TYPE says the name.
+    let mut help: Option<&str> = None;
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            help = Some(rest);
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (family, kind) = rest.split_once(' ').unwrap_or((rest, "unknown"));
+            let (name, kind) = match kind {
+                "counter" => (format!("{family}_total"), "counter"),
+                "gauge" | "histogram" | "summary" => (family.to_owned(), kind),
+                "info" => (format!("{family}_info"), "gauge"),
+                _ => (family.to_owned(), "untyped"),
+            };
+            if let Some((of, help)) = help.take().and_then(|h| h.split_once(' '))
+                && of == family
+            {
+                text.push_str(&format!("# HELP {name} {}\n", help.replace("\\\"", "\"")));
+            }
+            text.push_str(&format!("# TYPE {name} {kind}\n"));
+        } else if !line.starts_with("# UNIT ") && line != "# EOF" {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    text
 }
 
 fn retry_labels(route: &RouteLabels, reason: &'static str) -> RetryLabels {
@@ -686,6 +821,72 @@ mod tests {
             metrics
                 .encode()
                 .contains(r#"mesh_requests_total{direction="outbound",target="stockdata",endpoint="10.0.0.1:80",tls="false"} 1"#)
+        );
+    }
+
+    #[test]
+    fn scrapers_get_the_format_they_ask_for() {
+        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(Format::negotiate(Some(prometheus)), Format::OpenMetrics);
+        assert_eq!(Format::negotiate(None), Format::Text);
+        assert_eq!(Format::negotiate(Some("*/*")), Format::Text);
+        assert_eq!(
+            Format::negotiate(Some("text/plain;q=1, application/openmetrics-text;q=0.5")),
+            Format::Text
+        );
+        assert_eq!(
+            Format::negotiate(Some("Application/OpenMetrics-Text; q=0")),
+            Format::Text
+        );
+    }
+
+    #[test]
+    fn the_text_format_names_counters_with_their_suffix_and_has_no_eof() {
+        let metrics = Metrics::default();
+        metrics.accepted(Direction::Inbound, "http2");
+        metrics.identity_expiry(None);
+        let route = RouteLabels {
+            direction: Direction::Outbound,
+            target: "stockdata".into(),
+            endpoint: "127.0.0.1:9001".into(),
+            tls: Default::default(),
+        };
+        metrics.response(&route, 200, Some(0), true, 0.002);
+        let openmetrics = metrics.encode();
+        assert!(
+            openmetrics.contains("# TYPE mesh_connections counter"),
+            "{openmetrics}"
+        );
+        assert!(openmetrics.ends_with("# EOF\n"), "{openmetrics}");
+        let text = metrics.encode_as(Format::Text);
+        assert!(
+            text.contains("# HELP mesh_connections_total Connections accepted"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE mesh_connections_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"mesh_connections_total{direction="inbound",protocol="http2"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE mesh_response_latency_seconds histogram\n"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("# EOF") && !text.contains("# UNIT"),
+            "{text}"
+        );
+        // The samples are the same lines in both.
+        let samples = |t: &str| t.lines().filter(|l| !l.starts_with('#')).count();
+        assert_eq!(samples(&text), samples(&openmetrics));
+        assert_eq!(
+            openmetrics_to_text(
+                "# HELP x_total a \\\"quoted\\\" help.\n# TYPE x_total unknown\nx_total 1\n# EOF\n"
+            ),
+            "# HELP x_total a \"quoted\" help.\n# TYPE x_total untyped\nx_total 1\n"
         );
     }
 

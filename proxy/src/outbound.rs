@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! route     which service: the one :authority / Host names, else the listener's   (route)
+//!           and which of its routes (the path) the request counts on
 //! deadline  the service's timeout or the client's grpc-timeout, the shorter       (deadline)
 //! budget    the request is deposited in its service's retry budget                (retry::budget)
 //! replay    its body is kept, up to a limit, so a retry can send it again         (retry::replay)
@@ -36,7 +37,7 @@ use crate::{
     errors,
     http::{Upstream, strip_hop_by_hop},
     limits::Refusal,
-    metrics::{Direction, Metrics, RouteLabels, RouteMetrics},
+    metrics::{Direction, Metrics, RouteLabels, RouteMetrics, paths::PathRoutes},
     retry::{RetryConfig, RetryPolicy, budget::RetryBudget, replay::ReplayBody},
     tcp::{self, OpaqueConfig},
     tls::{MeshTls, PeerTls},
@@ -58,6 +59,8 @@ pub struct Service {
     timeout: Option<Duration>,
     retry_policy: RetryPolicy,
     budget: RetryBudget,
+    /// Its routes' metrics.
+    routes: PathRoutes,
 }
 
 impl Service {
@@ -66,12 +69,14 @@ impl Service {
         timeout: Option<Duration>,
         retry_policy: RetryPolicy,
         budget: RetryBudget,
+        routes: PathRoutes,
     ) -> Self {
         Self {
             balancer,
             timeout,
             retry_policy,
             budget,
+            routes,
         }
     }
 }
@@ -141,6 +146,7 @@ impl Outbound {
             self.timeouts.get(&*name).copied(),
             self.retry_policies.get(&*name).cloned().unwrap_or_default(),
             RetryBudget::new(self.retry.budget),
+            self.metrics.paths(Direction::Outbound, name.clone()),
         )
     }
 
@@ -179,6 +185,7 @@ impl Outbound {
         let arrived = Instant::now();
         let grpc = errors::is_grpc(&request);
         let service = route::route(&self.services, &request, target);
+        let call = service.routes.call(request.uri().path(), arrived);
         let (mut head, body) = request.into_parts();
         if protocol == Protocol::Http1 {
             strip_hop_by_hop(&mut head.headers);
@@ -190,7 +197,7 @@ impl Outbound {
             // `grpc-timeout: 0`: the caller's time is up before anything
             // could be sent (gRPC servers answer so too).
             let expired = deadline.expired(service.balancer.service());
-            return respond::respond(protocol, grpc, Outcome::NotSent(expired));
+            return respond::respond(protocol, grpc, Outcome::NotSent(expired), call);
         }
         service.budget.deposit();
         let replay = ReplayBody::new(body, self.retry.replay_limit());
@@ -202,7 +209,7 @@ impl Outbound {
         }
         .run(protocol, grpc, &head, &replay, deadline)
         .await;
-        respond::respond(protocol, grpc, outcome)
+        respond::respond(protocol, grpc, outcome, call)
     }
 
     /// Forwards one opaque connection to an endpoint of `target`; one whose

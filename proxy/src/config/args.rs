@@ -132,6 +132,12 @@ pub struct Args {
     #[arg(long, env = "MESH_PROXY_OPAQUE_PORTS", value_delimiter = ',')]
     pub opaque_ports: Vec<u16>,
 
+    /// Routes (request paths; a gRPC method's is its path) per target with
+    /// metric series of their own; requests on further routes are counted
+    /// under the route `other`, so random paths cannot grow `/metrics`.
+    #[arg(long, env = "MESH_PROXY_MAX_ROUTES", default_value_t = crate::metrics::paths::DEFAULT_MAX_ROUTES)]
+    pub max_routes: usize,
+
     /// How long an opaque TCP relay may carry no bytes either way before
     /// it is closed.
     #[arg(long, env = "MESH_PROXY_OPAQUE_IDLE_TIMEOUT", default_value = "1h", value_parser = parse_duration)]

@@ -1,30 +1,45 @@
 //! The respond stage: what the client gets for a request's outcome. An
 //! endpoint's response goes back observed by its attempt's recorder until
 //! its end; a failure becomes the proxy's own answer ([`ProxyError`]). Both
-//! carry `x-mesh-endpoint` and `x-mesh-attempts`.
+//! carry `x-mesh-endpoint` and `x-mesh-attempts`, and both end the request's
+//! call on its route.
 //!
 //! [`ProxyError`]: crate::errors::ProxyError
 
 use super::{Attempt, Outcome};
 use crate::{
     balance::EndpointState,
-    body::{ProxyBody, Received},
+    body::{ProxyBody, Received, grpc_status},
     detect::Protocol,
     http::strip_hop_by_hop,
+    metrics::paths::Call,
 };
 use http::HeaderValue;
 use stockkube_proto::headers::{MESH_ATTEMPTS, MESH_ENDPOINT};
 
-/// The client's response for `outcome`.
+/// The client's response for `outcome`, the answer to `call`.
 pub fn respond(
     protocol: Protocol,
     grpc: bool,
     outcome: Outcome<Received>,
+    call: Call,
 ) -> http::Response<ProxyBody> {
     match outcome {
-        Outcome::NotSent(err) => err.response(grpc),
-        Outcome::Answered(response, attempt) => forward(protocol, response, attempt),
-        Outcome::Failed(err, attempt) => {
+        Outcome::NotSent(err) => {
+            let response = err.response(grpc);
+            call.answered(
+                response.status().as_u16(),
+                grpc_status(response.headers()),
+                true,
+            );
+            response
+        }
+        Outcome::Answered(response, mut attempt) => {
+            attempt.recorder.answers(call);
+            forward(protocol, response, attempt)
+        }
+        Outcome::Failed(err, mut attempt) => {
+            attempt.recorder.answers(call);
             let response = err.recorded(attempt.recorder, grpc);
             annotate(response, &attempt.endpoint, attempt.number)
         }

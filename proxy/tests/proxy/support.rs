@@ -439,3 +439,29 @@ pub async fn assert_uncharged(admin: SocketAddr) {
     assert_eq!(view["failed"], 0, "{view}");
     assert_eq!(view["ejected"], false, "{view}");
 }
+
+/// A tool a test runs that nobody here wrote: the path in `env`, else the
+/// interop venv's Python for `python3`, else `name` on `PATH`. `None` (the
+/// test says SKIPPED) when missing, unless `CI=true`: then it fails.
+pub fn required_tool(name: &str, env: &str) -> Option<std::path::PathBuf> {
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the proxy sits inside the workspace");
+    let venv = workspace.join("target/interop-venv/bin/python");
+    let found = std::env::var_os(env)
+        .map(std::path::PathBuf::from)
+        .or_else(|| (name == "python3" && venv.exists()).then_some(venv))
+        .or_else(|| {
+            std::env::split_paths(&std::env::var_os("PATH")?)
+                .map(|dir| dir.join(name))
+                .find(|path| path.is_file())
+        });
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but {name} is missing ({env}): scripts/test.sh installs it"
+        );
+        eprintln!("SKIPPED: {name} is missing ({env}); scripts/test.sh installs it");
+    }
+    found
+}

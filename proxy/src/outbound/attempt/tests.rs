@@ -174,15 +174,17 @@ fn setup(ports: &[u16], timeout: Option<Duration>, budget: BudgetConfig) -> Setu
         max_body_bytes: 1024,
         budget,
     };
+    let metrics = Arc::new(Metrics::default());
     Setup {
         service: Service::new(
             balancer,
             timeout,
             RetryPolicy::default(),
             RetryBudget::new(budget),
+            metrics.paths(crate::metrics::Direction::Outbound, "stockdata".into()),
         ),
         retry,
-        metrics: Arc::new(Metrics::default()),
+        metrics,
         _discovery: tx,
     }
 }
