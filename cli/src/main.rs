@@ -8,6 +8,7 @@
 //! - `check`: is the cluster ready for the mesh, is the mesh healthy.
 //! - `inject` / `uninject`: add the mesh to Kubernetes YAML, or take it out.
 //! - `bench`: gRPC load and the benchmark suite.
+//! - `stat`, `routes`: the dashboard's figures as tables.
 //!
 //! Every service runs as a child process of `meshctl`, exactly as it would
 //! run anywhere else; `meshctl` only starts, watches and stops them.
@@ -21,6 +22,7 @@ mod inject;
 mod install;
 mod process;
 mod service_vip;
+mod viz;
 
 use clap::Parser as _;
 use std::process::ExitCode;
@@ -66,6 +68,14 @@ enum Command {
     /// latency percentiles, errors and each replica's share; or, with
     /// --suite, compare no proxy, mesh-proxy and Envoy (docs/benchmarks.md).
     Bench(bench::BenchArgs),
+    /// Golden metrics per workload (success rate, requests per second,
+    /// latency percentiles) from a running dashboard, like `linkerd viz
+    /// stat`.
+    Stat(viz::StatArgs),
+    /// Golden metrics per route (a gRPC method, an HTTP path) of one
+    /// workload: the routes it serves, or with --to the ones it calls on a
+    /// service; like `linkerd viz routes`.
+    Routes(viz::RoutesArgs),
 }
 
 fn main() -> ExitCode {
@@ -88,6 +98,8 @@ fn main() -> ExitCode {
         Command::Inject(args) => inject::inject_main(args),
         Command::Uninject(args) => inject::uninject_main(args),
         Command::Bench(args) => bench::main(args),
+        Command::Stat(args) => viz::stat_main(args),
+        Command::Routes(args) => viz::routes_main(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

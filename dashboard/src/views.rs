@@ -19,11 +19,21 @@ pub const HEALTHY_SUCCESS_RATE: f64 = 0.95;
 
 use stockkube_proto::metrics::{
     REFUSED_TOTAL as REFUSED, REQUESTS_TOTAL as REQUESTS,
-    RESPONSE_LATENCY_BUCKET as LATENCY_BUCKET, RESPONSES_TOTAL as RESPONSES, labels,
+    RESPONSE_LATENCY_BUCKET as LATENCY_BUCKET, RESPONSES_TOTAL as RESPONSES,
+    ROUTE_REQUESTS_TOTAL as ROUTE_REQUESTS, ROUTE_RESPONSE_LATENCY_BUCKET as ROUTE_LATENCY_BUCKET,
+    ROUTE_RESPONSES_TOTAL as ROUTE_RESPONSES, labels,
 };
 
 /// The metric families the views read; a scrape keeps no other.
-pub const READ: &[&str] = &[REQUESTS, RESPONSES, LATENCY_BUCKET, REFUSED];
+pub const READ: &[&str] = &[
+    REQUESTS,
+    RESPONSES,
+    LATENCY_BUCKET,
+    REFUSED,
+    ROUTE_REQUESTS,
+    ROUTE_RESPONSES,
+    ROUTE_LATENCY_BUCKET,
+];
 
 /// The snapshots inside the window, oldest first.
 pub struct Window<'a> {
@@ -51,45 +61,60 @@ impl<'a> Window<'a> {
     }
 
     /// The increase over the window of `name` samples passing `filter`, on
-    /// proxies passing `proxy`, summed. Per series of each proxy, so that
-    /// one proxy's restart (its counters back to zero) is handled on its
-    /// own, and a series that goes away (a proxy drops an endpoint's series
-    /// when discovery removes it) or comes (counted from zero) moves the
-    /// sum only by what it grew.
+    /// proxies passing `proxy`, summed.
     pub fn increase(
         &self,
         proxy: &dyn Fn(&ProxyTarget) -> bool,
         name: &str,
         filter: &dyn Fn(&Sample) -> bool,
     ) -> f64 {
+        self.increase_by(proxy, name, &|s| filter(s).then_some(()))
+            .into_values()
+            .sum()
+    }
+
+    /// The increase over the window of `name` samples, on proxies passing
+    /// `proxy`, summed per the key `key` gives a sample (samples without
+    /// one are left out). Per series of each proxy, so that one proxy's
+    /// restart (its counters back to zero) is handled on its own, and a
+    /// series that goes away (a proxy drops an endpoint's series when
+    /// discovery removes it) or comes (counted from zero) moves the sum
+    /// only by what it grew.
+    pub fn increase_by<K: Ord>(
+        &self,
+        proxy: &dyn Fn(&ProxyTarget) -> bool,
+        name: &str,
+        key: &dyn Fn(&Sample) -> Option<K>,
+    ) -> BTreeMap<K, f64> {
         type Series<'s> = (SocketAddr, &'s crate::prom::Labels);
-        // Each series' value in every snapshot its proxy answered, 0 where
-        // the series was absent.
-        let mut series: BTreeMap<Series<'_>, Vec<f64>> = BTreeMap::new();
+        // Each series' key (`None`: left out) and its value in every
+        // snapshot its proxy answered, 0 where the series was absent.
+        let mut series: BTreeMap<Series<'_>, Option<(K, Vec<f64>)>> = BTreeMap::new();
         let mut answered: BTreeMap<SocketAddr, usize> = BTreeMap::new();
         for snap in &self.snaps {
             for scraped in snap.proxies.iter().filter(|p| p.up() && proxy(&p.target)) {
                 let addr = scraped.target.admin_addr;
                 let seen = answered.entry(addr).or_default();
-                for sample in scraped
-                    .samples
-                    .iter()
-                    .filter(|s| &*s.name == name && filter(s))
-                {
-                    let values = series.entry((addr, &sample.labels)).or_default();
-                    values.resize(*seen, 0.0);
-                    values.push(sample.value);
+                for sample in scraped.samples.iter().filter(|s| &*s.name == name) {
+                    let entry = series
+                        .entry((addr, &sample.labels))
+                        .or_insert_with(|| key(sample).map(|k| (k, Vec::new())));
+                    if let Some((_, values)) = entry {
+                        values.resize(*seen, 0.0);
+                        values.push(sample.value);
+                    }
                 }
                 *seen += 1;
             }
         }
-        series
-            .into_iter()
-            .map(|((addr, _), mut values)| {
+        let mut sums = BTreeMap::new();
+        for ((addr, _), kept) in series {
+            if let Some((k, mut values)) = kept {
                 values.resize(answered[&addr], 0.0);
-                stats::increase(&values)
-            })
-            .sum()
+                *sums.entry(k).or_insert(0.0) += stats::increase(&values);
+            }
+        }
+        sums
     }
 
     /// Golden metrics of the matching traffic.
@@ -98,46 +123,98 @@ impl<'a> Window<'a> {
         proxy: &dyn Fn(&ProxyTarget) -> bool,
         filter: &dyn Fn(&Sample) -> bool,
     ) -> Golden {
-        let responses = self.increase(proxy, RESPONSES, filter);
-        let successes = self.increase(proxy, RESPONSES, &|s| {
-            filter(s) && s.label(labels::CLASSIFICATION) == Some(labels::SUCCESS)
+        self.golden_by(proxy, &ENDPOINT_FAMILIES, &|s| filter(s).then_some(()))
+            .remove(&())
+            .unwrap_or_default()
+    }
+
+    /// Golden metrics from `families`, per the key `key` gives a sample.
+    pub fn golden_by<K: Ord + Clone>(
+        &self,
+        proxy: &dyn Fn(&ProxyTarget) -> bool,
+        families: &Families,
+        key: &dyn Fn(&Sample) -> Option<K>,
+    ) -> BTreeMap<K, Golden> {
+        let responses = self.increase_by(proxy, families.responses, key);
+        let successes = self.increase_by(proxy, families.responses, &|s| {
+            key(s).filter(|_| s.label(labels::CLASSIFICATION) == Some(labels::SUCCESS))
         });
-        let requests = self.increase(proxy, REQUESTS, filter);
-        // Bucket bounds as the latest scrape names them.
-        let bounds: BTreeSet<String> = self
-            .latest()
-            .proxies
-            .iter()
-            .flat_map(|p| p.samples.iter())
-            .filter(|s| &*s.name == LATENCY_BUCKET)
-            .filter_map(|s| s.label("le").map(str::to_owned))
-            .collect();
-        let mut buckets: Vec<(f64, f64)> = bounds
-            .iter()
-            .filter_map(|le| {
-                let bound: f64 = if le == "+Inf" {
-                    f64::INFINITY
-                } else {
-                    le.parse().ok()?
-                };
-                let count = self.increase(proxy, LATENCY_BUCKET, &|s| {
-                    filter(s) && s.label("le") == Some(le)
-                });
-                Some((bound, count))
-            })
-            .collect();
-        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let ms = |q| stats::quantile(q, &buckets).map(|s| s * 1000.0);
-        Golden {
-            requests,
-            rps: stats::rate(responses, self.seconds),
-            success_rate: (responses > 0.0).then(|| successes / responses),
-            p50_ms: ms(0.5),
-            p95_ms: ms(0.95),
-            p99_ms: ms(0.99),
+        let requests = self.increase_by(proxy, families.requests, key);
+        let buckets = self.increase_by(proxy, families.latency_bucket, &|s| {
+            let le = s.label("le")?;
+            let bound = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((key(s)?, OrderedBound(bound)))
+        });
+        let mut latencies: BTreeMap<K, Vec<(f64, f64)>> = BTreeMap::new();
+        for ((k, bound), count) in buckets {
+            // In bound order: the key's buckets come sorted.
+            latencies.entry(k).or_default().push((bound.0, count));
         }
+        let keys: BTreeSet<&K> = requests.keys().chain(responses.keys()).collect();
+        keys.into_iter()
+            .map(|k| {
+                let answered = responses.get(k).copied().unwrap_or(0.0);
+                let buckets = latencies.get(k).map(Vec::as_slice).unwrap_or(&[]);
+                let ms = |q| stats::quantile(q, buckets).map(|s| s * 1000.0);
+                let golden = Golden {
+                    requests: requests.get(k).copied().unwrap_or(0.0),
+                    rps: stats::rate(answered, self.seconds),
+                    success_rate: (answered > 0.0)
+                        .then(|| successes.get(k).copied().unwrap_or(0.0) / answered),
+                    p50_ms: ms(0.5),
+                    p95_ms: ms(0.95),
+                    p99_ms: ms(0.99),
+                };
+                (k.clone(), golden)
+            })
+            .collect()
     }
 }
+
+/// A bucket's upper bound, ordered (bounds are never NaN).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct OrderedBound(f64);
+
+impl Eq for OrderedBound {}
+
+impl PartialOrd for OrderedBound {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for OrderedBound {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+/// The three families golden metrics are computed from.
+#[derive(Debug)]
+pub struct Families {
+    pub requests: &'static str,
+    pub responses: &'static str,
+    pub latency_bucket: &'static str,
+}
+
+/// Per endpoint (and per inbound app): what the overview, topology and
+/// servers read.
+pub const ENDPOINT_FAMILIES: Families = Families {
+    requests: REQUESTS,
+    responses: RESPONSES,
+    latency_bucket: LATENCY_BUCKET,
+};
+
+/// Per route (request path).
+pub const ROUTE_FAMILIES: Families = Families {
+    requests: ROUTE_REQUESTS,
+    responses: ROUTE_RESPONSES,
+    latency_bucket: ROUTE_LATENCY_BUCKET,
+};
 
 /// The golden metrics Linkerd shows: success rate, request rate, latency.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -753,6 +830,34 @@ mod tests {
             text += &format!("mesh_response_latency_seconds_bucket{{{labels},le=\"0.002\"}} {n}\n");
             text += &format!("mesh_response_latency_seconds_bucket{{{labels},le=\"+Inf\"}} {n}\n");
         }
+        // Per route: one method with every call, a tenth failing; and the
+        // bound's overflow, a few.
+        let route = r#"direction="outbound",target="stockdata",route="/StockData.Stocks/Get""#;
+        text += &format!("mesh_route_requests_total{{{route}}} {}\n", 2 * n);
+        text += &format!(
+            "mesh_route_responses_total{{{route},status_code=\"200\",grpc_status=\"0\",classification=\"success\"}} {}\n",
+            2 * n - n / 5
+        );
+        text += &format!(
+            "mesh_route_responses_total{{{route},status_code=\"200\",grpc_status=\"14\",classification=\"failure\"}} {}\n",
+            n / 5
+        );
+        text +=
+            &format!("mesh_route_response_latency_seconds_bucket{{{route},le=\"0.004\"}} {n}\n");
+        text += &format!(
+            "mesh_route_response_latency_seconds_bucket{{{route},le=\"0.008\"}} {}\n",
+            2 * n
+        );
+        text += &format!(
+            "mesh_route_response_latency_seconds_bucket{{{route},le=\"+Inf\"}} {}\n",
+            2 * n
+        );
+        let other = r#"direction="outbound",target="stockdata",route="other""#;
+        text += &format!("mesh_route_requests_total{{{other}}} {}\n", n / 10);
+        text += &format!(
+            "mesh_route_responses_total{{{other},status_code=\"200\",grpc_status=\"12\",classification=\"failure\"}} {}\n",
+            n / 10
+        );
         // Its inbound policy turned away a tenth as many.
         text += &format!(
             "mesh_refused_total{{direction=\"inbound\",reason=\"tls_required\"}} {}\n",
@@ -792,6 +897,38 @@ mod tests {
             })
             .collect();
         Arc::new(snaps)
+    }
+
+    #[test]
+    fn routes_have_golden_metrics_of_their_own() {
+        let history = history(&[(0, 0, true), (30, 30, true), (60, 60, true)]);
+        let window = Window::new(&history, Duration::from_secs(60)).unwrap();
+        let view = routes(&window);
+        let names: Vec<&str> = view.workloads.iter().map(|w| w.workload.as_str()).collect();
+        assert_eq!(names, ["stockdata", "stockweb"]);
+        assert!(view.workloads[0].routes.is_empty());
+        let stockweb = &view.workloads[1].routes;
+        let keys: Vec<(&str, &str, &str)> = stockweb
+            .iter()
+            .map(|r| (r.direction.as_str(), r.target.as_str(), r.route.as_str()))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("outbound", "stockdata", "/StockData.Stocks/Get"),
+                ("outbound", "stockdata", "other"),
+            ]
+        );
+        let get = &stockweb[0].golden;
+        assert_eq!((get.requests, get.rps), (120.0, 2.0));
+        assert!((get.success_rate.unwrap() - 0.9).abs() < 1e-9);
+        assert!(stockweb[0].in_trouble, "90% is below the healthy rate");
+        // Half under 4 ms, all under 8 ms.
+        assert!((get.p50_ms.unwrap() - 4.0).abs() < 1e-9);
+        assert!(get.p99_ms.unwrap() > 4.0 && get.p99_ms.unwrap() <= 8.0);
+        let other = &stockweb[1].golden;
+        assert_eq!((other.requests, other.success_rate), (6.0, Some(0.0)));
+        assert_eq!(other.p50_ms, None, "no buckets for it");
     }
 
     #[test]
@@ -925,5 +1062,67 @@ mod tests {
             one.security.identities,
             ["spiffe://cluster.local/ns/demo/sa/stockdata"]
         );
+    }
+}
+
+// === Routes ===
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Routes {
+    pub window_seconds: f64,
+    pub workloads: Vec<WorkloadRoutes>,
+}
+
+/// One workload's routes: those it serves (inbound) and those it calls, per
+/// service (outbound).
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkloadRoutes {
+    pub workload: String,
+    pub routes: Vec<RouteRow>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RouteRow {
+    /// `inbound` (served) or `outbound` (called).
+    pub direction: String,
+    /// The service called (outbound), or `app` (inbound).
+    pub target: String,
+    /// The request path; `other` gathers the paths past the proxy's bound.
+    pub route: String,
+    pub golden: Golden,
+    pub in_trouble: bool,
+}
+
+/// Every workload's routes with golden metrics over the window, served
+/// before called, then by target and route.
+pub fn routes(window: &Window<'_>) -> Routes {
+    let workloads = workloads(window.latest())
+        .into_iter()
+        .map(|workload| {
+            let of_workload = |t: &ProxyTarget| t.workload == workload;
+            let key = |s: &Sample| {
+                Some((
+                    s.label(labels::DIRECTION)?.to_owned(),
+                    s.label(labels::TARGET)?.to_owned(),
+                    s.label(labels::ROUTE)?.to_owned(),
+                ))
+            };
+            let routes = window
+                .golden_by(&of_workload, &ROUTE_FAMILIES, &key)
+                .into_iter()
+                .map(|((direction, target, route), golden)| RouteRow {
+                    in_trouble: golden.in_trouble(),
+                    direction,
+                    target,
+                    route,
+                    golden,
+                })
+                .collect();
+            WorkloadRoutes { workload, routes }
+        })
+        .collect();
+    Routes {
+        window_seconds: window.seconds,
+        workloads,
     }
 }

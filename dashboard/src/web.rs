@@ -6,8 +6,9 @@
 //! | `GET /` | overview: golden metrics per workload |
 //! | `GET /topology` | the mesh as an SVG graph |
 //! | `GET /servers` | requests per replica, the balancers' view, the demo's replicas |
+//! | `GET /routes?workload=W` | golden metrics per route (request path; a gRPC method) of each workload, or of `W` |
 //! | `POST /servers` | the same after loading StockWeb once (a form with the token) |
-//! | `GET /api/overview`, `/api/topology`, `/api/servers` | the same data as JSON |
+//! | `GET /api/overview`, `/api/topology`, `/api/servers`, `/api/routes?workload=W` | the same data as JSON |
 //! | `GET /api/proxies` | every proxy, up or down, with the reason |
 //! | `GET /events` | server-sent events: `scrape` after every scrape round |
 //! | `POST /demo/replicas`, `/demo/replicas/{name}/kill`, `/demo/replicas/{name}/slow` | demo controls (only under `meshctl demo`) |
@@ -23,7 +24,7 @@
 use crate::{AllowedHosts, Config};
 use crate::{
     scrape::History,
-    views::{self, Overview, Servers, Topology, Window},
+    views::{self, Overview, Routes, Servers, Topology, Window},
 };
 use askama::Template;
 use axum::{
@@ -129,6 +130,7 @@ pub fn app(state: AppState, assets_dir: &FsPath) -> Router {
         .route("/", get(overview_page))
         .route("/topology", get(topology_page))
         .route("/servers", get(servers_page).post(servers_load))
+        .route("/routes", get(routes_page))
         .route(
             "/api/overview",
             get(|State(s): State<AppState>| async move { Json(compute(&s, views::overview)) }),
@@ -141,6 +143,7 @@ pub fn app(state: AppState, assets_dir: &FsPath) -> Router {
             "/api/servers",
             get(|State(s): State<AppState>| async move { Json(compute(&s, views::servers)) }),
         )
+        .route("/api/routes", get(api_routes))
         .route("/api/proxies", get(api_proxies))
         .route("/events", get(events))
         .route("/demo/replicas", post(demo_add))
@@ -280,6 +283,57 @@ async fn topology_page(
             view: compute(&state, views::topology),
         },
         q.fragment(),
+    )
+}
+
+/// Which workload a page is about (all when absent).
+#[derive(Debug, serde::Deserialize, Default)]
+struct WorkloadQuery {
+    workload: Option<String>,
+    fragment: Option<String>,
+}
+
+/// The routes of every workload, or of the one asked for.
+fn routes_of(state: &AppState, workload: Option<&str>) -> Option<Routes> {
+    let mut routes = compute(state, views::routes)?;
+    if let Some(workload) = workload {
+        routes.workloads.retain(|w| w.workload == workload);
+    }
+    Some(routes)
+}
+
+async fn api_routes(
+    State(state): State<AppState>,
+    Query(q): Query<WorkloadQuery>,
+) -> Json<Option<Routes>> {
+    Json(routes_of(&state, q.workload.as_deref()))
+}
+
+#[derive(Template)]
+#[template(path = "routes.html")]
+struct RoutesContent {
+    view: Option<Routes>,
+    workload: Option<String>,
+    /// Every workload, for the links between them.
+    all: Vec<String>,
+}
+
+async fn routes_page(
+    State(state): State<AppState>,
+    Query(q): Query<WorkloadQuery>,
+) -> Result<Html<String>, AppError> {
+    let all = compute(&state, views::routes)
+        .map(|r| r.workloads.into_iter().map(|w| w.workload).collect())
+        .unwrap_or_default();
+    page(
+        "Routes",
+        "routes",
+        RoutesContent {
+            view: routes_of(&state, q.workload.as_deref()),
+            workload: q.workload,
+            all,
+        },
+        q.fragment.is_some(),
     )
 }
 

@@ -1,6 +1,6 @@
 //! The dashboard in a real browser (headless Chromium through WebDriver),
-//! against `meshctl demo` with three replicas: the overview, topology and
-//! Servers pages show the mesh; killing a replica from the demo controls
+//! against `meshctl demo` with three replicas: the overview, topology,
+//! routes and Servers pages show the mesh; killing a replica from the demo controls
 //! shows it down within 10 s while the others take its share. Screenshots
 //! of each page are written to `target/screenshots/`.
 
@@ -154,6 +154,27 @@ async fn dashboard_pages_in_a_real_browser() {
     );
     assert_accessible(&browser, "topology").await;
     browser.screenshot(&shots.join("topology.png")).await;
+
+    // Routes: StockData serves its gRPC method; StockWeb calls it.
+    browser
+        .goto(&format!("{dashboard}/routes?workload=stockdata"))
+        .await;
+    let served = wait_in_page(
+        &browser,
+        "StockData's Get route with a rate",
+        Duration::from_secs(20),
+        r#"const r = document.querySelector('table.routes[data-workload="stockdata"] tr[data-route="/StockData.Stocks/Get"][data-direction="inbound"] [data-rps]');
+           return (r && parseFloat(r.dataset.rps) > 0) ? parseFloat(r.dataset.rps) : null;"#,
+    )
+    .await;
+    assert!(served.as_f64().unwrap() > 0.0);
+    assert_accessible(&browser, "routes").await;
+    browser.screenshot(&shots.join("routes.png")).await;
+    browser.goto(&format!("{dashboard}/routes")).await;
+    let called = browser
+        .eval(r#"return !!document.querySelector('table.routes[data-workload="stockweb"] tr[data-route="/StockData.Stocks/Get"][data-direction="outbound"][data-target="stockdata"]');"#)
+        .await;
+    assert_eq!(called, true, "StockWeb's called route is listed");
 
     // Servers: at least two replicas with requests; then StockWeb's own rows.
     browser.goto(&format!("{dashboard}/servers")).await;

@@ -23,6 +23,7 @@ mod install;
 mod kbox;
 mod supervision;
 mod tutorial;
+mod viz;
 mod webdriver;
 
 const MESHCTL: &str = env!("CARGO_BIN_EXE_meshctl");
@@ -91,6 +92,15 @@ pub(crate) fn meshctl() -> Command {
         .stdin(Stdio::null())
         .kill_on_drop(true);
     command
+}
+
+/// A free loopback port (bound and released): nothing listens there.
+pub(crate) fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A port `p` with `p + 1` and `p + 2` free too: the demo's web ports.

@@ -72,50 +72,55 @@ pub struct PathRoutes {
     target: Arc<str>,
     max: usize,
     known: Mutex<HashMap<Arc<str>, Arc<PathMetrics>>>,
-    other: Arc<PathMetrics>,
+    /// Made with the first request past the bound: until then `other` has
+    /// no series.
+    other: OnceLock<Arc<PathMetrics>>,
 }
 
 impl PathRoutes {
     pub fn new(families: PathFamilies, direction: Direction, target: Arc<str>, max: usize) -> Self {
-        let other = Arc::new(PathMetrics::new(
-            &families,
-            PathLabels {
-                direction,
-                target: target.clone(),
-                route: OTHER_ROUTE.into(),
-            },
-        ));
         Self {
             families,
             direction,
             target,
             max,
             known: Mutex::default(),
-            other,
+            other: OnceLock::new(),
         }
+    }
+
+    fn other(&self) -> Arc<PathMetrics> {
+        self.other
+            .get_or_init(|| Arc::new(self.route(OTHER_ROUTE.into())))
+            .clone()
+    }
+
+    fn route(&self, route: Arc<str>) -> PathMetrics {
+        PathMetrics::new(
+            &self.families,
+            PathLabels {
+                direction: self.direction,
+                target: self.target.clone(),
+                route,
+            },
+        )
     }
 
     /// The metric handles a request for `path` counts into.
     pub fn of(&self, path: &str) -> Arc<PathMetrics> {
         if !labelable(path) {
-            return self.other.clone();
+            return self.other();
         }
         let mut known = self.known.lock().expect("routes lock is never poisoned");
         if let Some(route) = known.get(path) {
             return route.clone();
         }
         if known.len() >= self.max {
-            return self.other.clone();
+            drop(known);
+            return self.other();
         }
         let route: Arc<str> = path.into();
-        let metrics = Arc::new(PathMetrics::new(
-            &self.families,
-            PathLabels {
-                direction: self.direction,
-                target: self.target.clone(),
-                route: route.clone(),
-            },
-        ));
+        let metrics = Arc::new(self.route(route.clone()));
         known.insert(route, metrics.clone());
         metrics
     }
@@ -265,6 +270,10 @@ mod tests {
             "{requests:#?}"
         );
         assert_eq!(requests.len(), 4, "{requests:#?}");
+        // A target whose routes all fit has no `other` series.
+        let fits = metrics.paths(Direction::Inbound, "app".into());
+        fits.call("/a", now).answered(200, None, true);
+        assert!(!metrics.encode().contains(r#"target="app",route="other""#));
         let other_404 = lines(&metrics, "mesh_route_responses_total{")
             .into_iter()
             .filter(|l| l.contains(r#"route="other",status_code="404""#))

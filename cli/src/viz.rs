@@ -1,0 +1,524 @@
+//! `meshctl stat` and `meshctl routes`: what the dashboard's JSON API says,
+//! as aligned tables like `linkerd viz stat` and `routes` print (`-o wide`
+//! for more columns, `-o json` for the API's own figures). They read a
+//! running dashboard: the local demo's and compose's on port 8082, a
+//! cluster's through `kubectl -n stockkube-mesh port-forward
+//! svc/mesh-dashboard 8082:8084`.
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Empty};
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use serde::Deserialize;
+use serde_json::Value;
+use std::time::Duration;
+
+/// How long a dashboard may take to answer.
+const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+
+/// What every viewing command takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Dashboard {
+    /// The dashboard's URL: the local demo's and compose's are on port
+    /// 8082; a cluster's through `kubectl -n stockkube-mesh port-forward
+    /// svc/mesh-dashboard 8082:8084`.
+    #[arg(
+        long,
+        env = "MESHCTL_DASHBOARD",
+        default_value = "http://127.0.0.1:8082",
+        value_name = "URL"
+    )]
+    dashboard: http::Uri,
+
+    /// Output: an aligned table, a wider one, or the dashboard's JSON.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+    output: Output,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    Table,
+    Wide,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatArgs {
+    /// One workload (`stockdata`, or `deploy/stockdata` as Linkerd writes
+    /// it); all when absent.
+    workload: Option<String>,
+
+    #[command(flatten)]
+    dashboard: Dashboard,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RoutesArgs {
+    /// The workload whose routes to show (`stockdata` or
+    /// `deploy/stockdata`).
+    workload: String,
+
+    /// Show the routes the workload calls on this service, instead of the
+    /// ones it serves.
+    #[arg(long, value_name = "SERVICE")]
+    to: Option<String>,
+
+    #[command(flatten)]
+    dashboard: Dashboard,
+}
+
+/// `deploy/stockdata`, `deployment/stockdata` and `stockdata` name the same
+/// workload.
+fn workload_name(name: &str) -> &str {
+    name.split_once('/').map_or(name, |(_, name)| name)
+}
+
+/// The golden figures of a row, as the dashboard's JSON has them.
+#[derive(Debug, Deserialize)]
+struct Golden {
+    requests: f64,
+    rps: f64,
+    success_rate: Option<f64>,
+    p50_ms: Option<f64>,
+    p95_ms: Option<f64>,
+    p99_ms: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Overview {
+    window_seconds: f64,
+    workloads: Vec<WorkloadRow>,
+}
+
+#[derive(Debug, Deserialize)]
+struct WorkloadRow {
+    workload: String,
+    meshed: usize,
+    total: usize,
+    direction: String,
+    golden: Golden,
+    refused: Vec<(String, f64)>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Routes {
+    window_seconds: f64,
+    workloads: Vec<WorkloadRoutes>,
+}
+
+#[derive(Debug, Deserialize)]
+struct WorkloadRoutes {
+    workload: String,
+    routes: Vec<RouteRow>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RouteRow {
+    direction: String,
+    target: String,
+    route: String,
+    golden: Golden,
+}
+
+pub fn stat_main(args: StatArgs) -> anyhow::Result<()> {
+    let json = fetch(&args.dashboard.dashboard, "/api/overview")?;
+    let mut overview: Overview = parse(json, "/api/overview")?;
+    let wanted = args.workload.as_deref().map(workload_name);
+    if let Some(wanted) = wanted {
+        overview.workloads.retain(|w| w.workload == wanted);
+        if overview.workloads.is_empty() {
+            bail!("no meshed workload {wanted:?} (meshctl stat lists them all)");
+        }
+    }
+    print!("{}", render_stat(&overview, args.dashboard.output)?);
+    Ok(())
+}
+
+fn render_stat(overview: &Overview, output: Output) -> anyhow::Result<String> {
+    if output == Output::Json {
+        let rows: Vec<Value> = overview
+            .workloads
+            .iter()
+            .map(|w| {
+                serde_json::json!({
+                    "name": w.workload,
+                    "meshed": w.meshed,
+                    "total": w.total,
+                    "traffic": w.direction,
+                    "requests": w.golden.requests,
+                    "success": w.golden.success_rate,
+                    "rps": w.golden.rps,
+                    "latency_ms_p50": w.golden.p50_ms,
+                    "latency_ms_p95": w.golden.p95_ms,
+                    "latency_ms_p99": w.golden.p99_ms,
+                    "refused": w.refused.iter().map(|(reason, n)| (reason.clone(), Value::from(*n))).collect::<serde_json::Map<String, Value>>(),
+                    "window_seconds": overview.window_seconds,
+                })
+            })
+            .collect();
+        return Ok(serde_json::to_string_pretty(&rows)? + "\n");
+    }
+    if overview.workloads.is_empty() {
+        return Ok("No meshed workloads: the controller knows no proxy.\n".into());
+    }
+    let wide = output == Output::Wide;
+    let mut header = vec![
+        "NAME",
+        "MESHED",
+        "SUCCESS",
+        "RPS",
+        "LATENCY_P50",
+        "LATENCY_P95",
+        "LATENCY_P99",
+    ];
+    if wide {
+        header.extend(["TRAFFIC", "REQUESTS", "REFUSED"]);
+    }
+    let rows = overview.workloads.iter().map(|w| {
+        let mut row = vec![w.workload.clone(), format!("{}/{}", w.meshed, w.total)];
+        row.extend(golden_cells(&w.golden));
+        if wide {
+            let refused = w
+                .refused
+                .iter()
+                .map(|(reason, n)| format!("{n:.0} {reason}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            row.extend([
+                w.direction.clone(),
+                format!("{:.0}", w.golden.requests),
+                if refused.is_empty() {
+                    "-".into()
+                } else {
+                    refused
+                },
+            ]);
+        }
+        row
+    });
+    Ok(table(&header, rows))
+}
+
+pub fn routes_main(args: RoutesArgs) -> anyhow::Result<()> {
+    let workload = workload_name(&args.workload);
+    let path = format!("/api/routes?workload={}", query_value(workload));
+    let json = fetch(&args.dashboard.dashboard, &path)?;
+    let routes: Routes = parse(json, "/api/routes")?;
+    let Some(found) = routes.workloads.iter().find(|w| w.workload == workload) else {
+        bail!("no meshed workload {workload:?} (meshctl stat lists them all)");
+    };
+    let (direction, target) = match args.to.as_deref() {
+        Some(service) => ("outbound", service),
+        None => ("inbound", "app"),
+    };
+    let rows: Vec<&RouteRow> = found
+        .routes
+        .iter()
+        .filter(|r| r.direction == direction && r.target == target)
+        .collect();
+    print!(
+        "{}",
+        render_routes(
+            workload,
+            &rows,
+            found,
+            args.to.as_deref(),
+            routes.window_seconds,
+            args.dashboard.output
+        )?
+    );
+    Ok(())
+}
+
+fn render_routes(
+    workload: &str,
+    rows: &[&RouteRow],
+    all: &WorkloadRoutes,
+    to: Option<&str>,
+    window_seconds: f64,
+    output: Output,
+) -> anyhow::Result<String> {
+    if output == Output::Json {
+        let rows: Vec<Value> = rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "route": r.route,
+                    "service": to,
+                    "requests": r.golden.requests,
+                    "success": r.golden.success_rate,
+                    "rps": r.golden.rps,
+                    "latency_ms_p50": r.golden.p50_ms,
+                    "latency_ms_p95": r.golden.p95_ms,
+                    "latency_ms_p99": r.golden.p99_ms,
+                    "window_seconds": window_seconds,
+                })
+            })
+            .collect();
+        return Ok(serde_json::to_string_pretty(&rows)? + "\n");
+    }
+    if rows.is_empty() {
+        // Say where the routes are instead, when there are some.
+        let called: std::collections::BTreeSet<&str> = all
+            .routes
+            .iter()
+            .filter(|r| r.direction == "outbound")
+            .map(|r| r.target.as_str())
+            .collect();
+        let hint = match (to, called.is_empty()) {
+            (None, false) => format!(
+                "; it calls {}: try --to {}",
+                called.iter().copied().collect::<Vec<_>>().join(", "),
+                called.first().expect("not empty")
+            ),
+            _ => String::new(),
+        };
+        let what = match to {
+            Some(service) => format!("called no routes on {service}"),
+            None => "served no routes".into(),
+        };
+        return Ok(format!(
+            "{workload} {what} in the last {window_seconds:.0} s{hint}.\n"
+        ));
+    }
+    let wide = output == Output::Wide;
+    let mut header = vec![
+        "ROUTE",
+        "SERVICE",
+        "SUCCESS",
+        "RPS",
+        "LATENCY_P50",
+        "LATENCY_P95",
+        "LATENCY_P99",
+    ];
+    if wide {
+        header.push("REQUESTS");
+    }
+    let service = to.unwrap_or(workload).to_owned();
+    let lines = rows.iter().map(|r| {
+        let mut row = vec![r.route.clone(), service.clone()];
+        row.extend(golden_cells(&r.golden));
+        if wide {
+            row.push(format!("{:.0}", r.golden.requests));
+        }
+        row
+    });
+    Ok(table(&header, lines))
+}
+
+/// SUCCESS, RPS and the three latencies, as `linkerd viz` prints them.
+fn golden_cells(golden: &Golden) -> [String; 5] {
+    let ms = |ms: Option<f64>| match ms {
+        None => "-".to_owned(),
+        Some(ms) if ms >= 10.0 => format!("{ms:.0}ms"),
+        Some(ms) => format!("{ms:.2}ms"),
+    };
+    [
+        golden
+            .success_rate
+            .map_or("-".into(), |r| format!("{:.2}%", r * 100.0)),
+        format!("{:.1}rps", golden.rps),
+        ms(golden.p50_ms),
+        ms(golden.p95_ms),
+        ms(golden.p99_ms),
+    ]
+}
+
+/// Columns padded to their widest cell, three spaces apart.
+fn table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
+    let rows: Vec<Vec<String>> = std::iter::once(header.iter().map(|h| (*h).to_owned()).collect())
+        .chain(rows)
+        .collect();
+    let widths: Vec<usize> = (0..header.len())
+        .map(|col| {
+            rows.iter()
+                .map(|r| r[col].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut text = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        text.push_str(line.join("   ").trim_end());
+        text.push('\n');
+    }
+    text
+}
+
+/// Percent-encodes a query value.
+fn query_value(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn parse<T: serde::de::DeserializeOwned>(json: Value, path: &str) -> anyhow::Result<T> {
+    if json.is_null() {
+        bail!(
+            "the dashboard has no figures yet (its first scrape has not finished): try again in a few seconds"
+        );
+    }
+    serde_json::from_value(json)
+        .with_context(|| format!("the dashboard's {path} is not what meshctl reads"))
+}
+
+/// GETs `path` from the dashboard: its JSON, or why not.
+fn fetch(dashboard: &http::Uri, path: &str) -> anyhow::Result<Value> {
+    let base = dashboard.to_string();
+    let url: http::Uri = format!("{}{path}", base.trim_end_matches('/'))
+        .parse()
+        .with_context(|| format!("{base} is not a usable dashboard URL"))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let client: Client<_, Empty<Bytes>> =
+            Client::builder(TokioExecutor::new()).build_http();
+        let unreachable = || {
+            format!(
+                "cannot reach the dashboard at {base}: is it running? (`meshctl demo` serves it on port 8082; set --dashboard or MESHCTL_DASHBOARD)"
+            )
+        };
+        let response = tokio::time::timeout(ANSWER_WITHIN, client.get(url.clone()))
+            .await
+            .map_err(|_| anyhow::anyhow!("the dashboard at {base} did not answer within {ANSWER_WITHIN:?}"))?
+            .with_context(unreachable)?;
+        let status = response.status();
+        let body = tokio::time::timeout(ANSWER_WITHIN, response.into_body().collect())
+            .await
+            .map_err(|_| anyhow::anyhow!("the dashboard at {base} did not finish its answer within {ANSWER_WITHIN:?}"))?
+            .with_context(unreachable)?
+            .to_bytes();
+        if !status.is_success() {
+            bail!(
+                "the dashboard at {base} answered {url} with {status}: {}",
+                String::from_utf8_lossy(&body).trim()
+            );
+        }
+        serde_json::from_slice(&body).with_context(|| format!("the dashboard at {base} answered {path} with no JSON"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn golden(rps: f64, success: Option<f64>, p50: Option<f64>) -> Golden {
+        Golden {
+            requests: rps * 60.0,
+            rps,
+            success_rate: success,
+            p50_ms: p50,
+            p95_ms: p50.map(|p| p * 2.0),
+            p99_ms: p50.map(|p| p * 20.0),
+        }
+    }
+
+    fn overview() -> Overview {
+        Overview {
+            window_seconds: 60.0,
+            workloads: vec![
+                WorkloadRow {
+                    workload: "stockdata".into(),
+                    meshed: 3,
+                    total: 3,
+                    direction: "inbound".into(),
+                    golden: golden(50.0, Some(1.0), Some(0.6)),
+                    refused: vec![],
+                },
+                WorkloadRow {
+                    workload: "stockweb".into(),
+                    meshed: 1,
+                    total: 1,
+                    direction: "outbound".into(),
+                    golden: golden(0.0, None, None),
+                    refused: vec![("tls_required".into(), 3.0)],
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn stat_prints_aligned_columns_like_linkerd_viz() {
+        let text = render_stat(&overview(), Output::Table).unwrap();
+        assert_eq!(
+            text,
+            "\
+NAME        MESHED   SUCCESS   RPS       LATENCY_P50   LATENCY_P95   LATENCY_P99
+stockdata   3/3      100.00%   50.0rps   0.60ms        1.20ms        12ms
+stockweb    1/1      -         0.0rps    -             -             -
+"
+        );
+        let wide = render_stat(&overview(), Output::Wide).unwrap();
+        assert!(
+            wide.lines()
+                .next()
+                .unwrap()
+                .ends_with("TRAFFIC    REQUESTS   REFUSED"),
+            "{wide}"
+        );
+        assert!(
+            wide.contains("outbound   0          3 tls_required"),
+            "{wide}"
+        );
+        let json: Value =
+            serde_json::from_str(&render_stat(&overview(), Output::Json).unwrap()).unwrap();
+        assert_eq!(json[0]["name"], "stockdata");
+        assert_eq!(json[0]["success"], 1.0);
+        assert_eq!(json[1]["refused"]["tls_required"], 3.0);
+    }
+
+    #[test]
+    fn routes_say_where_to_look_when_a_workload_serves_none() {
+        let all = WorkloadRoutes {
+            workload: "stockweb".into(),
+            routes: vec![RouteRow {
+                direction: "outbound".into(),
+                target: "stockdata".into(),
+                route: "/StockData.Stocks/Get".into(),
+                golden: golden(10.0, Some(0.5), Some(1.0)),
+            }],
+        };
+        let text = render_routes("stockweb", &[], &all, None, 60.0, Output::Table).unwrap();
+        assert_eq!(
+            text,
+            "stockweb served no routes in the last 60 s; it calls stockdata: try --to stockdata.\n"
+        );
+        let rows: Vec<&RouteRow> = all.routes.iter().collect();
+        let text = render_routes(
+            "stockweb",
+            &rows,
+            &all,
+            Some("stockdata"),
+            60.0,
+            Output::Table,
+        )
+        .unwrap();
+        assert_eq!(
+            text,
+            "\
+ROUTE                   SERVICE     SUCCESS   RPS       LATENCY_P50   LATENCY_P95   LATENCY_P99
+/StockData.Stocks/Get   stockdata   50.00%    10.0rps   1.00ms        2.00ms        20ms
+"
+        );
+    }
+
+    #[test]
+    fn workloads_may_be_named_as_linkerd_names_them() {
+        assert_eq!(workload_name("deploy/stockdata"), "stockdata");
+        assert_eq!(workload_name("stockdata"), "stockdata");
+        assert_eq!(query_value("a b&c"), "a%20b%26c");
+    }
+}

@@ -1,0 +1,182 @@
+//! `meshctl stat` and `meshctl routes` against the running demo's
+//! dashboard: tables as docs/cli.md shows them, valid JSON, and a clear
+//! failure when the dashboard is unreachable.
+
+use crate::{Demo, free_port_triple, http_get, meshctl, wait_for_line};
+use serde_json::Value;
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+/// Runs `meshctl ARGS`: exit success, stdout, stderr.
+async fn run(args: &[&str]) -> (bool, String, String) {
+    let output = tokio::time::timeout(Duration::from_secs(30), meshctl().args(args).output())
+        .await
+        .expect("meshctl answers within 30 s")
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The cells of the table row that starts with `first`.
+fn row<'t>(table: &'t str, first: &str) -> Vec<&'t str> {
+    table
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|cells| cells.first() == Some(&first))
+        .unwrap_or_else(|| panic!("no row {first:?} in\n{table}"))
+}
+
+#[tokio::test]
+async fn stat_and_routes_print_the_dashboards_figures() {
+    let port = free_port_triple();
+    let mut guard = Demo::start(&["--replicas", "2", "--port", &port.to_string()]);
+    wait_for_line(&mut guard.0, "Ctrl-C").await;
+    let web = SocketAddr::from(([127, 0, 0, 1], port));
+    let dashboard = format!("http://127.0.0.1:{}", port + 2);
+    let dashboard_addr = SocketAddr::from(([127, 0, 0, 1], port + 2));
+
+    // Traffic after the dashboard's first look at every proxy (rates are
+    // increases between scrapes), then until two scrapes have counted it.
+    let give_up = Instant::now() + Duration::from_secs(20);
+    loop {
+        let proxies: Value =
+            serde_json::from_str(&http_get(dashboard_addr, "/api/proxies").await).unwrap();
+        let up = proxies
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["up"] == true)
+            .count();
+        if up == 3 {
+            break;
+        }
+        assert!(Instant::now() < give_up, "3 proxies up: {proxies}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let give_up = Instant::now() + Duration::from_secs(30);
+    let stat = loop {
+        http_get(web, "/api/stocks").await;
+        let (ok, stat, err) = run(&["stat", "--dashboard", &dashboard]).await;
+        assert!(ok, "{err}");
+        let stockdata = row(&stat, "stockdata");
+        if stockdata[3] != "0.0rps" {
+            break stat;
+        }
+        assert!(
+            Instant::now() < give_up,
+            "stockdata never had a rate:\n{stat}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let header: Vec<&str> = stat.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "MESHED",
+            "SUCCESS",
+            "RPS",
+            "LATENCY_P50",
+            "LATENCY_P95",
+            "LATENCY_P99"
+        ]
+    );
+    let stockdata = row(&stat, "stockdata");
+    assert_eq!(stockdata[1], "2/2", "{stat}");
+    assert_eq!(stockdata[2], "100.00%", "{stat}");
+    assert!(stockdata[4].ends_with("ms"), "{stat}");
+    assert_eq!(row(&stat, "stockweb")[1], "1/1", "{stat}");
+    // Columns line up: every row's cells start where the header's do.
+    let starts = |line: &str| -> Vec<usize> {
+        line.char_indices()
+            .filter(|&(i, c)| c != ' ' && (i == 0 || line.as_bytes()[i - 1] == b' '))
+            .map(|(i, _)| i)
+            .collect()
+    };
+    for line in stat.lines().skip(1) {
+        assert_eq!(starts(line), starts(stat.lines().next().unwrap()), "{stat}");
+    }
+
+    let (ok, wide, err) = run(&[
+        "stat",
+        "deploy/stockdata",
+        "-o",
+        "wide",
+        "--dashboard",
+        &dashboard,
+    ])
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(wide.lines().count(), 2, "one workload asked for:\n{wide}");
+    let wide_header: Vec<&str> = wide.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        wide_header[7..],
+        ["TRAFFIC", "REQUESTS", "REFUSED"],
+        "{wide}"
+    );
+    assert_eq!(row(&wide, "stockdata")[7], "inbound", "{wide}");
+
+    let (ok, json, err) = run(&["stat", "-o", "json", "--dashboard", &dashboard]).await;
+    assert!(ok, "{err}");
+    let json: Value = serde_json::from_str(&json).expect("-o json is JSON");
+    let names: Vec<&str> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|w| w["name"].as_str())
+        .collect();
+    assert_eq!(names, ["stockdata", "stockweb"], "{json}");
+    assert_eq!(json[0]["meshed"], 2);
+    assert!(json[0]["rps"].as_f64().unwrap() > 0.0, "{json}");
+
+    // Routes: the method StockData serves, and the one StockWeb calls.
+    let (ok, routes, err) = run(&["routes", "stockdata", "--dashboard", &dashboard]).await;
+    assert!(ok, "{err}");
+    let get = row(&routes, "/StockData.Stocks/Get");
+    assert_eq!((get[1], get[2]), ("stockdata", "100.00%"), "{routes}");
+    let (ok, served, err) = run(&["routes", "deploy/stockweb", "--dashboard", &dashboard]).await;
+    assert!(ok, "{err}");
+    assert!(
+        served.contains("stockweb served no routes") && served.contains("try --to stockdata"),
+        "{served}"
+    );
+    let (ok, called, err) = run(&[
+        "routes",
+        "stockweb",
+        "--to",
+        "stockdata",
+        "-o",
+        "json",
+        "--dashboard",
+        &dashboard,
+    ])
+    .await;
+    assert!(ok, "{err}");
+    let called: Value = serde_json::from_str(&called).expect("-o json is JSON");
+    assert_eq!(called[0]["route"], "/StockData.Stocks/Get", "{called}");
+    assert!(called[0]["requests"].as_f64().unwrap() >= 100.0, "{called}");
+
+    // Mistakes and an unreachable dashboard: non-zero, with why.
+    let (ok, _, err) = run(&["routes", "nosuch", "--dashboard", &dashboard]).await;
+    assert!(
+        !ok && err.contains("no meshed workload \"nosuch\""),
+        "{err}"
+    );
+    let closed = format!("http://127.0.0.1:{}", crate::free_port());
+    for args in [
+        &["stat", "--dashboard", &closed][..],
+        &["routes", "stockdata", "--dashboard", &closed],
+    ] {
+        let (ok, out, err) = run(args).await;
+        assert!(!ok && out.is_empty(), "{args:?}: {out}");
+        assert!(
+            err.contains(&format!("cannot reach the dashboard at {closed}")),
+            "{err}"
+        );
+    }
+}
