@@ -221,7 +221,8 @@ pub mod ports {
 
 /// The routes of the sidecar's admin server.
 pub mod admin {
-    /// Prometheus metrics, OpenMetrics text (see [`super::metrics`]).
+    /// Prometheus metrics: text 0.0.4, or OpenMetrics when asked for (see
+    /// [`super::metrics`]).
     pub const METRICS: &str = "/metrics";
     /// 200 while serving, 503 once draining: the readiness probe.
     pub const READY: &str = "/ready";
@@ -231,6 +232,8 @@ pub mod admin {
     pub const ENDPOINTS: &str = "/endpoints";
     /// JSON: the proxy's identity, certificate chain and expiry.
     pub const IDENTITY: &str = "/identity";
+    /// JSON lines: the requests passing through, as they are answered.
+    pub const TAP: &str = "/tap";
 }
 
 /// Names and label keys of the metrics the sidecar exports. Names are

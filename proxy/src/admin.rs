@@ -7,6 +7,7 @@
 //! | `GET /identity` | JSON: the proxy's identity, its certificate chain (PEM) and expiry; 404 without `--identity`, 503 before the first certificate |
 //! | `GET /live` | 200 `live` while the process runs |
 //! | `GET /endpoints` | JSON: each outbound service, its balancing and endpoints |
+//! | `GET /tap?...` | JSON lines: the requests passing through, sampled; see [`crate::tap`] and [`TapQuery`] |
 
 mod limited;
 
@@ -14,7 +15,8 @@ pub use limited::AdminLimits;
 
 use crate::{
     balance::Balancers,
-    metrics::{Format, Metrics},
+    metrics::{Direction, Format, Metrics},
+    tap::{self, TapFilter},
 };
 use axum::{Json, Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use std::{
@@ -24,7 +26,7 @@ use std::{
         atomic::{AtomicU8, Ordering},
     },
 };
-use stockkube_proto::admin::{ENDPOINTS, IDENTITY, LIVE, METRICS, READY};
+use stockkube_proto::admin::{ENDPOINTS, IDENTITY, LIVE, METRICS, READY, TAP};
 use tokio::{net::TcpListener, sync::watch};
 
 #[derive(Debug, Clone)]
@@ -43,6 +45,7 @@ pub fn app(state: AdminState) -> Router {
         .route(LIVE, get(|| async { "live\n" }))
         .route(ENDPOINTS, get(endpoints))
         .route(IDENTITY, get(identity))
+        .route(TAP, get(tap))
         .with_state(state)
 }
 
@@ -52,9 +55,13 @@ pub fn app(state: AdminState) -> Router {
 /// Its connections are limited apart from the data plane's ([`AdminLimits`]).
 pub async fn serve(listener: TcpListener, state: AdminState, mut stop: watch::Receiver<bool>) {
     let listener = limited::Limited::new(listener, AdminLimits::default());
+    let taps = state.metrics.taps().clone();
     let served = axum::serve(listener, app(state))
         .with_graceful_shutdown(async move {
             let _ = stop.wait_for(|stop| *stop).await;
+            // Tap streams last as long as their readers: end them, or the
+            // drain would wait for those.
+            taps.close();
         })
         .into_future()
         .await;
@@ -75,6 +82,83 @@ async fn metrics(
         [(axum::http::header::CONTENT_TYPE, format.content_type())],
         state.metrics.encode_as(format),
     )
+}
+
+/// What `GET /tap` takes: every filter given must match.
+#[derive(Debug, serde::Deserialize)]
+pub struct TapQuery {
+    /// `inbound` or `outbound`.
+    direction: Option<String>,
+    method: Option<String>,
+    /// The host the request names, without port.
+    authority: Option<String>,
+    path_prefix: Option<String>,
+    /// The answer's HTTP status.
+    status: Option<u16>,
+    /// The answer's gRPC status.
+    grpc_status: Option<u8>,
+    /// Requests per second the tap takes at most (1 to 1000; 100).
+    max_rps: Option<u32>,
+}
+
+impl TapQuery {
+    fn filter(self) -> Result<(TapFilter, u32), String> {
+        let direction = match self.direction.as_deref() {
+            None | Some("") => None,
+            Some("inbound") => Some(Direction::Inbound),
+            Some("outbound") => Some(Direction::Outbound),
+            Some(other) => return Err(format!("direction {other:?}: inbound or outbound")),
+        };
+        let method = self
+            .method
+            .filter(|m| !m.is_empty())
+            .map(|m| {
+                http::Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+                    .map_err(|_| format!("method {m:?} is not an HTTP method"))
+            })
+            .transpose()?;
+        let max_rps = self.max_rps.unwrap_or(tap::DEFAULT_MAX_RPS);
+        if !(1..=tap::LIMIT_MAX_RPS).contains(&max_rps) {
+            return Err(format!("max_rps {max_rps}: 1 to {}", tap::LIMIT_MAX_RPS));
+        }
+        let filter = TapFilter {
+            direction,
+            method,
+            authority: self.authority.filter(|a| !a.is_empty()),
+            path_prefix: self.path_prefix.filter(|p| !p.is_empty()),
+            status: self.status,
+            grpc_status: self.grpc_status,
+        };
+        Ok((filter, max_rps))
+    }
+}
+
+async fn tap(
+    State(state): State<AdminState>,
+    query: Result<axum::extract::Query<TapQuery>, axum::extract::rejection::QueryRejection>,
+) -> axum::response::Response {
+    let query = match query {
+        Ok(axum::extract::Query(query)) => query,
+        Err(rejection) => {
+            return (StatusCode::BAD_REQUEST, format!("{rejection}\n")).into_response();
+        }
+    };
+    let (filter, max_rps) = match query.filter() {
+        Ok(parsed) => parsed,
+        Err(message) => return (StatusCode::BAD_REQUEST, format!("{message}\n")).into_response(),
+    };
+    match state.metrics.taps().attach(filter, max_rps) {
+        Some(stream) => (
+            [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+            axum::body::Body::new(stream),
+        )
+            .into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{} taps are attached already\n", tap::MAX_TAPS),
+        )
+            .into_response(),
+    }
 }
 
 /// Where the proxy is in its life, as `/ready` tells it.

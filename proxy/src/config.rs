@@ -51,6 +51,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Routes per target with metric series of their own.
     pub max_routes: usize,
+    /// Request headers taps may show.
+    pub tap_headers: Vec<http::HeaderName>,
     /// Self-registration with the controller, when asked for.
     pub registration: Option<Registration>,
     /// The proxy's identity, when asked for.
@@ -102,6 +104,20 @@ impl TryFrom<Args> for Config {
     fn try_from(args: Args) -> Result<Self, ConfigError> {
         let outbound: Vec<(String, SocketAddr)> =
             per_service(&args.outbound, "--outbound", "MESH_PROXY_OUTBOUND")?;
+        let tap_headers =
+            args.tap_headers
+                .iter()
+                .map(|name| {
+                    http::HeaderName::from_bytes(name.trim().to_ascii_lowercase().as_bytes())
+                        .map_err(|_| {
+                            bad(
+                                "--tap-headers",
+                                "MESH_PROXY_TAP_HEADERS",
+                                format!("{name:?} is not a header name"),
+                            )
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
 
         let destination = args
             .destination
@@ -204,6 +220,7 @@ impl TryFrom<Args> for Config {
                 max_bytes: args.detect_max_bytes,
             },
             max_routes: args.max_routes,
+            tap_headers,
             opaque: OpaqueConfig {
                 ports: args.opaque_ports.clone().into(),
                 idle_timeout: args.opaque_idle_timeout,

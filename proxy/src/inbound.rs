@@ -113,6 +113,8 @@ pub struct Inbound {
     tls_routes: Mutex<HashMap<PeerTls, Arc<RouteMetrics>>>,
     /// The app's routes' metrics.
     paths: PathRoutes,
+    /// The app's address, as taps show it.
+    app_label: Arc<str>,
     upstream: Upstream<Received>,
     metrics: Arc<Metrics>,
 }
@@ -134,6 +136,7 @@ impl Inbound {
             route: Arc::new(metrics.route(Self::labels(app, PeerTls::None))),
             tls_routes: Mutex::new(HashMap::new()),
             paths: metrics.paths(Direction::Inbound, labels::APP.into()),
+            app_label: addr.as_str().into(),
             upstream: Upstream::default(),
             metrics,
         }
@@ -184,13 +187,16 @@ impl Inbound {
         mut request: http::Request<Received>,
     ) -> http::Response<ProxyBody> {
         let grpc = errors::is_grpc(&request);
-        let route = match request.extensions().get::<PeerTls>() {
+        let peer = request.extensions().get::<PeerTls>();
+        let route = match peer {
             Some(peer) => self.route_of(peer),
             None => self.route.clone(),
         };
         let arrived = Instant::now();
         let mut recorder = Recorder::new(route, arrived);
-        recorder.answers(self.paths.call(request.uri().path(), arrived));
+        let mut call = self.paths.call(&request, arrived);
+        call.served_by(&self.app_label, None, 1, peer.unwrap_or(&PeerTls::None));
+        recorder.answers(call);
         set_authority(&mut request, self.authority.clone());
         if protocol == Protocol::Http1 {
             strip_hop_by_hop(request.headers_mut());

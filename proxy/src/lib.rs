@@ -53,6 +53,7 @@ pub mod redirect;
 pub mod register;
 pub mod retry;
 pub mod serve;
+pub mod tap;
 pub mod tcp;
 pub mod tls;
 
@@ -81,8 +82,12 @@ pub async fn run(
         .map(|(service, endpoints)| Balancer::new(&service, endpoints, config.balancer))
         .collect();
     let all_balancers = Arc::new(Balancers::new(balancers.iter().cloned()));
-    let metrics =
-        Arc::new(Metrics::with_balancers(all_balancers.clone()).with_max_routes(config.max_routes));
+    let taps = Arc::new(tap::Taps::new(config.tap_headers.clone()));
+    let metrics = Arc::new(
+        Metrics::with_balancers(all_balancers.clone())
+            .with_max_routes(config.max_routes)
+            .with_taps(taps),
+    );
     let drain = serve::Drain::default();
     let identity = match &config.identity {
         None => None,

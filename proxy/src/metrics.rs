@@ -206,6 +206,8 @@ pub struct Metrics {
     paths: paths::PathFamilies,
     /// Routes per target with series of their own (`--max-routes`).
     max_routes: usize,
+    /// The taps attached, which every route's calls offer their requests.
+    taps: Arc<crate::tap::Taps>,
     /// Routes with live handles, and which of their series exist beyond
     /// the ones every route has, so the last handle can remove them all.
     routes: Mutex<HashMap<RouteLabels, Tracked>>,
@@ -345,6 +347,7 @@ impl Default for Metrics {
             identity_expiry,
             paths,
             max_routes: paths::DEFAULT_MAX_ROUTES,
+            taps: Arc::default(),
             routes: Mutex::default(),
         }
     }
@@ -660,9 +663,25 @@ impl Metrics {
         self
     }
 
+    /// Offers requests to `taps`.
+    pub fn with_taps(mut self, taps: Arc<crate::tap::Taps>) -> Self {
+        self.taps = taps;
+        self
+    }
+
+    pub fn taps(&self) -> &Arc<crate::tap::Taps> {
+        &self.taps
+    }
+
     /// The routes of `target` in `direction`.
     pub fn paths(&self, direction: Direction, target: Arc<str>) -> paths::PathRoutes {
-        paths::PathRoutes::new(self.paths.clone(), direction, target, self.max_routes)
+        paths::PathRoutes::new(
+            self.paths.clone(),
+            self.taps.clone(),
+            direction,
+            target,
+            self.max_routes,
+        )
     }
 
     /// The registry in `format`.

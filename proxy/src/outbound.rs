@@ -25,6 +25,8 @@ pub mod intercept;
 mod respond;
 mod route;
 
+pub(crate) use route::host as host_of;
+
 use attempt::{Attempt, Attempts, Outcome};
 use deadline::Deadline;
 
@@ -185,7 +187,7 @@ impl Outbound {
         let arrived = Instant::now();
         let grpc = errors::is_grpc(&request);
         let service = route::route(&self.services, &request, target);
-        let call = service.routes.call(request.uri().path(), arrived);
+        let call = service.routes.call(&request, arrived);
         let (mut head, body) = request.into_parts();
         if protocol == Protocol::Http1 {
             strip_hop_by_hop(&mut head.headers);

@@ -27,6 +27,7 @@ use crate::{
     metrics::{Direction, Metrics, RouteLabels},
     outbound::{Outbound, Service, intercept::Intercepted},
     policy::{Admits as _, Policy},
+    tap::TapSource,
     tcp,
     tls::{self, MeshTls, PeerTls, ServerIo, Transport},
 };
@@ -479,6 +480,10 @@ impl Server {
                     // plaintext, and the extension map is an allocation.
                     if peer.is_tls() {
                         request.extensions_mut().insert(peer);
+                    }
+                    // Likewise the client's address, wanted only by taps.
+                    if server.metrics.taps().active() {
+                        request.extensions_mut().insert(TapSource(source));
                     }
                     handler.http(protocol, request).await
                 }

@@ -138,6 +138,11 @@ pub struct Args {
     #[arg(long, env = "MESH_PROXY_MAX_ROUTES", default_value_t = crate::metrics::paths::DEFAULT_MAX_ROUTES)]
     pub max_routes: usize,
 
+    /// Request headers a tap may show (comma-separated names); taps show
+    /// no other header, and never a body.
+    #[arg(long, env = "MESH_PROXY_TAP_HEADERS", value_delimiter = ',')]
+    pub tap_headers: Vec<String>,
+
     /// How long an opaque TCP relay may carry no bytes either way before
     /// it is closed.
     #[arg(long, env = "MESH_PROXY_OPAQUE_IDLE_TIMEOUT", default_value = "1h", value_parser = parse_duration)]

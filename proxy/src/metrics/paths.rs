@@ -11,6 +11,10 @@
 //! target.
 
 use super::{Classification, Direction, classify, latency_histogram};
+use crate::{
+    tap::{Tapped, Taps},
+    tls::PeerTls,
+};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, histogram::Histogram},
@@ -68,6 +72,7 @@ impl Default for PathFamilies {
 #[derive(Debug)]
 pub struct PathRoutes {
     families: PathFamilies,
+    taps: Arc<Taps>,
     direction: Direction,
     target: Arc<str>,
     max: usize,
@@ -78,9 +83,16 @@ pub struct PathRoutes {
 }
 
 impl PathRoutes {
-    pub fn new(families: PathFamilies, direction: Direction, target: Arc<str>, max: usize) -> Self {
+    pub fn new(
+        families: PathFamilies,
+        taps: Arc<Taps>,
+        direction: Direction,
+        target: Arc<str>,
+        max: usize,
+    ) -> Self {
         Self {
             families,
+            taps,
             direction,
             target,
             max,
@@ -125,12 +137,17 @@ impl PathRoutes {
         metrics
     }
 
-    /// A request for `path`, arrived at `arrived`: counted now, answered
-    /// through the returned call.
-    pub fn call(&self, path: &str, arrived: Instant) -> Call {
-        let route = self.of(path);
+    /// `request`, arrived at `arrived`: counted on its route now (and
+    /// recorded for the taps that want it), answered through the returned
+    /// call.
+    pub fn call<B>(&self, request: &http::Request<B>, arrived: Instant) -> Call {
+        let route = self.of(request.uri().path());
         route.requests.inc();
-        Call { route, arrived }
+        Call {
+            route,
+            arrived,
+            tapped: self.taps.start(self.direction, &self.target, request),
+        }
     }
 }
 
@@ -205,14 +222,33 @@ impl PathMetrics {
 pub struct Call {
     route: Arc<PathMetrics>,
     arrived: Instant,
+    /// When a tap wants it.
+    tapped: Option<Box<Tapped>>,
 }
 
 impl Call {
+    /// Who served it (an endpoint, or the app), after how many attempts,
+    /// over what: for the taps, when one wants it.
+    pub fn served_by(
+        &mut self,
+        endpoint: &Arc<str>,
+        instance: Option<&Arc<str>>,
+        attempts: u32,
+        tls: &PeerTls,
+    ) {
+        if let Some(tapped) = &mut self.tapped {
+            tapped.served_by(endpoint, instance, attempts, tls);
+        }
+    }
+
     /// The answer ended (`complete`, or cut short) with this status.
     pub fn answered(self, status_code: u16, grpc_status: Option<u8>, complete: bool) {
-        let seconds = self.arrived.elapsed().as_secs_f64();
+        let elapsed = self.arrived.elapsed();
         self.route
-            .response(status_code, grpc_status, complete, seconds);
+            .response(status_code, grpc_status, complete, elapsed.as_secs_f64());
+        if let Some(tapped) = self.tapped {
+            tapped.answered(status_code, grpc_status, complete, elapsed);
+        }
     }
 }
 
@@ -220,6 +256,10 @@ impl Call {
 mod tests {
     use super::*;
     use crate::metrics::Metrics;
+
+    fn get(path: &str) -> http::Request<()> {
+        http::Request::get(path).body(()).unwrap()
+    }
 
     fn lines(metrics: &Metrics, prefix: &str) -> Vec<String> {
         metrics
@@ -236,16 +276,19 @@ mod tests {
         let routes = metrics.paths(Direction::Outbound, "stockdata".into());
         let now = Instant::now();
         for path in ["/StockData.Stocks/Get", "/a", "/b", "/c", "/d", "/a"] {
-            routes.call(path, now).answered(200, Some(0), true);
+            routes.call(&get(path), now).answered(200, Some(0), true);
         }
         // Not labels as they are: counted as other.
         for path in [
-            "/\"quoted\"",
-            "/back\\slash",
+            "/%22quoted%22",
             &format!("/{}", "x".repeat(300)),
             "*",
+            "/{x}",
         ] {
-            routes.call(path, now).answered(404, None, true);
+            routes.call(&get(path), now).answered(404, None, true);
+        }
+        for bad in ["/\"quoted\"", "/back\\slash", "/tab\t", "/é", ""] {
+            assert!(!labelable(bad), "{bad:?}");
         }
         let requests = lines(&metrics, "mesh_route_requests_total{");
         let route = |r: &str| {
@@ -272,7 +315,7 @@ mod tests {
         assert_eq!(requests.len(), 4, "{requests:#?}");
         // A target whose routes all fit has no `other` series.
         let fits = metrics.paths(Direction::Inbound, "app".into());
-        fits.call("/a", now).answered(200, None, true);
+        fits.call(&get("/a"), now).answered(200, None, true);
         assert!(!metrics.encode().contains(r#"target="app",route="other""#));
         let other_404 = lines(&metrics, "mesh_route_responses_total{")
             .into_iter()
@@ -289,7 +332,7 @@ mod tests {
     async fn a_call_counts_its_status_and_its_whole_latency() {
         let metrics = Metrics::default();
         let routes = metrics.paths(Direction::Inbound, "app".into());
-        let call = routes.call("/StockData.Stocks/Get", Instant::now());
+        let call = routes.call(&get("/StockData.Stocks/Get"), Instant::now());
         tokio::time::advance(std::time::Duration::from_millis(300)).await;
         call.answered(200, Some(14), true);
         let text = metrics.encode();

@@ -35,15 +35,27 @@ pub fn respond(
             response
         }
         Outcome::Answered(response, mut attempt) => {
-            attempt.recorder.answers(call);
+            attempt.recorder.answers(served(call, &attempt));
             forward(protocol, response, attempt)
         }
         Outcome::Failed(err, mut attempt) => {
-            attempt.recorder.answers(call);
+            attempt.recorder.answers(served(call, &attempt));
             let response = err.recorded(attempt.recorder, grpc);
             annotate(response, &attempt.endpoint, attempt.number)
         }
     }
+}
+
+/// `call`, served by `attempt`'s endpoint.
+fn served(mut call: Call, attempt: &Attempt) -> Call {
+    let endpoint = &attempt.endpoint;
+    call.served_by(
+        &endpoint.addr_label,
+        Some(&endpoint.endpoint.instance),
+        attempt.number,
+        &attempt.recorder.route().tls,
+    );
+    call
 }
 
 /// An endpoint's response on its way back to the client, observed by its

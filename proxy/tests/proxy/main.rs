@@ -22,3 +22,4 @@ mod process;
 mod protocols;
 mod redirect;
 mod resilience;
+mod tap;
