@@ -4,7 +4,11 @@
 # that drift is shared. For judging one change to the hot path; the suite
 # (bench/run.sh) is the comparison with other proxies.
 #
-#   bench/ab.sh [--rounds N] [--run-time 5s] PROXY_BINARY...
+#   bench/ab.sh [--rounds N] [--run-time 5s] [--tap] PROXY_BINARY...
+#
+# With --tap each build also runs with one tap attached (`curl -N` on its
+# admin /tap, default filters and rate) for the measured run: the rows
+# named BUILD+tap are the cost of tapping.
 #
 # Copy each build aside first (cp target/release/mesh-proxy /tmp/before).
 # The replicas and the load tool are stockdata and meshctl from $BIN_DIR
@@ -14,15 +18,17 @@ cd "$(dirname "$0")/.."
 
 rounds=3
 run_time=5s
+tap=false
 while [ $# -gt 0 ]; do
   case $1 in
     --rounds) rounds=$2; shift 2 ;;
     --run-time) run_time=$2; shift 2 ;;
+    --tap) tap=true; shift ;;
     -*) echo "bench/ab.sh: unknown flag $1" >&2; exit 2 ;;
     *) break ;;
   esac
 done
-[ $# -ge 1 ] || { echo "usage: bench/ab.sh [--rounds N] [--run-time 5s] PROXY_BINARY..." >&2; exit 2; }
+[ $# -ge 1 ] || { echo "usage: bench/ab.sh [--rounds N] [--run-time 5s] [--tap] PROXY_BINARY..." >&2; exit 2; }
 for proxy in "$@"; do
   [ -x "$proxy" ] || { echo "bench/ab.sh: $proxy is not an executable" >&2; exit 2; }
 done
@@ -65,21 +71,37 @@ done
 # CPU ticks (utime + stime) of a process.
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 
+variants=()
+for proxy in "$@"; do
+  variants+=("$proxy")
+  if [ "$tap" = true ]; then variants+=("$proxy+tap"); fi
+done
+
 declare -A results
 for round in $(seq "$rounds"); do
-  for proxy in "$@"; do
+  for variant in "${variants[@]}"; do
+    proxy=${variant%+tap}
     listen=127.0.0.1:$(free_port)
+    admin=127.0.0.1:$(free_port)
     TOKIO_WORKER_THREADS=1 RUST_LOG=warn "$proxy" \
       --outbound "stockdata=$listen" \
       --discover "stockdata=static:${replicas[0]};${replicas[1]}" \
-      --admin 127.0.0.1:0 >/dev/null &
+      --admin "$admin" >/dev/null &
     pid=$!
     wait_listening "$listen"
     # Warm up (connections, caches) outside the measured window.
     "$bin/meshctl" bench --target "http://$listen" --streams 100 --requests 2000 --json >/dev/null
+    tapping=
+    if [ "$variant" != "$proxy" ]; then
+      curl -sN "http://$admin/tap" >/dev/null &
+      tapping=$!
+      pids+=("$tapping")
+      sleep 0.2
+    fi
     before=$(ticks "$pid")
     json=$("$bin/meshctl" bench --target "http://$listen" --streams 100 --duration "$run_time" --warmup 0 --json)
     after=$(ticks "$pid")
+    if [ -n "$tapping" ]; then kill "$tapping" 2>/dev/null || true; fi
     kill "$pid"
     wait "$pid" 2>/dev/null || true
     line=$(python3 -c '
@@ -93,19 +115,19 @@ us = ticks / os.sysconf("SC_CLK_TCK") * 1e6 / r["requests"]
 rps = r["rps"]
 print(f"{us:.2f} {rps:.0f}")
 ' "$json" "$after" "$before")
-    echo "round $round  $proxy  ${line% *} µs CPU/request  ${line#* } requests/s"
-    results[$proxy]+="$line;"
+    echo "round $round  $variant  ${line% *} µs CPU/request  ${line#* } requests/s"
+    results[$variant]+="$line;"
   done
 done
 
 echo
 echo "medians over $rounds rounds of $run_time (1 connection × 100 streams, one hop):"
-for proxy in "$@"; do
+for variant in "${variants[@]}"; do
   python3 -c '
 import statistics, sys
 rows = [r.split() for r in sys.argv[2].split(";") if r]
 us = statistics.median(float(r[0]) for r in rows)
 rps = statistics.median(float(r[1]) for r in rows)
 print(f"  {sys.argv[1]}: {us:.2f} µs CPU/request, {rps:.0f} requests/s")
-' "$proxy" "${results[$proxy]}"
+' "$variant" "${results[$variant]}"
 done

@@ -8,7 +8,8 @@
 //! - `check`: is the cluster ready for the mesh, is the mesh healthy.
 //! - `inject` / `uninject`: add the mesh to Kubernetes YAML, or take it out.
 //! - `bench`: gRPC load and the benchmark suite.
-//! - `stat`, `routes`: the dashboard's figures as tables.
+//! - `stat`, `routes`, `top`, `tap`: the dashboard's figures as tables, and
+//!   the requests passing through, live.
 //!
 //! Every service runs as a child process of `meshctl`, exactly as it would
 //! run anywhere else; `meshctl` only starts, watches and stops them.
@@ -76,6 +77,13 @@ enum Command {
     /// workload: the routes it serves, or with --to the ones it calls on a
     /// service; like `linkerd viz routes`.
     Routes(viz::RoutesArgs),
+    /// The busiest routes of one workload, served and called, by requests
+    /// per second; redrawn every few seconds on a terminal (like `top`).
+    Top(viz::TopArgs),
+    /// The requests passing through a workload's proxies, live, one line
+    /// each: source, chosen endpoint, method, path, status, attempts,
+    /// latency, mTLS; like `linkerd viz tap`.
+    Tap(viz::TapArgs),
 }
 
 fn main() -> ExitCode {
@@ -100,6 +108,8 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::main(args),
         Command::Stat(args) => viz::stat_main(args),
         Command::Routes(args) => viz::routes_main(args),
+        Command::Top(args) => viz::top_main(args),
+        Command::Tap(args) => viz::tap_main(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,9 +1,9 @@
-//! `meshctl stat` and `meshctl routes`: what the dashboard's JSON API says,
-//! as aligned tables like `linkerd viz stat` and `routes` print (`-o wide`
-//! for more columns, `-o json` for the API's own figures). They read a
-//! running dashboard: the local demo's and compose's on port 8082, a
-//! cluster's through `kubectl -n stockkube-mesh port-forward
-//! svc/mesh-dashboard 8082:8084`.
+//! `meshctl stat`, `routes`, `top` and `tap`: what the dashboard's JSON API
+//! says, as aligned tables like `linkerd viz stat`, `routes` and `top`
+//! print, and tap's requests one line each (`-o wide` for more columns,
+//! `-o json` for the API's own figures). They read a running dashboard: the
+//! local demo's and compose's on port 8082, a cluster's through `kubectl -n
+//! stockkube-mesh port-forward svc/mesh-dashboard 8082:8084`.
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
@@ -306,6 +306,315 @@ fn render_routes(
     Ok(table(&header, lines))
 }
 
+#[derive(Debug, clap::Args)]
+pub struct TopArgs {
+    /// The workload whose busiest routes to show (`stockdata` or
+    /// `deploy/stockdata`).
+    workload: String,
+
+    /// How many routes.
+    #[arg(long, default_value_t = 10)]
+    limit: usize,
+
+    /// Print once and exit, even on a terminal (where `top` otherwise
+    /// redraws every --interval until Ctrl-C).
+    #[arg(long)]
+    once: bool,
+
+    /// How often a terminal's table is redrawn.
+    #[arg(long, default_value = "2s", value_parser = mesh_runtime::parse_duration)]
+    interval: Duration,
+
+    #[command(flatten)]
+    dashboard: Dashboard,
+}
+
+pub fn top_main(args: TopArgs) -> anyhow::Result<()> {
+    use std::io::{IsTerminal as _, Write as _};
+    let workload = workload_name(&args.workload).to_owned();
+    let live =
+        !args.once && std::io::stdout().is_terminal() && args.dashboard.output != Output::Json;
+    let runtime = runtime()?;
+    loop {
+        let path = format!("/api/routes?workload={}", query_value(&workload));
+        let json = runtime.block_on(fetch_json(&args.dashboard.dashboard, &path))?;
+        let routes: Routes = parse(json, "/api/routes")?;
+        let Some(found) = routes.workloads.iter().find(|w| w.workload == workload) else {
+            bail!("no meshed workload {workload:?} (meshctl stat lists them all)");
+        };
+        let text = render_top(
+            found,
+            args.limit,
+            routes.window_seconds,
+            args.dashboard.output,
+        )?;
+        let mut out = std::io::stdout().lock();
+        if live {
+            // Clear the screen and go home, as top does.
+            write!(out, "\x1b[2J\x1b[H")?;
+        }
+        write!(out, "{text}")?;
+        out.flush()?;
+        if !live {
+            return Ok(());
+        }
+        runtime.block_on(tokio::time::sleep(args.interval));
+    }
+}
+
+/// The busiest routes, served and called, by requests per second.
+fn render_top(
+    routes: &WorkloadRoutes,
+    limit: usize,
+    window_seconds: f64,
+    output: Output,
+) -> anyhow::Result<String> {
+    let mut busiest: Vec<&RouteRow> = routes
+        .routes
+        .iter()
+        .filter(|r| r.golden.requests > 0.0)
+        .collect();
+    busiest.sort_by(|a, b| {
+        b.golden
+            .rps
+            .total_cmp(&a.golden.rps)
+            .then(a.route.cmp(&b.route))
+    });
+    busiest.truncate(limit);
+    if output == Output::Json {
+        let rows: Vec<Value> = busiest
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "route": r.route,
+                    "traffic": if r.direction == "inbound" { "served" } else { "called" },
+                    "service": if r.direction == "inbound" { routes.workload.as_str() } else { r.target.as_str() },
+                    "requests": r.golden.requests,
+                    "success": r.golden.success_rate,
+                    "rps": r.golden.rps,
+                    "latency_ms_p50": r.golden.p50_ms,
+                    "latency_ms_p95": r.golden.p95_ms,
+                    "latency_ms_p99": r.golden.p99_ms,
+                    "window_seconds": window_seconds,
+                })
+            })
+            .collect();
+        return Ok(serde_json::to_string_pretty(&rows)? + "\n");
+    }
+    if busiest.is_empty() {
+        return Ok(format!(
+            "{} had no requests in the last {window_seconds:.0} s.\n",
+            routes.workload
+        ));
+    }
+    let header = [
+        "ROUTE",
+        "TRAFFIC",
+        "SERVICE",
+        "SUCCESS",
+        "RPS",
+        "LATENCY_P50",
+        "LATENCY_P95",
+        "LATENCY_P99",
+    ];
+    let rows = busiest.iter().map(|r| {
+        let (traffic, service) = if r.direction == "inbound" {
+            ("served", routes.workload.clone())
+        } else {
+            ("called", r.target.clone())
+        };
+        let mut row = vec![r.route.clone(), traffic.to_owned(), service];
+        row.extend(golden_cells(&r.golden));
+        row
+    });
+    Ok(format!(
+        "Busiest routes of {} over the last {window_seconds:.0} s\n{}",
+        routes.workload,
+        table(&header, rows)
+    ))
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TapArgs {
+    /// The workload whose proxies to tap (`stockdata` or
+    /// `deploy/stockdata`); every workload's when absent.
+    workload: Option<String>,
+
+    /// Only this instance's proxy.
+    #[arg(long)]
+    instance: Option<String>,
+
+    /// Only requests it served (`inbound`) or called (`outbound`).
+    #[arg(long, value_parser = ["inbound", "outbound"])]
+    direction: Option<String>,
+
+    /// Only requests with this method.
+    #[arg(long)]
+    method: Option<String>,
+
+    /// Only requests naming this host (`:authority` or `Host`).
+    #[arg(long)]
+    authority: Option<String>,
+
+    /// Only requests whose path starts so, e.g. `/StockData.Stocks/`.
+    #[arg(long = "path", value_name = "PREFIX")]
+    path_prefix: Option<String>,
+
+    /// Only answers with this HTTP status.
+    #[arg(long)]
+    status: Option<u16>,
+
+    /// Only answers with this gRPC status (14: UNAVAILABLE).
+    #[arg(long)]
+    grpc_status: Option<u8>,
+
+    /// Requests per second each proxy's tap takes at most; past it they are
+    /// counted, not shown.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    max_rps: u32,
+
+    /// Stop after this many requests.
+    #[arg(long, value_name = "N")]
+    max_requests: Option<usize>,
+
+    /// Stop after this long (e.g. `10s`); otherwise tap until Ctrl-C.
+    #[arg(long, value_parser = mesh_runtime::parse_duration)]
+    duration: Option<Duration>,
+
+    #[command(flatten)]
+    dashboard: Dashboard,
+}
+
+/// One request a tap saw, as the dashboard's stream has it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct TapLine {
+    #[serde(rename = "type")]
+    kind: String,
+    workload: String,
+    instance: String,
+    direction: String,
+    method: String,
+    authority: Option<String>,
+    path: String,
+    source: Option<String>,
+    endpoint: Option<String>,
+    endpoint_instance: Option<String>,
+    attempts: u32,
+    status: u16,
+    grpc_status: Option<u8>,
+    latency_ms: f64,
+    tls: bool,
+    identity: Option<String>,
+    headers: Vec<(String, String)>,
+    count: u64,
+    error: String,
+}
+
+impl TapArgs {
+    fn query(&self) -> String {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        if let Some(workload) = &self.workload {
+            query.append_pair("workload", workload_name(workload));
+        }
+        let text = [
+            ("instance", &self.instance),
+            ("direction", &self.direction),
+            ("method", &self.method),
+            ("authority", &self.authority),
+            ("path_prefix", &self.path_prefix),
+        ];
+        for (key, value) in text {
+            if let Some(value) = value {
+                query.append_pair(key, value);
+            }
+        }
+        if let Some(status) = self.status {
+            query.append_pair("status", &status.to_string());
+        }
+        if let Some(code) = self.grpc_status {
+            query.append_pair("grpc_status", &code.to_string());
+        }
+        query.append_pair("max_rps", &self.max_rps.to_string());
+        query.finish()
+    }
+}
+
+pub fn tap_main(args: TapArgs) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let path = format!("/api/tap?{}", args.query());
+    let output = args.dashboard.output;
+    let mut seen = 0;
+    let mut out = std::io::stdout();
+    let max = args.max_requests.unwrap_or(usize::MAX);
+    stream_lines(&args.dashboard.dashboard, &path, args.duration, |raw| {
+        let line: TapLine =
+            serde_json::from_slice(raw).context("the dashboard sent an unreadable tap line")?;
+        match line.kind.as_str() {
+            "request" => {
+                seen += 1;
+                if output == Output::Json {
+                    out.write_all(raw)?;
+                    out.write_all(b"\n")?;
+                } else {
+                    writeln!(out, "{}", render_tap(&line, output == Output::Wide))?;
+                }
+                out.flush()?;
+            }
+            "dropped" => eprintln!(
+                "meshctl: {}/{}: {} requests not shown (--max-rps)",
+                line.workload, line.instance, line.count
+            ),
+            "error" => eprintln!(
+                "meshctl: {}/{}: {}",
+                line.workload, line.instance, line.error
+            ),
+            _ => {}
+        }
+        Ok(seen < max)
+    })
+}
+
+/// One request on one line, as `linkerd viz tap` writes its fields.
+fn render_tap(line: &TapLine, wide: bool) -> String {
+    let proxy = if line.direction == "inbound" {
+        "in "
+    } else {
+        "out"
+    };
+    let dst = match (&line.endpoint, &line.endpoint_instance) {
+        (Some(endpoint), Some(instance)) => format!("{endpoint}({instance})"),
+        (Some(endpoint), None) => endpoint.clone(),
+        _ => "-".into(),
+    };
+    let grpc = line
+        .grpc_status
+        .map_or(String::new(), |code| format!(" grpc-status={code}"));
+    let mut text = format!(
+        "req proxy={proxy} {}/{} src={} dst={dst} tls={} :method={} :authority={} :path={} :status={}{grpc} attempts={} latency={:.2}ms",
+        line.workload,
+        line.instance,
+        line.source.as_deref().unwrap_or("-"),
+        line.tls,
+        line.method,
+        line.authority.as_deref().unwrap_or("-"),
+        line.path,
+        line.status,
+        line.attempts,
+        line.latency_ms,
+    );
+    if wide {
+        text.push_str(&format!(
+            " identity={}",
+            line.identity.as_deref().unwrap_or("-")
+        ));
+        for (name, value) in &line.headers {
+            text.push_str(&format!(" {name}={value}"));
+        }
+    }
+    text
+}
+
 /// SUCCESS, RPS and the three latencies, as `linkerd viz` prints them.
 fn golden_cells(golden: &Golden) -> [String; 5] {
     let ms = |ms: Option<f64>| match ms {
@@ -352,15 +661,7 @@ fn table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
 
 /// Percent-encodes a query value.
 fn query_value(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    form_urlencoded::byte_serialize(value.as_bytes()).collect()
 }
 
 fn parse<T: serde::de::DeserializeOwned>(json: Value, path: &str) -> anyhow::Result<T> {
@@ -373,42 +674,113 @@ fn parse<T: serde::de::DeserializeOwned>(json: Value, path: &str) -> anyhow::Res
         .with_context(|| format!("the dashboard's {path} is not what meshctl reads"))
 }
 
-/// GETs `path` from the dashboard: its JSON, or why not.
-fn fetch(dashboard: &http::Uri, path: &str) -> anyhow::Result<Value> {
+/// GETs `path` from the dashboard and hands each line of its streamed
+/// answer to `line` until that says stop, the answer ends, or `duration`
+/// passes.
+fn stream_lines(
+    dashboard: &http::Uri,
+    path: &str,
+    duration: Option<Duration>,
+    mut line: impl FnMut(&[u8]) -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
     let base = dashboard.to_string();
     let url: http::Uri = format!("{}{path}", base.trim_end_matches('/'))
         .parse()
         .with_context(|| format!("{base} is not a usable dashboard URL"))?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async {
-        let client: Client<_, Empty<Bytes>> =
-            Client::builder(TokioExecutor::new()).build_http();
-        let unreachable = || {
-            format!(
-                "cannot reach the dashboard at {base}: is it running? (`meshctl demo` serves it on port 8082; set --dashboard or MESHCTL_DASHBOARD)"
-            )
-        };
+    runtime()?.block_on(async {
+        let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
         let response = tokio::time::timeout(ANSWER_WITHIN, client.get(url.clone()))
             .await
-            .map_err(|_| anyhow::anyhow!("the dashboard at {base} did not answer within {ANSWER_WITHIN:?}"))?
-            .with_context(unreachable)?;
+            .map_err(|_| {
+                anyhow::anyhow!("the dashboard at {base} did not answer within {ANSWER_WITHIN:?}")
+            })?
+            .with_context(|| unreachable(&base))?;
         let status = response.status();
-        let body = tokio::time::timeout(ANSWER_WITHIN, response.into_body().collect())
-            .await
-            .map_err(|_| anyhow::anyhow!("the dashboard at {base} did not finish its answer within {ANSWER_WITHIN:?}"))?
-            .with_context(unreachable)?
-            .to_bytes();
+        let mut body = response.into_body();
         if !status.is_success() {
-            bail!(
-                "the dashboard at {base} answered {url} with {status}: {}",
-                String::from_utf8_lossy(&body).trim()
-            );
+            let text = http_body_util::Limited::new(body, 64 * 1024)
+                .collect()
+                .await
+                .map(|b| String::from_utf8_lossy(&b.to_bytes()).trim().to_owned())
+                .unwrap_or_default();
+            bail!("the dashboard at {base} answered {url} with {status}: {text}");
         }
-        serde_json::from_slice(&body).with_context(|| format!("the dashboard at {base} answered {path} with no JSON"))
+        let until = duration.map(|d| tokio::time::Instant::now() + d);
+        let mut buffered: Vec<u8> = Vec::new();
+        loop {
+            let frame = match until {
+                Some(until) => match tokio::time::timeout_at(until, body.frame()).await {
+                    Ok(frame) => frame,
+                    Err(_) => return Ok(()),
+                },
+                None => body.frame().await,
+            };
+            let Some(frame) = frame else {
+                return Ok(());
+            };
+            let frame = frame.with_context(|| format!("the dashboard at {base} broke off"))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            buffered.extend_from_slice(&data);
+            while let Some(end) = buffered.iter().position(|&b| b == b'\n') {
+                let raw: Vec<u8> = buffered.drain(..=end).collect();
+                if !line(&raw[..raw.len() - 1])? {
+                    return Ok(());
+                }
+            }
+        }
     })
+}
+
+fn unreachable(base: &str) -> String {
+    format!(
+        "cannot reach the dashboard at {base}: is it running? (`meshctl demo` serves it on port 8082; set --dashboard or MESHCTL_DASHBOARD)"
+    )
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// GETs `path` from the dashboard: its JSON, or why not.
+fn fetch(dashboard: &http::Uri, path: &str) -> anyhow::Result<Value> {
+    runtime()?.block_on(fetch_json(dashboard, path))
+}
+
+async fn fetch_json(dashboard: &http::Uri, path: &str) -> anyhow::Result<Value> {
+    let base = dashboard.to_string();
+    let url: http::Uri = format!("{}{path}", base.trim_end_matches('/'))
+        .parse()
+        .with_context(|| format!("{base} is not a usable dashboard URL"))?;
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let response = tokio::time::timeout(ANSWER_WITHIN, client.get(url.clone()))
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!("the dashboard at {base} did not answer within {ANSWER_WITHIN:?}")
+        })?
+        .with_context(|| unreachable(&base))?;
+    let status = response.status();
+    let body = tokio::time::timeout(ANSWER_WITHIN, response.into_body().collect())
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "the dashboard at {base} did not finish its answer within {ANSWER_WITHIN:?}"
+            )
+        })?
+        .with_context(|| unreachable(&base))?
+        .to_bytes();
+    if !status.is_success() {
+        bail!(
+            "the dashboard at {base} answered {url} with {status}: {}",
+            String::from_utf8_lossy(&body).trim()
+        );
+    }
+    serde_json::from_slice(&body)
+        .with_context(|| format!("the dashboard at {base} answered {path} with no JSON"))
 }
 
 #[cfg(test)]
@@ -519,6 +891,6 @@ ROUTE                   SERVICE     SUCCESS   RPS       LATENCY_P50   LATENCY_P9
     fn workloads_may_be_named_as_linkerd_names_them() {
         assert_eq!(workload_name("deploy/stockdata"), "stockdata");
         assert_eq!(workload_name("stockdata"), "stockdata");
-        assert_eq!(query_value("a b&c"), "a%20b%26c");
+        assert_eq!(query_value("a b&c/d"), "a+b%26c%2Fd");
     }
 }

@@ -5,7 +5,7 @@
   "use strict";
   var status = document.getElementById("live-status");
   var main = document.getElementById("live");
-  if (!window.EventSource || !main) { return; }
+  if (!window.EventSource || !main || main.hasAttribute("data-static")) { return; }
   var busy = false;
   function refresh() {
     if (busy) { return; }

@@ -15,6 +15,7 @@
 pub mod prom;
 pub mod scrape;
 pub mod stats;
+pub mod tap;
 pub mod views;
 pub mod web;
 

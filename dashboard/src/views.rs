@@ -1093,8 +1093,9 @@ pub struct RouteRow {
     pub in_trouble: bool,
 }
 
-/// Every workload's routes with golden metrics over the window, served
-/// before called, then by target and route.
+/// Every workload's routes with golden metrics over the window, busiest
+/// first (requests per second; then served before called, by target and
+/// route): the dashboard's top.
 pub fn routes(window: &Window<'_>) -> Routes {
     let workloads = workloads(window.latest())
         .into_iter()
@@ -1107,7 +1108,7 @@ pub fn routes(window: &Window<'_>) -> Routes {
                     s.label(labels::ROUTE)?.to_owned(),
                 ))
             };
-            let routes = window
+            let mut routes: Vec<RouteRow> = window
                 .golden_by(&of_workload, &ROUTE_FAMILIES, &key)
                 .into_iter()
                 .map(|((direction, target, route), golden)| RouteRow {
@@ -1118,6 +1119,8 @@ pub fn routes(window: &Window<'_>) -> Routes {
                     golden,
                 })
                 .collect();
+            // Stable: equal rates keep the key order.
+            routes.sort_by(|a, b| b.golden.rps.total_cmp(&a.golden.rps));
             WorkloadRoutes { workload, routes }
         })
         .collect();

@@ -6,7 +6,9 @@
 //! | `GET /` | overview: golden metrics per workload |
 //! | `GET /topology` | the mesh as an SVG graph |
 //! | `GET /servers` | requests per replica, the balancers' view, the demo's replicas |
-//! | `GET /routes?workload=W` | golden metrics per route (request path; a gRPC method) of each workload, or of `W` |
+//! | `GET /routes?workload=W` | golden metrics per route (request path; a gRPC method) of each workload, or of `W`, busiest first |
+//! | `GET /tap?...` | the requests passing through chosen proxies, live (with `collect=1`, three seconds of them, for a browser without JavaScript) |
+//! | `GET /api/tap?...` | the same as JSON lines, until the reader leaves; see [`crate::tap`] |
 //! | `POST /servers` | the same after loading StockWeb once (a form with the token) |
 //! | `GET /api/overview`, `/api/topology`, `/api/servers`, `/api/routes?workload=W` | the same data as JSON |
 //! | `GET /api/proxies` | every proxy, up or down, with the reason |
@@ -21,7 +23,10 @@
 //! Every page works without JavaScript; `assets/live.js` swaps in fresh
 //! content on each `scrape` event (`?fragment=1` renders only the content).
 
-use crate::{AllowedHosts, Config};
+use crate::{
+    AllowedHosts, Config,
+    tap::{TapError, TapQuery, Tapping},
+};
 use crate::{
     scrape::History,
     views::{self, Overview, Routes, Servers, Topology, Window},
@@ -69,6 +74,7 @@ pub struct AppState {
     /// from a page this dashboard served.
     form_token: Arc<str>,
     allowed_hosts: Arc<AllowedHosts>,
+    tapping: Arc<Tapping>,
 }
 
 impl AppState {
@@ -99,6 +105,7 @@ impl AppState {
             stopping,
             form_token: mesh_runtime::random_hex(16)?.into(),
             allowed_hosts: Arc::new(config.allowed_hosts.clone()),
+            tapping: Arc::default(),
         })
     }
 
@@ -144,6 +151,8 @@ pub fn app(state: AppState, assets_dir: &FsPath) -> Router {
             get(|State(s): State<AppState>| async move { Json(compute(&s, views::servers)) }),
         )
         .route("/api/routes", get(api_routes))
+        .route("/tap", get(tap_page))
+        .route("/api/tap", get(api_tap))
         .route("/api/proxies", get(api_proxies))
         .route("/events", get(events))
         .route("/demo/replicas", post(demo_add))
@@ -223,6 +232,26 @@ struct Layout<'a> {
     title: &'a str,
     active: &'a str,
     content: String,
+    /// Whether `live.js` swaps in fresh content after each scrape.
+    live: bool,
+}
+
+/// A page `live.js` leaves alone (its own script keeps it current).
+fn page_without_updates(
+    title: &str,
+    active: &str,
+    content: impl Template,
+) -> Result<Html<String>, AppError> {
+    let content = content.render()?;
+    Ok(Html(
+        Layout {
+            title,
+            active,
+            content,
+            live: false,
+        }
+        .render()?,
+    ))
 }
 
 /// The page, or just its content for live updates.
@@ -241,6 +270,7 @@ fn page(
             title,
             active,
             content,
+            live: true,
         }
         .render()?,
     ))
@@ -335,6 +365,119 @@ async fn routes_page(
         },
         q.fragment.is_some(),
     )
+}
+
+/// `/api/tap`: the merged taps as JSON lines, for as long as the reader
+/// stays.
+async fn api_tap(
+    State(state): State<AppState>,
+    Query(query): Query<TapQuery>,
+) -> Result<Response, AppError> {
+    let merged = state
+        .tapping
+        .start(&state.history(), &query, &state.http, &state.stopping)?;
+    let lines = merged.map(Ok::<_, Infallible>);
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(lines),
+    )
+        .into_response())
+}
+
+/// A tap's filters as the page's form has them, and whether to collect.
+#[derive(Debug, Default, serde::Deserialize)]
+struct TapPageQuery {
+    #[serde(flatten)]
+    tap: TapQuery,
+    collect: Option<String>,
+}
+
+/// One request as the Tap page shows it.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct TapRow {
+    pub workload: String,
+    pub instance: String,
+    pub direction: String,
+    pub method: String,
+    pub path: String,
+    pub source: Option<String>,
+    pub endpoint: Option<String>,
+    pub endpoint_instance: Option<String>,
+    pub status: u16,
+    pub grpc_status: Option<u8>,
+    pub latency_ms: f64,
+    pub attempts: u32,
+    pub tls: bool,
+    pub identity: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "tap.html")]
+struct TapContent {
+    workloads: Vec<String>,
+    query: TapQuery,
+    /// Requests collected for a page without JavaScript.
+    collected: Option<Vec<TapRow>>,
+    /// Proxies' errors and drops while collecting.
+    notes: Vec<String>,
+}
+
+/// How long, and how many requests at most, the page collects without
+/// JavaScript.
+const COLLECT_FOR: Duration = Duration::from_secs(3);
+const COLLECT_AT_MOST: usize = 100;
+
+async fn tap_page(
+    State(state): State<AppState>,
+    Query(q): Query<TapPageQuery>,
+) -> Result<Response, AppError> {
+    let workloads = compute(&state, views::routes)
+        .map(|r| r.workloads.into_iter().map(|w| w.workload).collect())
+        .unwrap_or_default();
+    let (mut collected, mut notes) = (None, Vec::new());
+    if q.collect.is_some() {
+        let mut merged =
+            state
+                .tapping
+                .start(&state.history(), &q.tap, &state.http, &state.stopping)?;
+        let mut rows = Vec::new();
+        let until = tokio::time::Instant::now() + COLLECT_FOR;
+        while rows.len() < COLLECT_AT_MOST {
+            let Ok(Some(line)) = tokio::time::timeout_at(until, merged.lines.recv()).await else {
+                break;
+            };
+            let Ok(value) = serde_json::from_slice::<serde_json::Value>(&line) else {
+                continue;
+            };
+            let proxy = format!(
+                "{}/{}",
+                value["workload"].as_str().unwrap_or("?"),
+                value["instance"].as_str().unwrap_or("?")
+            );
+            match value["type"].as_str() {
+                Some("request") => rows.push(serde_json::from_value(value).unwrap_or_default()),
+                Some("dropped") => notes.push(format!(
+                    "{proxy}: {} requests not shown (the tap's rate)",
+                    value["count"]
+                )),
+                Some("error") => notes.push(format!(
+                    "{proxy}: {}",
+                    value["error"].as_str().unwrap_or("?")
+                )),
+                _ => {}
+            }
+        }
+        rows.reverse();
+        collected = Some(rows);
+    }
+    let content = TapContent {
+        workloads,
+        query: q.tap,
+        collected,
+        notes,
+    };
+    Ok(page_without_updates("Tap", "tap", content)?.into_response())
 }
 
 #[derive(Template)]
@@ -608,6 +751,8 @@ pub enum AppError {
     BadRequest(String),
     #[error("{0}")]
     Forbidden(String),
+    #[error(transparent)]
+    Tap(#[from] TapError),
 }
 
 impl IntoResponse for AppError {
@@ -619,11 +764,16 @@ impl IntoResponse for AppError {
             AppError::DemoRefused(_) => StatusCode::CONFLICT,
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AppError::Forbidden(_) => StatusCode::FORBIDDEN,
+            AppError::Tap(TapError::NoProxy) => StatusCode::NOT_FOUND,
+            AppError::Tap(TapError::Busy) => StatusCode::SERVICE_UNAVAILABLE,
         };
         // Refusals are what a foreign page or a scanner causes: not worth
         // a warning each.
         match &self {
-            AppError::Forbidden(_) | AppError::BadRequest(_) | AppError::DemoRefused(_) => {
+            AppError::Forbidden(_)
+            | AppError::BadRequest(_)
+            | AppError::DemoRefused(_)
+            | AppError::Tap(_) => {
                 tracing::debug!(err = %self, "request refused");
             }
             _ => tracing::warn!(err = %self, "request failed"),

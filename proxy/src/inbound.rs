@@ -185,6 +185,7 @@ impl Inbound {
         &self,
         protocol: Protocol,
         mut request: http::Request<Received>,
+        source: std::net::IpAddr,
     ) -> http::Response<ProxyBody> {
         let grpc = errors::is_grpc(&request);
         let peer = request.extensions().get::<PeerTls>();
@@ -194,7 +195,7 @@ impl Inbound {
         };
         let arrived = Instant::now();
         let mut recorder = Recorder::new(route, arrived);
-        let mut call = self.paths.call(&request, arrived);
+        let mut call = self.paths.call(&request, arrived, source);
         call.served_by(&self.app_label, None, 1, peer.unwrap_or(&PeerTls::None));
         recorder.answers(call);
         set_authority(&mut request, self.authority.clone());

@@ -183,11 +183,12 @@ impl Outbound {
         protocol: Protocol,
         target: &Arc<Service>,
         request: http::Request<Received>,
+        source: std::net::IpAddr,
     ) -> http::Response<ProxyBody> {
         let arrived = Instant::now();
         let grpc = errors::is_grpc(&request);
         let service = route::route(&self.services, &request, target);
-        let call = service.routes.call(&request, arrived);
+        let call = service.routes.call(&request, arrived, source);
         let (mut head, body) = request.into_parts();
         if protocol == Protocol::Http1 {
             strip_hop_by_hop(&mut head.headers);

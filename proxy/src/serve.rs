@@ -27,7 +27,6 @@ use crate::{
     metrics::{Direction, Metrics, RouteLabels},
     outbound::{Outbound, Service, intercept::Intercepted},
     policy::{Admits as _, Policy},
-    tap::TapSource,
     tcp,
     tls::{self, MeshTls, PeerTls, ServerIo, Transport},
 };
@@ -216,12 +215,13 @@ pub trait Handler: Send + Sync + 'static {
         undetected: bool,
     ) -> impl Future<Output = Result<(), (Refusal, String)>> + Send;
 
-    /// Serves one request; its extensions hold the connection's [`PeerTls`]
-    /// when it is mesh TLS (none: plaintext).
+    /// Serves one request from `source`; its extensions hold the
+    /// connection's [`PeerTls`] when it is mesh TLS (none: plaintext).
     fn http(
         &self,
         protocol: Protocol,
         request: ::http::Request<Received>,
+        source: std::net::IpAddr,
     ) -> impl Future<Output = ::http::Response<ProxyBody>> + Send;
 }
 
@@ -248,9 +248,10 @@ impl Handler for OutboundTarget {
         &self,
         protocol: Protocol,
         request: ::http::Request<Received>,
+        source: std::net::IpAddr,
     ) -> ::http::Response<ProxyBody> {
         self.outbound
-            .proxy_http(protocol, &self.target, request)
+            .proxy_http(protocol, &self.target, request, source)
             .await
     }
 }
@@ -275,8 +276,9 @@ impl Handler for Inbound {
         &self,
         protocol: Protocol,
         request: ::http::Request<Received>,
+        source: std::net::IpAddr,
     ) -> ::http::Response<ProxyBody> {
-        self.proxy_http(protocol, request).await
+        self.proxy_http(protocol, request, source).await
     }
 }
 
@@ -481,11 +483,7 @@ impl Server {
                     if peer.is_tls() {
                         request.extensions_mut().insert(peer);
                     }
-                    // Likewise the client's address, wanted only by taps.
-                    if server.metrics.taps().active() {
-                        request.extensions_mut().insert(TapSource(source));
-                    }
-                    handler.http(protocol, request).await
+                    handler.http(protocol, request, source).await
                 }
             },
         )

@@ -41,11 +41,6 @@ const QUEUE: usize = 256;
 /// A line at least this often, so an idle tap is not closed as idle.
 const HEARTBEAT: Duration = Duration::from_secs(15);
 
-/// The client's address, put on a request by the listener only while a tap
-/// is attached (the extension map is an allocation).
-#[derive(Debug, Clone, Copy)]
-pub struct TapSource(pub IpAddr);
-
 /// Every tap attached to this proxy.
 #[derive(Debug, Default)]
 pub struct Taps {
@@ -119,6 +114,7 @@ impl Taps {
         direction: Direction,
         target: &Arc<str>,
         request: &http::Request<B>,
+        source: IpAddr,
     ) -> Option<Box<Tapped>> {
         if !self.active() {
             return None;
@@ -162,7 +158,7 @@ impl Taps {
                 method: method.as_str().to_owned(),
                 authority: authority.map(str::to_owned),
                 path: path.to_owned(),
-                source: request.extensions().get::<TapSource>().map(|s| s.0),
+                source,
                 endpoint: None,
                 endpoint_instance: None,
                 attempts: 0,
@@ -349,7 +345,7 @@ pub struct TapEvent {
     pub authority: Option<String>,
     pub path: String,
     /// The client's IP address.
-    pub source: Option<IpAddr>,
+    pub source: IpAddr,
     /// The endpoint that answered (outbound), the app (inbound); none when
     /// nothing was sent.
     pub endpoint: Option<Arc<str>>,
@@ -436,6 +432,8 @@ impl http_body::Body for TapStream {
 mod tests {
     use super::*;
 
+    const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 9));
+
     fn request(path: &str) -> http::Request<()> {
         http::Request::post(format!("http://stockdata:8080{path}"))
             .body(())
@@ -455,7 +453,7 @@ mod tests {
         )]));
         let target: Arc<str> = "stockdata".into();
         assert!(
-            taps.start(Direction::Outbound, &target, &request("/a"))
+            taps.start(Direction::Outbound, &target, &request("/a"), CLIENT)
                 .is_none(),
             "no tap: nothing recorded"
         );
@@ -465,7 +463,7 @@ mod tests {
         };
         let mut stream = taps.attach(filter, 2).unwrap();
         assert!(
-            taps.start(Direction::Outbound, &target, &request("/Other/Get"))
+            taps.start(Direction::Outbound, &target, &request("/Other/Get"), CLIENT)
                 .is_none()
         );
         let mut with_header = request("/StockData.Stocks/Get");
@@ -475,11 +473,8 @@ mod tests {
         with_header
             .headers_mut()
             .insert("authorization", "secret".parse().unwrap());
-        with_header
-            .extensions_mut()
-            .insert(TapSource("10.0.0.9".parse().unwrap()));
         let mut tapped = taps
-            .start(Direction::Outbound, &target, &with_header)
+            .start(Direction::Outbound, &target, &with_header, CLIENT)
             .unwrap();
         tapped.served_by(
             &"127.0.0.1:9001".into(),
@@ -512,6 +507,7 @@ mod tests {
                 Direction::Outbound,
                 &target,
                 &request("/StockData.Stocks/Get"),
+                CLIENT,
             ) {
                 t.answered(200, Some(0), true, Duration::from_millis(1));
             }
@@ -525,7 +521,8 @@ mod tests {
             taps.start(
                 Direction::Outbound,
                 &target,
-                &request("/StockData.Stocks/Get")
+                &request("/StockData.Stocks/Get"),
+                CLIENT,
             )
             .is_some()
         );
@@ -547,7 +544,7 @@ mod tests {
         let mut stream = taps.attach(filter, 100).unwrap();
         for code in [0, 14, 0] {
             let t = taps
-                .start(Direction::Inbound, &target, &request("/x"))
+                .start(Direction::Inbound, &target, &request("/x"), CLIENT)
                 .unwrap();
             t.answered(200, Some(code), true, Duration::from_millis(1));
         }

@@ -1,6 +1,7 @@
 //! The dashboard in a real browser (headless Chromium through WebDriver),
 //! against `meshctl demo` with three replicas: the overview, topology,
-//! routes and Servers pages show the mesh; killing a replica from the demo controls
+//! routes, tap and Servers pages show the mesh (a request shows in the live
+//! tap within 2 s); killing a replica from the demo controls
 //! shows it down within 10 s while the others take its share. Screenshots
 //! of each page are written to `target/screenshots/`.
 
@@ -175,6 +176,45 @@ async fn dashboard_pages_in_a_real_browser() {
         .eval(r#"return !!document.querySelector('table.routes[data-workload="stockweb"] tr[data-route="/StockData.Stocks/Get"][data-direction="outbound"][data-target="stockdata"]');"#)
         .await;
     assert_eq!(called, true, "StockWeb's called route is listed");
+
+    // Tap: start it, make requests, see them in the live table within 2 s.
+    browser
+        .goto(&format!("{dashboard}/tap?workload=stockdata"))
+        .await;
+    browser.click("#tap-start").await;
+    wait_in_page(
+        &browser,
+        "the tap attached",
+        Duration::from_secs(10),
+        r#"return /waiting for requests|tapping live/.test(document.getElementById('tap-status').textContent) ? true : null;"#,
+    )
+    .await;
+    let asked = Instant::now();
+    load_stockweb(web, 1).await;
+    let tapped = wait_in_page(
+        &browser,
+        "a tapped request in the table",
+        Duration::from_secs(2),
+        r#"const r = document.querySelector('#tap-rows tr[data-path="/StockData.Stocks/Get"][data-direction="inbound"]');
+           return r ? Array.from(r.cells).map(c => c.textContent) : null;"#,
+    )
+    .await;
+    assert!(asked.elapsed() <= Duration::from_secs(2) + Duration::from_millis(500));
+    let cells: Vec<&str> = tapped
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(cells[0].starts_with("stockdata/stockdata-"), "{cells:?}");
+    assert!(cells[6].starts_with("200 · gRPC 0"), "{cells:?}");
+    assert!(
+        cells[9].starts_with("🔒 mTLS spiffe://cluster.local/ns/demo/sa/stockweb"),
+        "the caller's identity: {cells:?}"
+    );
+    assert_accessible(&browser, "tap").await;
+    browser.screenshot(&shots.join("tap.png")).await;
+    browser.click("#tap-stop").await;
 
     // Servers: at least two replicas with requests; then StockWeb's own rows.
     browser.goto(&format!("{dashboard}/servers")).await;

@@ -1,6 +1,6 @@
-//! `meshctl stat` and `meshctl routes` against the running demo's
-//! dashboard: tables as docs/cli.md shows them, valid JSON, and a clear
-//! failure when the dashboard is unreachable.
+//! `meshctl stat`, `routes`, `top` and `tap` against the running demo's
+//! dashboard: tables as docs/dashboard.md shows them, valid JSON, requests
+//! tapped live, and a clear failure when the dashboard is unreachable.
 
 use crate::{Demo, free_port_triple, http_get, meshctl, wait_for_line};
 use serde_json::Value;
@@ -32,7 +32,7 @@ fn row<'t>(table: &'t str, first: &str) -> Vec<&'t str> {
 }
 
 #[tokio::test]
-async fn stat_and_routes_print_the_dashboards_figures() {
+async fn stat_routes_top_and_tap_print_the_dashboards_figures() {
     let port = free_port_triple();
     let mut guard = Demo::start(&["--replicas", "2", "--port", &port.to_string()]);
     wait_for_line(&mut guard.0, "Ctrl-C").await;
@@ -161,16 +161,129 @@ async fn stat_and_routes_print_the_dashboards_figures() {
     assert_eq!(called[0]["route"], "/StockData.Stocks/Get", "{called}");
     assert!(called[0]["requests"].as_f64().unwrap() >= 100.0, "{called}");
 
+    // Top: the busiest routes, once when stdout is not a terminal.
+    let (ok, top, err) = run(&["top", "deploy/stockdata", "--dashboard", &dashboard]).await;
+    assert!(ok, "{err}");
+    assert!(
+        top.starts_with("Busiest routes of stockdata over the last"),
+        "{top}"
+    );
+    let get = row(&top, "/StockData.Stocks/Get");
+    assert_eq!(
+        (get[1], get[2], get[3]),
+        ("served", "stockdata", "100.00%"),
+        "{top}"
+    );
+    let (ok, top, err) = run(&["top", "stockweb", "-o", "json", "--dashboard", &dashboard]).await;
+    assert!(ok, "{err}");
+    let top: Value = serde_json::from_str(&top).expect("-o json is JSON");
+    assert_eq!(
+        (top[0]["route"].as_str(), top[0]["traffic"].as_str()),
+        (Some("/StockData.Stocks/Get"), Some("called")),
+        "{top}"
+    );
+
+    // Tap: requests made while it runs, one line each, from both sides.
+    let load = tokio::spawn(async move {
+        for _ in 0..100 {
+            http_get(web, "/api/stocks").await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let (ok, tapped, err) = run(&[
+        "tap",
+        "deploy/stockdata",
+        "--path",
+        "/StockData.",
+        "--max-requests",
+        "3",
+        "--dashboard",
+        &dashboard,
+    ])
+    .await;
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = tapped.lines().collect();
+    assert_eq!(lines.len(), 3, "{tapped}");
+    for line in &lines {
+        assert!(
+            line.starts_with("req proxy=in  stockdata/stockdata-"),
+            "{line}"
+        );
+        for field in [
+            ":method=POST",
+            ":path=/StockData.Stocks/Get",
+            ":status=200 grpc-status=0",
+            "tls=true",
+            "attempts=1",
+        ] {
+            assert!(line.contains(field), "{field} in {line}");
+        }
+    }
+    let (ok, tapped, err) = run(&[
+        "tap",
+        "stockweb",
+        "--direction",
+        "outbound",
+        "--max-requests",
+        "2",
+        "-o",
+        "json",
+        "--dashboard",
+        &dashboard,
+    ])
+    .await;
+    assert!(ok, "{err}");
+    for line in tapped.lines() {
+        let event: Value = serde_json::from_str(line).expect("-o json is JSON lines");
+        assert_eq!(
+            (event["workload"].as_str(), event["direction"].as_str()),
+            (Some("stockweb"), Some("outbound"))
+        );
+        assert!(
+            event["endpoint_instance"]
+                .as_str()
+                .unwrap()
+                .starts_with("stockdata-"),
+            "{event}"
+        );
+        assert_eq!(
+            event["identity"], "spiffe://cluster.local/ns/demo/sa/stockdata",
+            "{event}"
+        );
+    }
+    assert_eq!(tapped.lines().count(), 2, "{tapped}");
+    load.abort();
+    // A tap that sees nothing ends when asked to.
+    let (ok, quiet, err) = run(&[
+        "tap",
+        "stockdata",
+        "--path",
+        "/Nothing.",
+        "--duration",
+        "1s",
+        "--dashboard",
+        &dashboard,
+    ])
+    .await;
+    assert!(ok && quiet.is_empty(), "{quiet}{err}");
+
     // Mistakes and an unreachable dashboard: non-zero, with why.
     let (ok, _, err) = run(&["routes", "nosuch", "--dashboard", &dashboard]).await;
     assert!(
         !ok && err.contains("no meshed workload \"nosuch\""),
         "{err}"
     );
+    let (ok, _, err) = run(&["tap", "nosuch", "--dashboard", &dashboard]).await;
+    assert!(
+        !ok && err.contains("404") && err.contains("no proxy is up"),
+        "{err}"
+    );
     let closed = format!("http://127.0.0.1:{}", crate::free_port());
     for args in [
         &["stat", "--dashboard", &closed][..],
         &["routes", "stockdata", "--dashboard", &closed],
+        &["top", "stockdata", "--dashboard", &closed],
+        &["tap", "stockdata", "--dashboard", &closed],
     ] {
         let (ok, out, err) = run(args).await;
         assert!(!ok && out.is_empty(), "{args:?}: {out}");

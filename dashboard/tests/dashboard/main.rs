@@ -5,6 +5,7 @@
 
 mod bounded;
 mod guarded;
+mod tapped;
 
 use clap::Parser as _;
 use serde_json::Value;

@@ -137,16 +137,23 @@ impl PathRoutes {
         metrics
     }
 
-    /// `request`, arrived at `arrived`: counted on its route now (and
-    /// recorded for the taps that want it), answered through the returned
-    /// call.
-    pub fn call<B>(&self, request: &http::Request<B>, arrived: Instant) -> Call {
+    /// `request` from `source`, arrived at `arrived`: counted on its route
+    /// now (and recorded for the taps that want it), answered through the
+    /// returned call.
+    pub fn call<B>(
+        &self,
+        request: &http::Request<B>,
+        arrived: Instant,
+        source: std::net::IpAddr,
+    ) -> Call {
         let route = self.of(request.uri().path());
         route.requests.inc();
         Call {
             route,
             arrived,
-            tapped: self.taps.start(self.direction, &self.target, request),
+            tapped: self
+                .taps
+                .start(self.direction, &self.target, request, source),
         }
     }
 }
@@ -257,6 +264,8 @@ mod tests {
     use super::*;
     use crate::metrics::Metrics;
 
+    const CLIENT: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
     fn get(path: &str) -> http::Request<()> {
         http::Request::get(path).body(()).unwrap()
     }
@@ -276,7 +285,9 @@ mod tests {
         let routes = metrics.paths(Direction::Outbound, "stockdata".into());
         let now = Instant::now();
         for path in ["/StockData.Stocks/Get", "/a", "/b", "/c", "/d", "/a"] {
-            routes.call(&get(path), now).answered(200, Some(0), true);
+            routes
+                .call(&get(path), now, CLIENT)
+                .answered(200, Some(0), true);
         }
         // Not labels as they are: counted as other.
         for path in [
@@ -285,7 +296,9 @@ mod tests {
             "*",
             "/{x}",
         ] {
-            routes.call(&get(path), now).answered(404, None, true);
+            routes
+                .call(&get(path), now, CLIENT)
+                .answered(404, None, true);
         }
         for bad in ["/\"quoted\"", "/back\\slash", "/tab\t", "/é", ""] {
             assert!(!labelable(bad), "{bad:?}");
@@ -315,7 +328,7 @@ mod tests {
         assert_eq!(requests.len(), 4, "{requests:#?}");
         // A target whose routes all fit has no `other` series.
         let fits = metrics.paths(Direction::Inbound, "app".into());
-        fits.call(&get("/a"), now).answered(200, None, true);
+        fits.call(&get("/a"), now, CLIENT).answered(200, None, true);
         assert!(!metrics.encode().contains(r#"target="app",route="other""#));
         let other_404 = lines(&metrics, "mesh_route_responses_total{")
             .into_iter()
@@ -332,7 +345,7 @@ mod tests {
     async fn a_call_counts_its_status_and_its_whole_latency() {
         let metrics = Metrics::default();
         let routes = metrics.paths(Direction::Inbound, "app".into());
-        let call = routes.call(&get("/StockData.Stocks/Get"), Instant::now());
+        let call = routes.call(&get("/StockData.Stocks/Get"), Instant::now(), CLIENT);
         tokio::time::advance(std::time::Duration::from_millis(300)).await;
         call.answered(200, Some(14), true);
         let text = metrics.encode();
