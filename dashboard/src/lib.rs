@@ -16,6 +16,7 @@ pub mod prom;
 pub mod scrape;
 pub mod stats;
 pub mod tap;
+pub mod trends;
 pub mod views;
 pub mod web;
 
@@ -47,6 +48,11 @@ pub struct Args {
     /// The window rates and percentiles are computed over.
     #[arg(long, env = "MESH_DASHBOARD_WINDOW", default_value = "60s", value_parser = mesh_runtime::parse_duration)]
     pub window: Duration,
+
+    /// How far back the pages' charts go (one point per scrape, bounded:
+    /// see docs/dashboard.md).
+    #[arg(long, env = "MESH_DASHBOARD_HISTORY", default_value = "15m", value_parser = mesh_runtime::parse_duration)]
+    pub history: Duration,
 
     /// StockWeb's base URL, for the Servers page's "Load StockWeb once".
     #[arg(long, env = "MESH_DASHBOARD_STOCKWEB_URL", value_name = "URL")]
@@ -185,6 +191,7 @@ pub struct Config {
     pub controller: http::Uri,
     pub scrape_interval: Duration,
     pub window: Duration,
+    pub history: Duration,
     pub stockweb_url: Option<http::Uri>,
     pub demo_api: Option<http::Uri>,
     pub demo_api_token: Option<String>,
@@ -217,10 +224,16 @@ impl TryFrom<Args> for Config {
             args.window >= args.scrape_interval * 2,
             "--window (MESH_DASHBOARD_WINDOW) must hold at least two scrapes"
         );
+        anyhow::ensure!(
+            args.history >= args.scrape_interval * 2
+                && args.history <= Duration::from_secs(24 * 3600),
+            "--history (MESH_DASHBOARD_HISTORY) must hold at least two scrapes, and at most a day"
+        );
         Ok(Config {
             controller: url(&args.controller, "--controller (MESH_DASHBOARD_CONTROLLER)")?,
             scrape_interval: args.scrape_interval,
             window: args.window,
+            history: args.history,
             stockweb_url: args
                 .stockweb_url
                 .as_deref()
@@ -241,6 +254,20 @@ impl TryFrom<Args> for Config {
     }
 }
 
+/// Adds a point to `trends` after every scrape round, until scraping ends.
+async fn record_trends(
+    mut history: tokio::sync::watch::Receiver<scrape::History>,
+    trends: std::sync::Arc<std::sync::Mutex<trends::Trends>>,
+) {
+    while history.changed().await.is_ok() {
+        let latest = history.borrow_and_update().clone();
+        trends
+            .lock()
+            .expect("trends lock is never poisoned")
+            .record(&latest);
+    }
+}
+
 /// Scrapes and serves until `shutdown` completes.
 pub async fn run(
     config: Config,
@@ -256,8 +283,13 @@ pub async fn run(
         max_series: config.scrape_max_series,
         max_kept: config.history_max_series,
     });
+    let trends = std::sync::Arc::new(std::sync::Mutex::new(trends::Trends::new(
+        config.history,
+        config.scrape_interval,
+    )));
+    tokio::spawn(record_trends(history.clone(), trends.clone()));
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
-    let state = web::AppState::new(&config, history, stopping)?;
+    let state = web::AppState::new(&config, history, trends, stopping)?;
     tracing::info!(
         addr = %listener.local_addr()?,
         controller = %config.controller,

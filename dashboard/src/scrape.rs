@@ -67,6 +67,9 @@ pub struct EndpointDoc {
     pub last_error: Option<String>,
     #[serde(default)]
     pub ejected: bool,
+    /// Times failure accrual ejected it, ever.
+    #[serde(default)]
+    pub ejections: u64,
 }
 
 /// One proxy in one round.

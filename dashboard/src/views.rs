@@ -20,7 +20,8 @@ pub const HEALTHY_SUCCESS_RATE: f64 = 0.95;
 use stockkube_proto::metrics::{
     REFUSED_TOTAL as REFUSED, REQUESTS_TOTAL as REQUESTS,
     RESPONSE_LATENCY_BUCKET as LATENCY_BUCKET, RESPONSES_TOTAL as RESPONSES,
-    ROUTE_REQUESTS_TOTAL as ROUTE_REQUESTS, ROUTE_RESPONSE_LATENCY_BUCKET as ROUTE_LATENCY_BUCKET,
+    RETRIES_TOTAL as RETRIES, ROUTE_REQUESTS_TOTAL as ROUTE_REQUESTS,
+    ROUTE_RESPONSE_LATENCY_BUCKET as ROUTE_LATENCY_BUCKET,
     ROUTE_RESPONSES_TOTAL as ROUTE_RESPONSES, labels,
 };
 
@@ -33,6 +34,7 @@ pub const READ: &[&str] = &[
     ROUTE_REQUESTS,
     ROUTE_RESPONSES,
     ROUTE_LATENCY_BUCKET,
+    RETRIES,
 ];
 
 /// The snapshots inside the window, oldest first.
@@ -306,6 +308,29 @@ pub struct WorkloadRow {
     /// Peers and requests its proxies refused in the window, by reason
     /// (`mesh_refused_total`: inbound policy, limits), largest first.
     pub refused: Vec<(String, f64)>,
+}
+
+impl ReplicaRow {
+    /// Retries in the window, all reasons.
+    pub fn retried(&self) -> f64 {
+        self.retries.iter().map(|(_, n)| n).sum()
+    }
+
+    /// `3 after no answer, 1 after a retryable status`, or `–`.
+    pub fn retries_text(&self) -> String {
+        if self.retries.is_empty() {
+            return "–".into();
+        }
+        self.retries
+            .iter()
+            .map(|(reason, n)| match reason.as_str() {
+                "error" => format!("{n:.0} after no answer"),
+                "status" => format!("{n:.0} after a retryable status"),
+                other => format!("{n:.0} ({other})"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 impl WorkloadRow {
@@ -642,6 +667,12 @@ pub struct ReplicaRow {
     pub last_error: Option<String>,
     /// Some client proxy's balancer has ejected it (failure accrual).
     pub ejected: bool,
+    /// Times client proxies' balancers ejected it, ever (summed).
+    pub ejections: u64,
+    /// Attempts on it that failed and were sent again to another replica
+    /// in the window, by why (`error`: no answer; `status`: a status the
+    /// retry policy names): the retries that saved those requests.
+    pub retries: Vec<(String, f64)>,
     /// Whether its callers reached it over mTLS, and the identity it proved.
     pub security: Security,
 }
@@ -718,12 +749,27 @@ pub fn servers(window: &Window<'_>) -> Servers {
                             && s.label(labels::TARGET) == Some(&service)
                             && s.label(labels::ENDPOINT) == Some(addr)
                     });
+                    let retries = ["error", "status"]
+                        .into_iter()
+                        .map(|reason| {
+                            let count = window.increase(&|_| true, RETRIES, &|s| {
+                                s.label(labels::DIRECTION) == Some(labels::OUTBOUND)
+                                    && s.label(labels::TARGET) == Some(&service)
+                                    && s.label(labels::ENDPOINT) == Some(addr)
+                                    && s.label(labels::REASON) == Some(reason)
+                            });
+                            (reason.to_owned(), count)
+                        })
+                        .filter(|(_, count)| *count >= 1.0)
+                        .collect();
                     ReplicaRow {
                         addr: addr.clone(),
                         instance,
                         state,
                         security,
                         served,
+                        retries,
+                        ejections: views.iter().map(|e| e.ejections).sum(),
                         share: 0.0,
                         ewma_ms: (!views.is_empty()).then(|| {
                             views.iter().map(|e| e.ewma_ms).sum::<f64>() / views.len() as f64
@@ -754,6 +800,8 @@ pub fn servers(window: &Window<'_>) -> Servers {
                         failed: 0,
                         last_error: proxy.error.clone(),
                         ejected: false,
+                        ejections: 0,
+                        retries: Vec::new(),
                         security: Security {
                             state: "unknown",
                             identities: Vec::new(),
@@ -858,6 +906,11 @@ mod tests {
             "mesh_route_responses_total{{{other},status_code=\"200\",grpc_status=\"12\",classification=\"failure\"}} {}\n",
             n / 10
         );
+        // Calls that failed on the second endpoint and were sent again.
+        text += &format!(
+            "mesh_retries_total{{direction=\"outbound\",target=\"stockdata\",endpoint=\"127.0.0.1:2\",reason=\"error\"}} {}\n",
+            n / 10
+        );
         // Its inbound policy turned away a tenth as many.
         text += &format!(
             "mesh_refused_total{{direction=\"inbound\",reason=\"tls_required\"}} {}\n",
@@ -878,7 +931,7 @@ mod tests {
                     endpoints: serde_json::from_str(
                         r#"{"services":[{"service":"stockdata","balance":"p2c-ewma","endpoints":[
                             {"addr":"127.0.0.1:1","instance":"stockdata-1","ewma_ms":1.5,"in_flight":2,"served":5,"failed":0,"last_error":null},
-                            {"addr":"127.0.0.1:2","instance":"stockdata-2","ewma_ms":0.5,"in_flight":0,"served":5,"failed":1,"last_error":"reset","ejected":true}]}]}"#,
+                            {"addr":"127.0.0.1:2","instance":"stockdata-2","ewma_ms":0.5,"in_flight":0,"served":5,"failed":1,"last_error":"reset","ejected":true,"ejections":2}]}]}"#,
                     )
                     .unwrap(),
                 };
@@ -1054,6 +1107,10 @@ mod tests {
         assert_eq!((two.instance.as_str(), two.state), ("stockdata-2", "down"));
         assert_eq!(two.last_error.as_deref(), Some("reset"));
         assert!(two.ejected && !one.ejected);
+        assert_eq!((two.ejections, one.ejections), (2, 0));
+        assert_eq!(two.retries, [("error".to_owned(), 3.0)]);
+        assert_eq!(two.retries_text(), "3 after no answer");
+        assert_eq!((one.retries_text(), one.retried()), ("–".to_owned(), 0.0));
         assert_eq!(
             (one.security.text(), two.security.text()),
             ("🔒 mTLS", "plaintext")

@@ -26,6 +26,7 @@
 use crate::{
     AllowedHosts, Config,
     tap::{TapError, TapQuery, Tapping},
+    trends::{Chart, Trends},
 };
 use crate::{
     scrape::History,
@@ -50,7 +51,11 @@ use hyper_util::{
     rt::TokioExecutor,
 };
 use std::{
-    collections::BTreeMap, convert::Infallible, path::Path as FsPath, sync::Arc, time::Duration,
+    collections::BTreeMap,
+    convert::Infallible,
+    path::Path as FsPath,
+    sync::{Arc, Mutex},
+    time::Duration,
 };
 use tokio::sync::watch;
 use tokio_stream::{Stream, StreamExt as _, wrappers::WatchStream};
@@ -75,12 +80,14 @@ pub struct AppState {
     form_token: Arc<str>,
     allowed_hosts: Arc<AllowedHosts>,
     tapping: Arc<Tapping>,
+    trends: Arc<Mutex<Trends>>,
 }
 
 impl AppState {
     pub fn new(
         config: &Config,
         history: watch::Receiver<History>,
+        trends: Arc<Mutex<Trends>>,
         stopping: watch::Receiver<bool>,
     ) -> std::io::Result<Self> {
         let demo_auth = config
@@ -106,11 +113,16 @@ impl AppState {
             form_token: mesh_runtime::random_hex(16)?.into(),
             allowed_hosts: Arc::new(config.allowed_hosts.clone()),
             tapping: Arc::default(),
+            trends,
         })
     }
 
     fn history(&self) -> History {
         self.history.borrow().clone()
+    }
+
+    fn trends(&self) -> std::sync::MutexGuard<'_, Trends> {
+        self.trends.lock().expect("trends lock is never poisoned")
     }
 
     /// Whether a submitted form carries this run's token.
@@ -280,17 +292,45 @@ fn page(
 #[template(path = "overview.html")]
 struct OverviewContent {
     view: Option<Overview>,
+    /// Per workload: requests per second, success rate and p99 over the
+    /// history.
+    charts: BTreeMap<String, [Chart; 3]>,
+    history_minutes: f64,
+}
+
+impl OverviewContent {
+    fn charts_of(&self, workload: &str) -> Option<&[Chart; 3]> {
+        self.charts.get(workload)
+    }
 }
 
 async fn overview_page(
     State(state): State<AppState>,
     Query(q): Query<PageQuery>,
 ) -> Result<Html<String>, AppError> {
+    let view = compute(&state, views::overview);
+    let trends = state.trends();
+    let charts = view
+        .iter()
+        .flat_map(|v| v.workloads.iter())
+        .map(|w| {
+            let charts = [
+                trends.rps(&w.workload),
+                trends.success(&w.workload),
+                trends.p99(&w.workload),
+            ];
+            (w.workload.clone(), charts)
+        })
+        .collect();
+    let history_minutes = trends.span().as_secs_f64() / 60.0;
+    drop(trends);
     page(
         "Overview",
         "overview",
         OverviewContent {
-            view: compute(&state, views::overview),
+            view,
+            charts,
+            history_minutes,
         },
         q.fragment(),
     )
@@ -488,6 +528,10 @@ struct ServersContent {
     can_load: bool,
     demo: Option<DemoReplicas>,
     token: Arc<str>,
+    /// Per (service, instance): requests served per second over the
+    /// history.
+    served: BTreeMap<(String, String), Chart>,
+    history_minutes: f64,
 }
 
 /// The demo's replicas as `meshctl demo` supervises them, or why they
@@ -506,6 +550,10 @@ pub struct DemoReplica {
 }
 
 impl ServersContent {
+    fn served_chart(&self, service: &str, instance: &str) -> Option<&Chart> {
+        self.served.get(&(service.to_owned(), instance.to_owned()))
+    }
+
     /// The demo's state of `instance`, when the demo knows it.
     fn demo_state(&self, instance: &str) -> Option<&str> {
         let replicas = self.demo.as_ref()?.as_ref().ok()?;
@@ -554,12 +602,28 @@ async fn servers(
         Some(_) => Some(demo_replicas(state).await),
         None => None,
     };
+    let view = compute(state, views::servers);
+    let trends = state.trends();
+    let served = view
+        .iter()
+        .flat_map(|v| v.services.iter())
+        .flat_map(|s| s.replicas.iter().map(move |r| (s, r)))
+        .map(|(s, r)| {
+            let key = (s.service.clone(), r.instance.clone());
+            let chart = trends.served(&s.service, &r.instance);
+            (key, chart)
+        })
+        .collect();
+    let history_minutes = trends.span().as_secs_f64() / 60.0;
+    drop(trends);
     let content = ServersContent {
-        view: compute(state, views::servers),
+        view,
         stockweb,
         can_load: state.stockweb.is_some(),
         demo,
         token: state.form_token.clone(),
+        served,
+        history_minutes,
     };
     page("Servers", "servers", content, fragment)
 }

@@ -270,6 +270,7 @@ pub mod metrics {
     pub const RESPONSE_LATENCY_BUCKET: &str = "mesh_response_latency_seconds_bucket";
     pub const ENDPOINT_EJECTED: &str = "mesh_endpoint_ejected";
     pub const REFUSED_TOTAL: &str = "mesh_refused_total";
+    pub const RETRIES_TOTAL: &str = "mesh_retries_total";
     pub const ROUTE_REQUESTS_TOTAL: &str = "mesh_route_requests_total";
     pub const ROUTE_RESPONSES_TOTAL: &str = "mesh_route_responses_total";
     pub const ROUTE_RESPONSE_LATENCY_BUCKET: &str = "mesh_route_response_latency_seconds_bucket";

@@ -122,6 +122,20 @@ async fn dashboard_pages_in_a_real_browser() {
     )
     .await;
     assert!(rates["stockweb"].as_f64().unwrap() > 0.0, "{rates}");
+    let charts = browser
+        .eval(r#"return Array.from(document.querySelectorAll('tr[data-workload="stockdata"] svg.spark title')).map(t => t.textContent);"#)
+        .await;
+    let charts: Vec<&str> = charts
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(charts.len(), 3, "rps, success and p99 charts: {charts:?}");
+    assert!(
+        charts[0].starts_with("requests per second over the last "),
+        "{charts:?}"
+    );
     assert_accessible(&browser, "overview").await;
     browser.screenshot(&shots.join("overview.png")).await;
 
@@ -292,6 +306,19 @@ async fn dashboard_pages_in_a_real_browser() {
     )
     .await;
     assert!(after.as_f64().unwrap() > before);
+    // Its chart shows the kill as a step: it served before, nothing now.
+    let step = wait_in_page(
+        &browser,
+        "stockdata-2's served chart down to 0",
+        Duration::from_secs(20),
+        r#"const c = document.querySelector('tr[data-instance="stockdata-2"] svg.spark');
+           return (c && c.dataset.last === '0' && parseFloat(c.dataset.peak) > 0) ? c.querySelector('title').textContent : null;"#,
+    )
+    .await;
+    assert!(
+        step.as_str().unwrap().contains("now 0.00 rps"),
+        "the chart says it in words: {step}"
+    );
     let status = browser
         .eval(r#"return document.getElementById('live-status').textContent;"#)
         .await;
