@@ -21,6 +21,7 @@ mod inject;
 mod injector;
 mod install;
 mod kbox;
+mod observability;
 mod supervision;
 mod tutorial;
 mod viz;
