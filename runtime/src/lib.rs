@@ -8,6 +8,8 @@
 
 #[cfg(feature = "test-util")]
 pub mod netns;
+#[cfg(feature = "test-util")]
+pub mod test_http;
 
 /// The crypto provider every TLS configuration of the mesh uses (ring):
 /// chosen here once, for the proxy and the control plane alike.

@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 use tokio::{
-    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
+    io::{AsyncBufReadExt as _, BufReader},
     net::TcpStream,
     process::{Child, Command},
 };
@@ -119,15 +119,11 @@ pub(crate) fn free_port_triple() -> u16 {
     panic!("no three consecutive free ports in 50 tries");
 }
 
+/// `GET path`, which must answer 200: its body.
 pub(crate) async fn http_get(addr: SocketAddr, path: &str) -> String {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").expect("a header block");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    body.to_owned()
+    let answer = mesh_runtime::test_http::get(addr, path).await;
+    assert_eq!(answer.status, 200, "{}", answer.head);
+    answer.body
 }
 
 pub(crate) async fn wait_for_line(child: &mut Child, needle: &str) -> Vec<String> {

@@ -226,18 +226,14 @@ async fn form_token(dashboard: SocketAddr) -> String {
 /// A form POST to the dashboard, as its own page sends it: the status line
 /// and the body.
 async fn post_form(dashboard: SocketAddr, path: &str, token: &str) -> (String, String) {
-    use tokio::io::AsyncWriteExt as _;
-    let body = format!("token={token}");
-    let mut stream = tokio::net::TcpStream::connect(dashboard).await.unwrap();
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {dashboard}\r\nOrigin: http://{dashboard}\r\nSec-Fetch-Site: same-origin\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).await.unwrap();
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
-    (head.lines().next().unwrap().to_owned(), body.to_owned())
+    use mesh_runtime::test_http::{Request, send};
+    let request = Request::post(path)
+        .host(&dashboard.to_string())
+        .header("origin", &format!("http://{dashboard}"))
+        .header("sec-fetch-site", "same-origin")
+        .form(&format!("token={token}"));
+    let answer = send(dashboard, request).await.unwrap();
+    (answer.head.lines().next().unwrap().to_owned(), answer.body)
 }
 
 #[tokio::test]
@@ -278,26 +274,17 @@ async fn replicas_are_capped_and_the_demo_api_answers_only_the_dashboard() {
         .and_then(|pair| pair[1].strip_prefix("http://")?.parse().ok())
         .unwrap();
     for (method, path, auth) in [
-        ("GET", "/replicas", ""),
-        ("POST", "/replicas", ""),
-        (
-            "POST",
-            "/replicas/stockdata-1/kill",
-            "Authorization: Bearer guessed\r\n",
-        ),
+        ("GET", "/replicas", None),
+        ("POST", "/replicas", None),
+        ("POST", "/replicas/stockdata-1/kill", Some("Bearer guessed")),
     ] {
-        use tokio::io::AsyncWriteExt as _;
-        let mut stream = tokio::net::TcpStream::connect(api).await.unwrap();
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {api}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
-        );
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).await.unwrap();
-        assert!(
-            answer.starts_with("HTTP/1.1 401"),
-            "{method} {path}: {answer}"
-        );
+        let mut request =
+            mesh_runtime::test_http::Request::new(method, path).host(&api.to_string());
+        if let Some(auth) = auth {
+            request = request.header("authorization", auth);
+        }
+        let answer = mesh_runtime::test_http::send(api, request).await.unwrap();
+        assert_eq!(answer.status, 401, "{method} {path}: {}", answer.text());
     }
     assert_eq!(
         shown_state(dashboard, "stockdata-1").await.as_deref(),

@@ -19,21 +19,13 @@ use stockkube_proto::{
     admin,
     mesh::{ProxyInfo, registry_client::RegistryClient},
 };
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::{TcpListener, TcpStream},
-};
+use tokio::net::TcpListener;
 use tonic::transport::Channel;
 
 async fn get_json(addr: SocketAddr, path: &str) -> Value {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).await.unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
+    let answer = mesh_runtime::test_http::get(addr, path).await;
+    assert_eq!(answer.status, 200, "{}", answer.head);
+    serde_json::from_str(&answer.body).unwrap_or_else(|e| panic!("{path}: {e}: {}", answer.body))
 }
 
 /// One request on a fresh connection: the response's head and body.
@@ -42,76 +34,15 @@ async fn request(addr: SocketAddr, method: &str, path: &str) -> (String, String)
     (answer.head, answer.body)
 }
 
-/// A request written by hand, so that its Host, Origin and the like are
-/// exactly what a test says.
-pub(crate) struct Raw {
-    method: String,
-    path: String,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Raw {
-    pub(crate) fn new(method: &str, path: &str) -> Self {
-        Self {
-            method: method.into(),
-            path: path.into(),
-            headers: Vec::new(),
-            body: String::new(),
-        }
-    }
-
-    pub(crate) fn get(path: &str) -> Self {
-        Self::new("GET", path)
-    }
-
-    pub(crate) fn post(path: &str) -> Self {
-        Self::new("POST", path)
-    }
-
-    pub(crate) fn host(self, host: &str) -> Self {
-        self.header("host", host)
-    }
-
-    pub(crate) fn header(mut self, name: &str, value: &str) -> Self {
-        self.headers.push((name.into(), value.into()));
-        self
-    }
-
-    /// An `application/x-www-form-urlencoded` body, as a form posts.
-    pub(crate) fn form(mut self, body: &str) -> Self {
-        self.body = body.into();
-        self.header("content-type", "application/x-www-form-urlencoded")
-    }
-}
-
-/// A response's head and body.
-pub(crate) struct Answer {
-    pub(crate) head: String,
-    pub(crate) body: String,
-}
+/// A request written as a test says, so that its Host, Origin and the like
+/// are exactly those.
+pub(crate) use mesh_runtime::test_http::Request as Raw;
 
 /// Sends `request` on a fresh connection and reads the whole answer.
-pub(crate) async fn raw(addr: SocketAddr, request: Raw) -> Answer {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let mut text = format!("{} {} HTTP/1.1\r\n", request.method, request.path);
-    for (name, value) in &request.headers {
-        text.push_str(&format!("{name}: {value}\r\n"));
-    }
-    text.push_str(&format!(
-        "content-length: {}\r\nconnection: close\r\n\r\n{}",
-        request.body.len(),
-        request.body
-    ));
-    stream.write_all(text.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).await.unwrap();
-    let answer = String::from_utf8_lossy(&answer);
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
-    Answer {
-        head: head.to_owned(),
-        body: body.to_owned(),
-    }
+pub(crate) async fn raw(addr: SocketAddr, request: Raw) -> mesh_runtime::test_http::Answer {
+    mesh_runtime::test_http::send(addr, request)
+        .await
+        .unwrap_or_else(|e| panic!("the dashboard at {addr} did not answer: {e}"))
 }
 
 /// A recorded pair of admin documents: `/metrics` and `/endpoints`.

@@ -99,28 +99,21 @@ async fn grpc_errors_are_counted_as_failures() {
     proxy.shutdown().await;
 }
 
-/// `/metrics` as the text format (the default) and as OpenMetrics (asked
-/// for in `Accept`, as Prometheus does).
+/// `/metrics` as the text format (the default) or as OpenMetrics (asked
+/// for in `Accept`, as Prometheus does): its content type and text.
 async fn scrape(admin: std::net::SocketAddr, accept: Option<&str>) -> (String, String) {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(admin).await.unwrap();
-    let accept = accept.map_or(String::new(), |a| format!("Accept: {a}\r\n"));
-    let request =
-        format!("GET /metrics HTTP/1.1\r\nHost: {admin}\r\n{accept}Connection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8(raw).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    let content_type = head
+    use mesh_runtime::test_http::{Request, send};
+    let mut request = Request::get("/metrics").host(&admin.to_string());
+    if let Some(accept) = accept {
+        request = request.header("accept", accept);
+    }
+    let answer = send(admin, request).await.unwrap();
+    let content_type = answer
+        .head
         .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-type: ")
-                .map(str::to_owned)
-        })
+        .find_map(|l| l.strip_prefix("content-type: ").map(str::to_owned))
         .unwrap();
-    (content_type, body.to_owned())
+    (content_type, answer.body)
 }
 
 #[tokio::test]

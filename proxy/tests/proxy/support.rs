@@ -1,5 +1,6 @@
 //! Test plumbing: an in-process proxy on ephemeral ports, gRPC load over one
-//! connection, a Prometheus text parser, and small HTTP helpers.
+//! connection, a Prometheus text parser, and HTTP helpers over the tests'
+//! one client (`mesh_runtime::test_http`).
 
 use clap::Parser as _;
 use std::{collections::HashMap, net::SocketAddr, time::Duration};
@@ -7,12 +8,7 @@ use stockkube_proto::{
     headers::SERVER_ID,
     stockdata::{GetRequest, stocks_client::StocksClient},
 };
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::TcpStream,
-    sync::oneshot,
-    task::JoinHandle,
-};
+use tokio::{sync::oneshot, task::JoinHandle};
 
 /// A proxy running in this process; stops (draining) on drop.
 pub struct Proxy {
@@ -273,21 +269,8 @@ pub async fn call_many(
 
 /// `GET path` over a fresh HTTP/1.1 connection; (status, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let exchange = async {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await.unwrap();
-        raw
-    };
-    let raw = tokio::time::timeout(Duration::from_secs(20), exchange)
-        .await
-        .expect("HTTP answer within 20 s");
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").expect("a header block");
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, body.to_owned())
+    let answer = mesh_runtime::test_http::get(addr, path).await;
+    (answer.status, answer.body)
 }
 
 /// One sample of Prometheus text: name, labels, value.
@@ -394,16 +377,9 @@ pub fn free_port() -> u16 {
 /// answer as text, or the error (a refused connection is an answer too:
 /// unlike [`http_get`], it does not panic).
 pub async fn try_http_get(port: u16, path: &str) -> std::io::Result<String> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).await?;
-    Ok(answer)
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let request = mesh_runtime::test_http::Request::get(path).host("x");
+    Ok(mesh_runtime::test_http::send(addr, request).await?.text())
 }
 
 /// Peers the proxy at `admin` refused for `reason`, both directions.
