@@ -140,20 +140,17 @@ fn render_stat(overview: &Overview, output: Output) -> anyhow::Result<String> {
             .workloads
             .iter()
             .map(|w| {
-                serde_json::json!({
-                    "name": w.workload,
-                    "meshed": w.meshed,
-                    "total": w.total,
-                    "traffic": w.direction,
-                    "requests": w.golden.requests,
-                    "success": w.golden.success_rate,
-                    "rps": w.golden.rps,
-                    "latency_ms_p50": w.golden.p50_ms,
-                    "latency_ms_p95": w.golden.p95_ms,
-                    "latency_ms_p99": w.golden.p99_ms,
-                    "refused": w.refused.iter().map(|(reason, n)| (reason.clone(), Value::from(*n))).collect::<serde_json::Map<String, Value>>(),
-                    "window_seconds": overview.window_seconds,
-                })
+                json_row(
+                    serde_json::json!({
+                        "name": w.workload,
+                        "meshed": w.meshed,
+                        "total": w.total,
+                        "traffic": w.direction,
+                        "refused": w.refused.iter().map(|(reason, n)| (reason.clone(), Value::from(*n))).collect::<serde_json::Map<String, Value>>(),
+                    }),
+                    &w.golden,
+                    overview.window_seconds,
+                )
             })
             .collect();
         return Ok(serde_json::to_string_pretty(&rows)? + "\n");
@@ -162,15 +159,7 @@ fn render_stat(overview: &Overview, output: Output) -> anyhow::Result<String> {
         return Ok("No meshed workloads: the controller knows no proxy.\n".into());
     }
     let wide = output == Output::Wide;
-    let mut header = vec![
-        "NAME",
-        "MESHED",
-        "SUCCESS",
-        "RPS",
-        "LATENCY_P50",
-        "LATENCY_P95",
-        "LATENCY_P99",
-    ];
+    let mut header = columns(&["NAME", "MESHED"]);
     if wide {
         header.extend(["TRAFFIC", "REQUESTS", "REFUSED"]);
     }
@@ -242,17 +231,11 @@ fn render_routes(
         let rows: Vec<Value> = rows
             .iter()
             .map(|r| {
-                serde_json::json!({
-                    "route": r.route,
-                    "service": to,
-                    "requests": r.golden.requests,
-                    "success": r.golden.success_rate,
-                    "rps": r.golden.rps,
-                    "latency_ms_p50": r.golden.p50_ms,
-                    "latency_ms_p95": r.golden.p95_ms,
-                    "latency_ms_p99": r.golden.p99_ms,
-                    "window_seconds": window_seconds,
-                })
+                json_row(
+                    serde_json::json!({ "route": r.route, "service": to }),
+                    &r.golden,
+                    window_seconds,
+                )
             })
             .collect();
         return Ok(serde_json::to_string_pretty(&rows)? + "\n");
@@ -282,15 +265,7 @@ fn render_routes(
         ));
     }
     let wide = output == Output::Wide;
-    let mut header = vec![
-        "ROUTE",
-        "SERVICE",
-        "SUCCESS",
-        "RPS",
-        "LATENCY_P50",
-        "LATENCY_P95",
-        "LATENCY_P99",
-    ];
+    let mut header = columns(&["ROUTE", "SERVICE"]);
     if wide {
         header.push("REQUESTS");
     }
@@ -385,18 +360,15 @@ fn render_top(
         let rows: Vec<Value> = busiest
             .iter()
             .map(|r| {
-                serde_json::json!({
-                    "route": r.route,
-                    "traffic": if r.direction == "inbound" { "served" } else { "called" },
-                    "service": if r.direction == "inbound" { routes.workload.as_str() } else { r.target.as_str() },
-                    "requests": r.golden.requests,
-                    "success": r.golden.success_rate,
-                    "rps": r.golden.rps,
-                    "latency_ms_p50": r.golden.p50_ms,
-                    "latency_ms_p95": r.golden.p95_ms,
-                    "latency_ms_p99": r.golden.p99_ms,
-                    "window_seconds": window_seconds,
-                })
+                json_row(
+                    serde_json::json!({
+                        "route": r.route,
+                        "traffic": if r.direction == "inbound" { "served" } else { "called" },
+                        "service": if r.direction == "inbound" { routes.workload.as_str() } else { r.target.as_str() },
+                    }),
+                    &r.golden,
+                    window_seconds,
+                )
             })
             .collect();
         return Ok(serde_json::to_string_pretty(&rows)? + "\n");
@@ -407,16 +379,7 @@ fn render_top(
             routes.workload
         ));
     }
-    let header = [
-        "ROUTE",
-        "TRAFFIC",
-        "SERVICE",
-        "SUCCESS",
-        "RPS",
-        "LATENCY_P50",
-        "LATENCY_P95",
-        "LATENCY_P99",
-    ];
+    let header = columns(&["ROUTE", "TRAFFIC", "SERVICE"]);
     let rows = busiest.iter().map(|r| {
         let (traffic, service) = if r.direction == "inbound" {
             ("served", routes.workload.clone())
@@ -613,6 +576,36 @@ fn render_tap(line: &TapLine, wide: bool) -> String {
         }
     }
     text
+}
+
+/// `fields` with the golden figures and the window they cover: one row of
+/// `-o json`.
+fn json_row(mut fields: Value, golden: &Golden, window_seconds: f64) -> Value {
+    let figures = serde_json::json!({
+        "requests": golden.requests,
+        "success": golden.success_rate,
+        "rps": golden.rps,
+        "latency_ms_p50": golden.p50_ms,
+        "latency_ms_p95": golden.p95_ms,
+        "latency_ms_p99": golden.p99_ms,
+        "window_seconds": window_seconds,
+    });
+    if let (Value::Object(fields), Value::Object(figures)) = (&mut fields, figures) {
+        fields.extend(figures);
+    }
+    fields
+}
+
+/// The columns `first`, then those of [`golden_cells`].
+fn columns(first: &[&'static str]) -> Vec<&'static str> {
+    let golden = [
+        "SUCCESS",
+        "RPS",
+        "LATENCY_P50",
+        "LATENCY_P95",
+        "LATENCY_P99",
+    ];
+    first.iter().copied().chain(golden).collect()
 }
 
 /// SUCCESS, RPS and the three latencies, as `linkerd viz` prints them.

@@ -5,7 +5,9 @@
 //! shows it down within 10 s while the others take its share. Screenshots
 //! of each page are written to `target/screenshots/`.
 
-use crate::{Demo, free_port_triple, http_get, signal, wait_for_line, webdriver::Browser};
+use crate::{
+    Demo, free_port_triple, http_get, signal, until_proxies_up, wait_for_line, webdriver::Browser,
+};
 use serde_json::Value;
 use std::{
     net::SocketAddr,
@@ -84,27 +86,7 @@ async fn dashboard_pages_in_a_real_browser() {
     let dashboard = format!("http://{dashboard_addr}");
     let shots = screenshot_dir();
 
-    // Rates come from increases between scrapes: traffic must come after the
-    // dashboard's first look at every proxy, as it would for a person.
-    let give_up = Instant::now() + Duration::from_secs(20);
-    loop {
-        let proxies: Value =
-            serde_json::from_str(&http_get(dashboard_addr, "/api/proxies").await).unwrap();
-        let up = proxies
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|p| p["up"] == true)
-            .count();
-        if up == 4 {
-            break;
-        }
-        assert!(
-            Instant::now() < give_up,
-            "the dashboard did not see 4 proxies up: {proxies}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    until_proxies_up(dashboard_addr, 4).await;
     load_stockweb(web, 3).await;
 
     // Overview: both workloads with traffic, once two scrapes have seen it.

@@ -119,6 +119,32 @@ pub(crate) fn free_port_triple() -> u16 {
     panic!("no three consecutive free ports in 50 tries");
 }
 
+/// Waits (20 s at most) until the dashboard at `dashboard` has seen
+/// `count` proxies up: rates come from increases between scrapes, so
+/// traffic must come after the dashboard's first look at every proxy, as it
+/// would for a person.
+pub(crate) async fn until_proxies_up(dashboard: SocketAddr, count: usize) {
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let proxies: serde_json::Value =
+            serde_json::from_str(&http_get(dashboard, "/api/proxies").await).unwrap();
+        let up = proxies
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["up"] == true)
+            .count();
+        if up == count {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "the dashboard did not see {count} proxies up: {proxies}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// `GET path`, which must answer 200: its body.
 pub(crate) async fn http_get(addr: SocketAddr, path: &str) -> String {
     let answer = mesh_runtime::test_http::get(addr, path).await;

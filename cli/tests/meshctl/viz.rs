@@ -2,7 +2,7 @@
 //! dashboard: tables as docs/dashboard.md shows them, valid JSON, requests
 //! tapped live, and a clear failure when the dashboard is unreachable.
 
-use crate::{Demo, free_port_triple, http_get, meshctl, wait_for_line};
+use crate::{Demo, free_port_triple, http_get, meshctl, until_proxies_up, wait_for_line};
 use serde_json::Value;
 use std::{
     net::SocketAddr,
@@ -40,24 +40,9 @@ async fn stat_routes_top_and_tap_print_the_dashboards_figures() {
     let dashboard = format!("http://127.0.0.1:{}", port + 2);
     let dashboard_addr = SocketAddr::from(([127, 0, 0, 1], port + 2));
 
-    // Traffic after the dashboard's first look at every proxy (rates are
-    // increases between scrapes), then until two scrapes have counted it.
-    let give_up = Instant::now() + Duration::from_secs(20);
-    loop {
-        let proxies: Value =
-            serde_json::from_str(&http_get(dashboard_addr, "/api/proxies").await).unwrap();
-        let up = proxies
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|p| p["up"] == true)
-            .count();
-        if up == 3 {
-            break;
-        }
-        assert!(Instant::now() < give_up, "3 proxies up: {proxies}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    // Traffic after the dashboard's first look at every proxy, then until
+    // two scrapes have counted it.
+    until_proxies_up(dashboard_addr, 3).await;
     let give_up = Instant::now() + Duration::from_secs(30);
     let stat = loop {
         http_get(web, "/api/stocks").await;

@@ -115,6 +115,33 @@ async fn spawn_controller() -> (SocketAddr, RegistryClient<Channel>) {
     (controller, RegistryClient::new(channel))
 }
 
+/// A dashboard in this process over the controller at `controller`,
+/// scraping every 200 ms, with `flags` added: its address.
+async fn spawn_dashboard(controller: SocketAddr, flags: &[&str]) -> SocketAddr {
+    let controller = format!("http://{controller}");
+    let args = mesh_dashboard::Args::try_parse_from(
+        [
+            "mesh-dashboard",
+            "--controller",
+            &controller,
+            "--scrape-interval",
+            "200ms",
+        ]
+        .into_iter()
+        .chain(flags.iter().copied()),
+    )
+    .unwrap();
+    let config = mesh_dashboard::Config::try_from(args).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dashboard = listener.local_addr().unwrap();
+    tokio::spawn(mesh_dashboard::run(
+        config,
+        listener,
+        std::future::pending(),
+    ));
+    dashboard
+}
+
 /// Registers a proxy whose admin server is `admin`, for the dashboard.
 async fn register(
     client: &mut RegistryClient<Channel>,
@@ -143,24 +170,7 @@ async fn api_reports_traffic_per_replica_and_proxies_that_went_down() {
     register(&mut client, "stockweb", "stockweb-1", admin).await;
 
     // The dashboard, scraping every 200 ms.
-    let args = mesh_dashboard::Args::try_parse_from([
-        "mesh-dashboard",
-        "--controller",
-        &format!("http://{controller}"),
-        "--scrape-interval",
-        "200ms",
-        "--window",
-        "60s",
-    ])
-    .unwrap();
-    let config = mesh_dashboard::Config::try_from(args).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let dashboard = listener.local_addr().unwrap();
-    tokio::spawn(mesh_dashboard::run(
-        config,
-        listener,
-        std::future::pending(),
-    ));
+    let dashboard = spawn_dashboard(controller, &["--window", "60s"]).await;
 
     eventually(
         "the dashboard sees the proxy",

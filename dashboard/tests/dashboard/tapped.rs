@@ -5,7 +5,6 @@
 
 use super::{get_json, register, spawn_controller};
 use axum::{body::Body, routing::get};
-use clap::Parser as _;
 use std::{net::SocketAddr, time::Duration};
 use stockdata::test_util::eventually;
 use stockkube_proto::admin;
@@ -64,22 +63,7 @@ async fn proxies_taps_merge_and_bad_ones_are_reported_not_trusted() {
         let admin = admin_with_tap(tap).await;
         register(&mut client, "web", instance, admin).await;
     }
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let dashboard = listener.local_addr().unwrap();
-    let args = mesh_dashboard::Args::try_parse_from([
-        "mesh-dashboard",
-        "--controller",
-        &format!("http://{controller}"),
-        "--scrape-interval",
-        "200ms",
-    ])
-    .unwrap();
-    let config = mesh_dashboard::Config::try_from(args).unwrap();
-    tokio::spawn(mesh_dashboard::run(
-        config,
-        listener,
-        std::future::pending(),
-    ));
+    let dashboard = super::spawn_dashboard(controller, &[]).await;
     eventually("three proxies up", Duration::from_secs(10), || async {
         let proxies = get_json(dashboard, "/api/proxies").await;
         let up = proxies
