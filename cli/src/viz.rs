@@ -676,28 +676,9 @@ fn stream_lines(
     duration: Option<Duration>,
     mut line: impl FnMut(&[u8]) -> anyhow::Result<bool>,
 ) -> anyhow::Result<()> {
-    let base = dashboard.to_string();
-    let url: http::Uri = format!("{}{path}", base.trim_end_matches('/'))
-        .parse()
-        .with_context(|| format!("{base} is not a usable dashboard URL"))?;
     runtime()?.block_on(async {
-        let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-        let response = tokio::time::timeout(ANSWER_WITHIN, client.get(url.clone()))
-            .await
-            .map_err(|_| {
-                anyhow::anyhow!("the dashboard at {base} did not answer within {ANSWER_WITHIN:?}")
-            })?
-            .with_context(|| unreachable(&base))?;
-        let status = response.status();
+        let (base, response) = get(dashboard, path).await?;
         let mut body = response.into_body();
-        if !status.is_success() {
-            let text = http_body_util::Limited::new(body, 64 * 1024)
-                .collect()
-                .await
-                .map(|b| String::from_utf8_lossy(&b.to_bytes()).trim().to_owned())
-                .unwrap_or_default();
-            bail!("the dashboard at {base} answered {url} with {status}: {text}");
-        }
         let until = duration.map(|d| tokio::time::Instant::now() + d);
         let mut buffered: Vec<u8> = Vec::new();
         loop {
@@ -745,6 +726,27 @@ fn fetch(dashboard: &http::Uri, path: &str) -> anyhow::Result<Value> {
 }
 
 async fn fetch_json(dashboard: &http::Uri, path: &str) -> anyhow::Result<Value> {
+    let (base, response) = get(dashboard, path).await?;
+    let body = tokio::time::timeout(ANSWER_WITHIN, response.into_body().collect())
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "the dashboard at {base} did not finish its answer within {ANSWER_WITHIN:?}"
+            )
+        })?
+        .with_context(|| unreachable(&base))?
+        .to_bytes();
+    serde_json::from_slice(&body)
+        .with_context(|| format!("the dashboard at {base} answered {path} with no JSON"))
+}
+
+/// GETs `path` from the dashboard: its base URL (for messages) and the
+/// response, once its head says success; else why not, with the body's
+/// first 64 KiB.
+async fn get(
+    dashboard: &http::Uri,
+    path: &str,
+) -> anyhow::Result<(String, http::Response<hyper::body::Incoming>)> {
     let base = dashboard.to_string();
     let url: http::Uri = format!("{}{path}", base.trim_end_matches('/'))
         .parse()
@@ -757,23 +759,15 @@ async fn fetch_json(dashboard: &http::Uri, path: &str) -> anyhow::Result<Value> 
         })?
         .with_context(|| unreachable(&base))?;
     let status = response.status();
-    let body = tokio::time::timeout(ANSWER_WITHIN, response.into_body().collect())
-        .await
-        .map_err(|_| {
-            anyhow::anyhow!(
-                "the dashboard at {base} did not finish its answer within {ANSWER_WITHIN:?}"
-            )
-        })?
-        .with_context(|| unreachable(&base))?
-        .to_bytes();
     if !status.is_success() {
-        bail!(
-            "the dashboard at {base} answered {url} with {status}: {}",
-            String::from_utf8_lossy(&body).trim()
-        );
+        let text = http_body_util::Limited::new(response.into_body(), 64 * 1024)
+            .collect()
+            .await
+            .map(|b| String::from_utf8_lossy(&b.to_bytes()).trim().to_owned())
+            .unwrap_or_default();
+        bail!("the dashboard at {base} answered {url} with {status}: {text}");
     }
-    serde_json::from_slice(&body)
-        .with_context(|| format!("the dashboard at {base} answered {path} with no JSON"))
+    Ok((base, response))
 }
 
 #[cfg(test)]

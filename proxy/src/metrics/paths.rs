@@ -120,14 +120,12 @@ impl PathRoutes {
 
     /// The metric handles a request for `path` counts into.
     pub fn of(&self, path: &str) -> Arc<PathMetrics> {
-        if !labelable(path) {
-            return self.other();
-        }
         let mut known = self.known.lock().expect("routes lock is never poisoned");
         if let Some(route) = known.get(path) {
             return route.clone();
         }
-        if known.len() >= self.max {
+        // Only a path not seen yet is looked at: those kept passed already.
+        if known.len() >= self.max || !labelable(path) {
             drop(known);
             return self.other();
         }
