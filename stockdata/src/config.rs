@@ -8,9 +8,16 @@ use std::{net::SocketAddr, time::Duration};
 #[derive(Debug, clap::Parser)]
 #[command(name = "stockdata", version)]
 pub struct Args {
-    /// Address to listen on. Port 80 is what the original sample's container used.
-    #[arg(long, env = "STOCKDATA_LISTEN", default_value = "0.0.0.0:80")]
-    pub listen: SocketAddr,
+    /// Address to listen on. Port 80 is what the original sample's container
+    /// used. Several, comma-separated or with the flag repeated, are served
+    /// alike (the benchmarks put many endpoints on one replica this way).
+    #[arg(
+        long,
+        env = "STOCKDATA_LISTEN",
+        default_value = "0.0.0.0:80",
+        value_delimiter = ','
+    )]
+    pub listen: Vec<SocketAddr>,
 
     /// Replica id sent in the `server-id` header. Default: the hostname plus a
     /// short random suffix, fixed for the life of the process.
@@ -39,7 +46,8 @@ pub struct Args {
 /// A checked configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub listen: SocketAddr,
+    /// At least one address.
+    pub listen: Vec<SocketAddr>,
     pub server_id: String,
     pub faults: Faults,
 }
@@ -123,7 +131,7 @@ mod tests {
     #[test]
     fn defaults_match_the_original_container() {
         let config = parse(&[]).unwrap();
-        assert_eq!(config.listen, "0.0.0.0:80".parse().unwrap());
+        assert_eq!(config.listen, ["0.0.0.0:80".parse().unwrap()]);
         assert_eq!(config.faults, Faults::default());
         assert!(
             is_valid_server_id(&config.server_id),
@@ -145,7 +153,7 @@ mod tests {
             "0.5",
         ])
         .unwrap();
-        assert_eq!(config.listen, "127.0.0.1:5000".parse().unwrap());
+        assert_eq!(config.listen, ["127.0.0.1:5000".parse().unwrap()]);
         assert_eq!(config.server_id, "replica-a");
         assert_eq!(config.faults.delay, Duration::from_millis(250));
         assert_eq!(config.faults.fail_rate, 0.5);
@@ -157,6 +165,14 @@ mod tests {
         assert!(err.contains("--fail-rate") && err.contains("1.5"), "{err}");
         let err = parse(&["--fail-rate", "NaN"]).unwrap_err();
         assert!(err.contains("--fail-rate"), "{err}");
+        let config = parse(&[
+            "--listen",
+            "127.0.0.1:5000,127.0.0.1:5001",
+            "--listen",
+            "[::1]:5002",
+        ])
+        .unwrap();
+        assert_eq!(config.listen.len(), 3, "{:?}", config.listen);
         let err = parse(&["--listen", "nowhere"]).unwrap_err();
         assert!(err.contains("--listen"), "{err}");
         let err = parse(&["--server-id", "a b"]).unwrap_err();

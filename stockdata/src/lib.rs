@@ -21,6 +21,7 @@ pub mod test_util;
 use std::future::Future;
 use stockkube_proto::stockdata::{self, stocks_server::StocksServer};
 use tokio::net::TcpListener;
+use tokio_stream::{StreamExt as _, StreamMap};
 
 pub use config::{Args, Config, Faults};
 
@@ -31,19 +32,21 @@ pub enum ServeError {
     ServerId(#[from] service::InvalidServerId),
     #[error("the reflection service could not load its descriptors")]
     Reflection(#[source] tonic_reflection::server::Error),
+    #[error("no address to listen on")]
+    NoListener,
     #[error("the listener has no local address")]
     Listener(#[source] std::io::Error),
     #[error("the gRPC server failed")]
     Transport(#[source] tonic::transport::Error),
 }
 
-/// Serves StockData, health and reflection on `listener` until `shutdown`
-/// completes; then reports NOT_SERVING, stops accepting, lets in-flight calls
-/// finish and returns. `config.listen` is not used: the caller binds, so tests
-/// can hand over a listener on port 0.
+/// Serves StockData, health and reflection on `listeners` (all alike) until
+/// `shutdown` completes; then reports NOT_SERVING, stops accepting, lets
+/// in-flight calls finish and returns. `config.listen` is not used: the
+/// caller binds, so tests can hand over a listener on port 0.
 pub async fn run(
     config: Config,
-    listener: TcpListener,
+    listeners: Vec<TcpListener>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let stocks = StocksServer::new(service::StocksService::new(
@@ -64,10 +67,22 @@ pub async fn run(
         .build_v1alpha()
         .map_err(ServeError::Reflection)?;
 
-    let local_addr = listener.local_addr().map_err(ServeError::Listener)?;
+    let mut incoming = StreamMap::new();
+    let mut addrs = Vec::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        addrs.push(listener.local_addr().map_err(ServeError::Listener)?);
+        incoming.insert(
+            i,
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+        );
+    }
+    if addrs.is_empty() {
+        return Err(ServeError::NoListener);
+    }
     tracing::info!(
         server_id = %config.server_id,
-        addr = %local_addr,
+        addr = %addrs[0],
+        addrs = addrs.len(),
         delay = ?config.faults.delay,
         fail_rate = config.faults.fail_rate,
         "stockdata listening"
@@ -87,10 +102,7 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(stocks)
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            drain,
-        )
+        .serve_with_incoming_shutdown(incoming.map(|(_, connection)| connection), drain)
         .await
         .map_err(ServeError::Transport)?;
     tracing::info!("stockdata stopped");

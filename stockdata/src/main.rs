@@ -22,15 +22,14 @@ async fn serve() -> anyhow::Result<()> {
     init_tracing();
     let shutdown = shutdown_signal()?;
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (--listen / STOCKDATA_LISTEN)",
-                config.listen
-            )
-        })?;
-    stockdata::run(config, listener, shutdown).await?;
+    let mut listeners = Vec::new();
+    for addr in &config.listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (--listen / STOCKDATA_LISTEN)"))?;
+        listeners.push(listener);
+    }
+    stockdata::run(config, listeners, shutdown).await?;
     Ok(())
 }
 

@@ -42,12 +42,12 @@ pub async fn spawn_replica_with(server_id: &str, faults: Faults) -> Replica {
         .local_addr()
         .expect("a bound listener has an address");
     let config = Config {
-        listen: addr,
+        listen: vec![addr],
         server_id: server_id.to_owned(),
         faults,
     };
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(crate::run(config, listener, async {
+    let task = tokio::spawn(crate::run(config, vec![listener], async {
         let _ = stopped.await;
     }));
     Replica {

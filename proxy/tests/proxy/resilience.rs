@@ -78,11 +78,11 @@ async fn child_replica_process() {
         let addr = listener.local_addr().unwrap();
         println!("child replica listening on {addr}");
         let config = stockdata::Config {
-            listen: addr,
+            listen: vec![addr],
             server_id: id,
             faults: Faults::default(),
         };
-        stockdata::run(config, listener, std::future::pending())
+        stockdata::run(config, vec![listener], std::future::pending())
             .await
             .unwrap();
         return;
