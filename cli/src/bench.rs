@@ -13,6 +13,8 @@
 //! `server-id` header), as text or JSON. `--suite` runs the comparison in
 //! [`suite`].
 
+mod h2load;
+mod scaling;
 pub mod suite;
 
 use anyhow::Context as _;
@@ -72,8 +74,17 @@ pub struct BenchArgs {
     #[arg(long)]
     pub suite: bool,
 
+    /// Run the scaling curves instead: mesh-proxy's cost per call as the
+    /// endpoints and the client connections grow, and its memory per idle
+    /// connection (see docs/benchmarks.md). Takes the suite's flags.
+    #[arg(long, conflicts_with = "suite")]
+    pub scaling: bool,
+
     #[command(flatten)]
     pub suite_args: suite::SuiteArgs,
+
+    #[command(flatten)]
+    pub scaling_args: scaling::ScalingArgs,
 }
 
 /// One load run's parameters, as the suite also uses them.
@@ -174,6 +185,9 @@ pub fn main(args: BenchArgs) -> anyhow::Result<()> {
     if args.suite {
         return runtime.block_on(suite::run_suite(args.suite_args));
     }
+    if args.scaling {
+        return runtime.block_on(scaling::run_scaling(&args.suite_args, &args.scaling_args));
+    }
     anyhow::ensure!(
         args.connections > 0 && args.streams > 0,
         "--connections and --streams must be at least 1"
@@ -191,7 +205,22 @@ pub fn main(args: BenchArgs) -> anyhow::Result<()> {
         warmup: args.warmup,
         progress: std::io::stdout().is_terminal(),
     };
-    let report = runtime.block_on(run(&load))?;
+    let report = match &args.suite_args.h2load {
+        // The closed loop driven by h2load instead (what the suite does).
+        Some(binary) => {
+            anyhow::ensure!(
+                load.rate.is_none(),
+                "--h2load drives closed loops only: drop --rate"
+            );
+            let scratch =
+                std::env::temp_dir().join(format!("meshctl-h2load-{}", std::process::id()));
+            std::fs::create_dir_all(&scratch).context("cannot make a scratch directory")?;
+            let _scratch = suite::RemoveOnDrop(scratch.clone());
+            let h2load = h2load::H2load::new(binary.clone(), &scratch)?;
+            runtime.block_on(h2load.run(&load))?.0
+        }
+        None => runtime.block_on(run(&load))?,
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -18,12 +18,17 @@
 //! (and its private memory, RssAnon, beside it: the peak RSS includes the
 //! binary's code pages, which proxies on one machine share). Loads: 1
 //! connection × 1 stream (latency), 1 × 100 (StockWeb's pattern,
-//! throughput), and 1 × 100 open loop at half
+//! throughput), and 1 × 100 open loop at a third of
 //! the one-hop proxy's throughput (tail latency). Rounds alternate the rows
 //! so that drift is shared; each figure is the median over rounds. Proxy CPU
 //! is read from /proc (utime + stime) around each run.
+//!
+//! The client: `h2load` ([`h2load`]) drives the closed-loop loads when it is
+//! there, so that the proxy, not the client, limits each row; the open-loop
+//! load stays with `meshctl bench` (h2load has no due times). Each row says
+//! which client drove it and what that client's CPU per call was.
 
-use super::{Load, Report, run};
+use super::{Load, Report, h2load::H2load, run};
 use crate::process::{Service, bin_dir, ensure_binaries, wait_until_listening};
 use anyhow::{Context as _, bail};
 use std::{
@@ -58,12 +63,20 @@ pub struct SuiteArgs {
     #[arg(long, value_name = "PATH")]
     pub nginx: Option<PathBuf>,
 
+    /// The h2load binary that drives the closed-loop loads (with --suite,
+    /// default: `h2load` on PATH, if there; without it meshctl's own client
+    /// drives them). Without --suite: one closed-loop run driven by it.
+    #[arg(long, value_name = "PATH")]
+    pub h2load: Option<PathBuf>,
+
     /// Write the results (Markdown table) into this file, between its
-    /// `<!-- results -->` markers, and the chart beside it as an SVG.
+    /// `<!-- results -->` markers (with --scaling, `<!-- scaling -->`), and
+    /// the chart beside it as an SVG.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
 
-    /// A few hundred calls per row: checks the harness, measures nothing.
+    /// A few hundred calls per row (with --scaling, fewer and smaller
+    /// points): checks the harness, measures nothing.
     #[arg(long)]
     pub smoke: bool,
 
@@ -147,6 +160,9 @@ impl Profile {
 #[derive(Debug, Clone)]
 struct Sample {
     report: Report,
+    /// Which client drove the run, and its CPU seconds during it.
+    client: &'static str,
+    client_cpu_seconds: Option<f64>,
     /// CPU seconds of the row's proxies during the run.
     cpu_seconds: Option<f64>,
     /// Peak RSS of the row's largest proxy, bytes.
@@ -157,12 +173,12 @@ struct Sample {
     private_rss: Option<u64>,
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(super) fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// utime + stime of a process, in seconds.
-fn cpu_seconds(pid: u32) -> Option<f64> {
+pub(super) fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let (_, rest) = stat.rsplit_once(") ")?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
@@ -183,7 +199,7 @@ fn private_rss(pid: u32) -> Option<u64> {
     status_kb(pid, "RssAnon:").map(|kb| kb * 1024)
 }
 
-fn status_kb(pid: u32, field: &str) -> Option<u64> {
+pub(super) fn status_kb(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with(field))?;
     line.split_whitespace().nth(1)?.parse().ok()
@@ -454,6 +470,7 @@ struct Bench {
     replicas: Vec<SocketAddr>,
     scratch: PathBuf,
     tls: TlsSetup,
+    h2load: Option<H2load>,
 }
 
 impl Bench {
@@ -648,7 +665,23 @@ impl Bench {
             target: processes.target.clone(),
             ..load.clone()
         };
-        let report = run(&load).await;
+        let (client, report, client_cpu) = match &self.h2load {
+            Some(h2load) if load.rate.is_none() => {
+                let run = h2load.run(&load).await;
+                let (report, cpu) = match run {
+                    Ok((report, cpu)) => (Ok(report), Some(cpu)),
+                    Err(err) => (Err(err), None),
+                };
+                ("h2load", report, cpu)
+            }
+            _ => {
+                let me = std::process::id();
+                let before = cpu_seconds(me);
+                let report = run(&load).await;
+                let used = before.zip(cpu_seconds(me)).map(|(b, a)| a - b);
+                ("meshctl", report, used)
+            }
+        };
         let after = cpu(&pids);
         // The client's proxy (the first), its largest process.
         let peak = trees
@@ -663,6 +696,8 @@ impl Bench {
         let report = report.with_context(|| format!("{} failed", row.name()))?;
         Ok(Sample {
             report,
+            client,
+            client_cpu_seconds: client_cpu,
             cpu_seconds: before.zip(after).map(|(b, a)| a - b),
             peak_rss: peak,
             private_rss: private,
@@ -670,7 +705,7 @@ impl Bench {
     }
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+pub(super) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
 }
@@ -684,6 +719,8 @@ struct Line {
     p50_ms: f64,
     p99_ms: f64,
     cpu_us_per_request: Option<f64>,
+    client: &'static str,
+    client_cpu_us_per_request: Option<f64>,
     peak_rss_mb: Option<f64>,
     private_rss_mb: Option<f64>,
     requests: u64,
@@ -716,6 +753,14 @@ fn summarize(profile: Profile, row: Row, samples: &[Sample]) -> Line {
                     .collect(),
             )
         }),
+        client: samples.first().map_or("", |s| s.client),
+        client_cpu_us_per_request: Some(median(
+            samples
+                .iter()
+                .filter_map(|s| Some(s.client_cpu_seconds? * 1e6 / s.report.requests.max(1) as f64))
+                .collect(),
+        ))
+        .filter(|us| us.is_finite()),
         peak_rss_mb: samples
             .iter()
             .filter_map(|s| s.peak_rss)
@@ -733,28 +778,29 @@ fn summarize(profile: Profile, row: Row, samples: &[Sample]) -> Line {
 
 fn table(lines: &[Line]) -> String {
     let mut text = String::from(
-        "| load | row | requests/s | p50 ms | p99 ms | proxy CPU µs / request | proxy CPU s / 10k requests | peak RSS MB | private MB | requests | errors |\n\
-         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| load | row | requests/s | p50 ms | p99 ms | proxy CPU µs / request | client | client CPU µs / request | peak RSS MB | private MB | requests | errors |\n\
+         |---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|\n",
     );
     for line in lines {
         let cpu = line
             .cpu_us_per_request
             .map_or("–".into(), |us| format!("{us:.1}"));
-        let cpu10k = line
-            .cpu_us_per_request
-            .map_or("–".into(), |us| format!("{:.3}", us * 1e4 / 1e6));
+        let client_cpu = line
+            .client_cpu_us_per_request
+            .map_or("–".into(), |us| format!("{us:.1}"));
         let rss = line.peak_rss_mb.map_or("–".into(), |mb| format!("{mb:.1}"));
         let private = line
             .private_rss_mb
             .map_or("–".into(), |mb| format!("{mb:.1}"));
         let _ = writeln!(
             text,
-            "| {} | {} | {:.0} | {:.3} | {:.3} | {cpu} | {cpu10k} | {rss} | {private} | {} | {} |",
+            "| {} | {} | {:.0} | {:.3} | {:.3} | {cpu} | {} | {client_cpu} | {rss} | {private} | {} | {} |",
             line.profile,
             line.row.name(),
             line.rps,
             line.p50_ms,
             line.p99_ms,
+            line.client,
             line.requests,
             line.errors
         );
@@ -827,7 +873,7 @@ fn chart(lines: &[Line]) -> String {
 
 /// The suite's scratch directory (generated configs), removed however the
 /// suite ends.
-struct RemoveOnDrop(PathBuf);
+pub(super) struct RemoveOnDrop(pub(super) PathBuf);
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
@@ -836,7 +882,7 @@ impl Drop for RemoveOnDrop {
 }
 
 /// `name` in a directory of PATH.
-fn find_on_path(name: &str) -> Option<PathBuf> {
+pub(super) fn find_on_path(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|path| {
         std::env::split_paths(&path)
             .map(|dir| dir.join(name))
@@ -844,11 +890,11 @@ fn find_on_path(name: &str) -> Option<PathBuf> {
     })
 }
 
-/// Replaces the text between `<!-- results -->` and `<!-- /results -->`.
-fn write_report(path: &Path, results: &str) -> anyhow::Result<()> {
+/// Replaces the text between `<!-- NAME -->` and `<!-- /NAME -->`.
+pub(super) fn write_report(path: &Path, name: &str, results: &str) -> anyhow::Result<()> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let (begin, end) = ("<!-- results -->", "<!-- /results -->");
+    let (begin, end) = (&format!("<!-- {name} -->"), &format!("<!-- /{name} -->"));
     let (Some(start), Some(stop)) = (text.find(begin), text.find(end)) else {
         bail!("{} has no {begin} ... {end} markers", path.display());
     };
@@ -881,6 +927,17 @@ pub async fn run_suite(args: SuiteArgs) -> anyhow::Result<()> {
     let scratch = std::env::temp_dir().join(format!("meshctl-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
     let _scratch = RemoveOnDrop(scratch.clone());
+    let h2load = match (&args.h2load, find_on_path("h2load")) {
+        (Some(path), _) if !path.is_file() => bail!("--h2load {}: no such file", path.display()),
+        (Some(path), _) => Some(H2load::new(path.clone(), &scratch)?),
+        (None, Some(path)) => Some(H2load::new(path, &scratch)?),
+        (None, None) => {
+            eprintln!(
+                "meshctl bench: no h2load (--h2load; Debian's nghttp2-client): meshctl bench drives every load, and limits the rows"
+            );
+            None
+        }
+    };
 
     let mut servers = Vec::new();
     let mut replicas = Vec::new();
@@ -931,6 +988,7 @@ pub async fn run_suite(args: SuiteArgs) -> anyhow::Result<()> {
         replicas,
         scratch: scratch.clone(),
         tls,
+        h2load,
     };
     let rounds = if args.smoke { 1 } else { args.rounds.max(1) };
     let base = Load {
@@ -948,9 +1006,11 @@ pub async fn run_suite(args: SuiteArgs) -> anyhow::Result<()> {
     let mut one_hop_peak = Vec::new();
     for profile in [Profile::Latency, Profile::Throughput, Profile::Rate(0.0)] {
         let profile = match profile {
-            // Half the one-hop proxy's throughput, as measured just before.
+            // A third of the one-hop proxy's throughput as h2load measured
+            // it just before: what meshctl bench, which costs more per call,
+            // can still send on time.
             Profile::Rate(_) if args.smoke => Profile::Rate(500.0),
-            Profile::Rate(_) => Profile::Rate((median(one_hop_peak.clone()) / 2.0).round()),
+            Profile::Rate(_) => Profile::Rate((median(one_hop_peak.clone()) / 3.0).round()),
             other => other,
         };
         let load = match profile {
@@ -1008,7 +1068,11 @@ pub async fn run_suite(args: SuiteArgs) -> anyhow::Result<()> {
             .file_name()
             .and_then(|n| n.to_str())
             .unwrap_or("benchmarks.svg");
-        write_report(report, &format!("{results}\n![results]({svg_name})\n"))?;
+        write_report(
+            report,
+            "results",
+            &format!("{results}\n![results]({svg_name})\n"),
+        )?;
         eprintln!(
             "meshctl bench: wrote {} and {}",
             report.display(),

@@ -108,6 +108,137 @@ async fn the_load_tool_reports_throughput_latency_and_servers_as_json() {
     assert!(text.contains("b1 100.0%"), "{text}");
 }
 
+/// h2load counts an HTTP 200 as a success, which a gRPC error answered in
+/// trailers only also is: driven by h2load, a call counts only if its
+/// response message arrived. One replica on two addresses (stockdata's
+/// `--listen` takes several), failing half its calls.
+#[tokio::test]
+async fn h2load_runs_count_grpc_errors_as_failed() {
+    let Some(h2load) = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("h2load"))
+            .find(|p| p.is_file())
+    }) else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "with CI=true h2load is required (scripts/test.sh installs nghttp2-client)"
+        );
+        eprintln!("no h2load: SKIPPED");
+        return;
+    };
+    let ports: Vec<u16> = (0..2)
+        .map(|_| {
+            TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
+        .collect();
+    let _replica = Replica(
+        Command::new(bin("stockdata"))
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{},127.0.0.1:{}", ports[0], ports[1]),
+                "--server-id",
+                "h1",
+                "--fail-rate",
+                "0.5",
+            ])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("stockdata is built beside meshctl"),
+    );
+    for port in &ports {
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while tokio::net::TcpStream::connect(("127.0.0.1", *port))
+            .await
+            .is_err()
+        {
+            assert!(
+                std::time::Instant::now() < give_up,
+                "stockdata listens on {port}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    for port in ports {
+        let output = tokio::process::Command::new(MESHCTL)
+            .args(["bench", "--target", &format!("http://127.0.0.1:{port}")])
+            .args([
+                "--streams",
+                "10",
+                "--requests",
+                "1000",
+                "--warmup",
+                "0",
+                "--json",
+            ])
+            .arg("--h2load")
+            .arg(&h2load)
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(report["requests"], 1000, "{report}");
+        // About half, as the replica's fail rate says (binomial: 500 ± 16).
+        let failed = report["errors"]["no_response_message"]
+            .as_u64()
+            .unwrap_or(0);
+        assert!((400..=600).contains(&failed), "{report}");
+        assert!(
+            report["latency_us"]["p99"].as_u64().unwrap() > 0,
+            "{report}"
+        );
+    }
+}
+
+/// The scaling curves' harness, on small points: every point ran without a
+/// failed call, and the idle-memory figure was read.
+#[tokio::test]
+async fn the_scaling_smoke_run_covers_every_point() {
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("h2load").is_file()));
+    if !on_path {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "with CI=true h2load is required (scripts/test.sh installs nghttp2-client)"
+        );
+        eprintln!("no h2load: SKIPPED");
+        return;
+    }
+    let output = tokio::process::Command::new(MESHCTL)
+        .args(["bench", "--scaling", "--smoke"])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for point in ["| 1 | ", "| 10 | "] {
+        assert_eq!(text.matches(point).count(), 2, "{point}: {text}");
+    }
+    for row in text.lines().filter(|l| l.starts_with("| 1")) {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        assert_eq!(cells[cells.len() - 2], "0", "errors in {row}");
+        let cpu: f64 = cells[3].parse().unwrap_or_else(|_| panic!("CPU in {row}"));
+        assert!(cpu > 0.0, "{row}");
+    }
+    assert!(
+        text.contains("with 100 open and idle after one call each"),
+        "{text}"
+    );
+}
+
 #[tokio::test]
 async fn the_suite_smoke_run_covers_every_row_without_errors() {
     let envoy = std::env::var_os("STOCKKUBE_ENVOY")
@@ -117,12 +248,13 @@ async fn the_suite_smoke_run_covers_every_row_without_errors() {
         std::env::var_os("PATH")
             .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(name).is_file()))
     };
-    let (haproxy, nginx) = (on_path("haproxy"), on_path("nginx"));
-    if envoy.is_none() || !haproxy || !nginx {
+    let (haproxy, nginx, h2load) = (on_path("haproxy"), on_path("nginx"), on_path("h2load"));
+    if envoy.is_none() || !haproxy || !nginx || !h2load {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
-            "with CI=true the smoke run needs Envoy (STOCKKUBE_ENVOY), haproxy and nginx \
-             (scripts/test.sh installs them); envoy: {envoy:?}, haproxy: {haproxy}, nginx: {nginx}"
+            "with CI=true the smoke run needs Envoy (STOCKKUBE_ENVOY), haproxy, nginx and h2load \
+             (scripts/test.sh installs them); envoy: {envoy:?}, haproxy: {haproxy}, nginx: {nginx}, \
+             h2load: {h2load}"
         );
         eprintln!("some proxies are missing: the smoke run leaves their rows out");
     }
@@ -167,5 +299,17 @@ async fn the_suite_smoke_run_covers_every_row_without_errors() {
         let cells: Vec<&str> = row.split('|').map(str::trim).collect();
         assert_eq!(cells[cells.len() - 2], "0", "errors in {row}");
         assert_eq!(cells[cells.len() - 3], "300", "calls in {row}");
+        // h2load drives the closed loops, meshctl bench the open loop; each
+        // row says which, and what that client's CPU per call was.
+        let client = if !h2load || row.starts_with("| 1 × 100 at ") {
+            "meshctl"
+        } else {
+            "h2load"
+        };
+        assert_eq!(cells[7], client, "client of {row}");
+        let client_cpu: f64 = cells[8]
+            .parse()
+            .unwrap_or_else(|_| panic!("client CPU in {row}"));
+        assert!(client_cpu >= 0.0, "{row}");
     }
 }
