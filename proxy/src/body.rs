@@ -86,7 +86,7 @@ impl Recorder {
 /// The gRPC status a response head carries (a trailers-only response).
 pub fn grpc_status(headers: &http::HeaderMap) -> Option<u8> {
     headers
-        .get("grpc-status")
+        .get(crate::names::GRPC_STATUS)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
 }

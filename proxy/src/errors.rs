@@ -186,7 +186,7 @@ fn render(grpc: bool, status: StatusCode, code: tonic::Code, message: &str) -> R
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/grpc"),
         );
-        headers.insert("grpc-status", HeaderValue::from(code as i32));
+        headers.insert(crate::names::GRPC_STATUS, HeaderValue::from(code as i32));
         // grpc-message is percent-encoded; keep it to safe ASCII instead.
         let safe: String = message
             .chars()
@@ -199,7 +199,7 @@ fn render(grpc: bool, status: StatusCode, code: tonic::Code, message: &str) -> R
             })
             .collect();
         if let Ok(value) = HeaderValue::from_str(&safe.replace('%', "%25")) {
-            headers.insert("grpc-message", value);
+            headers.insert(crate::names::GRPC_MESSAGE, value);
         }
         response
     } else {

@@ -46,6 +46,7 @@ pub mod identity;
 pub mod inbound;
 pub mod limits;
 pub mod metrics;
+pub mod names;
 pub mod orig_dst;
 pub mod outbound;
 pub mod policy;

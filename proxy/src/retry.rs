@@ -135,7 +135,7 @@ impl RetryPolicy {
     /// response, which is how servers answer a call they did not process.
     pub fn retries(&self, status: http::StatusCode, headers: &http::HeaderMap) -> bool {
         match headers
-            .get("grpc-status")
+            .get(crate::names::GRPC_STATUS)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<i32>().ok())
         {

@@ -340,7 +340,7 @@ fn feedback<R>(picked: Picked, classified: &Classified<R>) {
             response.status(),
             response
                 .headers()
-                .get("grpc-status")
+                .get(crate::names::GRPC_STATUS)
                 .map_or(String::new(), |v| format!("grpc-status {v:?}"))
         )),
         Classified::Failed(err) if err.blame() == Blame::Endpoint => {

@@ -52,7 +52,7 @@ impl Deadline {
 /// to 8 digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`). `None` when absent
 /// or malformed (the header is then ignored, as gRPC servers do).
 pub fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
-    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    let value = headers.get(crate::names::GRPC_TIMEOUT)?.to_str().ok()?;
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
     if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -127,7 +127,7 @@ mod tests {
             fn any_value_parses_without_panicking(value in "[ -~]{0,16}") {
                 if let Ok(value) = http::HeaderValue::from_str(&value) {
                     let mut headers = http::HeaderMap::new();
-                    headers.insert("grpc-timeout", value);
+                    headers.insert(crate::names::GRPC_TIMEOUT, value);
                     let _ = grpc_timeout(&headers);
                 }
             }

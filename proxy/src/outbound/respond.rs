@@ -7,6 +7,7 @@
 //! [`ProxyError`]: crate::errors::ProxyError
 
 use super::{Attempt, Outcome};
+use crate::names::{MESH_ATTEMPTS, MESH_ENDPOINT};
 use crate::{
     balance::EndpointState,
     body::{ProxyBody, Received, grpc_status},
@@ -15,7 +16,6 @@ use crate::{
     metrics::paths::Call,
 };
 use http::HeaderValue;
-use stockkube_proto::headers::{MESH_ATTEMPTS, MESH_ENDPOINT};
 
 /// The client's response for `outcome`, the answer to `call`.
 pub fn respond(
