@@ -90,7 +90,7 @@ impl H2load {
         // answered in trailers only, with HTTP status 200).
         let answered = printed.data_bytes / per_call;
         let unanswered = printed.succeeded.saturating_sub(answered);
-        let succeeded = printed.succeeded - unanswered;
+        let calls = printed.succeeded + printed.failed;
         let mut errors = BTreeMap::new();
         if printed.failed > 0 {
             errors.insert("http_failed".to_owned(), printed.failed);
@@ -106,8 +106,8 @@ impl H2load {
                 streams: load.streams,
                 rate: None,
                 seconds: printed.seconds,
-                requests: succeeded + printed.failed + unanswered,
-                rps: (succeeded + printed.failed + unanswered) as f64 / printed.seconds.max(1e-9),
+                requests: calls,
+                rps: calls as f64 / printed.seconds.max(1e-9),
                 errors,
                 latency_us: latency,
                 servers: BTreeMap::new(),

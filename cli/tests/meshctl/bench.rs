@@ -16,6 +16,68 @@ use crate::bin;
 /// A stockdata process, killed on drop.
 struct Replica(std::process::Child);
 
+impl Replica {
+    /// A replica named `id` on free loopback ports (one per `addresses`),
+    /// with `extra` flags, once it listens on every one.
+    async fn start(id: &str, addresses: usize, extra: &[&str]) -> (Self, Vec<u16>) {
+        let ports: Vec<u16> = (0..addresses)
+            .map(|_| {
+                TcpListener::bind("127.0.0.1:0")
+                    .unwrap()
+                    .local_addr()
+                    .unwrap()
+                    .port()
+            })
+            .collect();
+        let listen: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let replica = Replica(
+            Command::new(bin("stockdata"))
+                .args(["--listen", &listen.join(","), "--server-id", id])
+                .args(extra)
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("stockdata is built beside meshctl"),
+        );
+        for port in &ports {
+            let give_up = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while tokio::net::TcpStream::connect(("127.0.0.1", *port))
+                .await
+                .is_err()
+            {
+                assert!(
+                    std::time::Instant::now() < give_up,
+                    "stockdata listens on {port}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+        (replica, ports)
+    }
+}
+
+/// `name` in a directory of PATH.
+fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(name))
+            .find(|candidate| candidate.is_file())
+    })
+}
+
+/// h2load, or `None` where a test may skip without it (never with CI=true).
+fn h2load_or_skip() -> Option<PathBuf> {
+    let h2load = on_path("h2load");
+    if h2load.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "with CI=true h2load is required (scripts/test.sh installs nghttp2-client)"
+        );
+        eprintln!("no h2load: SKIPPED");
+    }
+    h2load
+}
+
 impl Drop for Replica {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -25,33 +87,8 @@ impl Drop for Replica {
 
 #[tokio::test]
 async fn the_load_tool_reports_throughput_latency_and_servers_as_json() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let _replica = Replica(
-        Command::new(bin("stockdata"))
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--server-id",
-                "b1",
-            ])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("stockdata is built beside meshctl"),
-    );
-    let target = format!("http://127.0.0.1:{port}");
-    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(std::time::Instant::now() < give_up, "stockdata listens");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let (_replica, ports) = Replica::start("b1", 1, &[]).await;
+    let target = format!("http://127.0.0.1:{}", ports[0]);
     let output = tokio::process::Command::new(MESHCTL)
         .args([
             "bench",
@@ -114,55 +151,10 @@ async fn the_load_tool_reports_throughput_latency_and_servers_as_json() {
 /// `--listen` takes several), failing half its calls.
 #[tokio::test]
 async fn h2load_runs_count_grpc_errors_as_failed() {
-    let Some(h2load) = std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|dir| dir.join("h2load"))
-            .find(|p| p.is_file())
-    }) else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "with CI=true h2load is required (scripts/test.sh installs nghttp2-client)"
-        );
-        eprintln!("no h2load: SKIPPED");
+    let Some(h2load) = h2load_or_skip() else {
         return;
     };
-    let ports: Vec<u16> = (0..2)
-        .map(|_| {
-            TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        })
-        .collect();
-    let _replica = Replica(
-        Command::new(bin("stockdata"))
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{},127.0.0.1:{}", ports[0], ports[1]),
-                "--server-id",
-                "h1",
-                "--fail-rate",
-                "0.5",
-            ])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("stockdata is built beside meshctl"),
-    );
-    for port in &ports {
-        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while tokio::net::TcpStream::connect(("127.0.0.1", *port))
-            .await
-            .is_err()
-        {
-            assert!(
-                std::time::Instant::now() < give_up,
-                "stockdata listens on {port}"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    }
+    let (_replica, ports) = Replica::start("h1", 2, &["--fail-rate", "0.5"]).await;
     for port in ports {
         let output = tokio::process::Command::new(MESHCTL)
             .args(["bench", "--target", &format!("http://127.0.0.1:{port}")])
@@ -203,14 +195,7 @@ async fn h2load_runs_count_grpc_errors_as_failed() {
 /// failed call, and the idle-memory figure was read.
 #[tokio::test]
 async fn the_scaling_smoke_run_covers_every_point() {
-    let on_path = std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("h2load").is_file()));
-    if !on_path {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "with CI=true h2load is required (scripts/test.sh installs nghttp2-client)"
-        );
-        eprintln!("no h2load: SKIPPED");
+    if h2load_or_skip().is_none() {
         return;
     }
     let output = tokio::process::Command::new(MESHCTL)
@@ -244,11 +229,8 @@ async fn the_suite_smoke_run_covers_every_row_without_errors() {
     let envoy = std::env::var_os("STOCKKUBE_ENVOY")
         .map(PathBuf::from)
         .filter(|e| e.is_file());
-    let on_path = |name: &str| {
-        std::env::var_os("PATH")
-            .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(name).is_file()))
-    };
-    let (haproxy, nginx, h2load) = (on_path("haproxy"), on_path("nginx"), on_path("h2load"));
+    let [haproxy, nginx, h2load] =
+        ["haproxy", "nginx", "h2load"].map(|name| on_path(name).is_some());
     if envoy.is_none() || !haproxy || !nginx || !h2load {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
