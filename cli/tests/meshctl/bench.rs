@@ -85,23 +85,12 @@ impl Drop for Replica {
     }
 }
 
-#[tokio::test]
-async fn the_load_tool_reports_throughput_latency_and_servers_as_json() {
-    let (_replica, ports) = Replica::start("b1", 1, &[]).await;
-    let target = format!("http://127.0.0.1:{}", ports[0]);
+/// `meshctl bench ARGS --json`, which must succeed: its report.
+async fn bench_json(args: &[&str]) -> serde_json::Value {
     let output = tokio::process::Command::new(MESHCTL)
-        .args([
-            "bench",
-            "--target",
-            &target,
-            "--connections",
-            "2",
-            "--streams",
-            "5",
-            "--requests",
-            "400",
-            "--json",
-        ])
+        .arg("bench")
+        .args(args)
+        .arg("--json")
         .output()
         .await
         .unwrap();
@@ -110,7 +99,24 @@ async fn the_load_tool_reports_throughput_latency_and_servers_as_json() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn the_load_tool_reports_throughput_latency_and_servers_as_json() {
+    let (_replica, ports) = Replica::start("b1", 1, &[]).await;
+    let target = format!("http://127.0.0.1:{}", ports[0]);
+    let report = bench_json(&[
+        "--target",
+        &target,
+        "--connections",
+        "2",
+        "--streams",
+        "5",
+        "--requests",
+        "400",
+    ])
+    .await;
     assert_eq!(report["requests"], 400, "{report}");
     assert_eq!(report["servers"]["b1"], 400, "{report}");
     assert_eq!(report["errors"], serde_json::json!({}), "{report}");
@@ -156,28 +162,21 @@ async fn h2load_runs_count_grpc_errors_as_failed() {
     };
     let (_replica, ports) = Replica::start("h1", 2, &["--fail-rate", "0.5"]).await;
     for port in ports {
-        let output = tokio::process::Command::new(MESHCTL)
-            .args(["bench", "--target", &format!("http://127.0.0.1:{port}")])
-            .args([
-                "--streams",
-                "10",
-                "--requests",
-                "1000",
-                "--warmup",
-                "0",
-                "--json",
-            ])
-            .arg("--h2load")
-            .arg(&h2load)
-            .output()
-            .await
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let target = format!("http://127.0.0.1:{port}");
+        let h2load = h2load.to_str().expect("a UTF-8 path");
+        let report = bench_json(&[
+            "--target",
+            &target,
+            "--streams",
+            "10",
+            "--requests",
+            "1000",
+            "--warmup",
+            "0",
+            "--h2load",
+            h2load,
+        ])
+        .await;
         assert_eq!(report["requests"], 1000, "{report}");
         // About half, as the replica's fail rate says (binomial: 500 ± 16).
         let failed = report["errors"]["no_response_message"]
