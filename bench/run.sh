@@ -11,8 +11,9 @@
 # `meshctl bench --scaling` (mesh-proxy as endpoints and connections grow,
 # and its memory per idle connection) into the same file and
 # docs/benchmarks-scaling.svg. Rows whose proxy is missing are left out.
-# Extra arguments go to both (e.g. --run-time 5s --rounds 3). On 2 cores:
-# about 8 minutes of runs with the defaults, plus about 7 for the first
+# Extra arguments go to both (e.g. --run-time 5s --rounds 2). On 2 cores:
+# about 8 minutes of runs with --rounds 2 (some 12 with the default 3),
+# plus about 7 for the first
 # release build (LTO).
 set -euo pipefail
 cd "$(dirname "$0")/.."
