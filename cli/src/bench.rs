@@ -299,6 +299,13 @@ async fn connect(target: &str) -> anyhow::Result<StocksClient<Channel>> {
 
 /// Runs one load and measures it.
 pub async fn run(load: &Load) -> anyhow::Result<Report> {
+    Ok(run_warmed(load, || ()).await?.0)
+}
+
+/// Runs one load and measures it, calling `warmed` between the warm-up and
+/// the measured calls: what it returns (say, a process's CPU time) is read
+/// where the measured run begins.
+pub async fn run_warmed<T>(load: &Load, warmed: impl FnOnce() -> T) -> anyhow::Result<(Report, T)> {
     let mut clients = Vec::new();
     for _ in 0..load.connections {
         clients.push(connect(&load.target).await?);
@@ -313,6 +320,7 @@ pub async fn run(load: &Load) -> anyhow::Result<Report> {
         }
     }
     while warm.join_next().await.is_some() {}
+    let at_start = warmed();
 
     let done = Arc::new(AtomicBool::new(false));
     let issued = Arc::new(AtomicU64::new(0));
@@ -391,7 +399,7 @@ pub async fn run(load: &Load) -> anyhow::Result<Report> {
     }
     let requests = total.latency.len();
     let h = &total.latency;
-    Ok(Report {
+    let report = Report {
         target: load.target.clone(),
         connections: load.connections,
         streams: load.streams,
@@ -408,5 +416,102 @@ pub async fn run(load: &Load) -> anyhow::Result<Report> {
             max: h.max(),
         },
         servers: total.servers,
-    })
+    };
+    Ok((report, at_start))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stockkube_proto::stockdata::{
+        GetResponse,
+        stocks_server::{Stocks, StocksServer},
+    };
+
+    /// A StockData that counts the calls it answered.
+    #[derive(Clone, Default)]
+    struct Counting(Arc<AtomicU64>);
+
+    #[tonic::async_trait]
+    impl Stocks for Counting {
+        async fn get(
+            &self,
+            _request: tonic::Request<GetRequest>,
+        ) -> Result<tonic::Response<GetResponse>, tonic::Status> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(tonic::Response::new(GetResponse::default()))
+        }
+    }
+
+    /// Serves a [`Counting`] StockData on loopback; its URL and its count.
+    async fn counting_server() -> (String, Arc<AtomicU64>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let counting = Counting::default();
+        let answered = counting.0.clone();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(StocksServer::new(counting))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        (format!("http://{addr}"), answered)
+    }
+
+    fn load(target: String) -> Load {
+        Load {
+            target,
+            connections: 1,
+            streams: 4,
+            duration: Duration::from_secs(30),
+            requests: Some(200),
+            rate: None,
+            warmup: 50,
+            progress: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_measured_run_begins_after_the_warm_up() {
+        let (target, answered) = counting_server().await;
+        let counted = answered.clone();
+        let (report, at_start) = run_warmed(&load(target), move || counted.load(Ordering::SeqCst))
+            .await
+            .unwrap();
+        assert_eq!(
+            at_start, 50,
+            "every warm-up call answered, no measured one yet"
+        );
+        assert_eq!(report.requests, 200);
+        assert_eq!(answered.load(Ordering::SeqCst), 250);
+    }
+
+    #[tokio::test]
+    async fn h2load_s_measured_run_begins_after_its_warm_up() {
+        let Some(binary) = suite::find_on_path("h2load") else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "h2load (Debian's nghttp2-client) is required with CI=true"
+            );
+            eprintln!("skipped: no h2load on PATH");
+            return;
+        };
+        let scratch = std::env::temp_dir().join(format!("meshctl-warm-{}", std::process::id()));
+        std::fs::create_dir_all(&scratch).unwrap();
+        let _scratch = suite::RemoveOnDrop(scratch.clone());
+        let (target, answered) = counting_server().await;
+        let counted = answered.clone();
+        let h2load = h2load::H2load::new(binary, &scratch).unwrap();
+        let (report, _, at_start) = h2load
+            .run_warmed(&load(target), move || counted.load(Ordering::SeqCst))
+            .await
+            .unwrap();
+        // One call first learns the size of a response message.
+        assert_eq!(
+            at_start,
+            1 + 50,
+            "every warm-up call answered, no measured one yet"
+        );
+        assert_eq!(report.requests, 200);
+        assert_eq!(answered.load(Ordering::SeqCst), 251);
+    }
 }

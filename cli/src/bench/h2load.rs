@@ -63,22 +63,40 @@ impl H2load {
     /// Runs `load` (closed loop) against its target; the report and the
     /// client's CPU seconds.
     pub async fn run(&self, load: &Load) -> anyhow::Result<(Report, f64)> {
+        let (report, cpu, ()) = self.run_warmed(load, || ()).await?;
+        Ok((report, cpu))
+    }
+
+    /// Runs `load` as [`H2load::run`] does, calling `warmed` between the
+    /// warm-up run and the measured one: what it returns (say, a proxy's CPU
+    /// time) is read where the measured calls begin.
+    pub async fn run_warmed<T: Send + 'static>(
+        &self,
+        load: &Load,
+        warmed: impl FnOnce() -> T + Send + 'static,
+    ) -> anyhow::Result<(Report, f64, T)> {
         ensure!(load.rate.is_none(), "h2load drives closed-loop loads only");
         let per_call = response_frame_bytes(&load.target).await?;
         let this = self.clone();
         let load = load.clone();
-        tokio::task::spawn_blocking(move || this.run_blocking(&load, per_call))
+        tokio::task::spawn_blocking(move || this.run_blocking(&load, per_call, warmed))
             .await
             .context("the h2load task panicked")?
     }
 
-    fn run_blocking(&self, load: &Load, per_call: u64) -> anyhow::Result<(Report, f64)> {
+    fn run_blocking<T>(
+        &self,
+        load: &Load,
+        per_call: u64,
+        warmed: impl FnOnce() -> T,
+    ) -> anyhow::Result<(Report, f64, T)> {
         let url = format!("{}/StockData.Stocks/Get", load.target);
         let in_flight = (load.connections * load.streams) as u64;
         if load.warmup > 0 {
             let warm = load.warmup.max(in_flight).to_string();
             self.h2load(load, &url, &["-n", &warm], false)?;
         }
+        let at_start = warmed();
         let seconds = load.duration.as_secs().max(1).to_string();
         let requests = load.requests.map(|n| n.max(in_flight).to_string());
         let amount: [&str; 2] = match &requests {
@@ -113,6 +131,7 @@ impl H2load {
                 servers: BTreeMap::new(),
             },
             cpu,
+            at_start,
         ))
     }
 

@@ -126,21 +126,21 @@ impl Scaling {
             warmup: warmup.max((connections * streams) as u64),
             progress: false,
         };
-        let before = cpu_seconds(pid);
-        let measured = self.h2load.run(&load).await;
+        // The proxy's CPU from the end of the warm-up to the end of the run.
+        let measured = self
+            .h2load
+            .run_warmed(&load, move || cpu_seconds(pid))
+            .await;
         let after = cpu_seconds(pid);
         proxy.stop(Duration::from_secs(5)).await;
-        let (report, _) = measured?;
-        // The warm-up ran inside the window too: take it out by its share
-        // of the calls the proxy saw (the run's own calls dominate).
+        let (report, _, before) = measured?;
         let cpu = before
             .zip(after)
             .map(|(b, a)| a - b)
             .context("cannot read the proxy's CPU time")?;
-        let calls = report.requests + load.warmup;
         Ok((
             report.rps,
-            cpu * 1e6 / calls.max(1) as f64,
+            cpu * 1e6 / report.requests.max(1) as f64,
             report.latency_us.p99 as f64 / 1000.0,
             report.failed(),
         ))

@@ -28,7 +28,7 @@
 //! load stays with `meshctl bench` (h2load has no due times). Each row says
 //! which client drove it and what that client's CPU per call was.
 
-use super::{Load, Report, h2load::H2load, run};
+use super::{Load, Report, h2load::H2load, run_warmed};
 use crate::process::{Service, bin_dir, ensure_binaries, wait_until_listening};
 use anyhow::{Context as _, bail};
 use std::{
@@ -659,27 +659,32 @@ impl Bench {
             .map(process_tree)
             .collect();
         let pids: Vec<u32> = trees.iter().flatten().copied().collect();
+        // The proxies' CPU from the end of the warm-up: divided by the
+        // measured calls, it must not hold the warm-up's.
         let cpu = |pids: &[u32]| -> Option<f64> { pids.iter().map(|p| cpu_seconds(*p)).sum() };
-        let before = cpu(&pids);
         let load = Load {
             target: processes.target.clone(),
             ..load.clone()
         };
-        let (client, report, client_cpu) = match &self.h2load {
+        let (client, report, client_cpu, before) = match &self.h2load {
             Some(h2load) if load.rate.is_none() => {
-                let run = h2load.run(&load).await;
-                let (report, cpu) = match run {
-                    Ok((report, cpu)) => (Ok(report), Some(cpu)),
-                    Err(err) => (Err(err), None),
-                };
-                ("h2load", report, cpu)
+                let proxy_pids = pids.clone();
+                let run = h2load.run_warmed(&load, move || cpu(&proxy_pids)).await;
+                match run {
+                    Ok((report, used, before)) => ("h2load", Ok(report), Some(used), before),
+                    Err(err) => ("h2load", Err(err), None, None),
+                }
             }
             _ => {
                 let me = std::process::id();
-                let before = cpu_seconds(me);
-                let report = run(&load).await;
-                let used = before.zip(cpu_seconds(me)).map(|(b, a)| a - b);
-                ("meshctl", report, used)
+                let run = run_warmed(&load, || (cpu_seconds(me), cpu(&pids))).await;
+                match run {
+                    Ok((report, (client_before, before))) => {
+                        let used = client_before.zip(cpu_seconds(me)).map(|(b, a)| a - b);
+                        ("meshctl", Ok(report), used, before)
+                    }
+                    Err(err) => ("meshctl", Err(err), None, None),
+                }
             }
         };
         let after = cpu(&pids);
