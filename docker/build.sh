@@ -5,13 +5,10 @@
 #   stockkube/mesh-proxy-init  stockkube/mesh-controller  stockkube/mesh-injector
 #   stockkube/mesh-dashboard
 #
-# Each is FROM scratch: static musl binaries (built here with cargo), the CA
-# certificates and a passwd file from this machine, and the health probe.
-# Needs: rustup's x86_64-unknown-linux-musl target (added if missing),
-# musl-gcc (Debian's musl-tools: ring, the controller's TLS crypto, has C
-# and assembly to compile for musl), Docker, and for mesh-proxy-init
-# Debian's iptables (its iptables-nft and libraries are copied into the
-# image).
+# Each is FROM scratch: static binaries (docker/binaries.sh: glibc linked
+# statically), the CA certificates and a passwd file from this machine, and
+# the health probe. Needs: Docker, and for mesh-proxy-init Debian's iptables
+# (its iptables-nft and libraries are copied into the image).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,18 +18,7 @@ mkdir -p target
 exec 9>target/docker-build.lock
 flock 9
 
-target=x86_64-unknown-linux-musl
-out=target/$target/release
-
-if ! rustup target list --installed | grep -qx "$target"; then
-  rustup target add "$target"
-fi
-if ! command -v musl-gcc >/dev/null; then
-  echo "docker/build.sh: musl-gcc is missing (apt-get install musl-tools): ring needs it to build for $target" >&2
-  exit 1
-fi
-cargo build --release --locked --target "$target" \
-  -p stockdata -p stockweb -p mesh-proxy -p mesh-controller -p mesh-dashboard -p mesh-runtime
+out=$(docker/binaries.sh)
 
 # The binaries, without their debug information.
 bin=target/docker/bin

@@ -9,11 +9,9 @@
 #   - Debian's prometheus, for promtool (`promtool check metrics`);
 #   - Debian's chromium and chromium-driver (the dashboard's browser tests);
 #   - iproute2, iptables, curl, jq and procps (the traffic redirection test, which
-#     also needs root: it builds network namespaces; the tutorial's commands);
-#   - musl-tools (musl-gcc: the container images' static builds compile
-#     ring's C and assembly).
+#     also needs root: it builds network namespaces; the tutorial's commands).
 # Docker and docker-compose must be there already (the container tests build
-# images with docker/build.sh, which adds rustup's musl target if missing).
+# images with docker/build.sh).
 # With CI=true a prerequisite that cannot be installed is a failure, and the
 # formatting and lint checks run too.
 set -euo pipefail
@@ -126,22 +124,6 @@ elif [ "$ci" = true ]; then
   exit 1
 else
   echo "promtool is missing: the metrics format test will say SKIPPED"
-fi
-
-step "musl-tools (static builds of the images)"
-if ! command -v musl-gcc >/dev/null; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq musl-tools >/dev/null
-  fi
-fi
-if command -v musl-gcc >/dev/null; then
-  echo "musl-gcc at $(command -v musl-gcc)"
-elif [ "$ci" = true ]; then
-  echo "musl-tools is required with CI=true and could not be installed" >&2
-  exit 1
-else
-  echo "musl-gcc is missing: the container tests will fail to build images (install musl-tools as root)"
 fi
 
 step "docker (the container images, docker-compose.yml, the tutorial)"

@@ -22,9 +22,9 @@ use std::{future::Future, io::IsTerminal as _, process::ExitCode, time::Duration
 /// glibc's malloc keeps memory freed in a burst (thousands of held streams
 /// reset at once, a large scrape parsed) for reuse, so the process's
 /// resident size stays at its peak; every 10 s it is asked to return free
-/// pages to the system. Elsewhere (musl's allocator, in the container
-/// images, returns them by itself) this waits forever. Trimming a heap of a
-/// sidecar's size takes well under a millisecond.
+/// pages to the system (in the container images too: their binaries link
+/// glibc statically, docker/binaries.sh). Elsewhere this waits forever.
+/// Trimming a heap of a sidecar's size takes well under a millisecond.
 pub async fn return_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Builds the binaries the images ship, and prints the directory they are in:
+# `docker/binaries.sh`. Used by docker/build.sh, and by bench/run.sh so that
+# the benchmark measures the very build a pod runs.
+#
+# Statically linked against glibc (static-pie): a FROM scratch image needs no
+# loader or libraries, and the proxy keeps glibc's allocator. Measured on
+# mesh-proxy, one hop, 1 x 100 (docs/benchmarks.md): musl's allocator cost
+# about 1.3 x the CPU per call (most of it system time, returning and
+# re-mapping memory); linking glibc statically costs nothing per call and
+# leaves out the shared libraries' pages (about 1 MB less resident). Name
+# resolution needs no NSS module: glibc 2.34 and later resolve from
+# /etc/hosts and DNS inside libc itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+target=x86_64-unknown-linux-gnu
+# With --target the flags apply to the shipped binaries only, not to build
+# scripts and proc-macros, which must stay dynamic.
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target "$target" \
+  -p stockdata -p stockweb -p mesh-proxy -p mesh-controller -p mesh-dashboard -p mesh-runtime >&2
+echo "${CARGO_TARGET_DIR:-target}/$target/release"
