@@ -10,8 +10,8 @@
 # hops, and two hops with mTLS for all but nginx; three loads, the closed
 # ones driven by h2load; rows alternating over rounds) and writes the table
 # into docs/benchmarks.md and the chart into docs/benchmarks.svg; then
-# `meshctl bench --scaling` (mesh-proxy as endpoints and connections grow,
-# and its memory per idle connection) into the same file and
+# `meshctl bench --scaling` (mesh-proxy, and HAProxy beside it, as endpoints
+# and connections grow, and mesh-proxy's memory per idle connection) into the same file and
 # docs/benchmarks-scaling.svg. Rows whose proxy is missing are left out.
 # Extra arguments go to both (e.g. --run-time 5s --rounds 2). On 2 cores:
 # about 8 minutes of runs with --rounds 2 (some 12 with the default 3),

@@ -12,13 +12,21 @@
 //! - Idle connections: the proxy's resident memory (VmRSS) before and while
 //!   10,000 client connections are open and idle, each after one call.
 //!
+//! With HAProxy on PATH (or `--haproxy`), each point of both curves is
+//! measured for HAProxy too (one thread, `http-reuse always`, the suite's
+//! config), as a baseline: whether a cost that grows with the endpoints is
+//! mesh-proxy's or any proxy's that keeps a connection per endpoint.
+//!
 //! Points alternate within each round, medians over rounds; the proxy is
 //! started fresh for each measurement.
 
 use super::{
     Load,
     h2load::H2load,
-    suite::{RemoveOnDrop, cpu_seconds, find_on_path, free_port, median, status_kb, write_report},
+    suite::{
+        Proxy, RemoveOnDrop, TlsSide, cpu_seconds, find_on_path, free_port, median, start_tool,
+        status_kb, write_report,
+    },
 };
 use crate::process::{Service, bin_dir, ensure_binaries, wait_until_listening};
 use anyhow::{Context as _, bail};
@@ -42,11 +50,12 @@ enum Curve {
     Connections,
 }
 
-/// One point of a curve: medians over rounds.
+/// One point of a curve for one proxy: medians over rounds.
 #[derive(Debug, Clone)]
 struct Point {
     curve: Curve,
     x: usize,
+    proxy: Proxy,
     rps: f64,
     cpu_us: f64,
     p99_ms: f64,
@@ -56,6 +65,9 @@ struct Point {
 struct Scaling {
     bin: PathBuf,
     h2load: H2load,
+    /// The baseline's binary, if there.
+    haproxy: Option<PathBuf>,
+    scratch: PathBuf,
     /// Every endpoint address, alternating between the two replicas.
     endpoints: Vec<SocketAddr>,
 }
@@ -94,10 +106,27 @@ impl Scaling {
         Ok(proxy)
     }
 
-    /// One measurement of a point: requests/s, proxy CPU µs per call, p99
-    /// ms, failed calls.
+    /// HAProxy over the first `endpoints` addresses, listening on `listen`.
+    async fn haproxy(&self, listen: SocketAddr, endpoints: usize) -> anyhow::Result<Service> {
+        let binary = self.haproxy.as_ref().context("no haproxy binary")?;
+        let mut haproxy = start_tool(
+            Proxy::Haproxy,
+            binary,
+            listen,
+            &self.endpoints[..endpoints],
+            &self.scratch,
+            TlsSide::None,
+            None,
+        )?;
+        wait_until_listening(&mut [&mut haproxy], &[listen]).await?;
+        Ok(haproxy)
+    }
+
+    /// One measurement of a point for `which` proxy: requests/s, proxy CPU
+    /// µs per call, p99 ms, failed calls.
     async fn measure(
         &self,
+        which: Proxy,
         curve: Curve,
         x: usize,
         run_time: Duration,
@@ -108,7 +137,10 @@ impl Scaling {
             Curve::Endpoints => (x, 1, 100),
             Curve::Connections => (2, x, 10),
         };
-        let proxy = self.proxy(listen, endpoints, &[]).await?;
+        let proxy = match which {
+            Proxy::Haproxy => self.haproxy(listen, endpoints).await?,
+            _ => self.proxy(listen, endpoints, &[]).await?,
+        };
         let pid = proxy.pid().context("the proxy exited")?;
         // Warm-up: enough calls that every endpoint has its connection.
         let warmup = if smoke {
@@ -267,6 +299,10 @@ pub async fn run_scaling(
         .or_else(|| find_on_path("h2load"))
         .context("--scaling needs h2load (--h2load; Debian's nghttp2-client)")?;
     let h2load = H2load::new(h2load, &scratch)?;
+    let haproxy = suite.haproxy.clone().or_else(|| find_on_path("haproxy"));
+    if haproxy.is_none() {
+        eprintln!("meshctl bench: no haproxy (--haproxy): the curves are mesh-proxy's alone");
+    }
 
     let (endpoint_points, connection_points, idle) = if suite.smoke {
         (vec![1, 10], vec![1, 10], 100)
@@ -306,25 +342,36 @@ pub async fn run_scaling(
         wait_until_listening(&mut [&mut replica], &mine).await?;
         replicas.push(replica);
     }
+    let mut proxies = vec![Proxy::Mesh];
+    if haproxy.is_some() {
+        proxies.push(Proxy::Haproxy);
+    }
     let scaling = Scaling {
         bin,
         h2load,
+        haproxy,
+        scratch: scratch.clone(),
         endpoints,
     };
 
     let rounds = if suite.smoke { 1 } else { suite.rounds.max(1) };
-    let points: Vec<(Curve, usize)> = endpoint_points
+    let points: Vec<(Curve, usize, Proxy)> = endpoint_points
         .iter()
         .map(|x| (Curve::Endpoints, *x))
         .chain(connection_points.iter().map(|x| (Curve::Connections, *x)))
+        .flat_map(|(curve, x)| proxies.iter().map(move |proxy| (curve, x, *proxy)))
         .collect();
     let mut samples: Vec<Vec<(f64, f64, f64, u64)>> = vec![Vec::new(); points.len()];
     for round in 0..rounds {
-        for (i, (curve, x)) in points.iter().enumerate() {
-            eprintln!("meshctl bench: scaling {curve:?} {x} / round {}", round + 1);
+        for (i, (curve, x, proxy)) in points.iter().enumerate() {
+            eprintln!(
+                "meshctl bench: scaling {curve:?} {x} / {} / round {}",
+                proxy.name(),
+                round + 1
+            );
             samples[i].push(
                 scaling
-                    .measure(*curve, *x, suite.run_time, suite.smoke)
+                    .measure(*proxy, *curve, *x, suite.run_time, suite.smoke)
                     .await?,
             );
         }
@@ -338,9 +385,10 @@ pub async fn run_scaling(
     let results: Vec<Point> = points
         .iter()
         .zip(&samples)
-        .map(|((curve, x), s)| Point {
+        .map(|((curve, x, proxy), s)| Point {
             curve: *curve,
             x: *x,
+            proxy: *proxy,
             rps: median(s.iter().map(|m| m.0).collect()),
             cpu_us: median(s.iter().map(|m| m.1).collect()),
             p99_ms: median(s.iter().map(|m| m.2).collect()),
@@ -351,7 +399,13 @@ pub async fn run_scaling(
     println!("{text}");
     if let Some(path) = &suite.report {
         let svg_path = path.with_file_name("benchmarks-scaling.svg");
-        std::fs::write(&svg_path, chart(&results))
+        // The chart is mesh-proxy's; the tables hold the baseline too.
+        let mesh: Vec<Point> = results
+            .iter()
+            .filter(|p| p.proxy == Proxy::Mesh)
+            .cloned()
+            .collect();
+        std::fs::write(&svg_path, chart(&mesh))
             .with_context(|| format!("cannot write {}", svg_path.display()))?;
         write_report(
             path,
@@ -382,19 +436,29 @@ fn report(points: &[Point], idle: usize, baseline: u64, open: u64) -> String {
         ),
     ] {
         let rows: Vec<&Point> = points.iter().filter(|p| p.curve == curve).collect();
-        let first = rows.first().map_or(1.0, |p| p.cpu_us);
         let _ = writeln!(
             text,
-            "| {title} | requests/s | proxy CPU µs / call | vs the first | p99 ms | errors |\n|---:|---:|---:|---:|---:|---:|"
+            "| {title} | proxy | requests/s | proxy CPU µs / call | vs its first | p99 ms | errors |\n|---:|---|---:|---:|---:|---:|---:|"
         );
-        for p in rows {
+        for p in &rows {
+            // The same proxy's cost at the curve's first point.
+            let first = rows
+                .iter()
+                .find(|q| q.proxy == p.proxy)
+                .map_or(1.0, |q| q.cpu_us);
+            // Under a clock tick of CPU (a short run of a fast proxy) reads 0.
+            let ratio = if first > 0.0 {
+                format!("{:.2} ×", p.cpu_us / first)
+            } else {
+                "–".to_owned()
+            };
             let _ = writeln!(
                 text,
-                "| {} | {:.0} | {:.2} | {:.2} × | {:.3} | {} |",
+                "| {} | {} | {:.0} | {:.2} | {ratio} | {:.3} | {} |",
                 p.x,
+                p.proxy.name(),
                 p.rps,
                 p.cpu_us,
-                p.cpu_us / first,
                 p.p99_ms,
                 p.errors
             );

@@ -55,7 +55,8 @@ pub struct SuiteArgs {
     #[arg(long, env = "STOCKKUBE_ENVOY", value_name = "PATH")]
     pub envoy: Option<PathBuf>,
 
-    /// The HAProxy binary (default: `haproxy` on PATH, if there).
+    /// The HAProxy binary, for the suite's rows and the baseline of the
+    /// scaling curves (default: `haproxy` on PATH, if there).
     #[arg(long, value_name = "PATH")]
     pub haproxy: Option<PathBuf>,
 
@@ -87,7 +88,7 @@ pub struct SuiteArgs {
 
 /// A proxy the suite can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Proxy {
+pub(super) enum Proxy {
     Mesh,
     Envoy,
     Haproxy,
@@ -95,7 +96,7 @@ enum Proxy {
 }
 
 impl Proxy {
-    fn name(self) -> &'static str {
+    pub(super) fn name(self) -> &'static str {
         match self {
             Proxy::Mesh => "mesh-proxy",
             Proxy::Envoy => "envoy",
@@ -207,12 +208,56 @@ pub(super) fn status_kb(pid: u32, field: &str) -> Option<u64> {
 
 /// Which side of an mTLS hop an instance is, if any.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TlsSide {
+pub(super) enum TlsSide {
     None,
     /// Calls its upstreams over mTLS.
     Client,
     /// Takes mTLS from its clients.
     Server,
+}
+
+/// Starts `proxy` (Envoy, HAProxy or nginx, from `binary`) with its config
+/// from `bench/` written into `scratch`: one listener in front of
+/// `upstreams`, with TLS as `side` says.
+pub(super) fn start_tool(
+    proxy: Proxy,
+    binary: &Path,
+    listen: SocketAddr,
+    upstreams: &[SocketAddr],
+    scratch: &Path,
+    side: TlsSide,
+    tls: Option<&TlsSetup>,
+) -> anyhow::Result<Service> {
+    let name = format!("{} on {listen}", proxy.name());
+    // Envoy reads the format from the extension.
+    let extension = if proxy == Proxy::Envoy {
+        "yaml"
+    } else {
+        "conf"
+    };
+    let file = scratch.join(format!("{}-{}.{extension}", proxy.name(), listen.port()));
+    std::fs::write(&file, config(proxy, listen, upstreams, scratch, side, tls))?;
+    let file = file.display().to_string();
+    let args: Vec<String> = match proxy {
+        Proxy::Envoy => vec![
+            "-c".into(),
+            file,
+            "--concurrency".into(),
+            "1".into(),
+            "--log-level".into(),
+            "error".into(),
+            "--use-dynamic-base-id".into(),
+        ],
+        Proxy::Haproxy => vec!["-f".into(), file, "-db".into()],
+        Proxy::Nginx => vec![
+            "-c".into(),
+            file,
+            "-p".into(),
+            scratch.display().to_string(),
+        ],
+        Proxy::Mesh => bail!("mesh-proxy takes flags, not a config file"),
+    };
+    Service::spawn(&name, binary, &args, &[])
 }
 
 /// A proxy's config from its template in `bench/`, for one listener in
@@ -333,7 +378,7 @@ const NAMESPACE: &str = "bench";
 /// the mesh proxies' discovery, and certificates from its CA for Envoy and
 /// HAProxy (`server.*` for the inbound side as `stockdata`, `client.*` for
 /// the outbound side as `stockweb`, `ca.crt`; `.pem` is chain and key).
-struct TlsSetup {
+pub(super) struct TlsSetup {
     dir: PathBuf,
     controller: SocketAddr,
     process: Service,
@@ -561,47 +606,15 @@ impl Bench {
             .find(|(p, _)| *p == proxy)
             .map(|(_, path)| path)
             .with_context(|| format!("no {} binary", proxy.name()))?;
-        // Envoy reads the format from the extension.
-        let extension = if proxy == Proxy::Envoy {
-            "yaml"
-        } else {
-            "conf"
-        };
-        let file = self
-            .scratch
-            .join(format!("{}-{}.{extension}", proxy.name(), listen.port()));
-        std::fs::write(
-            &file,
-            config(
-                proxy,
-                listen,
-                upstreams,
-                &self.scratch,
-                side,
-                Some(&self.tls),
-            ),
-        )?;
-        let file = file.display().to_string();
-        let args: Vec<String> = match proxy {
-            Proxy::Envoy => vec![
-                "-c".into(),
-                file,
-                "--concurrency".into(),
-                "1".into(),
-                "--log-level".into(),
-                "error".into(),
-                "--use-dynamic-base-id".into(),
-            ],
-            Proxy::Haproxy => vec!["-f".into(), file, "-db".into()],
-            Proxy::Nginx => vec![
-                "-c".into(),
-                file,
-                "-p".into(),
-                self.scratch.display().to_string(),
-            ],
-            Proxy::Mesh => unreachable!(),
-        };
-        Service::spawn(&name, binary, &args, &[])
+        start_tool(
+            proxy,
+            binary,
+            listen,
+            upstreams,
+            &self.scratch,
+            side,
+            Some(&self.tls),
+        )
     }
 
     async fn start(&self, row: Row) -> anyhow::Result<RowProcesses> {
