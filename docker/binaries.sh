@@ -6,8 +6,8 @@
 # Statically linked against glibc (static-pie): a FROM scratch image needs no
 # loader or libraries, and the proxy keeps glibc's allocator. Measured on
 # mesh-proxy, one hop, 1 x 100 (docs/benchmarks.md): musl's allocator cost
-# about 1.3 x the CPU per call (most of it system time, returning and
-# re-mapping memory); linking glibc statically costs nothing per call and
+# about 1.4 x the CPU per call (much of it system time, returning and
+# mapping memory again); linking glibc statically costs nothing per call and
 # leaves out the shared libraries' pages (about 1 MB less resident). Name
 # resolution needs no NSS module: glibc 2.34 and later resolve from
 # /etc/hosts and DNS inside libc itself.
