@@ -74,9 +74,10 @@ pub struct BenchArgs {
     #[arg(long)]
     pub suite: bool,
 
-    /// Run the scaling curves instead: mesh-proxy's cost per call as the
-    /// endpoints and the client connections grow, and its memory per idle
-    /// connection (see docs/benchmarks.md). Takes the suite's flags.
+    /// Run the scaling curves instead: mesh-proxy's cost per call (and
+    /// HAProxy's beside it, if there) as the endpoints and the client
+    /// connections grow, and mesh-proxy's memory per idle connection (see
+    /// docs/benchmarks.md). Takes the suite's flags.
     #[arg(long, conflicts_with = "suite")]
     pub scaling: bool,
 

@@ -317,13 +317,9 @@ fn parse_seconds(text: &str) -> anyhow::Result<f64> {
 fn exited_cpu_seconds(pid: u32) -> Option<f64> {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let (_, rest) = stat.rsplit_once(") ")?;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        if fields.first() == Some(&"Z") {
-            let utime: f64 = fields.get(11)?.parse().ok()?;
-            let stime: f64 = fields.get(12)?.parse().ok()?;
-            return Some((utime + stime) / rustix::param::clock_ticks_per_second() as f64);
+        let (state, seconds) = super::suite::process_times(pid)?;
+        if state == 'Z' {
+            return Some(seconds);
         }
         if std::time::Instant::now() >= deadline {
             return None;

@@ -180,14 +180,21 @@ pub(super) fn free_port() -> anyhow::Result<u16> {
 
 /// utime + stime of a process, in seconds.
 pub(super) fn cpu_seconds(pid: u32) -> Option<f64> {
+    process_times(pid).map(|(_, seconds)| seconds)
+}
+
+/// A process's state letter (`R`, `S`, `Z`, ...) and its utime + stime in
+/// seconds, from `/proc/PID/stat`.
+pub(super) fn process_times(pid: u32) -> Option<(char, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let (_, rest) = stat.rsplit_once(") ")?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // After the command: state is field 3 of the man page, utime 14, stime 15.
+    let state = fields.first()?.chars().next()?;
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
     let ticks = rustix::param::clock_ticks_per_second() as f64;
-    Some((utime + stime) / ticks)
+    Some((state, (utime + stime) / ticks))
 }
 
 /// VmHWM, the process's peak resident set, in bytes.
