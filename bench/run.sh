@@ -11,12 +11,11 @@
 # ones driven by h2load; rows alternating over rounds) and writes the table
 # into docs/benchmarks.md and the chart into docs/benchmarks.svg; then
 # `meshctl bench --scaling` (mesh-proxy, and HAProxy beside it, as endpoints
-# and connections grow, and mesh-proxy's memory per idle connection) into the same file and
-# docs/benchmarks-scaling.svg. Rows whose proxy is missing are left out.
-# Extra arguments go to both (e.g. --run-time 5s --rounds 2). On 2 cores:
-# about 8 minutes of runs with --rounds 2 (some 12 with the default 3),
-# plus about 10 for the first
-# release builds (LTO).
+# and connections grow, and mesh-proxy's memory per idle connection) into the
+# same file and docs/benchmarks-scaling.svg. Rows whose proxy is missing are
+# left out. Extra arguments go to both (e.g. --run-time 5s --rounds 2). On 2
+# cores: about 8 minutes of runs with --rounds 2 (some 12 with the default
+# 3), plus about 10 for the first release builds (LTO).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,8 +33,8 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null &&
   rm -f /usr/sbin/policy-rc.d
 fi
 
-# Only what the suite runs: meshctl, stockdata, mesh-proxy, and
-# mesh-controller (identities for the mTLS rows).
+# The suite runs stockdata, mesh-proxy and mesh-controller (identities for
+# the mTLS rows) as the images ship them, and meshctl.
 shipped=$(docker/binaries.sh)
 # meshctl, the load tool, in its own build: built with the shipped binaries
 # it would change their shared dependencies' features, and so their code.
