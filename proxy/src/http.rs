@@ -25,8 +25,6 @@ use tokio::sync::{mpsc, watch};
 /// Why a request got no response from its upstream.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    #[error("the request's authority {0:?} is not an ip:port address")]
-    NotAnAddress(String),
     #[error(transparent)]
     Http2(#[from] http2::ClientError),
     #[error("HTTP/1 request failed")]
@@ -107,19 +105,18 @@ where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    /// Sends `request` (already addressed to `http://ip:port/...`) with the
-    /// protocol the client spoke; over mTLS when the endpoint proves
-    /// `server_id` and this proxy has the mesh's TLS.
+    /// Sends `request` (already addressed to `http://ip:port/...`, the
+    /// address `addr` is, which the caller has as a socket address, so it is
+    /// not parsed back from the URI) with the protocol the client spoke;
+    /// over mTLS when the endpoint proves `server_id` and this proxy has
+    /// the mesh's TLS.
     pub async fn send(
         &self,
         protocol: Protocol,
+        addr: SocketAddr,
         mut request: http::Request<B>,
         server_id: Option<&Arc<str>>,
     ) -> Result<http::Response<Received>, UpstreamError> {
-        let authority = request.uri().authority().map_or("", |a| a.as_str());
-        let addr: SocketAddr = authority
-            .parse()
-            .map_err(|_| UpstreamError::NotAnAddress(authority.to_owned()))?;
         let server_id = server_id.filter(|_| self.tls.is_some());
         if protocol != Protocol::Http2 {
             if let Some(id) = server_id {

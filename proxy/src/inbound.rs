@@ -202,7 +202,7 @@ impl Inbound {
         if protocol == Protocol::Http1 {
             strip_hop_by_hop(request.headers_mut());
         }
-        match self.upstream.send(protocol, request, None).await {
+        match self.upstream.send(protocol, self.app, request, None).await {
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
                 if protocol == Protocol::Http1 {

@@ -86,8 +86,10 @@ impl Service {
 /// The outbound side of one proxy: its services and the upstream clients.
 #[derive(Debug)]
 pub struct Outbound {
-    /// The services named on the command line.
-    services: HashMap<Arc<str>, Arc<Service>>,
+    /// The services named on the command line; looked up by every
+    /// request's authority, so hashed with foldhash (keyed per process;
+    /// clients only look up, never add), not SipHash.
+    services: foldhash::HashMap<Arc<str>, Arc<Service>>,
     /// Services found by intercepting connections, by the controller's name
     /// for them; made on first use and kept (looked up once per connection).
     discovered: Mutex<HashMap<Arc<str>, Arc<Service>>>,
@@ -117,7 +119,7 @@ impl Outbound {
         tls: Option<Arc<MeshTls>>,
     ) -> Self {
         let mut outbound = Self {
-            services: HashMap::new(),
+            services: foldhash::HashMap::default(),
             discovered: Mutex::new(HashMap::new()),
             destination,
             balancers: all_balancers,

@@ -211,7 +211,9 @@ type Key = (SocketAddr, Option<Arc<str>>);
 /// lock to find its connection.
 #[derive(Default)]
 pub struct Client {
-    connections: Mutex<HashMap<Key, Vec<Connection>>>,
+    /// Looked up on every request: foldhash, not SipHash (keys come from
+    /// discovery, not from clients).
+    connections: Mutex<foldhash::HashMap<Key, Vec<Connection>>>,
     /// Held while connecting, per address, so concurrent first requests
     /// share one new connection.
     connecting: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,

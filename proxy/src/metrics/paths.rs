@@ -19,10 +19,7 @@ use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, histogram::Histogram},
 };
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex, OnceLock},
-};
+use std::sync::{Arc, Mutex, OnceLock};
 use stockkube_proto::metrics::labels::OTHER_ROUTE;
 use tokio::time::Instant;
 
@@ -76,7 +73,9 @@ pub struct PathRoutes {
     direction: Direction,
     target: Arc<str>,
     max: usize,
-    known: Mutex<HashMap<Arc<str>, Arc<PathMetrics>>>,
+    /// Looked up on every request, so hashed with foldhash (keyed per
+    /// process, and the set is bounded by `max`), not SipHash.
+    known: Mutex<foldhash::HashMap<Arc<str>, Arc<PathMetrics>>>,
     /// Made with the first request past the bound: until then `other` has
     /// no series.
     other: OnceLock<Arc<PathMetrics>>,

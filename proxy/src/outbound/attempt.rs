@@ -22,7 +22,7 @@ use crate::{
     retry::{RetryConfig, replay::ReplayBody},
     tls::PeerTls,
 };
-use std::{future::Future, sync::Arc};
+use std::{future::Future, net::SocketAddr, sync::Arc};
 use tokio::time::Instant;
 
 /// Sends one attempt's request to the endpoint its URI names: the proxy's
@@ -31,11 +31,13 @@ pub trait SendRequest<B>: Sync {
     /// The response body.
     type Body: Send;
 
-    /// Sends over mTLS to a server proving `server_id`, when given and
-    /// the proxy has the mesh's TLS.
+    /// Sends to `addr` (the address the request's URI names) over mTLS to
+    /// a server proving `server_id`, when given and the proxy has the
+    /// mesh's TLS.
     fn send(
         &self,
         protocol: Protocol,
+        addr: SocketAddr,
         request: http::Request<B>,
         server_id: Option<&Arc<str>>,
     ) -> impl Future<Output = Result<http::Response<Self::Body>, UpstreamError>> + Send;
@@ -54,10 +56,11 @@ where
     fn send(
         &self,
         protocol: Protocol,
+        addr: SocketAddr,
         request: http::Request<B>,
         server_id: Option<&Arc<str>>,
     ) -> impl Future<Output = Result<http::Response<Self::Body>, UpstreamError>> + Send {
-        Upstream::send(self, protocol, request, server_id)
+        Upstream::send(self, protocol, addr, request, server_id)
     }
 
     fn peer_tls(&self, server_id: Option<&Arc<str>>) -> PeerTls {
@@ -277,8 +280,10 @@ impl<U> Attempts<'_, U> {
     {
         let mut request = copy_head(head, body);
         set_authority(&mut request, attempt.endpoint.authority.clone());
-        let server_id = attempt.endpoint.endpoint.identity.as_ref();
-        let sent = self.upstream.send(protocol, request, server_id);
+        let endpoint = &attempt.endpoint.endpoint;
+        let sent = self
+            .upstream
+            .send(protocol, endpoint.addr, request, endpoint.identity.as_ref());
         match deadline {
             None => Ok(sent.await),
             Some(deadline) => match tokio::time::timeout_at(deadline.at, sent).await {

@@ -4,7 +4,7 @@
 //! Host names compare without regard to case, as DNS names do (service
 //! names are kept lowercase, see `config`).
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
 /// The host a request names, without its port.
 pub fn host<B>(request: &http::Request<B>) -> Option<&str> {
@@ -19,7 +19,7 @@ pub fn host<B>(request: &http::Request<B>) -> Option<&str> {
 
 /// The service `request` goes to: the named one if known, else `target`.
 pub fn route<'a, S, B>(
-    services: &'a HashMap<Arc<str>, Arc<S>>,
+    services: &'a foldhash::HashMap<Arc<str>, Arc<S>>,
     request: &http::Request<B>,
     target: &'a Arc<S>,
 ) -> &'a Arc<S> {
@@ -38,7 +38,7 @@ pub fn route<'a, S, B>(
 mod tests {
     use super::*;
 
-    fn services() -> HashMap<Arc<str>, Arc<String>> {
+    fn services() -> foldhash::HashMap<Arc<str>, Arc<String>> {
         ["stockdata", "web"]
             .into_iter()
             .map(|name| (name.into(), Arc::new(name.to_owned())))

@@ -73,10 +73,13 @@ where
     fn send(
         &self,
         _protocol: Protocol,
+        addr: SocketAddr,
         request: http::Request<ReplayBody<B>>,
         _server_id: Option<&Arc<str>>,
     ) -> impl Future<Output = Result<http::Response<()>, UpstreamError>> + Send {
-        let addr: SocketAddr = request.uri().authority().unwrap().as_str().parse().unwrap();
+        // The request goes where its URI says: the address given is that one.
+        let named: SocketAddr = request.uri().authority().unwrap().as_str().parse().unwrap();
+        assert_eq!(named, addr, "the address is the URI's");
         self.sent.lock().unwrap().push(addr.port());
         let step = self
             .steps
