@@ -399,13 +399,7 @@ pub async fn run_scaling(
     println!("{text}");
     if let Some(path) = &suite.report {
         let svg_path = path.with_file_name("benchmarks-scaling.svg");
-        // The chart is mesh-proxy's; the tables hold the baseline too.
-        let mesh: Vec<Point> = results
-            .iter()
-            .filter(|p| p.proxy == Proxy::Mesh)
-            .cloned()
-            .collect();
-        std::fs::write(&svg_path, chart(&mesh))
+        std::fs::write(&svg_path, chart(&results))
             .with_context(|| format!("cannot write {}", svg_path.display()))?;
         write_report(
             path,
@@ -476,35 +470,59 @@ fn report(points: &[Point], idle: usize, baseline: u64, open: u64) -> String {
     text
 }
 
-/// Two panels (CPU per call and p99 against the endpoints and against the
-/// connections), log-scaled x axes, as an SVG.
+/// What a chart's row draws of a point.
+type Measure = fn(&Point) -> f64;
+
+/// CPU per call and p99, against the endpoints and against the client
+/// connections (a panel each, log-scaled x axes), as an SVG: mesh-proxy's
+/// curve with its values, and the baseline's (HAProxy) dashed beside it on
+/// the same scale when it was measured.
 fn chart(points: &[Point]) -> String {
-    let (panel_w, panel_h, margin) = (340.0, 200.0, 50.0);
+    let (panel_w, panel_h, left_margin, gap) = (330.0, 170.0, 55.0, 45.0);
+    let mesh_colour = "#4c7bd9";
+    let baseline_colour = "#8c8c8c";
     let mut body = String::new();
-    let panels = [
-        (Curve::Endpoints, "endpoints", 0.0),
-        (
-            Curve::Connections,
-            "client connections × 10 streams",
-            panel_w + 2.0 * margin,
-        ),
+    let has_baseline = points.iter().any(|p| p.proxy != Proxy::Mesh);
+    let legend_baseline = if has_baseline {
+        format!(
+            r#"<line x1="200" y1="16" x2="230" y2="16" stroke="{baseline_colour}" stroke-width="2" stroke-dasharray="5,4"/><text x="236" y="20">HAProxy (its values are in the tables)</text>"#
+        )
+    } else {
+        String::new()
+    };
+    let _ = writeln!(
+        body,
+        r#"<line x1="{left_margin}" y1="16" x2="{x2}" y2="16" stroke="{mesh_colour}" stroke-width="2"/><text x="{tx}" y="20">mesh-proxy</text>{legend_baseline}"#,
+        x2 = left_margin + 30.0,
+        tx = left_margin + 36.0,
+    );
+    let columns = [
+        (Curve::Endpoints, "endpoints behind one service"),
+        (Curve::Connections, "client connections × 10 streams"),
     ];
-    for (curve, label, left) in panels {
-        let rows: Vec<&Point> = points.iter().filter(|p| p.curve == curve).collect();
-        for (value, name, colour, top) in [
-            (
-                (|p: &Point| p.cpu_us) as fn(&Point) -> f64,
-                "proxy CPU µs / call",
-                "#4c7bd9",
-                20.0,
-            ),
-            (|p: &Point| p.p99_ms, "p99 ms", "#d08770", panel_h + 90.0),
-        ] {
-            let x0 = left + margin;
+    let rows: [(Measure, &str); 2] = [
+        (|p| p.cpu_us, "proxy CPU µs per call"),
+        (|p| p.p99_ms, "p99 ms"),
+    ];
+    for (column, (curve, axis)) in columns.into_iter().enumerate() {
+        let x0 = left_margin + column as f64 * (panel_w + left_margin + gap);
+        let on_curve: Vec<&Point> = points.iter().filter(|p| p.curve == curve).collect();
+        let span = on_curve
+            .iter()
+            .map(|p| (p.x.max(1) as f64).log10())
+            .fold(0.0, f64::max)
+            .max(1.0);
+        for (row, (value, name)) in rows.into_iter().enumerate() {
+            let top = 45.0 + row as f64 * (panel_h + 70.0);
             let y0 = top + 20.0;
-            let max = rows.iter().map(|p| value(p)).fold(0.0, f64::max).max(1e-9) * 1.15;
-            let xs: Vec<f64> = rows.iter().map(|p| (p.x.max(1) as f64).log10()).collect();
-            let span = xs.iter().copied().fold(0.0, f64::max).max(1.0);
+            let yb = y0 + panel_h;
+            // One scale for both proxies, so the curves compare.
+            let max = on_curve
+                .iter()
+                .map(|p| value(p))
+                .fold(0.0, f64::max)
+                .max(1e-9)
+                * 1.15;
             let at = |p: &Point| {
                 (
                     x0 + panel_w * (p.x.max(1) as f64).log10() / span,
@@ -513,46 +531,152 @@ fn chart(points: &[Point]) -> String {
             };
             let _ = writeln!(
                 body,
-                r##"<text x="{x0}" y="{top}" font-weight="bold">{name} against {label}</text>
+                r##"<text x="{x0}" y="{top}" font-weight="bold">{name}</text>
 <line x1="{x0}" y1="{yb}" x2="{xe}" y2="{yb}" stroke="#888"/><line x1="{x0}" y1="{y0}" x2="{x0}" y2="{yb}" stroke="#888"/>
-<text x="{lx}" y="{y0t}" text-anchor="end">{max:.1}</text><text x="{lx}" y="{yb}" text-anchor="end">0</text>"##,
-                yb = y0 + panel_h,
+<text x="{lx}" y="{y0t}" text-anchor="end">{max:.1}</text><text x="{lx}" y="{yb}" text-anchor="end">0</text>
+<text x="{xm}" y="{ya}" text-anchor="middle" fill="#555">{axis}</text>"##,
                 xe = x0 + panel_w,
                 lx = x0 - 4.0,
                 y0t = y0 + 10.0,
+                xm = x0 + panel_w / 2.0,
+                ya = yb + 32.0,
             );
-            let path: Vec<String> = rows
-                .iter()
-                .map(|p| {
-                    let (x, y) = at(p);
-                    format!("{x:.1},{y:.1}")
-                })
-                .collect();
-            let _ = writeln!(
-                body,
-                r#"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="2"/>"#,
-                path.join(" ")
-            );
-            for p in &rows {
-                let (x, y) = at(p);
+            let mut xs_labelled = Vec::new();
+            for proxy in [Proxy::Haproxy, Proxy::Mesh] {
+                let series: Vec<&&Point> = on_curve.iter().filter(|p| p.proxy == proxy).collect();
+                if series.is_empty() {
+                    continue;
+                }
+                let (colour, dash) = if proxy == Proxy::Mesh {
+                    (mesh_colour, "")
+                } else {
+                    (baseline_colour, r#" stroke-dasharray="5,4""#)
+                };
+                let path: Vec<String> = series
+                    .iter()
+                    .map(|p| {
+                        let (x, y) = at(p);
+                        format!("{x:.1},{y:.1}")
+                    })
+                    .collect();
                 let _ = writeln!(
                     body,
-                    r#"<circle cx="{x:.1}" cy="{y:.1}" r="3" fill="{colour}"/><text x="{x:.1}" y="{ty:.1}" text-anchor="middle">{v:.2}</text><text x="{x:.1}" y="{by:.1}" text-anchor="middle">{n}</text>"#,
-                    ty = y - 7.0,
-                    v = value(p),
-                    by = y0 + panel_h + 15.0,
-                    n = p.x,
+                    r#"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="2"{dash}/>"#,
+                    path.join(" ")
                 );
+                for p in &series {
+                    let (x, y) = at(p);
+                    let _ = write!(
+                        body,
+                        r#"<circle cx="{x:.1}" cy="{y:.1}" r="3" fill="{colour}"/>"#
+                    );
+                    if proxy == Proxy::Mesh {
+                        let _ = write!(
+                            body,
+                            r#"<text x="{x:.1}" y="{ty:.1}" text-anchor="middle" fill="{colour}">{v:.2}</text>"#,
+                            ty = y - 7.0,
+                            v = value(p),
+                        );
+                    }
+                    if !xs_labelled.contains(&p.x) {
+                        xs_labelled.push(p.x);
+                        let _ = write!(
+                            body,
+                            r#"<text x="{x:.1}" y="{by:.1}" text-anchor="middle">{n}</text>"#,
+                            by = yb + 15.0,
+                            n = p.x,
+                        );
+                    }
+                    body.push('\n');
+                }
             }
         }
     }
-    let width = 2.0 * (panel_w + 2.0 * margin);
-    let height = 2.0 * panel_h + 150.0;
+    let width = 2.0 * (panel_w + left_margin) + gap + 20.0;
+    let height = 45.0 + 2.0 * (panel_h + 70.0) + 10.0;
+    let title = if has_baseline {
+        "mesh-proxy and HAProxy: CPU per call and p99 as endpoints and client connections grow"
+    } else {
+        "mesh-proxy: CPU per call and p99 as endpoints and client connections grow"
+    };
     format!(
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12" role="img">
-<title>mesh-proxy: CPU per call and p99 as endpoints and client connections grow</title>
+<title>{title}</title>
 <rect width="100%" height="100%" fill="white"/>
 {body}</svg>
 "#
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(curve: Curve, x: usize, proxy: Proxy, cpu_us: f64, p99_ms: f64) -> Point {
+        Point {
+            curve,
+            x,
+            proxy,
+            rps: 1000.0,
+            cpu_us,
+            p99_ms,
+            errors: 0,
+        }
+    }
+
+    fn points(with_baseline: bool) -> Vec<Point> {
+        let mut points = Vec::new();
+        for curve in [Curve::Endpoints, Curve::Connections] {
+            for (i, x) in [1, 10, 100, 1000].into_iter().enumerate() {
+                let i = i as f64;
+                points.push(point(curve, x, Proxy::Mesh, 14.0 + i, 3.0 + i));
+                if with_baseline {
+                    points.push(point(curve, x, Proxy::Haproxy, 10.0 + i, 2.5 + i));
+                }
+            }
+        }
+        points
+    }
+
+    /// The chart's elements named `tag`, read as the XML it must be.
+    fn elements(svg: &str, tag: &str) -> Vec<String> {
+        let doc = roxmltree::Document::parse(svg).expect("the chart is well-formed XML");
+        doc.descendants()
+            .filter(|n| n.tag_name().name() == tag)
+            .map(|n| {
+                n.text()
+                    .map(str::to_owned)
+                    .or_else(|| n.attribute("stroke-dasharray").map(str::to_owned))
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_chart_draws_both_proxies_on_each_panel() {
+        let svg = chart(&points(true));
+        let lines = elements(&svg, "polyline");
+        // Four panels, a curve per proxy on each: HAProxy's dashed.
+        assert_eq!(lines.len(), 8, "{svg}");
+        assert_eq!(lines.iter().filter(|dash| !dash.is_empty()).count(), 4);
+        let texts = elements(&svg, "text");
+        assert!(texts.iter().any(|t| t.starts_with("HAProxy")), "{texts:?}");
+        // mesh-proxy's values are written beside its points; HAProxy's are not.
+        for value in ["14.00", "17.00", "3.00", "6.00"] {
+            assert_eq!(texts.iter().filter(|t| *t == value).count(), 2, "{value}");
+        }
+        assert!(!texts.iter().any(|t| t == "10.00"), "{texts:?}");
+        // Each x once per panel, whichever proxy drew it first.
+        assert_eq!(texts.iter().filter(|t| *t == "1000").count(), 4);
+        // 16 points on each side, every one drawn.
+        assert_eq!(elements(&svg, "circle").len(), 32);
+    }
+
+    #[test]
+    fn without_a_baseline_the_chart_is_mesh_proxy_s_alone() {
+        let svg = chart(&points(false));
+        assert_eq!(elements(&svg, "polyline").len(), 4, "{svg}");
+        assert!(!svg.contains("HAProxy"), "{svg}");
+        assert_eq!(elements(&svg, "circle").len(), 16);
+    }
 }
