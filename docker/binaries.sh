@@ -15,10 +15,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 target=x86_64-unknown-linux-gnu
+# `release` unless STOCKKUBE_IMAGE_PROFILE names another cargo profile: the
+# container test asks for `images-test` (Cargo.toml), which skips LTO.
+profile=${STOCKKUBE_IMAGE_PROFILE:-release}
 # With --target the flags apply to the shipped binaries only, not to build
 # scripts and proc-macros, which must stay dynamic.
 build() {
-  RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target "$target" "$@" >&2
+  RUSTFLAGS="-C target-feature=+crt-static" cargo build --profile "$profile" --locked --target "$target" "$@" >&2
 }
 build -p stockdata -p stockweb -p mesh-controller -p mesh-dashboard -p mesh-runtime
 # The proxy on its own: cargo gives the crates one build shares the union
@@ -27,4 +30,4 @@ build -p stockdata -p stockweb -p mesh-controller -p mesh-dashboard -p mesh-runt
 # pay for on every request (1.03 x the instructions per call measured,
 # docs/benchmarks.md). Built apart, its dependencies have only its features.
 build -p mesh-proxy
-echo "${CARGO_TARGET_DIR:-target}/$target/release"
+echo "${CARGO_TARGET_DIR:-target}/$target/$profile"
