@@ -105,11 +105,10 @@ where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    /// Sends `request` (already addressed to `http://ip:port/...`, the
-    /// address `addr` is, which the caller has as a socket address, so it is
-    /// not parsed back from the URI) with the protocol the client spoke;
-    /// over mTLS when the endpoint proves `server_id` and this proxy has
-    /// the mesh's TLS.
+    /// Sends `request`, already addressed to `http://{addr}/...`, to
+    /// `addr` (the caller's socket address, so that it is not parsed back
+    /// from the URI) with the protocol the client spoke; over mTLS when the
+    /// endpoint proves `server_id` and this proxy has the mesh's TLS.
     pub async fn send(
         &self,
         protocol: Protocol,
