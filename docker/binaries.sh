@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 
 target=x86_64-unknown-linux-gnu
 # `release` unless STOCKKUBE_IMAGE_PROFILE names another cargo profile: the
-# container test asks for `images-test` (Cargo.toml), which skips LTO.
+# tests ask for `images-test` (Cargo.toml), which skips LTO.
 profile=${STOCKKUBE_IMAGE_PROFILE:-release}
 # With --target the flags apply to the shipped binaries only, not to build
 # scripts and proc-macros, which must stay dynamic.

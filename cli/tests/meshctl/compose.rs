@@ -153,11 +153,8 @@ async fn docker_compose_runs_the_demo_in_containers() {
         eprintln!("SKIPPED: no Docker engine or no docker-compose");
         return;
     }
-    // Without LTO (`images-test`, Cargo.toml): the same code, linked the
-    // same way, in about half the build time; what is tested here is how
-    // the images behave, not how fast.
     run(Command::new(repo().join("docker/build.sh"))
-        .env("STOCKKUBE_IMAGE_PROFILE", "images-test")
+        .env(crate::IMAGE_PROFILE.0, crate::IMAGE_PROFILE.1)
         .current_dir(repo()));
 
     let first = free_port_triple();

@@ -29,6 +29,13 @@ mod webdriver;
 
 const MESHCTL: &str = env!("CARGO_BIN_EXE_meshctl");
 
+/// The cargo profile the tests' `docker/build.sh` builds the images with
+/// (`STOCKKUBE_IMAGE_PROFILE`): release without LTO (Cargo.toml), the same
+/// code linked the same way in about two thirds of the build time; what the
+/// tests check is how the images behave, not how fast. Every test that
+/// builds images uses it, so the images are built once per run.
+const IMAGE_PROFILE: (&str, &str) = ("STOCKKUBE_IMAGE_PROFILE", "images-test");
+
 /// A binary of the workspace, beside `meshctl`.
 pub(crate) fn bin(name: &str) -> std::path::PathBuf {
     std::path::Path::new(MESHCTL)

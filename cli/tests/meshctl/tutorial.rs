@@ -8,7 +8,9 @@
 //! with SIGTERM and waits for it. In a ```` ```console check eventually ````
 //! block (the info string does not show when rendered) each command is run
 //! again until its output matches, for up to 30 s: for views that refresh,
-//! such as the dashboard's.
+//! such as the dashboard's. Every command sees `STOCKKUBE_IMAGE_PROFILE`
+//! set as the container test sets it, so the tutorial's `docker/build.sh`
+//! builds the images the same way and the run builds them once.
 
 use std::{
     path::{Path, PathBuf},
@@ -120,6 +122,9 @@ fn bash(root: &Path, path: &str, command: &str) -> Command {
     bash.args(["-c", command])
         .current_dir(root)
         .env("PATH", path)
+        // The tutorial's `docker/build.sh`, built as the container test
+        // builds it, so that the run builds the images once.
+        .env(crate::IMAGE_PROFILE.0, crate::IMAGE_PROFILE.1)
         .stdin(Stdio::null())
         .kill_on_drop(true);
     bash
