@@ -51,7 +51,7 @@ enum Curve {
 }
 
 /// One point of a curve for one proxy: medians over rounds.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Point {
     curve: Curve,
     x: usize,
