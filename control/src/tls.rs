@@ -21,6 +21,11 @@ use std::{
     time::Duration,
 };
 
+/// How long before it was made a certificate says it was valid: the clock
+/// of whoever checks it may lag the maker's by seconds (or, across machines,
+/// more), and a certificate "not valid yet" is refused outright.
+pub(crate) const BACKDATE: Duration = Duration::from_secs(60);
+
 /// The crypto provider every TLS configuration of the mesh uses.
 pub fn provider() -> Arc<CryptoProvider> {
     mesh_runtime::tls_provider()
@@ -59,7 +64,8 @@ pub enum TlsError {
 
 impl ServingCertificate {
     /// A new CA (named `ca_name`) and a certificate for `dns_names`, both
-    /// valid from now for `valid_for`; ECDSA P-256 keys.
+    /// valid from a minute ago (`BACKDATE`) until `valid_for` from now;
+    /// ECDSA P-256 keys.
     pub fn generate(
         ca_name: &str,
         dns_names: &[String],
@@ -73,7 +79,7 @@ impl ServingCertificate {
         ca.distinguished_name = distinguished_name(ca_name);
         ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        ca.not_before = now;
+        ca.not_before = now - BACKDATE;
         ca.not_after = until;
         let ca_cert = ca.self_signed(&ca_key)?;
 
@@ -82,7 +88,7 @@ impl ServingCertificate {
         leaf.distinguished_name = distinguished_name(&dns_names[0]);
         leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        leaf.not_before = now;
+        leaf.not_before = now - BACKDATE;
         leaf.not_after = until;
         let issuer = Issuer::from_params(&ca, &ca_key);
         let cert = leaf.signed_by(&key, &issuer)?;
@@ -315,6 +321,17 @@ mod tests {
             now,
         );
         assert!(matches!(wrong_name, Err(TlsError::Untrusted { .. })));
+        // A checker whose clock reads a little earlier than the maker's
+        // (another machine, or a time taken just before the certificate was
+        // made) still trusts it.
+        let lagging = now - Duration::from_secs(30);
+        verify_serving(
+            certs.ca_pem.as_bytes(),
+            certs.cert_pem.as_bytes(),
+            NAME,
+            lagging,
+        )
+        .unwrap();
         let other = generate();
         let other_ca = verify_serving(
             other.ca_pem.as_bytes(),

@@ -4,6 +4,7 @@
 //! read from a file (a mounted Secret) or made here.
 
 use super::{IdentityError, SpiffeId};
+use crate::tls::BACKDATE;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer as Signer, KeyPair, KeyUsagePurpose, SanType,
@@ -11,10 +12,6 @@ use rcgen::{
 use rustls::pki_types::CertificateSigningRequestDer;
 use std::{path::Path, time::Duration};
 use time::OffsetDateTime;
-
-/// A certificate may say it was valid a little before it was made: clocks
-/// of the caller and the controller differ.
-const BACKDATE: Duration = Duration::from_secs(60);
 
 /// The trust anchor and the issuer, as PEM: what a set-up writes for the
 /// controller (`issuer.crt`, `issuer.key`) and gives every proxy (`ca.crt`).
