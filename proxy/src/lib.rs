@@ -29,7 +29,9 @@
 //! (HTTP/1 via hyper), [`http2`] (HTTP/2 on h2 directly), [`tcp`] and
 //! [`body`] the transports, [`activity`] their idle timeouts; [`metrics`] and [`admin`] what operators read;
 //! [`register`] self-registration with the controller; [`redirect`] the
-//! iptables rules of the `mesh-proxy-init` container.
+//! iptables rules of the `mesh-proxy-init` container; [`wire`] HTTP/2
+//! frames and HPACK, for a forwarding HTTP/2 layer (not yet on the request
+//! path).
 
 pub mod activity;
 pub mod admin;
@@ -57,6 +59,7 @@ pub mod serve;
 pub mod tap;
 pub mod tcp;
 pub mod tls;
+pub mod wire;
 
 use crate::{
     balance::{Balancer, Balancers},

@@ -23,3 +23,4 @@ mod protocols;
 mod redirect;
 mod resilience;
 mod tap;
+mod wire;
