@@ -308,7 +308,10 @@ impl Frame {
                     if payload.len() < 5 {
                         return frame_size("HEADERS too short for its priority");
                     }
-                    Some(priority(stream, &mut payload)?)
+                    // Not checked for a dependency on itself here: the
+                    // block must be decoded first (§4.3), so the
+                    // connection checks it (`Priority::on_itself`).
+                    Some(read_priority(&mut payload))
                 } else {
                     None
                 };
@@ -329,10 +332,15 @@ impl Frame {
                         reason: "PRIORITY not 5 bytes long",
                     });
                 }
-                Frame::Priority {
-                    stream,
-                    priority: priority(stream, &mut payload)?,
+                let priority = read_priority(&mut payload);
+                if priority.depends_on == stream {
+                    return Err(FrameError::Stream {
+                        stream,
+                        code: ErrorCode::PROTOCOL_ERROR,
+                        reason: "a stream that depends on itself",
+                    });
                 }
+                Frame::Priority { stream, priority }
             }
             kind::RST_STREAM => {
                 on_stream("RST_STREAM on stream 0")?;
@@ -602,21 +610,13 @@ fn unpad(payload: &mut Bytes, flags: u8) -> Result<(), FrameError> {
     Ok(())
 }
 
-fn priority(stream: StreamId, payload: &mut Bytes) -> Result<Priority, FrameError> {
+fn read_priority(payload: &mut Bytes) -> Priority {
     let word = payload.get_u32();
-    let priority = Priority {
+    Priority {
         depends_on: word & MAX_WINDOW,
         exclusive: word & !MAX_WINDOW != 0,
         weight: payload.get_u8(),
-    };
-    if priority.depends_on == stream {
-        return Err(FrameError::Stream {
-            stream,
-            code: ErrorCode::PROTOCOL_ERROR,
-            reason: "a stream that depends on itself",
-        });
     }
-    Ok(priority)
 }
 
 fn put_priority(dst: &mut BytesMut, priority: &Priority) {

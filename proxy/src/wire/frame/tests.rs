@@ -110,8 +110,8 @@ fn what_a_receiver_must_refuse_is_refused_as_the_rfc_says() {
             Connection(E::FRAME_SIZE_ERROR),
         ),
         (
-            "HEADERS depending on itself",
-            raw(kind::HEADERS, flag::PRIORITY, 5, b"\0\0\0\x05\x10\x82"),
+            "PRIORITY depending on itself",
+            raw(kind::PRIORITY, 0, 5, b"\0\0\0\x05\x10"),
             Stream(5, E::PROTOCOL_ERROR),
         ),
         (
