@@ -7,4 +7,5 @@
 
 pub mod conn;
 pub mod frame;
+pub mod fuzz;
 pub mod hpack;
