@@ -1,19 +1,20 @@
 //! HTTP/2 as bytes on the wire: frames ([`frame`], RFC 9113 §4 and §6),
-//! header compression ([`hpack`], RFC 7541), and one connection's protocol
-//! over them, without I/O ([`conn`]). These are the parts of the forwarding
+//! header compression ([`hpack`], RFC 7541), one connection's protocol
+//! over them, without I/O ([`conn`]), and what a message's fields must be
+//! ([`message`], RFC 9113 §8). These are the parts of the forwarding
 //! HTTP/2 layer issue 22 calls for, tested against the RFCs' examples, a
 //! real peer (h2) and arbitrary input ([`fuzz`], what the fuzz targets in
 //! `proxy/fuzz` run); the request path does not use them yet (it runs on
 //! `h2`, see [`crate::http2`]).
 //!
 //! Left to the layer that will drive a [`conn::Connection`] over a socket:
-//! what HTTP requires of a message's fields (pseudo-headers, no
-//! connection-specific headers, `content-length` against the data), and
-//! limits on what a peer can make us do cheaply and often (streams opened
-//! and reset at once, floods of empty or control frames), which the proxy
-//! bounds around h2 today ([`crate::limits`]).
+//! `content-length` against the data that comes, and limits on what a peer
+//! can make us do cheaply and often (streams opened and reset at once,
+//! floods of empty or control frames), which the proxy bounds around h2
+//! today ([`crate::limits`]).
 
 pub mod conn;
 pub mod frame;
 pub mod fuzz;
 pub mod hpack;
+pub mod message;

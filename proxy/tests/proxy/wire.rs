@@ -11,6 +11,7 @@ use mesh_proxy::wire::{
     conn::{Config, Connection, Event, Role},
     frame::{self, ErrorCode, Frame, Setting},
     hpack::{Decoder, Encoder, Field},
+    message,
 };
 use std::time::Duration;
 use tokio::{
@@ -182,6 +183,9 @@ async fn h2_and_the_codecs_understand_each_other_both_ways() {
             let mut server = Server::accept(socket).await;
             for call in 0..2 {
                 let seen = server.request().await;
+                // What h2 sends is a well-formed request.
+                let head = message::request(&seen.fields).unwrap();
+                assert_eq!(head.method, "POST");
                 let get = |name| value(&seen.fields, name).map(|f| f.value.clone());
                 assert_eq!(get(":method").as_deref(), Some(&b"POST"[..]));
                 assert_eq!(
@@ -470,7 +474,7 @@ async fn our_connection_as_a_client_of_an_h2_server() {
                     end_stream: false,
                     ..
                 } if stream == echo => {
-                    assert_eq!(value(&fields, ":status").unwrap().value, "200");
+                    assert_eq!(message::response(&fields).unwrap().status, 200);
                     assert_eq!(value(&fields, "x-received").unwrap().value, "1000000");
                 }
                 Event::Data { stream, data, .. } if stream == echo => {
@@ -485,6 +489,7 @@ async fn our_connection_as_a_client_of_an_h2_server() {
                     ..
                 } if stream == echo => {
                     assert_eq!(value(&fields, "grpc-status").unwrap().value, "0");
+                    message::trailers(&fields).unwrap();
                     echo_done = true;
                 }
                 Event::Reset { stream, code } if stream == reset => {
