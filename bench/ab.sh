@@ -5,7 +5,15 @@
 # (bench/run.sh) is the comparison with other proxies.
 #
 #   bench/ab.sh [--rounds N] [--run-time 5s] [--tap] PROXY_BINARY...
+#   bench/ab.sh --h2load [--rounds N] [--requests N] [--haproxy] PROXY_BINARY...
 #   bench/ab.sh --instructions [--requests N] PROXY_BINARY...
+#
+# The timed rounds' load is `meshctl bench` for the run time, or with
+# --h2load N calls of h2load (default 10,000; 1 x 100, after a tenth as many
+# of warm-up), which costs the two cores less than meshctl does, so that the
+# proxy rather than the client limits each round. With --haproxy, HAProxy
+# (bench/haproxy.cfg: one thread, HTTP/2 both ways, round robin) takes its
+# turn in every round as the baseline.
 #
 # With --tap each build also runs with one tap attached (`curl -N` on its
 # admin /tap, default filters and rate) for the measured run: the rows
@@ -29,6 +37,8 @@ rounds=3
 run_time=5s
 tap=false
 instructions=false
+h2load=false
+haproxy=false
 requests=10000
 while [ $# -gt 0 ]; do
   case $1 in
@@ -36,12 +46,14 @@ while [ $# -gt 0 ]; do
     --run-time) run_time=$2; shift 2 ;;
     --tap) tap=true; shift ;;
     --instructions) instructions=true; shift ;;
+    --h2load) h2load=true; shift ;;
+    --haproxy) haproxy=true; shift ;;
     --requests) requests=$2; shift 2 ;;
     -*) echo "bench/ab.sh: unknown flag $1" >&2; exit 2 ;;
     *) break ;;
   esac
 done
-[ $# -ge 1 ] || { echo "usage: bench/ab.sh [--rounds N] [--run-time 5s] [--tap] PROXY_BINARY..." >&2; exit 2; }
+[ $# -ge 1 ] || { echo "usage: bench/ab.sh [--rounds N] [--run-time 5s | --h2load [--requests N] [--haproxy]] [--tap] PROXY_BINARY..." >&2; exit 2; }
 for proxy in "$@"; do
   [ -x "$proxy" ] || { echo "bench/ab.sh: $proxy is not an executable" >&2; exit 2; }
 done
@@ -135,6 +147,30 @@ for proxy in "$@"; do
   variants+=("$proxy")
   if [ "$tap" = true ]; then variants+=("$proxy+tap"); fi
 done
+if [ "$haproxy" = true ]; then
+  [ "$h2load" = true ] || { echo "bench/ab.sh: --haproxy is measured only with --h2load" >&2; exit 2; }
+  command -v haproxy >/dev/null || { echo "bench/ab.sh: --haproxy needs haproxy (apt-get install haproxy)" >&2; exit 2; }
+  variants+=(haproxy)
+fi
+if [ "$h2load" = true ]; then
+  command -v h2load >/dev/null || { echo "bench/ab.sh: --h2load needs h2load (apt-get install nghttp2-client)" >&2; exit 2; }
+  scratch=$(mktemp -d)
+  trap 'cleanup; rm -rf "$scratch"' EXIT
+  printf '\x00\x00\x00\x00\x02\x08\x01' >"$scratch/get.bin"
+fi
+
+# N calls of h2load, 1 x 100, against ADDR; fails unless every call succeeded.
+h2load_calls() {
+  local out
+  out=$(h2load -t 1 -c 1 -m 100 -n "$2" -d "$scratch/get.bin" \
+    -H 'content-type: application/grpc' -H 'te: trailers' \
+    "http://$1/StockData.Stocks/Get")
+  case $out in
+    *" $2 succeeded, 0 failed"*) ;;
+    *) echo "bench/ab.sh: not every call succeeded: $(grep '^requests:' <<<"$out")" >&2; exit 1 ;;
+  esac
+  awk '/^finished in/ { print $4 }' <<<"$out"
+}
 
 declare -A results
 for round in $(seq "$rounds"); do
@@ -142,12 +178,37 @@ for round in $(seq "$rounds"); do
     proxy=${variant%+tap}
     listen=127.0.0.1:$(free_port)
     admin=127.0.0.1:$(free_port)
-    TOKIO_WORKER_THREADS=1 RUST_LOG=warn "$proxy" \
-      --outbound "stockdata=$listen" \
-      --discover "stockdata=static:${replicas[0]};${replicas[1]}" \
-      --admin "$admin" >/dev/null &
+    if [ "$variant" = haproxy ]; then
+      sed -e "s/{{LISTEN}}/$listen/" -e "s/{{BIND_TLS}}//" \
+        -e "s|{{SERVERS}}|    server r1 ${replicas[0]} proto h2\n    server r2 ${replicas[1]} proto h2|" \
+        bench/haproxy.cfg >"$scratch/haproxy.cfg"
+      haproxy -f "$scratch/haproxy.cfg" -db >/dev/null 2>&1 &
+    else
+      TOKIO_WORKER_THREADS=1 RUST_LOG=warn "$proxy" \
+        --outbound "stockdata=$listen" \
+        --discover "stockdata=static:${replicas[0]};${replicas[1]}" \
+        --admin "$admin" >/dev/null &
+    fi
     pid=$!
+    pids+=("$pid")
     wait_listening "$listen"
+    if [ "$h2load" = true ]; then
+      h2load_calls "$listen" $((requests / 10)) >/dev/null
+      before=$(ticks "$pid")
+      rps=$(h2load_calls "$listen" "$requests")
+      after=$(ticks "$pid")
+      kill "$pid"
+      wait "$pid" 2>/dev/null || true
+      line=$(python3 -c '
+import os, sys
+ticks = int(sys.argv[1]) - int(sys.argv[2])
+us = ticks / os.sysconf("SC_CLK_TCK") * 1e6 / int(sys.argv[3])
+print(f"{us:.2f} {float(sys.argv[4]):.0f}")
+' "$after" "$before" "$requests" "$rps")
+      echo "round $round  $variant  ${line% *} µs CPU/request  ${line#* } requests/s"
+      results[$variant]+="$line;"
+      continue
+    fi
     # Warm up (connections, caches) outside the measured window.
     "$bin/meshctl" bench --target "http://$listen" --streams 100 --requests 2000 --json >/dev/null
     tapping=
@@ -180,7 +241,11 @@ print(f"{us:.2f} {rps:.0f}")
 done
 
 echo
-echo "medians over $rounds rounds of $run_time (1 connection × 100 streams, one hop):"
+if [ "$h2load" = true ]; then
+  echo "medians over $rounds rounds of $requests h2load calls (1 connection × 100 streams, one hop):"
+else
+  echo "medians over $rounds rounds of $run_time (1 connection × 100 streams, one hop):"
+fi
 for variant in "${variants[@]}"; do
   python3 -c '
 import statistics, sys
