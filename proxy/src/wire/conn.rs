@@ -208,7 +208,8 @@ pub struct Connection {
     going_away: bool,
     /// GOAWAY sent: peer streams after this are ignored.
     goaway_sent: Option<StreamId>,
-    failed: bool,
+    /// Why the connection ended, said again to every later call.
+    failed: Option<ConnError>,
 }
 
 impl Connection {
@@ -273,7 +274,7 @@ impl Connection {
             released: 0,
             going_away: false,
             goaway_sent: None,
-            failed: false,
+            failed: None,
             config,
         }
     }
@@ -290,14 +291,14 @@ impl Connection {
 
     /// Reads whole frames off the front of `src`, leaving a partial one.
     pub fn receive(&mut self, src: &mut BytesMut) -> Result<(), ConnError> {
-        if self.failed {
-            return Ok(());
+        if let Some(error) = &self.failed {
+            return Err(error.clone());
         }
         if self.preface_left > 0 {
             let at = frame::PREFACE.len() - self.preface_left;
             let n = self.preface_left.min(src.len());
             if src[..n] != frame::PREFACE[at..at + n] {
-                self.failed = true;
+                self.failed = Some(ConnError::Preface);
                 return Err(ConnError::Preface);
             }
             let _ = src.split_to(n);
@@ -325,8 +326,9 @@ impl Connection {
 
     fn fail(&mut self, code: ErrorCode, reason: String) -> ConnError {
         self.go_away(code);
-        self.failed = true;
-        ConnError::Protocol { code, reason }
+        let error = ConnError::Protocol { code, reason };
+        self.failed = Some(error.clone());
+        error
     }
 
     fn on_frame(&mut self, frame: Frame) -> Result<(), FrameError> {
@@ -767,7 +769,7 @@ impl Connection {
 
     /// Opens a stream of ours (a request, for a client) with its head.
     pub fn open(&mut self, head: &[Field], end_stream: bool) -> Result<StreamId, SendError> {
-        if self.going_away || self.failed {
+        if self.going_away || self.failed.is_some() {
             return Err(SendError::GoingAway);
         }
         if self.local_open >= self.peer_max_streams {
@@ -796,7 +798,7 @@ impl Connection {
 
     /// Whether a stream can be opened now (the peer's stream limit).
     pub fn can_open(&self) -> bool {
-        !self.going_away && !self.failed && self.local_open < self.peer_max_streams
+        !self.going_away && self.failed.is_none() && self.local_open < self.peer_max_streams
     }
 
     /// Sends a head (a response, for a server) or, behind any queued data,

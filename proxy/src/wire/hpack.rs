@@ -285,8 +285,7 @@ pub struct Encoder {
     /// The table sizes to announce at the start of the next block: the
     /// smallest the peer allowed since the last block, then the last.
     size_updates: Option<(usize, usize)>,
-    /// The most the peer allows (its `SETTINGS_HEADER_TABLE_SIZE`), capped
-    /// by what we are willing to keep.
+    /// The most table we keep, whatever the peer allows.
     cap: usize,
 }
 
@@ -320,6 +319,10 @@ impl Encoder {
     }
 
     fn resize(&mut self, size: usize) {
+        // Peers repeat their table size in every SETTINGS: no news, no update.
+        if size == self.table.max_size() && self.size_updates.is_none() {
+            return;
+        }
         let smallest = match self.size_updates {
             Some((smallest, _)) => smallest.min(size),
             None => size,

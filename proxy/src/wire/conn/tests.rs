@@ -394,6 +394,17 @@ fn written(server: &mut Connection) -> Vec<Frame> {
     frames
 }
 
+/// The bytes of DATA the server wrote.
+fn data_written(server: &mut Connection) -> usize {
+    written(server)
+        .iter()
+        .map(|f| match f {
+            Frame::Data { data, .. } => data.len(),
+            _ => 0,
+        })
+        .sum()
+}
+
 fn refused_with(input: &[Frame], code: ErrorCode) {
     let mut server = server();
     let result = server.receive(&mut frames(input));
@@ -523,6 +534,12 @@ fn what_breaks_the_protocol_ends_the_connection_with_the_rfcs_code() {
         fresh.receive(&mut BytesMut::from(&b"GET / HTTP/1.1\r\n"[..])),
         Err(ConnError::Preface)
     );
+    // And says so again: nothing more is read.
+    assert_eq!(
+        fresh.receive(&mut BytesMut::from(&frame::PREFACE[..])),
+        Err(ConnError::Preface)
+    );
+    assert!(!fresh.can_open());
 }
 
 #[test]
@@ -634,13 +651,7 @@ fn pings_are_answered_and_settings_acknowledged_and_applied() {
         .send_headers(1, fields(&[(":status", "200")]), false)
         .unwrap();
     server.send_data(1, vec![9u8; 25].into(), true).unwrap();
-    let sent: usize = written(&mut server)
-        .iter()
-        .map(|f| match f {
-            Frame::Data { data, .. } => data.len(),
-            _ => 0,
-        })
-        .sum();
+    let sent = data_written(&mut server);
     assert_eq!((sent, server.queued(1)), (10, 15));
     // Lowering it below what is in flight makes the window negative.
     server
@@ -652,13 +663,7 @@ fn pings_are_answered_and_settings_acknowledged_and_applied() {
             },
         ]))
         .unwrap();
-    let sent: usize = written(&mut server)
-        .iter()
-        .map(|f| match f {
-            Frame::Data { data, .. } => data.len(),
-            _ => 0,
-        })
-        .sum();
+    let sent = data_written(&mut server);
     assert_eq!(
         (sent, server.queued(1)),
         (2, 13),

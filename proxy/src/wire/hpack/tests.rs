@@ -315,6 +315,23 @@ fn a_list_over_the_limit_is_decoded_whole_and_its_excess_dropped() {
 }
 
 #[test]
+fn a_table_size_is_announced_only_when_it_changes() {
+    let mut encoder = Encoder::default();
+    let get = [Field::new(":method", "GET")];
+    let mut block = BytesMut::new();
+    encoder.peer_allows(4096);
+    encoder.encode(&get, &mut block);
+    assert_eq!(&block[..], &[0x82], "the size it had: nothing to say");
+    // Down to 0 and back up before the next block: both are said, the
+    // smallest first (RFC 7541 §4.2).
+    encoder.peer_allows(0);
+    encoder.peer_allows(4096);
+    block.clear();
+    encoder.encode(&get, &mut block);
+    assert_eq!(&block[..], &[0x20, 0x3f, 0xe1, 0x1f, 0x82]);
+}
+
+#[test]
 fn a_repeated_block_is_sent_as_indexes() {
     let mut encoder = Encoder::default();
     let list = [
