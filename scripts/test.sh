@@ -148,7 +148,9 @@ cargo test --workspace --locked
 
 step "bench/ab.sh (smoke: one short round of the debug build; measures nothing)"
 BIN_DIR=target/debug bench/ab.sh --rounds 1 --run-time 1s target/debug/mesh-proxy
-BIN_DIR=target/debug bench/ab.sh --h2load --requests 2000 --rounds 1 --haproxy target/debug/mesh-proxy
+# And the wire_forward example (built by cargo test), every call answered.
+BIN_DIR=target/debug bench/ab.sh --h2load --requests 2000 --rounds 1 --haproxy \
+  target/debug/mesh-proxy target/debug/examples/wire_forward
 
 step "bench/held-streams.py (smoke: 512 held streams on the debug build, reset after 1 s; measures nothing)"
 BIN_DIR=target/debug python3 bench/held-streams.py --streams 512 --idle-timeout 1s --rounds 1 --settle 0.5
