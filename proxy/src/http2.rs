@@ -65,11 +65,8 @@ const CLIENT_SEND_BUFFER: usize = 1024 * 1024;
 fn server_connection_window(max_concurrent_streams: u32) -> u32 {
     STREAM_WINDOW
         .saturating_mul(max_concurrent_streams)
-        .clamp(STREAM_WINDOW, MAX_WINDOW)
+        .clamp(STREAM_WINDOW, crate::wire::frame::MAX_WINDOW)
 }
-
-/// The largest window HTTP/2 allows (RFC 9113 section 6.9.1).
-const MAX_WINDOW: u32 = (1 << 31) - 1;
 
 /// How long connecting to an upstream may take, HTTP/1 or HTTP/2.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);

@@ -30,8 +30,8 @@
 //! [`body`] the transports, [`activity`] their idle timeouts; [`metrics`] and [`admin`] what operators read;
 //! [`register`] self-registration with the controller; [`redirect`] the
 //! iptables rules of the `mesh-proxy-init` container; [`wire`] HTTP/2
-//! frames and HPACK, for a forwarding HTTP/2 layer (not yet on the request
-//! path).
+//! frames, HPACK, a connection's protocol and message checks, for a
+//! forwarding HTTP/2 layer (not yet on the request path).
 
 pub mod activity;
 pub mod admin;

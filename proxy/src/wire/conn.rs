@@ -130,7 +130,8 @@ enum Queued {
 #[derive(Debug)]
 struct Stream {
     remote: Remote,
-    /// We sent END_STREAM, or queued it.
+    /// We sent END_STREAM, or queued it: then it goes out with the last of
+    /// the queue.
     local_closed: bool,
     /// What we may still send on it, from the peer's settings and updates:
     /// negative when the peer lowered its initial window.
@@ -141,21 +142,18 @@ struct Stream {
     released: u32,
     queue: VecDeque<Queued>,
     queued_bytes: usize,
-    /// END_STREAM goes out with the last of the queue.
-    end_after_queue: bool,
 }
 
 impl Stream {
-    fn new(remote: Remote, send_window: i64, recv_window: i64) -> Self {
+    fn new(remote: Remote, send_window: u32, recv_window: u32) -> Self {
         Self {
             remote,
             local_closed: false,
-            send_window,
-            recv_window,
+            send_window: send_window.into(),
+            recv_window: recv_window.into(),
             released: 0,
             queue: VecDeque::new(),
             queued_bytes: 0,
-            end_after_queue: false,
         }
     }
 }
@@ -615,14 +613,7 @@ impl Connection {
                     return Ok(());
                 }
                 self.peer_open += 1;
-                self.streams.insert(
-                    stream,
-                    Stream::new(
-                        Remote::Open,
-                        self.peer_initial_window.into(),
-                        self.config.stream_window.into(),
-                    ),
-                );
+                self.streams.insert(stream, self.new_stream(Remote::Open));
                 false
             }
         };
@@ -781,14 +772,8 @@ impl Connection {
         }
         self.next_local_stream += 2;
         self.local_open += 1;
-        self.streams.insert(
-            stream,
-            Stream::new(
-                Remote::AwaitingHead,
-                self.peer_initial_window.into(),
-                self.config.stream_window.into(),
-            ),
-        );
+        self.streams
+            .insert(stream, self.new_stream(Remote::AwaitingHead));
         self.write_headers(stream, head, end_stream);
         if end_stream {
             self.local_ended(stream);
@@ -812,7 +797,6 @@ impl Connection {
         let state = self.sendable_stream(stream)?;
         if !state.queue.is_empty() {
             state.queue.push_back(Queued::Trailers(fields));
-            state.end_after_queue = true;
             state.local_closed = true;
             return Ok(());
         }
@@ -834,7 +818,6 @@ impl Connection {
         state.queued_bytes += data.len();
         state.queue.push_back(Queued::Data(data));
         if end_stream {
-            state.end_after_queue = true;
             state.local_closed = true;
         }
         if !self.sendable.contains(&stream) {
@@ -900,6 +883,11 @@ impl Connection {
         (stream % 2 == 1) == (self.role == Role::Client)
     }
 
+    /// A new stream's state, its windows as both sides' settings say.
+    fn new_stream(&self, remote: Remote) -> Stream {
+        Stream::new(remote, self.peer_initial_window, self.config.stream_window)
+    }
+
     fn remember_reset(&mut self, stream: StreamId) {
         if self.recently_reset.len() == RECENTLY_RESET {
             self.recently_reset.pop_front();
@@ -960,7 +948,7 @@ impl Connection {
             if data.is_empty() {
                 state.queue.pop_front();
             }
-            let end_stream = state.queue.is_empty() && state.end_after_queue;
+            let end_stream = state.queue.is_empty() && state.local_closed;
             state.send_window -= n as i64;
             self.send_window -= n as i64;
             state.queued_bytes -= n;
@@ -981,15 +969,7 @@ impl Connection {
             let Some(Queued::Trailers(fields)) = state.queue.pop_front() else {
                 unreachable!("matched above");
             };
-            let mut block = BytesMut::new();
-            self.encoder.encode(&fields, &mut block);
-            frame::write_headers(
-                stream,
-                &block,
-                true,
-                self.peer_max_frame_size,
-                &mut self.out,
-            );
+            self.write_headers(stream, &fields, true);
             self.local_ended(stream);
             return (true, false);
         }
