@@ -2,7 +2,8 @@
 //! `mesh-controller`, `mesh-dashboard`): logging set-up, shutdown signals,
 //! how a fatal error ends the process, duration flags and the TLS crypto
 //! provider; with the
-//! `test-util` feature, [`netns`]: network namespaces for tests. The demo
+//! `test-util` feature, what tests share: [`netns`] (network namespaces),
+//! [`test_http`] (an HTTP client) and [`test_ports`] (ports for children). The demo
 //! apps keep their own copies: they stand for any user's app and depend on
 //! nothing of the mesh.
 
@@ -10,6 +11,8 @@
 pub mod netns;
 #[cfg(feature = "test-util")]
 pub mod test_http;
+#[cfg(feature = "test-util")]
+pub mod test_ports;
 
 /// The crypto provider every TLS configuration of the mesh uses (ring):
 /// chosen here once, for the proxy and the control plane alike.

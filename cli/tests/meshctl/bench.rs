@@ -4,7 +4,6 @@
 //! only that every row ran and no call failed.
 
 use std::{
-    net::TcpListener,
     path::PathBuf,
     process::{Command, Stdio},
 };
@@ -20,15 +19,7 @@ impl Replica {
     /// A replica named `id` on free loopback ports (one per `addresses`),
     /// with `extra` flags, once it listens on every one.
     async fn start(id: &str, addresses: usize, extra: &[&str]) -> (Self, Vec<u16>) {
-        let ports: Vec<u16> = (0..addresses)
-            .map(|_| {
-                TcpListener::bind("127.0.0.1:0")
-                    .unwrap()
-                    .local_addr()
-                    .unwrap()
-                    .port()
-            })
-            .collect();
+        let ports: Vec<u16> = (0..addresses).map(|_| crate::free_port()).collect();
         let listen: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let replica = Replica(
             Command::new(bin("stockdata"))

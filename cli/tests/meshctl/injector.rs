@@ -141,11 +141,7 @@ struct Injector {
 
 impl Injector {
     async fn start(dir: &Path, api: &FakeApiServer) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::free_port();
         let log = dir.join("injector.log");
         let child = Command::new(bin("mesh-injector"))
             .args([

@@ -102,28 +102,13 @@ pub(crate) fn meshctl() -> Command {
     command
 }
 
-/// A free loopback port (bound and released): nothing listens there.
-pub(crate) fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+/// Ports for the processes a test starts (see
+/// [`mesh_runtime::test_ports`]).
+pub(crate) use mesh_runtime::test_ports::{free_port, free_ports};
 
 /// A port `p` with `p + 1` and `p + 2` free too: the demo's web ports.
 pub(crate) fn free_port_triple() -> u16 {
-    for _ in 0..50 {
-        let first = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = first.local_addr().unwrap().port();
-        if port < u16::MAX - 2
-            && TcpListener::bind(("127.0.0.1", port + 1)).is_ok()
-            && TcpListener::bind(("127.0.0.1", port + 2)).is_ok()
-        {
-            return port;
-        }
-    }
-    panic!("no three consecutive free ports in 50 tries");
+    free_ports(3)
 }
 
 /// Waits (20 s at most) until the dashboard at `dashboard` has seen

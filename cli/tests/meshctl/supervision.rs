@@ -309,12 +309,7 @@ async fn replicas_are_capped_and_the_demo_api_answers_only_the_dashboard() {
 #[tokio::test]
 async fn a_sigkilled_self_registered_sidecar_leaves_the_dashboard_within_three_renewals() {
     use tokio::process::Command;
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-    };
+    let free = || std::net::SocketAddr::from(([127, 0, 0, 1], crate::free_port()));
     let (controller, admin, dashboard) = (free(), free(), free());
     let spawn = |name: &str, args: &[String]| {
         Command::new(crate::bin(name))

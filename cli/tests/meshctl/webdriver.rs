@@ -34,11 +34,7 @@ impl Browser {
             eprintln!("SKIPPED: no chromium/chromedriver; scripts/test.sh installs them");
             return None;
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::free_port();
         let process = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
             .stdin(Stdio::null())

@@ -10,10 +10,7 @@ use tonic::transport::Channel;
 
 /// The controller binary on a free loopback port, with `args`.
 async fn controller(args: &[&str]) -> (Child, RegistryClient<Channel>) {
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], mesh_runtime::test_ports::free_port()));
     let child = crate::controller_binary()
         .args(["--listen", &addr.to_string()])
         .args(args)

@@ -27,11 +27,7 @@ fn scratch(name: &str) -> PathBuf {
 
 /// Starts the controller with `args`; a channel to it once it answers.
 async fn controller(args: &[&str], env: &[(&str, &Path)]) -> (Child, tonic::transport::Channel) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = mesh_runtime::test_ports::free_port();
     let mut command = Command::new(env!("CARGO_BIN_EXE_mesh-controller"));
     command
         .args([

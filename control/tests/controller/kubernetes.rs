@@ -394,10 +394,7 @@ async fn k8s_the_binary_finds_its_api_server_through_kubeconfig() {
         std::env::temp_dir().join(format!("mesh-controller-kubeconfig-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let kubeconfig = api.write_kubeconfig(&dir);
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
+    let port = mesh_runtime::test_ports::free_port();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mesh-controller"))
         .args([
             "--listen",

@@ -77,11 +77,7 @@ async fn a_hostile_proxy_costs_the_dashboard_a_bounded_amount_of_memory() {
     let (honest, _honest) = spawn_admin(Arc::new(std::sync::Mutex::new(IDLE))).await;
     register(&mut client, "stockweb", "stockweb-1", honest).await;
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = mesh_runtime::test_ports::free_port();
     let dashboard_addr = SocketAddr::from(([127, 0, 0, 1], port));
     let dashboard = tokio::process::Command::new(env!("CARGO_BIN_EXE_mesh-dashboard"))
         .args(["--listen", &dashboard_addr.to_string()])

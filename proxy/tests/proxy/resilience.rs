@@ -3,7 +3,9 @@
 //! answers, a killed replica coming back, and SIGTERM to the proxy itself.
 //! The client must lose nothing the mesh can save.
 
-use crate::support::{Load, call_many, parse_prometheus, static_list, stockdata_proxy, sum};
+use crate::support::{
+    Load, call_many, free_port, parse_prometheus, static_list, stockdata_proxy, sum,
+};
 use std::{net::SocketAddr, process::Stdio, time::Duration};
 use stockdata::{
     Faults,
@@ -393,14 +395,8 @@ async fn sigterm_under_load_finishes_every_accepted_call_and_exits_zero() {
         )
         .await,
     ];
-    let outbound = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let admin = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let outbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let mut proxy = Command::new(env!("CARGO_BIN_EXE_mesh-proxy"))
         .args([
             "--outbound",

@@ -364,14 +364,9 @@ pub fn sum(samples: &[Sample], name: &str, want: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
-/// A free loopback port (bound and released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+/// A loopback port for a process a test starts (see
+/// [`mesh_runtime::test_ports`]).
+pub use mesh_runtime::test_ports::free_port;
 
 /// One HTTP/1.1 GET to a loopback port on a fresh connection: the whole
 /// answer as text, or the error (a refused connection is an answer too:
