@@ -8,7 +8,7 @@
 //! that went away, an upstream that reset).
 
 use crate::{
-    http2::RecvBody,
+    http2::{RecvBody, server::RequestBody},
     metrics::{RouteLabels, RouteMetrics, paths::Call},
 };
 use bytes::Bytes;
@@ -96,7 +96,10 @@ pub fn grpc_status(headers: &http::HeaderMap) -> Option<u8> {
 #[derive(Debug)]
 pub enum Received {
     Http1(Incoming),
+    /// An upstream's response, over h2.
     Http2(RecvBody),
+    /// A client's request, served over HTTP/2 by [`crate::http2::server`].
+    Served(RequestBody),
 }
 
 /// A received body failed: the peer reset the stream, or broke the
@@ -124,6 +127,9 @@ impl Body for Received {
             Received::Http2(body) => Pin::new(body)
                 .poll_frame(cx)
                 .map(|f| f.map(|f| f.map_err(BodyError::Http2))),
+            Received::Served(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|f| f.map(|f| f.map_err(BodyError::Http2))),
         }
     }
 
@@ -131,6 +137,7 @@ impl Body for Received {
         match self {
             Received::Http1(body) => body.is_end_stream(),
             Received::Http2(body) => body.is_end_stream(),
+            Received::Served(body) => body.is_end_stream(),
         }
     }
 
@@ -138,6 +145,7 @@ impl Body for Received {
         match self {
             Received::Http1(body) => body.size_hint(),
             Received::Http2(body) => body.size_hint(),
+            Received::Served(body) => body.size_hint(),
         }
     }
 }

@@ -206,7 +206,7 @@ pub enum ServeError {
     #[error(transparent)]
     Http1(hyper::Error),
     #[error(transparent)]
-    Http2(h2::Error),
+    Http2(http2::server::ServeError),
     /// The proxy closed the connection for a limit.
     #[error("connection closed by the proxy: {}", .0.as_str())]
     Refused(Refusal),

@@ -1,5 +1,6 @@
-//! HTTP/2 on the `h2` library, both ways: serving a client's connection,
-//! and the one multiplexed connection per upstream address.
+//! HTTP/2 both ways: serving a client's connection (here, on the proxy's
+//! own layer: [`server`] over [`crate::wire`]), and the one multiplexed
+//! connection per upstream address ([`client`], on the `h2` library).
 //!
 //! Why not through hyper, as HTTP/1 goes: hyper sends every request through
 //! a channel to a dispatch task and spawns two tasks per request it sends
@@ -14,12 +15,14 @@
 //! reader that stops slows its sender; a body is sent only as fast as the
 //! peer grants window, so nothing buffers beyond what HTTP/2 allows.
 //!
-//! Layout: serving (here), [`client`] (the upstream connections), [`pipe`]
-//! (sending a body on a stream).
+//! Layout: serving with the proxy's limits (here), [`server`] (a served
+//! connection's I/O, request bodies and responses), [`client`] (the
+//! upstream connections), [`pipe`] (sending a body on an upstream stream).
 
 mod budget;
 mod client;
 mod pipe;
+pub mod server;
 
 pub use client::{Client, ClientError};
 pub use pipe::{Pipe, Piped};
@@ -28,6 +31,7 @@ use crate::{
     activity::{Activity, Stalled, Watched},
     body::{ProxyBody, Received},
     limits::{LimitsConfig, Refusal, StreamLimits, StreamPermit},
+    wire::{conn::Config, frame::ErrorCode},
 };
 use bytes::Bytes;
 use h2::RecvStream;
@@ -58,7 +62,6 @@ use tracing::Instrument as _;
 // stall everyone else's calls on a shared connection.
 const STREAM_WINDOW: u32 = 256 * 1024;
 const CLIENT_CONNECTION_WINDOW: u32 = STREAM_WINDOW * client::MAX_STREAMS_PER_CONNECTION as u32;
-const SERVER_SEND_BUFFER: usize = 400 * 1024;
 const CLIENT_SEND_BUFFER: usize = 1024 * 1024;
 
 /// A served connection's window: a stream's times its stream limit.
@@ -71,19 +74,13 @@ fn server_connection_window(max_concurrent_streams: u32) -> u32 {
 /// How long connecting to an upstream may take, HTTP/1 or HTTP/2.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// A body arriving over HTTP/2: a client's request or an upstream's
-/// response. Reading it releases flow-control window to its sender.
+/// An upstream's response body, arriving over h2. Reading it releases
+/// flow-control window to the upstream.
 #[derive(Debug)]
 pub struct RecvBody {
     stream: RecvStream,
     data_done: bool,
-    /// A served request's: its stream's activity, moved by each frame,
-    /// and told when the body ends.
-    activity: Option<Arc<Activity>>,
-    /// Whether to look for the end after each DATA frame: only with a
-    /// request body timeout, since looking takes h2's lock.
-    watch_end: bool,
-    /// An upstream response's: its place on its connection.
+    /// Its place on its connection.
     slot: Option<client::StreamSlot>,
 }
 
@@ -92,16 +89,8 @@ impl RecvBody {
         Self {
             stream,
             data_done: false,
-            activity: None,
-            watch_end: false,
             slot: None,
         }
-    }
-
-    fn watched(mut self, activity: Arc<Activity>, watch_end: bool) -> Self {
-        self.activity = Some(activity);
-        self.watch_end = watch_end;
-        self
     }
 
     fn holding(mut self, slot: client::StreamSlot) -> Self {
@@ -109,19 +98,10 @@ impl RecvBody {
         self
     }
 
-    fn moved(&self) {
-        if let Some(activity) = &self.activity {
-            activity.moved();
-        }
-    }
-
     /// The body came to its end, or failed: it was not cancelled.
     fn ended(&mut self) {
         if let Some(slot) = &mut self.slot {
             slot.ended();
-        }
-        if let Some(activity) = &self.activity {
-            activity.request_ended();
         }
     }
 }
@@ -152,11 +132,6 @@ impl Body for RecvBody {
                 Some(Ok(data)) => {
                     // Fails only when the stream is already gone.
                     let _ = self.stream.flow_control().release_capacity(data.len());
-                    self.moved();
-                    // A last DATA frame ends the body; nobody may poll past it.
-                    if self.watch_end && self.stream.is_end_stream() {
-                        self.ended();
-                    }
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 Some(Err(err)) => {
@@ -169,10 +144,7 @@ impl Body for RecvBody {
         let trailers = ready!(self.stream.poll_trailers(cx));
         self.ended();
         match trailers {
-            Ok(Some(trailers)) => {
-                self.moved();
-                Poll::Ready(Some(Ok(Frame::trailers(trailers))))
-            }
+            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
             Ok(None) => Poll::Ready(None),
             Err(err) => Poll::Ready(Some(Err(err))),
         }
@@ -211,7 +183,7 @@ pub async fn serve<I, H, F>(
     streams: &Arc<StreamLimits>,
     mut drain: watch::Receiver<bool>,
     handle: H,
-) -> Result<Ended, h2::Error>
+) -> Result<Ended, server::ServeError>
 where
     I: AsyncRead + AsyncWrite + Unpin,
     H: Fn(http::Request<Received>) -> F + Clone + Send + 'static,
@@ -219,14 +191,14 @@ where
 {
     let frames = budget::FrameBudget::new(limits.max_empty_frames_per_second);
     let io = budget::Budgeted::new(io, frames.clone());
-    let mut connection = h2::server::Builder::new()
-        .initial_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(server_connection_window(limits.max_concurrent_streams))
-        .max_send_buffer_size(SERVER_SEND_BUFFER)
-        .max_concurrent_streams(limits.max_concurrent_streams)
-        .max_header_list_size(u32::try_from(limits.transport_header_bytes()).unwrap_or(u32::MAX))
-        .handshake::<_, Bytes>(io)
-        .await?;
+    let config = Config {
+        max_concurrent_streams: limits.max_concurrent_streams,
+        stream_window: STREAM_WINDOW,
+        connection_window: server_connection_window(limits.max_concurrent_streams),
+        max_frame_size: crate::wire::frame::DEFAULT_MAX_FRAME_SIZE,
+        max_header_list_size: u32::try_from(limits.transport_header_bytes()).unwrap_or(u32::MAX),
+    };
+    let mut connection = server::Server::new(io, config, STREAM_WINDOW as usize);
     let open = Arc::new(OpenStreams::default());
     let resets = Arc::new(Resets::new(limits.max_resets_per_second));
     let mut requested = false;
@@ -247,43 +219,41 @@ where
             () = frames.notify.notified(), if !draining => {
                 draining = true;
                 ended = Ended::Refused(Refusal::TooManyEmptyFrames);
-                connection.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
+                connection.abrupt_shutdown(ErrorCode::ENHANCE_YOUR_CALM);
             }
             () = resets.exceeded.notified(), if !draining => {
                 draining = true;
                 ended = Ended::Refused(Refusal::TooManyResets);
-                connection.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
+                connection.abrupt_shutdown(ErrorCode::ENHANCE_YOUR_CALM);
             }
             () = &mut check, if !draining => {
                 let now = Instant::now();
                 // When to look again, or the reason to close with now.
                 let next = if !requested {
                     ended = Ended::Refused(Refusal::HeaderReadTimeout);
-                    Err(h2::Reason::NO_ERROR)
+                    Err(ErrorCode::NO_ERROR)
                 } else if !frames.settings_acked() {
                     // RFC 9113 section 6.5.3: until then the client may
                     // not hold to the proxy's limits.
                     ended = Ended::Refused(Refusal::SettingsTimeout);
-                    Err(h2::Reason::SETTINGS_TIMEOUT)
+                    Err(ErrorCode::SETTINGS_TIMEOUT)
                 } else {
                     match open.idle_since() {
                         None => Ok(now + limits.idle_timeout),
                         Some(since) if now >= since + limits.idle_timeout => {
                             ended = Ended::Idle;
-                            Err(h2::Reason::NO_ERROR)
+                            Err(ErrorCode::NO_ERROR)
                         }
                         Some(since) => Ok(since + limits.idle_timeout),
                     }
                 };
                 match next {
                     Ok(at) => check.as_mut().reset(at),
-                    Err(reason) => {
-                        // Not the graceful shutdown, which waits for the
-                        // client to answer a PING an idle client may never
-                        // read: no stream is open (or the client is not
-                        // playing by the rules), so nothing is cut short.
+                    Err(code) => {
+                        // No stream is open (or the client is not playing
+                        // by the rules), so nothing is cut short.
                         draining = true;
-                        connection.abrupt_shutdown(reason);
+                        connection.abrupt_shutdown(code);
                     }
                 }
             }
@@ -292,7 +262,7 @@ where
                     requested = true;
                     resets.opened();
                     let Some(permit) = streams.admit() else {
-                        respond.send_reset(h2::Reason::REFUSED_STREAM);
+                        respond.send_reset(ErrorCode::REFUSED_STREAM);
                         continue;
                     };
                     // A task per stream, so that a proxy with several
@@ -324,6 +294,7 @@ where
                 Some(Err(_)) if ended != Ended::Closed => return Ok(ended),
                 Some(Err(err)) => return Err(err),
                 // Closed, and after a GOAWAY only once every stream ended.
+                None if frames.exceeded() => return Ok(Ended::Refused(Refusal::TooManyEmptyFrames)),
                 None => return Ok(ended),
             },
         }
@@ -441,8 +412,8 @@ enum Awaited {
 /// stream with CANCEL when no frame moved either way (request read,
 /// response sent) for that long.
 async fn respond_to<H, F>(
-    request: http::Request<RecvStream>,
-    mut respond: h2::server::SendResponse<Bytes>,
+    request: server::Request,
+    mut respond: server::Respond,
     handle: H,
     held: Held,
 ) where
@@ -458,10 +429,8 @@ async fn respond_to<H, F>(
         activity.request_ended();
     }
     let mut stalled = pin!(activity.stalled(idle_timeout, body_timeout));
-    let request = request.map(|body| {
-        let body = RecvBody::new(body).watched(activity.clone(), body_timeout.is_some());
-        Received::Http2(body)
-    });
+    let request = request
+        .map(|body| Received::Served(body.watched(activity.clone(), body_timeout.is_some())));
     // Boxed, so that the stream's task stays small: tokio copies a task's
     // future into the task when it is spawned and writes the whole task
     // stage again when it finishes, and the handler's future is most of
@@ -486,7 +455,7 @@ async fn respond_to<H, F>(
             return;
         }
         Awaited::Stalled(why) => {
-            respond.send_reset(h2::Reason::CANCEL);
+            respond.send_reset(ErrorCode::CANCEL);
             stream_stalled(held.permit.limits(), why);
             return;
         }
@@ -495,23 +464,24 @@ async fn respond_to<H, F>(
     // A response without a body (a trailers-only gRPC status) stays one
     // HEADERS frame, as strict clients require.
     let end = body.is_end_stream();
-    match respond.send_response(http::Response::from_parts(head, ()), end) {
-        Ok(stream) if !end => {
-            activity.moved();
-            let mut pipe = pin!(Pipe::new(Watched::new(body, activity.clone()), stream));
-            // How it ended is the response's business: the recorder saw it.
-            let stalled = poll_fn(|cx| match pipe.as_mut().poll(cx) {
-                Poll::Ready(_) => Poll::Ready(None),
-                Poll::Pending => stalled.as_mut().poll(cx).map(Some),
-            })
-            .await;
-            if let Some(why) = stalled {
-                pipe.as_mut().reset(h2::Reason::CANCEL);
-                stream_stalled(held.permit.limits(), why);
-            }
-        }
-        Ok(_) => {}
-        Err(err) => tracing::debug!(%err, "cannot send a response head"),
+    if !respond.send_response(&head, end) {
+        tracing::debug!("cannot send a response head: the stream is gone");
+        return;
+    }
+    if end {
+        return;
+    }
+    activity.moved();
+    let mut pipe = pin!(respond.pipe(Watched::new(body, activity.clone())));
+    // How it ended is the response's business: the recorder saw it.
+    let stalled = poll_fn(|cx| match pipe.as_mut().poll(cx) {
+        Poll::Ready(_) => Poll::Ready(None),
+        Poll::Pending => stalled.as_mut().poll(cx).map(Some),
+    })
+    .await;
+    if let Some(why) = stalled {
+        pipe.as_mut().reset(ErrorCode::CANCEL);
+        stream_stalled(held.permit.limits(), why);
     }
 }
 

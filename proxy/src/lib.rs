@@ -26,12 +26,13 @@
 //! probes; [`identity`] the proxy's certificate, [`tls`] mTLS between
 //! proxies, [`policy`] who may call the app; [`retry`] retry policy, budget
 //! and replayable bodies; [`http`]
-//! (HTTP/1 via hyper), [`http2`] (HTTP/2 on h2 directly), [`tcp`] and
+//! (HTTP/1 via hyper), [`http2`] (HTTP/2: clients served on [`wire`],
+//! upstreams on h2), [`tcp`] and
 //! [`body`] the transports, [`activity`] their idle timeouts; [`metrics`] and [`admin`] what operators read;
 //! [`register`] self-registration with the controller; [`redirect`] the
 //! iptables rules of the `mesh-proxy-init` container; [`wire`] HTTP/2
-//! frames, HPACK, a connection's protocol and message checks, for a
-//! forwarding HTTP/2 layer (not yet on the request path).
+//! frames, HPACK, a connection's protocol and message checks: the proxy's
+//! own HTTP/2 layer.
 
 pub mod activity;
 pub mod admin;

@@ -388,15 +388,6 @@ impl Limits {
             ServeError::Http1(err) if err.is_parse_too_large() => Some(Refusal::HeaderTooLarge),
             ServeError::Http1(err) if err.is_timeout() => Some(Refusal::HeaderReadTimeout),
             ServeError::Refused(reason) => Some(*reason),
-            // The HTTP/2 layer's own Rapid Reset guard: streams reset before
-            // they were accepted.
-            ServeError::Http2(err)
-                if err.is_library()
-                    && err.is_go_away()
-                    && err.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) =>
-            {
-                Some(Refusal::TooManyResets)
-            }
             _ => None,
         };
         let Some(reason) = refusal else {

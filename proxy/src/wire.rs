@@ -4,14 +4,14 @@
 //! ([`message`], RFC 9113 §8). These are the parts of the forwarding
 //! HTTP/2 layer issue 22 calls for, tested against the RFCs' examples, a
 //! real peer (h2) and arbitrary input ([`fuzz`], what the fuzz targets in
-//! `proxy/fuzz` run); the request path does not use them yet (it runs on
-//! `h2`, see [`crate::http2`]).
+//! `proxy/fuzz` run). [`crate::http2::server`] drives a [`conn::Connection`]
+//! over each client's socket; the connections to upstreams still run on
+//! `h2` ([`crate::http2::Client`]).
 //!
-//! Left to the layer that will drive a [`conn::Connection`] over a socket:
-//! `content-length` against the data that comes, and limits on what a peer
-//! can make us do cheaply and often (streams opened and reset at once,
-//! floods of empty or control frames), which the proxy bounds around h2
-//! today ([`crate::limits`]).
+//! Left to the layer that drives a connection: `content-length` against
+//! the data that comes, and limits on what a peer can make us do cheaply
+//! and often (streams opened and reset at once, floods of empty or control
+//! frames), which the proxy keeps around it ([`crate::limits`]).
 
 pub mod conn;
 pub mod frame;

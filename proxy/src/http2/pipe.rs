@@ -133,7 +133,7 @@ fn finish(sent: Result<(), h2::Error>) -> Piped {
 
 /// The reset to pass on for a body that failed: the peer's own reason when
 /// it was an HTTP/2 reset (a CANCEL stays a CANCEL), else INTERNAL_ERROR.
-fn reset_reason(err: &(dyn std::error::Error + 'static)) -> Reason {
+pub(super) fn reset_reason(err: &(dyn std::error::Error + 'static)) -> Reason {
     let mut cause = Some(err);
     while let Some(err) = cause {
         if let Some(reason) = err.downcast_ref::<h2::Error>().and_then(h2::Error::reason) {

@@ -206,6 +206,9 @@ pub struct Connection {
     going_away: bool,
     /// GOAWAY sent: peer streams after this are ignored.
     goaway_sent: Option<StreamId>,
+    /// A graceful GOAWAY's PING, until its ack says the peer has seen
+    /// the first GOAWAY.
+    drain_ping: Option<[u8; 8]>,
     /// Why the connection ended, said again to every later call.
     failed: Option<ConnError>,
 }
@@ -272,6 +275,7 @@ impl Connection {
             released: 0,
             going_away: false,
             goaway_sent: None,
+            drain_ping: None,
             failed: None,
             config,
         }
@@ -356,7 +360,17 @@ impl Connection {
                 Frame::Ping { ack: true, payload }.write(&mut self.out);
                 Ok(())
             }
-            Frame::Ping { ack: true, .. } => Ok(()),
+            Frame::Ping { ack: true, payload } => {
+                if self.drain_ping == Some(payload) {
+                    // The peer has seen the first GOAWAY: whatever it
+                    // sent before is in, and the last stream is known.
+                    self.drain_ping = None;
+                    if self.goaway_sent.is_none() {
+                        self.go_away(ErrorCode::NO_ERROR);
+                    }
+                }
+                Ok(())
+            }
             Frame::Headers {
                 stream,
                 block,
@@ -528,7 +542,8 @@ impl Connection {
     ) -> Result<(), FrameError> {
         // Decoded first, whatever becomes of the stream: the table must
         // stay in step with the peer's.
-        let mut fields = Vec::new();
+        // Room for a typical head: growing from empty costs four copies.
+        let mut fields = Vec::with_capacity(16);
         let decoded = self
             .decoder
             .decode(
@@ -864,6 +879,35 @@ impl Connection {
         .write(&mut self.out);
     }
 
+    /// GOAWAY in two steps (RFC 9113 §6.8): first with the largest stream
+    /// identifier and a PING, so that requests already on their way are
+    /// still taken, then, once the PING's ack comes back, with the last
+    /// stream actually seen.
+    pub fn go_away_gracefully(&mut self) {
+        if self.goaway_sent.is_some() || self.drain_ping.is_some() {
+            return;
+        }
+        Frame::GoAway {
+            last_stream: MAX_WINDOW,
+            code: ErrorCode::NO_ERROR,
+            debug: Bytes::new(),
+        }
+        .write(&mut self.out);
+        let payload = *b"drain\0\0\0";
+        self.drain_ping = Some(payload);
+        Frame::Ping {
+            ack: false,
+            payload,
+        }
+        .write(&mut self.out);
+    }
+
+    /// Whether our last GOAWAY has gone out: no new stream of the peer's
+    /// is taken.
+    pub fn goaway_sent(&self) -> bool {
+        self.goaway_sent.is_some()
+    }
+
     /// Whether `stream` is idle: not yet opened by the side whose
     /// identifiers have its parity.
     pub fn is_idle(&self, stream: StreamId) -> bool {
@@ -896,14 +940,13 @@ impl Connection {
     }
 
     fn write_headers(&mut self, stream: StreamId, fields: &[Field], end_stream: bool) {
-        let mut block = BytesMut::new();
-        self.encoder.encode(fields, &mut block);
-        frame::write_headers(
+        let encoder = &mut self.encoder;
+        frame::write_headers_with(
             stream,
-            &block,
             end_stream,
             self.peer_max_frame_size,
             &mut self.out,
+            |dst| encoder.encode(fields, dst),
         );
     }
 

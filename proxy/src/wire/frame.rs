@@ -108,10 +108,13 @@ impl FrameHeader {
     }
 
     fn write(&self, dst: &mut BytesMut) {
-        dst.put_slice(&self.len.to_be_bytes()[1..]);
-        dst.put_u8(self.kind);
-        dst.put_u8(self.flags);
-        dst.put_u32(self.stream);
+        dst.put_slice(&self.bytes());
+    }
+
+    fn bytes(&self) -> [u8; HEADER_LEN] {
+        let [_, l0, l1, l2] = self.len.to_be_bytes();
+        let [s0, s1, s2, s3] = self.stream.to_be_bytes();
+        [l0, l1, l2, self.kind, self.flags, s0, s1, s2, s3]
     }
 }
 
@@ -577,6 +580,35 @@ pub fn write_headers(
         .write(dst);
         dst.put_slice(chunk);
     }
+}
+
+/// As [`write_headers`], with the block written by `encode` straight
+/// into `dst` behind room for the frame's header: no copy of the block
+/// when it fits one frame, as nearly every block does.
+pub fn write_headers_with(
+    stream: StreamId,
+    end_stream: bool,
+    max_frame_size: u32,
+    dst: &mut BytesMut,
+    encode: impl FnOnce(&mut BytesMut),
+) {
+    let start = dst.len();
+    dst.put_bytes(0, HEADER_LEN);
+    encode(dst);
+    let len = dst.len() - start - HEADER_LEN;
+    if len <= max_frame_size as usize {
+        let header = FrameHeader {
+            len: len as u32,
+            kind: kind::HEADERS,
+            flags: end_stream_flag(end_stream) | flag::END_HEADERS,
+            stream,
+        };
+        dst[start..start + HEADER_LEN].copy_from_slice(&header.bytes());
+        return;
+    }
+    let block = dst.split_off(start + HEADER_LEN);
+    dst.truncate(start);
+    write_headers(stream, &block, end_stream, max_frame_size, dst);
 }
 
 fn end_stream_flag(set: bool) -> u8 {

@@ -279,9 +279,12 @@ fn changes_every_time(name: &[u8]) -> bool {
 pub struct Encoder {
     table: DynamicTable,
     /// The absolute index of the newest entry with each (name, value), and
-    /// with each name.
-    by_field: HashMap<(Bytes, Bytes), u64>,
-    by_name: HashMap<Bytes, u64>,
+    /// with each name, by their hash ([`Keys`]); a hit is checked against
+    /// the entry, so a collision is only a miss. Keyed by hash so that a
+    /// lookup neither copies nor clones the field.
+    by_field: HashMap<u64, u64>,
+    by_name: HashMap<u64, u64>,
+    keys: Keys,
     /// The table sizes to announce at the start of the next block: the
     /// smallest the peer allowed since the last block, then the last.
     size_updates: Option<(usize, usize)>,
@@ -304,6 +307,7 @@ impl Encoder {
             table: DynamicTable::new(DEFAULT_TABLE_SIZE),
             by_field: HashMap::default(),
             by_name: HashMap::default(),
+            keys: Keys::default(),
             size_updates: None,
             cap,
         };
@@ -328,9 +332,9 @@ impl Encoder {
             None => size,
         };
         self.size_updates = Some((smallest, size));
-        let (by_field, by_name) = (&mut self.by_field, &mut self.by_name);
+        let (by_field, by_name, keys) = (&mut self.by_field, &mut self.by_name, &self.keys);
         self.table
-            .resize(size, |entry| forget(by_field, by_name, entry));
+            .resize(size, |entry| forget(by_field, by_name, keys, entry));
     }
 
     /// Appends the block for `fields` to `dst`.
@@ -353,15 +357,13 @@ impl Encoder {
             if let Some(found) = in_static.filter(|m| m.exact) {
                 return put_integer(dst, 0x80, 7, found.index);
             }
-            if let Some(relative) =
-                self.dynamic_index(&self.by_field, &(name.clone(), value.clone()))
-            {
+            if let Some(relative) = self.dynamic_index(name, Some(value)) {
                 return put_integer(dst, 0x80, 7, relative);
             }
         }
         let name_index = in_static
             .map(|m| m.index)
-            .or_else(|| self.dynamic_index(&self.by_name, name));
+            .or_else(|| self.dynamic_index(name, None));
         let churns = changes_every_time(name) && name_index.is_some();
         let index =
             !field.never_index && !churns && entry_size(name, value) <= self.table.max_size() / 2;
@@ -379,38 +381,65 @@ impl Encoder {
         }
         put_string(dst, value);
         if index {
-            let (by_field, by_name) = (&mut self.by_field, &mut self.by_name);
+            let (by_field, by_name, keys) = (&mut self.by_field, &mut self.by_name, &self.keys);
             if let Some(absolute) = self.table.insert(name.clone(), value.clone(), |entry| {
-                forget(by_field, by_name, entry)
+                forget(by_field, by_name, keys, entry)
             }) {
-                by_field.insert((name.clone(), value.clone()), absolute);
-                by_name.insert(name.clone(), absolute);
+                by_field.insert(keys.of(name, Some(value)), absolute);
+                by_name.insert(keys.of(name, None), absolute);
             }
         }
     }
 
-    fn dynamic_index<K: std::hash::Hash + Eq>(
-        &self,
-        map: &HashMap<K, u64>,
-        key: &K,
-    ) -> Option<usize> {
-        let absolute = *map.get(key)?;
-        Some(STATIC_LEN + self.table.relative(absolute)?)
+    /// The index (static entries first) of the newest dynamic entry with
+    /// `name` and, if given, `value`.
+    fn dynamic_index(&self, name: &[u8], value: Option<&[u8]>) -> Option<usize> {
+        let map = if value.is_some() {
+            &self.by_field
+        } else {
+            &self.by_name
+        };
+        let absolute = *map.get(&self.keys.of(name, value))?;
+        let relative = self.table.relative(absolute)?;
+        let entry = self.table.get(relative)?;
+        let same = entry.name == name && value.is_none_or(|value| entry.value == value);
+        same.then_some(STATIC_LEN + relative)
+    }
+}
+
+/// The hashes the encoder's maps are keyed by: of a name, or of a name and
+/// a value.
+#[derive(Debug, Default)]
+struct Keys(foldhash::fast::FixedState);
+
+impl Keys {
+    fn of(&self, name: &[u8], value: Option<&[u8]>) -> u64 {
+        use std::hash::{BuildHasher as _, Hasher as _};
+        let mut hasher = self.0.build_hasher();
+        hasher.write(name);
+        if let Some(value) = value {
+            // Not a byte a name may hold: ("ab", "c") and ("a", "bc") differ.
+            hasher.write_u8(0xff);
+            hasher.write(value);
+        }
+        hasher.finish()
     }
 }
 
 /// An evicted entry leaves the maps, unless they point at a newer copy.
 fn forget(
-    by_field: &mut HashMap<(Bytes, Bytes), u64>,
-    by_name: &mut HashMap<Bytes, u64>,
+    by_field: &mut HashMap<u64, u64>,
+    by_name: &mut HashMap<u64, u64>,
+    keys: &Keys,
     entry: &Entry,
 ) {
-    let key = (entry.name.clone(), entry.value.clone());
-    if by_field.get(&key) == Some(&entry.absolute) {
-        by_field.remove(&key);
+    let field = keys.of(&entry.name, Some(&entry.value));
+    if by_field.get(&field) == Some(&entry.absolute) {
+        by_field.remove(&field);
     }
-    if by_name.get(&entry.name) == Some(&entry.absolute) {
-        by_name.remove(&entry.name);
+    let name = keys.of(&entry.name, None);
+    if by_name.get(&name) == Some(&entry.absolute) {
+        by_name.remove(&name);
     }
 }
 

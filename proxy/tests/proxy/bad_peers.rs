@@ -117,11 +117,10 @@ async fn oversized_headers_are_refused_with_431_or_resource_exhausted() {
 }
 
 /// A paced Rapid Reset: streams opened ten at a time and reset only once
-/// the proxy has forwarded them (so that the HTTP/2 layer's own limit on
-/// resets of streams not yet accepted never triggers), as fast as that
-/// allows: the proxy closes the connection with GOAWAY(ENHANCE_YOUR_CALM)
-/// after a bounded number of streams, the endpoint is not ejected, and a
-/// good client beside it is served.
+/// the proxy has forwarded them, as fast as that allows: the proxy closes
+/// the connection with GOAWAY(ENHANCE_YOUR_CALM) after a bounded number of
+/// streams, the endpoint is not ejected, and a good client beside it is
+/// served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paced_rapid_reset_is_cut_off() {
     let replica = spawn_replica("r").await;
@@ -203,6 +202,60 @@ async fn a_paced_rapid_reset_is_cut_off() {
     assert_eq!(
         crate::support::sum(&metrics, "mesh_endpoint_ejections_total", &[]),
         0.0
+    );
+    proxy.shutdown().await;
+}
+
+/// The Rapid Reset of CVE-2023-44487 itself: each stream reset right
+/// behind its HEADERS, in the same write, hundreds at a time. Every stream
+/// is accepted as its head is read, so every reset counts: GOAWAY
+/// (ENHANCE_YOUR_CALM) after a bounded number, counted, and next to nothing
+/// reaches the endpoint.
+#[tokio::test]
+async fn an_unpaced_rapid_reset_is_cut_off() {
+    let replica = spawn_replica("r").await;
+    let proxy = proxy_in_front(&replica, &[]).await;
+    let conn = TcpStream::connect(proxy.outbound).await.unwrap();
+    let (mut read, mut write) = conn.into_split();
+    let attack = tokio::spawn(async move {
+        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        hello.extend(raw_h2::frame(0x4, 0, 0, &[])); // SETTINGS
+        write.write_all(&hello).await.unwrap();
+        let mut stream = 1u32;
+        // At most 10 s, or 100,000 streams.
+        let give_up = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < give_up && stream < 200_000 {
+            let mut batch = Vec::new();
+            for _ in 0..200 {
+                batch.extend(raw_h2::open_call(stream));
+                batch.extend(raw_h2::frame(0x3, 0, stream, &8u32.to_be_bytes())); // CANCEL
+                stream += 2;
+            }
+            if write.write_all(&batch).await.is_err() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        (stream - 1) / 2
+    });
+    let frames = raw_h2::read_frames(&mut read, |kind, _, _| kind == 0x7).await;
+    if let Some(goaway) = frames.iter().find(|f| f.0 == 0x7) {
+        assert_eq!(&goaway.3[4..8], &0xbu32.to_be_bytes(), "ENHANCE_YOUR_CALM");
+    }
+    let opened = attack.await.unwrap();
+    eventually("the refusal counted", Duration::from_secs(5), || async {
+        (refused(proxy.admin, "too_many_resets").await == 1.0).then_some(())
+    })
+    .await;
+    let (_, text) = crate::support::http_get(proxy.admin, "/metrics").await;
+    let sent = crate::support::sum(
+        &crate::support::parse_prometheus(&text),
+        "mesh_requests_total",
+        &[],
+    );
+    assert!(
+        sent < 200.0,
+        "{sent} requests upstream of the {opened} opened"
     );
     proxy.shutdown().await;
 }
@@ -553,13 +606,14 @@ async fn grpc_status_with_timeout(addr: std::net::SocketAddr, timeout: &str) -> 
 /// Far over the limit on HTTP/2 (beyond what the HTTP layer decodes): the
 /// HTTP/2 layer answers as docs/proxy.md says. A head of 18 KB (a HEADERS
 /// frame and a CONTINUATION) gets a 431 and RST_STREAM(PROTOCOL_ERROR), and
-/// the connection serves on; one whose CONTINUATIONs carry more than the
-/// limit again ends the connection with GOAWAY(COMPRESSION_ERROR).
+/// the connection serves on; a header block of more than four times what
+/// the layer decodes (36 KB here) ends the connection with
+/// GOAWAY(ENHANCE_YOUR_CALM).
 #[tokio::test]
 async fn far_oversized_http2_heads_get_what_the_docs_say() {
     let replica = spawn_replica("r").await;
     let proxy = proxy_in_front(&replica, &["--max-header-bytes", "4096"]).await;
-    for (fields, expected) in [(3, "reset"), (4, "goaway")] {
+    for (fields, expected) in [(3, "reset"), (6, "goaway")] {
         let mut conn = TcpStream::connect(proxy.outbound).await.unwrap();
         let mut block = raw_h2::call_block();
         for i in 0..fields {
@@ -590,11 +644,20 @@ async fn far_oversized_http2_heads_get_what_the_docs_say() {
             Some(u32::from_be_bytes(frame.3[at..at + 4].try_into().unwrap()))
         };
         if expected == "reset" {
-            // :status 431 (a literal: 0x48, then "431" Huffman-coded).
-            let head = frames.iter().find(|f| f.0 == 0x1 && f.2 == 1);
+            let head = frames
+                .iter()
+                .find(|f| f.0 == 0x1 && f.2 == 1)
+                .unwrap_or_else(|| panic!("a response head on stream 1: {frames:?}"));
+            let mut fields = Vec::new();
+            mesh_proxy::wire::hpack::Decoder::new(4096)
+                .decode(&head.3.clone().into(), 1 << 20, &mut fields)
+                .unwrap();
             assert_eq!(
-                head.map(|f| &f.3[..]),
-                Some(&[0x48, 0x83, 0x69, 0x90, 0xff][..]),
+                fields,
+                [mesh_proxy::wire::hpack::Field::new(
+                    &b":status"[..],
+                    &b"431"[..]
+                )],
                 "{frames:?}"
             );
             assert_eq!(code(0x3, 1, 0), Some(0x1), "PROTOCOL_ERROR: {frames:?}");
@@ -603,7 +666,7 @@ async fn far_oversized_http2_heads_get_what_the_docs_say() {
                 "the connection goes on: stream 3 answered: {frames:?}"
             );
         } else {
-            assert_eq!(code(0x7, 0, 4), Some(0x9), "COMPRESSION_ERROR: {frames:?}");
+            assert_eq!(code(0x7, 0, 4), Some(0xb), "ENHANCE_YOUR_CALM: {frames:?}");
         }
     }
     proxy.shutdown().await;

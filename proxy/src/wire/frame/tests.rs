@@ -335,6 +335,33 @@ fn a_long_header_block_goes_out_as_headers_and_continuations() {
     }
 }
 
+#[test]
+fn a_block_encoded_in_place_is_framed_as_one_copied_in() {
+    let block: Vec<u8> = (0..40_000u32).map(|i| (i * 7) as u8).collect();
+    for len in [0, 10, DEFAULT_MAX_FRAME_SIZE as usize, 16_385, 40_000] {
+        for end_stream in [false, true] {
+            // Behind a frame already in the buffer, as in a connection's output.
+            let mut copied = BytesMut::from(&b"earlier"[..]);
+            write_headers(
+                3,
+                &block[..len],
+                end_stream,
+                DEFAULT_MAX_FRAME_SIZE,
+                &mut copied,
+            );
+            let mut in_place = BytesMut::from(&b"earlier"[..]);
+            write_headers_with(
+                3,
+                end_stream,
+                DEFAULT_MAX_FRAME_SIZE,
+                &mut in_place,
+                |dst| dst.extend_from_slice(&block[..len]),
+            );
+            assert_eq!(in_place, copied, "{len} bytes, end_stream {end_stream}");
+        }
+    }
+}
+
 fn arb_stream() -> impl Strategy<Value = StreamId> {
     1..=MAX_WINDOW
 }
