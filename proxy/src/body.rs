@@ -1,5 +1,5 @@
 //! Bodies: what arrives from a peer ([`Received`], over HTTP/1 through
-//! hyper or over HTTP/2 through h2), and the response bodies the proxy
+//! hyper or over HTTP/2 through [`crate::http2`]), and the response bodies the proxy
 //! sends ([`ProxyBody`]: an upstream body observed for metrics, or a small
 //! body the proxy made itself, an error).
 //!
@@ -8,7 +8,7 @@
 //! that went away, an upstream that reset).
 
 use crate::{
-    http2::{RecvBody, server::RequestBody},
+    http2::RecvBody,
     metrics::{RouteLabels, RouteMetrics, paths::Call},
 };
 use bytes::Bytes;
@@ -96,10 +96,7 @@ pub fn grpc_status(headers: &http::HeaderMap) -> Option<u8> {
 #[derive(Debug)]
 pub enum Received {
     Http1(Incoming),
-    /// An upstream's response, over h2.
     Http2(RecvBody),
-    /// A client's request, served over HTTP/2 by [`crate::http2::server`].
-    Served(RequestBody),
 }
 
 /// A received body failed: the peer reset the stream, or broke the
@@ -127,9 +124,6 @@ impl Body for Received {
             Received::Http2(body) => Pin::new(body)
                 .poll_frame(cx)
                 .map(|f| f.map(|f| f.map_err(BodyError::Http2))),
-            Received::Served(body) => Pin::new(body)
-                .poll_frame(cx)
-                .map(|f| f.map(|f| f.map_err(BodyError::Http2))),
         }
     }
 
@@ -137,7 +131,6 @@ impl Body for Received {
         match self {
             Received::Http1(body) => body.is_end_stream(),
             Received::Http2(body) => body.is_end_stream(),
-            Received::Served(body) => body.is_end_stream(),
         }
     }
 
@@ -145,7 +138,6 @@ impl Body for Received {
         match self {
             Received::Http1(body) => body.size_hint(),
             Received::Http2(body) => body.size_hint(),
-            Received::Served(body) => body.size_hint(),
         }
     }
 }

@@ -12,6 +12,7 @@ use crate::{
     limits::{LimitsConfig, Refusal, StreamLimits},
     retry::replay::BoxError,
     tls::{MeshTls, PeerTls, ServerIo},
+    wire::frame::ErrorCode,
 };
 use bytes::Bytes;
 use connect::MeshConnector;
@@ -43,7 +44,7 @@ impl UpstreamError {
         match self {
             UpstreamError::Http2(http2::ClientError::Provoked { .. }) => true,
             UpstreamError::Http2(http2::ClientError::Request(err)) => {
-                err.is_go_away() && err.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM)
+                *err == http2::StreamError::ConnectionLost(Some(ErrorCode::ENHANCE_YOUR_CALM))
             }
             _ => false,
         }
@@ -55,7 +56,7 @@ impl UpstreamError {
 /// pooled HTTP/1 connections. With the mesh's TLS, connections to an
 /// endpoint that has an identity are mTLS, checked to be that identity.
 pub struct Upstream<B> {
-    h2: http2::Client,
+    http2: http2::Client,
     h1: Client<MeshConnector, B>,
     connector: MeshConnector,
     tls: Option<Arc<MeshTls>>,
@@ -92,7 +93,7 @@ where
             .pool_timer(TokioTimer::new())
             .build(connector.clone());
         Self {
-            h2: http2::Client::new(tls.clone()),
+            http2: http2::Client::new(tls.clone()),
             h1,
             connector,
             tls,
@@ -131,7 +132,7 @@ where
                 .map_err(UpstreamError::Http1)?;
             return Ok(response.map(Received::Http1));
         }
-        let response = self.h2.send(addr, server_id, request).await?;
+        let response = self.http2.send(addr, server_id, request).await?;
         Ok(response.map(Received::Http2))
     }
 
@@ -206,7 +207,7 @@ pub enum ServeError {
     #[error(transparent)]
     Http1(hyper::Error),
     #[error(transparent)]
-    Http2(http2::server::ServeError),
+    Http2(http2::connection::ConnectionError),
     /// The proxy closed the connection for a limit.
     #[error("connection closed by the proxy: {}", .0.as_str())]
     Refused(Refusal),

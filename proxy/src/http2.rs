@@ -1,6 +1,6 @@
-//! HTTP/2 both ways: serving a client's connection (here, on the proxy's
-//! own layer: [`server`] over [`crate::wire`]), and the one multiplexed
-//! connection per upstream address ([`client`], on the `h2` library).
+//! HTTP/2 both ways, on the proxy's own layer ([`crate::wire`]): serving a
+//! client's connection, and the one multiplexed connection per upstream
+//! address.
 //!
 //! Why not through hyper, as HTTP/1 goes: hyper sends every request through
 //! a channel to a dispatch task and spawns two tasks per request it sends
@@ -9,41 +9,44 @@
 //! connection by the stream's own task, and a request body that is complete
 //! before its response (every unary call) is sent without a task of its
 //! own: per request, one task (the served stream) instead of three, and no
-//! channel. The profile and the ratios are in docs/benchmarks.md.
+//! channel. Why not on a general-purpose HTTP/2 library (h2, which this
+//! used before): it cost about a quarter more instructions per call than
+//! the proxy's own layer does. The profiles and the ratios are in
+//! docs/benchmarks.md.
 //!
 //! Flow control: a received body releases its window as it is read, so a
 //! reader that stops slows its sender; a body is sent only as fast as the
 //! peer grants window, so nothing buffers beyond what HTTP/2 allows.
 //!
-//! Layout: serving with the proxy's limits (here), [`server`] (a served
-//! connection's I/O, request bodies and responses), [`client`] (the
-//! upstream connections), [`pipe`] (sending a body on an upstream stream).
+//! Layout: serving with the proxy's limits (here), [`connection`] (one
+//! connection over a socket, either end: its I/O, received bodies and what
+//! is sent), [`client`] (the pool of upstream connections).
 
 mod budget;
 mod client;
-mod pipe;
-pub mod server;
+pub mod connection;
 
 pub use client::{Client, ClientError};
-pub use pipe::{Pipe, Piped};
+pub use connection::{Piped, RecvBody, StreamError};
 
 use crate::{
     activity::{Activity, Stalled, Watched},
     body::{ProxyBody, Received},
     limits::{LimitsConfig, Refusal, StreamLimits, StreamPermit},
-    wire::{conn::Config, frame::ErrorCode},
+    wire::{
+        conn::{Config, Role},
+        frame::ErrorCode,
+    },
 };
-use bytes::Bytes;
-use h2::RecvStream;
-use http_body::{Body, Frame};
+use http_body::Body;
 use std::{
     future::{Future, poll_fn},
-    pin::{Pin, pin},
+    pin::pin,
     sync::{
         Arc,
         atomic::{AtomicU64, AtomicUsize, Ordering},
     },
-    task::{Context, Poll, ready},
+    task::Poll,
     time::Duration,
 };
 use tokio::{
@@ -53,7 +56,7 @@ use tokio::{
 };
 use tracing::Instrument as _;
 
-// Windows, both ways. A stream's window (larger than h2's 64 KiB default,
+// Windows, both ways. A stream's window (larger than HTTP/2's 64 KiB default,
 // which would throttle any body of more than a few messages) is what one
 // stream can hold buffered here when its reader stops. A connection's
 // window is that times the most streams it carries, so streams whose
@@ -62,7 +65,6 @@ use tracing::Instrument as _;
 // stall everyone else's calls on a shared connection.
 const STREAM_WINDOW: u32 = 256 * 1024;
 const CLIENT_CONNECTION_WINDOW: u32 = STREAM_WINDOW * client::MAX_STREAMS_PER_CONNECTION as u32;
-const CLIENT_SEND_BUFFER: usize = 1024 * 1024;
 
 /// A served connection's window: a stream's times its stream limit.
 fn server_connection_window(max_concurrent_streams: u32) -> u32 {
@@ -73,87 +75,6 @@ fn server_connection_window(max_concurrent_streams: u32) -> u32 {
 
 /// How long connecting to an upstream may take, HTTP/1 or HTTP/2.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// An upstream's response body, arriving over h2. Reading it releases
-/// flow-control window to the upstream.
-#[derive(Debug)]
-pub struct RecvBody {
-    stream: RecvStream,
-    data_done: bool,
-    /// Its place on its connection.
-    slot: Option<client::StreamSlot>,
-}
-
-impl RecvBody {
-    pub fn new(stream: RecvStream) -> Self {
-        Self {
-            stream,
-            data_done: false,
-            slot: None,
-        }
-    }
-
-    fn holding(mut self, slot: client::StreamSlot) -> Self {
-        self.slot = Some(slot);
-        self
-    }
-
-    /// The body came to its end, or failed: it was not cancelled.
-    fn ended(&mut self) {
-        if let Some(slot) = &mut self.slot {
-            slot.ended();
-        }
-    }
-}
-
-impl Drop for RecvBody {
-    fn drop(&mut self) {
-        // A body whose last frame ended it (no trailers) may never be read
-        // to its end: that is not a cancellation either.
-        if let Some(slot) = &mut self.slot
-            && !slot.is_ended()
-            && self.stream.is_end_stream()
-        {
-            slot.ended();
-        }
-    }
-}
-
-impl Body for RecvBody {
-    type Data = Bytes;
-    type Error = h2::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
-        if !self.data_done {
-            match ready!(self.stream.poll_data(cx)) {
-                Some(Ok(data)) => {
-                    // Fails only when the stream is already gone.
-                    let _ = self.stream.flow_control().release_capacity(data.len());
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Some(Err(err)) => {
-                    self.ended();
-                    return Poll::Ready(Some(Err(err)));
-                }
-                None => self.data_done = true,
-            }
-        }
-        let trailers = ready!(self.stream.poll_trailers(cx));
-        self.ended();
-        match trailers {
-            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
-            Ok(None) => Poll::Ready(None),
-            Err(err) => Poll::Ready(Some(Err(err))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.stream.is_end_stream()
-    }
-}
 
 /// How a served connection ended, when it ended without a protocol error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,7 +104,7 @@ pub async fn serve<I, H, F>(
     streams: &Arc<StreamLimits>,
     mut drain: watch::Receiver<bool>,
     handle: H,
-) -> Result<Ended, server::ServeError>
+) -> Result<Ended, connection::ConnectionError>
 where
     I: AsyncRead + AsyncWrite + Unpin,
     H: Fn(http::Request<Received>) -> F + Clone + Send + 'static,
@@ -198,7 +119,7 @@ where
         max_frame_size: crate::wire::frame::DEFAULT_MAX_FRAME_SIZE,
         max_header_list_size: u32::try_from(limits.transport_header_bytes()).unwrap_or(u32::MAX),
     };
-    let mut connection = server::Server::new(io, config, STREAM_WINDOW as usize);
+    let mut connection = connection::Driver::new(Role::Server, io, config, STREAM_WINDOW as usize);
     let open = Arc::new(OpenStreams::default());
     let resets = Arc::new(Resets::new(limits.max_resets_per_second));
     let mut requested = false;
@@ -412,8 +333,8 @@ enum Awaited {
 /// stream with CANCEL when no frame moved either way (request read,
 /// response sent) for that long.
 async fn respond_to<H, F>(
-    request: server::Request,
-    mut respond: server::Respond,
+    request: connection::Request,
+    mut respond: connection::SendHalf,
     handle: H,
     held: Held,
 ) where
@@ -429,8 +350,8 @@ async fn respond_to<H, F>(
         activity.request_ended();
     }
     let mut stalled = pin!(activity.stalled(idle_timeout, body_timeout));
-    let request = request
-        .map(|body| Received::Served(body.watched(activity.clone(), body_timeout.is_some())));
+    let request =
+        request.map(|body| Received::Http2(body.watched(activity.clone(), body_timeout.is_some())));
     // Boxed, so that the stream's task stays small: tokio copies a task's
     // future into the task when it is spawned and writes the whole task
     // stage again when it finishes, and the handler's future is most of

@@ -26,8 +26,7 @@
 //! probes; [`identity`] the proxy's certificate, [`tls`] mTLS between
 //! proxies, [`policy`] who may call the app; [`retry`] retry policy, budget
 //! and replayable bodies; [`http`]
-//! (HTTP/1 via hyper), [`http2`] (HTTP/2: clients served on [`wire`],
-//! upstreams on h2), [`tcp`] and
+//! (HTTP/1 via hyper), [`http2`] (HTTP/2 both ways, on [`wire`]), [`tcp`] and
 //! [`body`] the transports, [`activity`] their idle timeouts; [`metrics`] and [`admin`] what operators read;
 //! [`register`] self-registration with the controller; [`redirect`] the
 //! iptables rules of the `mesh-proxy-init` container; [`wire`] HTTP/2

@@ -4,9 +4,8 @@
 //! ([`message`], RFC 9113 §8). These are the parts of the forwarding
 //! HTTP/2 layer issue 22 calls for, tested against the RFCs' examples, a
 //! real peer (h2) and arbitrary input ([`fuzz`], what the fuzz targets in
-//! `proxy/fuzz` run). [`crate::http2::server`] drives a [`conn::Connection`]
-//! over each client's socket; the connections to upstreams still run on
-//! `h2` ([`crate::http2::Client`]).
+//! `proxy/fuzz` run). [`crate::http2::connection`] drives a
+//! [`conn::Connection`] over each socket, served or to an upstream.
 //!
 //! Left to the layer that drives a connection: `content-length` against
 //! the data that comes, and limits on what a peer can make us do cheaply

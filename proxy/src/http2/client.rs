@@ -5,12 +5,13 @@
 //! every other client's request wait behind them.
 
 use super::{
-    CLIENT_CONNECTION_WINDOW, CLIENT_SEND_BUFFER, CONNECT_TIMEOUT, RecvBody, STREAM_WINDOW,
-    pipe::{Pipe, Piped},
+    CLIENT_CONNECTION_WINDOW, CONNECT_TIMEOUT, STREAM_WINDOW,
+    connection::{Driver, Piped, RecvBody, Requester, StreamError},
 };
 use crate::{
     retry::replay::BoxError,
     tls::{Alpn, MeshTls},
+    wire::conn::{Config, Role},
 };
 use bytes::Bytes;
 use http_body::Body;
@@ -45,14 +46,8 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
-    #[error("HTTP/2 handshake with {addr} failed")]
-    Handshake {
-        addr: SocketAddr,
-        #[source]
-        source: h2::Error,
-    },
     #[error("HTTP/2 request failed")]
-    Request(#[source] h2::Error),
+    Request(#[source] StreamError),
     /// The request failed with its connection, right after the proxy
     /// cancelled many streams on it for clients that reset theirs: what an
     /// HTTP/2 server's reset limit does (GOAWAY, often read only as a
@@ -61,7 +56,7 @@ pub enum ClientError {
     Provoked {
         cancels: u32,
         #[source]
-        source: h2::Error,
+        source: StreamError,
     },
     /// The request's own body failed before a response came: its client
     /// reset the stream or went away. Not the upstream's doing.
@@ -72,7 +67,7 @@ pub enum ClientError {
 /// One upstream connection's handle.
 #[derive(Clone)]
 struct Connection {
-    sender: h2::client::SendRequest<Bytes>,
+    sender: Requester,
     streams: Arc<Streams>,
 }
 
@@ -80,8 +75,8 @@ struct Connection {
 /// open, and how many the proxy cancelled lately.
 #[derive(Debug, Default)]
 struct Streams {
-    /// Set when the connection's task ends, or once the peer said GOAWAY:
-    /// no new request goes to it.
+    /// Set when the connection's task ends, or once a request found that
+    /// the peer said GOAWAY: no new request goes to it.
     closed: AtomicBool,
     open: AtomicUsize,
     cancels: Mutex<Decaying>,
@@ -123,7 +118,7 @@ impl Streams {
     }
 
     /// How `err`, which failed a request on this connection, is told.
-    fn failed(&self, err: h2::Error) -> ClientError {
+    fn failed(&self, err: StreamError) -> ClientError {
         let cancels = self
             .cancels
             .lock()
@@ -149,7 +144,7 @@ impl Connection {
     /// the endpoint allows (its SETTINGS) and than [`MAX_STREAMS_PER_CONNECTION`].
     fn has_room(&self) -> bool {
         let open = self.streams.open.load(Ordering::Relaxed);
-        open < MAX_STREAMS_PER_CONNECTION && open < self.sender.current_max_send_streams()
+        open < MAX_STREAMS_PER_CONNECTION && open < self.sender.max_streams()
     }
 }
 
@@ -160,7 +155,7 @@ impl Connection {
 pub(super) const MAX_STREAMS_PER_CONNECTION: usize = 256;
 
 /// Connections to one endpoint at most. Past them all being full, a
-/// request waits (in h2's queue) on the least busy one.
+/// request waits on the least busy one for the endpoint's stream limit.
 const MAX_CONNECTIONS_PER_ENDPOINT: usize = 4;
 
 /// A request's place on its connection, given back when its response
@@ -256,42 +251,33 @@ impl Client {
             // otherwise be part of every request's.
             Pick::Open => Box::pin(self.connect(&key)).await?,
         };
-        // Taken apart, not cloned: cloning a sender takes h2's lock.
-        let Connection { sender, streams } = connection;
-        let (mut sender, streams) = match sender.ready().await {
-            Ok(sender) => (sender, streams),
-            Err(_) => {
+        let (head, body) = request.into_parts();
+        let end = body.is_end_stream();
+        let (sent, streams) = match connection.sender.send_request(&head, end).await {
+            Ok(sent) => (sent, connection.streams),
+            Err(err) => {
                 // Closed, or going away (the peer sent GOAWAY, and the
-                // connection lives on only for the streams it had): new
-                // requests go to a new connection.
-                streams.closed.store(true, Ordering::Release);
+                // connection lives on only for the streams it had): this
+                // and new requests go to a new connection.
+                connection.streams.closed.store(true, Ordering::Release);
                 let connection = Box::pin(self.connect(&key)).await?;
-                let sender = connection.sender.ready().await;
-                let sender = sender.map_err(ClientError::Request)?;
-                (sender, connection.streams)
+                match connection.sender.send_request(&head, end).await {
+                    Ok(sent) => (sent, connection.streams),
+                    Err(second) => {
+                        connection.streams.closed.store(true, Ordering::Release);
+                        tracing::debug!(%err, %second, "a new connection refused the request too");
+                        return Err(connection.streams.failed(second));
+                    }
+                }
             }
         };
         let mut slot = StreamSlot::take(&streams);
-        let (head, body) = request.into_parts();
-        let end = body.is_end_stream();
         let failed = |err| streams.failed(err);
-        let sent = sender.send_request(http::Request::from_parts(head, ()), end);
-        let (mut response, stream) = match sent {
-            Ok(sent) => sent,
-            Err(err) => {
-                // A GOAWAY that arrived since `ready`: this request fails
-                // (and may be retried elsewhere), the next one reconnects.
-                if err.is_go_away() {
-                    streams.closed.store(true, Ordering::Release);
-                }
-                slot.ended();
-                return Err(failed(err));
-            }
-        };
+        let (mut response, stream) = sent;
         let response = if end {
-            response.await.map_err(failed)
+            (&mut response).await.map_err(failed)
         } else {
-            let mut pipe = Some(Pipe::new(body, stream));
+            let mut pipe = Some(stream.pipe(body));
             let response = poll_fn(|cx| {
                 if let Some(sending) = pipe.as_mut()
                     && let Poll::Ready(piped) = Pin::new(sending).poll(cx)
@@ -321,7 +307,7 @@ impl Client {
             Ok(_) => {}
         }
         let response = response?;
-        Ok(response.map(|body| RecvBody::new(body).holding(slot)))
+        Ok(response.map(|body| body.holding(slot)))
     }
 
     /// The connection a request to `key` goes on: the first with room;
@@ -381,9 +367,9 @@ impl Client {
                             identity: identity.clone(),
                             source,
                         })?;
-                handshake(addr, stream, streams.clone()).await?
+                handshake(addr, stream, streams.clone())
             }
-            _ => handshake(addr, stream, streams.clone()).await?,
+            _ => handshake(addr, stream, streams.clone()),
         };
         let connection = Connection { sender, streams };
         // Connecting is rare: the moment to forget connections that closed
@@ -418,29 +404,31 @@ enum Pick {
     Open,
 }
 
-/// The HTTP/2 handshake over `io`; the connection is driven by a task of
-/// its own, which marks the connection closed when it ends.
-async fn handshake<I>(
-    addr: SocketAddr,
-    io: I,
-    streams: Arc<Streams>,
-) -> Result<h2::client::SendRequest<Bytes>, ClientError>
+/// An HTTP/2 connection over `io`, driven by a task of its own, which
+/// marks the connection closed when it ends.
+fn handshake<I>(addr: SocketAddr, io: I, streams: Arc<Streams>) -> Requester
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (sender, connection) = h2::client::Builder::new()
-        .initial_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CLIENT_CONNECTION_WINDOW)
-        .max_send_buffer_size(CLIENT_SEND_BUFFER)
-        .enable_push(false)
-        .handshake::<_, Bytes>(io)
-        .await
-        .map_err(|source| ClientError::Handshake { addr, source })?;
+    let config = Config {
+        // Push is off: the endpoint opens no stream of its own.
+        max_concurrent_streams: 0,
+        stream_window: STREAM_WINDOW,
+        connection_window: CLIENT_CONNECTION_WINDOW,
+        max_frame_size: crate::wire::frame::DEFAULT_MAX_FRAME_SIZE,
+        max_header_list_size: MAX_RESPONSE_HEADER_BYTES,
+    };
+    let driver = Driver::new(Role::Client, io, config, STREAM_WINDOW as usize);
+    let sender = driver.requester();
     tokio::spawn(async move {
-        if let Err(err) = connection.await {
+        if let Err(err) = driver.run().await {
             tracing::debug!(%addr, %err, "upstream HTTP/2 connection ended with an error");
         }
         streams.closed.store(true, Ordering::Release);
     });
-    Ok(sender)
+    sender
 }
+
+/// The largest response head an endpoint may send (as HTTP/2 counts it);
+/// a larger one fails its request.
+const MAX_RESPONSE_HEADER_BYTES: u32 = 1 << 20;

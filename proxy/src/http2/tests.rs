@@ -4,6 +4,8 @@ use crate::{
     body::{Frames, Recorder},
     metrics::{Direction, Metrics, RouteLabels},
 };
+use bytes::Bytes;
+use http_body::Frame;
 use http_body_util::BodyExt as _;
 use std::{collections::VecDeque, net::SocketAddr, sync::Arc};
 use tokio::net::TcpListener;

@@ -796,6 +796,11 @@ impl Connection {
         Ok(stream)
     }
 
+    /// How many streams the peer lets us have open at once.
+    pub fn peer_max_streams(&self) -> u32 {
+        self.peer_max_streams
+    }
+
     /// Whether a stream can be opened now (the peer's stream limit).
     pub fn can_open(&self) -> bool {
         !self.going_away && self.failed.is_none() && self.local_open < self.peer_max_streams

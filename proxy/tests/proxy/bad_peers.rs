@@ -672,6 +672,40 @@ async fn far_oversized_http2_heads_get_what_the_docs_say() {
     proxy.shutdown().await;
 }
 
+/// A request body longer or shorter than its `content-length` is
+/// malformed (RFC 9113 §8.1.1): its stream is reset with PROTOCOL_ERROR,
+/// and the connection serves on.
+#[tokio::test]
+async fn a_body_that_breaks_its_content_length_resets_its_stream() {
+    let replica = spawn_replica("r").await;
+    let proxy = proxy_in_front(&replica, &[]).await;
+    let mut conn = TcpStream::connect(proxy.outbound).await.unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(raw_h2::frame(0x4, 0, 0, &[])); // SETTINGS
+    for (stream, sent) in [(1, 10), (3, 3)] {
+        let mut block = raw_h2::call_block();
+        block.extend(raw_h2::long_literal("content-length", "5"));
+        out.extend(raw_h2::frame(0x1, 0x4, stream, &block));
+        out.extend(raw_h2::frame(0x0, 0x1, stream, &vec![0; sent])); // DATA, END_STREAM
+    }
+    out.extend(raw_h2::frame(0x1, 0x5, 5, &raw_h2::call_block()));
+    conn.write_all(&out).await.unwrap();
+    let frames = raw_h2::read_frames(&mut conn, |kind, stream, _| kind == 0x1 && stream == 5).await;
+    for stream in [1, 3] {
+        let reset = frames.iter().find(|f| f.0 == 0x3 && f.2 == stream);
+        assert_eq!(
+            reset.map(|f| &f.3[..]),
+            Some(&1u32.to_be_bytes()[..]),
+            "PROTOCOL_ERROR on {stream}: {frames:?}"
+        );
+    }
+    assert!(
+        frames.iter().any(|f| f.0 == 0x1 && f.2 == 5),
+        "the connection goes on: {frames:?}"
+    );
+    proxy.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_client_that_sends_its_head_too_slowly_is_cut_off() {
     let replica = spawn_replica("r").await;

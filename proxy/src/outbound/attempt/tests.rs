@@ -101,9 +101,11 @@ where
                 },
                 Step::ReadThenReset => {
                     let _ = request.into_body().collect().await;
-                    Err(UpstreamError::Http2(ClientError::Request(h2::Error::from(
-                        h2::Reason::INTERNAL_ERROR,
-                    ))))
+                    Err(UpstreamError::Http2(ClientError::Request(
+                        crate::http2::StreamError::Reset(
+                            crate::wire::frame::ErrorCode::INTERNAL_ERROR,
+                        ),
+                    )))
                 }
             }
         }

@@ -286,6 +286,61 @@ fn goaway_refuses_the_streams_past_its_last_and_new_ones() {
 }
 
 #[test]
+fn a_graceful_goaway_takes_the_streams_sent_before_the_peer_saw_it() {
+    let mut pair = Pair::new(Config::default(), Config::default());
+    let first = pair.client.open(&request(), true).unwrap();
+    pair.pump();
+    pair.server.go_away_gracefully();
+    assert!(!pair.server.goaway_sent());
+    // On its way before the client read the GOAWAY: taken, not refused.
+    let second = pair.client.open(&request(), true).unwrap();
+    let mut to_server = pair.client.output().split();
+    pair.server.receive(&mut to_server).unwrap();
+    let mut to_client = pair.server.output().split();
+    let (mut goaways, mut pings) = (Vec::new(), 0);
+    let mut reader = to_client.clone();
+    while let Some(frame) = Frame::read(&mut reader, DEFAULT_MAX_FRAME_SIZE).unwrap() {
+        match frame {
+            Frame::GoAway { last_stream, .. } => goaways.push(last_stream),
+            Frame::Ping { ack: false, .. } => pings += 1,
+            _ => {}
+        }
+    }
+    assert_eq!((goaways, pings), (vec![MAX_WINDOW], 1));
+    pair.client.receive(&mut to_client).unwrap();
+    // The client answers the PING: then the last GOAWAY names the last
+    // stream taken, and nothing after it is.
+    pair.pump();
+    assert!(pair.server.goaway_sent());
+    let last = pair.client_events.iter().rev().find_map(|e| match e {
+        Event::GoAway { last_stream, .. } => Some(*last_stream),
+        _ => None,
+    });
+    assert_eq!(last, Some(second));
+    let opened: Vec<StreamId> = pair
+        .server_events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Headers { stream, .. } => Some(*stream),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(opened, [first, second]);
+    assert!(
+        !pair
+            .client_events
+            .iter()
+            .any(|e| matches!(e, Event::Reset { .. })),
+        "{:?}",
+        pair.client_events
+    );
+    assert_eq!(
+        pair.client.open(&request(), true),
+        Err(SendError::GoingAway)
+    );
+}
+
+#[test]
 fn the_peer_stream_limit_is_kept_both_ways() {
     let mut pair = Pair::new(
         Config::default(),

@@ -1,24 +1,29 @@
-//! Serving one client's HTTP/2 connection on the proxy's own protocol layer
-//! ([`crate::wire::conn`]): the connection's I/O, and each stream's request
-//! body and response.
+//! One HTTP/2 connection over a socket, on the proxy's own protocol layer
+//! ([`crate::wire::conn`]), at either end: a client's connection served
+//! (requests accepted, responses sent) or a connection to an upstream
+//! (requests sent, responses received).
 //!
-//! The [`Server`] owns the socket; [`Server::accept`] drives it (writes
-//! what is queued, reads and decodes what came) and hands out each new
-//! request with a [`Respond`] handle. A stream's body and response live in
+//! The [`Driver`] owns the socket: it writes what is queued, reads and
+//! decodes what came and hands each event to its stream; a served
+//! connection's driver is polled by [`Driver::accept`], which hands out
+//! each new request, and an upstream connection's runs in a task of its
+//! own ([`Driver::run`]) beside its [`Requester`]. A stream's two halves
+//! (what it receives, [`RecvBody`]; what it sends, [`SendHalf`]) live in
 //! other tasks and reach the protocol state through one lock, which they
 //! hold only to move bytes in or out; whatever they queue for the peer,
-//! the connection's task writes.
+//! the driver writes.
 //!
-//! Back-pressure, both ways: a request body's window is given back only as
-//! its reader takes the data, and a response body is read from its source
-//! only while less than a stream's window of it waits for the client's
-//! window. The connection reads no more from its client while its own
-//! output is not written, so a peer that sends cheap frames whose answers
-//! it does not read (PING, SETTINGS) stalls itself.
+//! Back-pressure, both ways: a received body's window is given back only
+//! as its reader takes the data, and a body is read from its source only
+//! while less than a stream's window of it waits for the peer's window.
+//! The driver reads no more from its peer while its own output is not
+//! written, so a peer that sends cheap frames whose answers it does not
+//! read (PING, SETTINGS) stalls itself.
 
-use super::Piped;
+use super::client::StreamSlot;
 use crate::{
     activity::Activity,
+    body::BodyError,
     retry::replay::BoxError,
     wire::{
         conn::{Config, ConnError, Connection, Event, Role},
@@ -36,41 +41,92 @@ use std::{
     collections::VecDeque,
     future::{Future, poll_fn},
     pin::Pin,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicUsize, Ordering},
+    },
     task::{Context, Poll, Waker, ready},
+    time::Duration,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// How much is read from the socket at a time.
 const READ_CHUNK: usize = 16 * 1024;
 
+/// How long a draining connection with no stream open waits for its
+/// client to acknowledge the GOAWAY's PING (a client that has stopped
+/// reading never does) before it closes: a request already on its way
+/// then meets a closed connection, as it would with h2.
+const DRAIN_ACK_WAIT: Duration = Duration::from_secs(1);
+
 /// A connection that failed: the peer broke the protocol (the GOAWAY
 /// saying so was sent), or the socket did.
 #[derive(Debug, thiserror::Error)]
-pub enum ServeError {
+pub enum ConnectionError {
     #[error(transparent)]
     Protocol(#[from] ConnError),
     #[error("the connection failed: {0}")]
     Io(#[from] std::io::Error),
 }
 
-impl ServeError {
+impl ConnectionError {
     /// The GOAWAY code we closed the connection with, for a protocol error.
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
-            ServeError::Protocol(ConnError::Protocol { code, .. }) => Some(*code),
-            ServeError::Protocol(ConnError::Preface) => Some(ErrorCode::PROTOCOL_ERROR),
-            ServeError::Io(_) => None,
+            ConnectionError::Protocol(ConnError::Protocol { code, .. }) => Some(*code),
+            ConnectionError::Protocol(ConnError::Preface) => Some(ErrorCode::PROTOCOL_ERROR),
+            ConnectionError::Io(_) => None,
         }
     }
 }
 
+/// How a [`SendPipe`] ended.
+#[derive(Debug)]
+pub enum Piped {
+    /// The whole body was sent.
+    Sent,
+    /// The peer reset the stream or the connection closed.
+    PeerGone,
+    /// The body failed (its own sender went away); the stream was reset.
+    BodyFailed(BoxError),
+}
+
 /// A request served here.
-pub type Request = http::Request<RequestBody>;
+pub type Request = http::Request<RecvBody>;
+
+/// Why a stream we opened got no response, or its body no end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum StreamError {
+    /// The peer reset it; `REFUSED_STREAM` (also for streams past its
+    /// GOAWAY) says it was not processed.
+    #[error("the stream was reset: {0:?}")]
+    Reset(ErrorCode),
+    /// The connection closed under it, after a GOAWAY with this code if
+    /// the peer sent one.
+    #[error("the connection closed (GOAWAY: {0:?})")]
+    ConnectionLost(Option<ErrorCode>),
+    /// The peer said GOAWAY before it could be opened.
+    #[error("the peer is going away")]
+    GoingAway,
+}
+
+impl StreamError {
+    /// As the rest of the proxy reads HTTP/2 failures (a reset's reason).
+    pub fn to_h2(self) -> h2::Error {
+        let code = match self {
+            StreamError::Reset(code) => code,
+            StreamError::ConnectionLost(code) => code.unwrap_or(ErrorCode::CANCEL),
+            StreamError::GoingAway => ErrorCode::REFUSED_STREAM,
+        };
+        h2::Error::from(Reason::from(code.0))
+    }
+}
 
 /// What one stream has received and not yet handed out, and who waits.
 #[derive(Debug, Default)]
 struct Slot {
+    /// A response's head, until its future takes it (upstream streams).
+    head: Option<http::response::Parts>,
     data: VecDeque<Bytes>,
     trailers: Option<HeaderMap>,
     /// The client ended its side (after `data` and `trailers`).
@@ -79,16 +135,16 @@ struct Slot {
     reset: Option<ErrorCode>,
     /// What `content-length` says is still to come.
     content_left: Option<u64>,
-    /// The request body's reader, waiting for data.
+    /// The receiving half, waiting for a head or for data.
     reader: Option<Waker>,
-    /// The response's sender, waiting for room or watching for a reset.
+    /// The sending half, waiting for room or watching for a reset.
     sender: Option<Waker>,
-    /// The request body was dropped: its data is given back as it comes.
-    body_dropped: bool,
-    /// The response handle was dropped.
-    respond_dropped: bool,
-    /// The response ended (its last frame queued) or was reset.
-    response_ended: bool,
+    /// The receiving half was dropped: data is given back as it comes.
+    recv_dropped: bool,
+    /// The sending half was dropped.
+    send_dropped: bool,
+    /// What we send ended (its last frame queued) or was reset.
+    send_ended: bool,
 }
 
 impl Slot {
@@ -105,16 +161,24 @@ impl Slot {
 /// The protocol state the connection's task and its streams share.
 #[derive(Debug)]
 struct Inner {
+    role: Role,
     conn: Connection,
     slots: HashMap<StreamId, Slot>,
     /// The connection's task, to write what a stream queued.
     writer: Option<Waker>,
     /// Streams whose response waits for the client's window.
     waiting_for_room: Vec<StreamId>,
-    /// How much of a response may wait for the client's window.
+    /// How much of a body may wait for the peer's window.
     send_limit: usize,
     /// The connection is over: every stream fails.
     gone: bool,
+    /// The peer said GOAWAY, with this code: no new stream of ours.
+    going_away: Option<ErrorCode>,
+    /// Requests waiting for the peer's stream limit to allow one more.
+    waiting_to_open: Vec<Waker>,
+    /// Draining, or no [`Requester`] is left: the driver looks again when
+    /// the last stream ends.
+    close_when_idle: bool,
 }
 
 impl Inner {
@@ -133,32 +197,49 @@ impl Inner {
         for slot in self.slots.values_mut() {
             slot.wake();
         }
+        for waker in self.waiting_to_open.drain(..) {
+            waker.wake();
+        }
+    }
+
+    /// How a stream whose connection is over failed.
+    fn lost(&self) -> StreamError {
+        StreamError::ConnectionLost(self.going_away)
     }
 
     /// Forgets a stream both of whose handles are gone; resets it first
     /// if it is still open (the handler gave up on it).
-    fn drop_handle(&mut self, stream: StreamId, body: bool) {
+    fn drop_handle(&mut self, stream: StreamId, recv: bool) {
         let Some(slot) = self.slots.get_mut(&stream) else {
             return;
         };
-        if body {
-            slot.body_dropped = true;
+        if recv {
+            slot.recv_dropped = true;
             // Data nobody will read: give its window back.
             let unread: usize = slot.data.drain(..).map(|d| d.len()).sum();
             if unread > 0 && !self.gone {
                 self.conn.release(stream, unread);
             }
         } else {
-            slot.respond_dropped = true;
+            slot.send_dropped = true;
         }
-        if slot.body_dropped && slot.respond_dropped {
-            let ended = slot.response_ended;
+        if slot.recv_dropped && slot.send_dropped {
+            // What we sent to its end may still be queued behind the
+            // peer's window: a served response goes out, and the stream
+            // closes as the client ends its side. An upstream response
+            // nobody reads any more is cancelled.
+            let unwanted = !slot.send_ended || (self.role == Role::Client && !slot.ended);
             self.slots.remove(&stream);
-            // A response that ended may still be queued behind the
-            // client's window: it goes out, and the stream closes as the
-            // client ends its side.
-            if !self.gone && !ended && self.conn.is_open(stream) {
+            if !self.gone && unwanted && self.conn.is_open(stream) {
                 self.conn.reset(stream, ErrorCode::CANCEL);
+            }
+            // The last stream of a connection closing when idle.
+            if self.slots.is_empty()
+                && self.close_when_idle
+                && let Some(waker) = self.writer.take()
+            {
+                waker.wake();
+                return;
             }
         }
         self.output_queued();
@@ -166,67 +247,112 @@ impl Inner {
 }
 
 #[derive(Debug)]
-struct Shared(Mutex<Inner>);
+struct Shared {
+    inner: Mutex<Inner>,
+    /// The [`Requester`]s alive: with none, no stream can be opened.
+    requesters: AtomicUsize,
+}
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding it leaves bytes, never broken invariants
         // worth stopping the proxy for.
-        self.0
+        self.inner
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
-/// One client's HTTP/2 connection, served. See the module's documentation.
+/// One HTTP/2 connection's socket and protocol. See the module's
+/// documentation.
 #[derive(Debug)]
-pub struct Server<I> {
+pub struct Driver<I> {
+    role: Role,
     io: I,
     shared: Arc<Shared>,
     read: BytesMut,
     /// Output taken from the connection, being written.
     write: BytesMut,
-    accepted: VecDeque<(Request, Respond)>,
+    accepted: VecDeque<(Request, SendHalf)>,
     /// GOAWAY sent: the connection ends once its streams have.
     draining: bool,
     /// Closed by us: the connection ends once its GOAWAY is written.
     closing: bool,
     /// The protocol error to report once its GOAWAY is written.
     failed: Option<ConnError>,
+    /// Draining with no stream open: how long the PING's ack is awaited.
+    drain_wait: Option<Pin<Box<tokio::time::Sleep>>>,
     done: bool,
 }
 
-impl<I: AsyncRead + AsyncWrite + Unpin> Server<I> {
-    /// A connection on `io` announcing `config` (its SETTINGS are the
-    /// first thing written); `send_limit` is how much of each response
-    /// may wait for the client's window.
-    pub fn new(io: I, config: Config, send_limit: usize) -> Self {
+impl<I: AsyncRead + AsyncWrite + Unpin> Driver<I> {
+    /// A connection of `role` on `io` announcing `config` (its preface and
+    /// SETTINGS are the first thing written); `send_limit` is how much of
+    /// each body may wait for the peer's window.
+    pub fn new(role: Role, io: I, config: Config, send_limit: usize) -> Self {
         let inner = Inner {
-            conn: Connection::new(Role::Server, config),
+            role,
+            conn: Connection::new(role, config),
             slots: HashMap::default(),
             writer: None,
             waiting_for_room: Vec::new(),
             send_limit,
             gone: false,
+            going_away: None,
+            waiting_to_open: Vec::new(),
+            close_when_idle: false,
         };
         Self {
+            role,
             io,
-            shared: Arc::new(Shared(Mutex::new(inner))),
+            shared: Arc::new(Shared {
+                inner: Mutex::new(inner),
+                requesters: AtomicUsize::new(0),
+            }),
             read: BytesMut::new(),
             write: BytesMut::new(),
             accepted: VecDeque::new(),
             draining: false,
             closing: false,
             failed: None,
+            drain_wait: None,
             done: false,
         }
     }
 
     /// The next request, once the client sends one; `None` when the
     /// connection has ended (closed by the client, or by us once its
-    /// streams are done).
-    pub async fn accept(&mut self) -> Option<Result<(Request, Respond), ServeError>> {
+    /// streams are done). For a served connection.
+    pub async fn accept(&mut self) -> Option<Result<(Request, SendHalf), ConnectionError>> {
         poll_fn(|cx| self.poll_accept(cx)).await
+    }
+
+    /// The handle that sends requests on this connection (an upstream's).
+    pub fn requester(&self) -> Requester {
+        self.shared.requesters.fetch_add(1, Ordering::Relaxed);
+        Requester {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Drives an upstream connection until it ends: when the peer closes
+    /// it, or once it has no stream open and no [`Requester`] is left.
+    pub async fn run(mut self) -> Result<(), ConnectionError> {
+        poll_fn(|cx| {
+            // Nobody can open a stream on it any more, and none is open.
+            if self.shared.requesters.load(Ordering::Acquire) == 0
+                && self.shared.lock().slots.is_empty()
+                && !self.closing
+            {
+                self.abrupt_shutdown(ErrorCode::NO_ERROR);
+            }
+            match ready!(self.poll_accept(cx)) {
+                Some(Err(err)) => Poll::Ready(Err(err)),
+                // A client connection accepts nothing.
+                Some(Ok(_)) | None => Poll::Ready(Ok(())),
+            }
+        })
+        .await
     }
 
     /// GOAWAY: no new streams; the connection ends once those in flight
@@ -235,6 +361,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Server<I> {
         if !self.draining {
             self.draining = true;
             let mut inner = self.shared.lock();
+            inner.close_when_idle = true;
             inner.conn.go_away_gracefully();
         }
     }
@@ -251,7 +378,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Server<I> {
     fn poll_accept(
         &mut self,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<(Request, Respond), ServeError>>> {
+    ) -> Poll<Option<Result<(Request, SendHalf), ConnectionError>>> {
         if self.done {
             return Poll::Ready(None);
         }
@@ -266,7 +393,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Server<I> {
             if let Some(err) = self.failed.take() {
                 return Poll::Ready(Some(Err(self.end(err.into()))));
             }
-            if self.closing || (self.draining && self.drained()) {
+            if self.closing || (self.draining && self.drained(cx)) {
                 self.shared.lock().fail_all();
                 self.done = true;
                 return Poll::Ready(None);
@@ -293,11 +420,24 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Server<I> {
         }
     }
 
-    /// After a graceful GOAWAY: the client has seen it, and every stream
-    /// taken before it is done.
-    fn drained(&self) -> bool {
-        let inner = self.shared.lock();
-        inner.conn.goaway_sent() && inner.slots.is_empty()
+    /// After a graceful GOAWAY: every stream taken is done, and the client
+    /// has seen the GOAWAY (acknowledged its PING), or has not within
+    /// [`DRAIN_ACK_WAIT`] of the connection having no stream open.
+    fn drained(&mut self, cx: &mut Context<'_>) -> bool {
+        let (idle, seen) = {
+            let inner = self.shared.lock();
+            (inner.slots.is_empty(), inner.conn.goaway_sent())
+        };
+        if !idle {
+            return false;
+        }
+        if seen {
+            return true;
+        }
+        let wait = self
+            .drain_wait
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(DRAIN_ACK_WAIT)));
+        wait.as_mut().poll(cx).is_ready()
     }
 
     /// Writes what the connection queued, then flushes.
@@ -324,7 +464,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Server<I> {
     }
 
     /// The connection is over with `err`.
-    fn end(&mut self, err: ServeError) -> ServeError {
+    fn end(&mut self, err: ConnectionError) -> ConnectionError {
         self.shared.lock().fail_all();
         self.done = true;
         err
@@ -347,13 +487,20 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Server<I> {
                     end_stream,
                     trailers: false,
                     too_large,
-                } => {
+                } if self.role == Role::Server => {
                     if let Some(accepted) =
                         new_request(inner, &self.shared, stream, fields, end_stream, too_large)
                     {
                         self.accepted.push_back(accepted);
                     }
                 }
+                Event::Headers {
+                    stream,
+                    fields,
+                    end_stream,
+                    trailers: false,
+                    ..
+                } => response_head(inner, stream, fields, end_stream),
                 Event::Headers { stream, fields, .. } => {
                     let trailers = message::trailers(&fields)
                         .ok()
@@ -392,7 +539,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Server<I> {
                         malformed(inner, stream);
                         continue;
                     }
-                    if slot.body_dropped {
+                    if slot.recv_dropped {
                         inner.conn.release(stream, len);
                     } else if len > 0 {
                         slot.data.push_back(data);
@@ -409,8 +556,16 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Server<I> {
                     }
                 }
                 // A client's GOAWAY: it opens no more streams; those in
-                // flight are answered.
-                Event::GoAway { .. } => {}
+                // flight are answered. An upstream's: ours past its last
+                // stream come as resets (REFUSED_STREAM), the others go on,
+                // and no new one opens here.
+                Event::GoAway { code, .. } => inner.going_away = Some(code),
+            }
+        }
+        if !inner.waiting_to_open.is_empty() && inner.conn.can_open() || inner.going_away.is_some()
+        {
+            for waker in inner.waiting_to_open.drain(..) {
+                waker.wake();
             }
         }
         // A window update may have made room for waiting responses.
@@ -429,9 +584,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Server<I> {
     }
 }
 
-/// A request's stream is malformed after its head (content-length broken,
-/// bad trailers): reset with PROTOCOL_ERROR (RFC 9113 §8.1.1), and its
-/// reader sees the reset.
+/// A stream is malformed after its head (content-length broken, bad
+/// trailers): reset with PROTOCOL_ERROR (RFC 9113 §8.1.1), and its reader
+/// sees the reset.
 fn malformed(inner: &mut Inner, stream: StreamId) {
     inner.conn.reset(stream, ErrorCode::PROTOCOL_ERROR);
     if let Some(slot) = inner.slots.get_mut(&stream) {
@@ -449,7 +604,7 @@ fn new_request(
     fields: Vec<Field>,
     end_stream: bool,
     too_large: bool,
-) -> Option<(Request, Respond)> {
+) -> Option<(Request, SendHalf)> {
     if too_large {
         // Past what we decode (twice the proxy's own limit, which answers
         // with a count of its own): 431, and the rest of the request is
@@ -475,17 +630,38 @@ fn new_request(
             ..Slot::default()
         },
     );
-    let body = RequestBody {
-        shared: shared.clone(),
-        stream,
-        activity: None,
-        watch_end: false,
-    };
-    let respond = Respond {
+    let body = RecvBody::new(shared.clone(), stream);
+    let respond = SendHalf {
         shared: shared.clone(),
         stream,
     };
     Some((http::Request::from_parts(head, body), respond))
+}
+
+/// A response head on a stream of ours: kept for its future. An interim
+/// (1xx) head is passed over; a malformed one resets the stream.
+fn response_head(inner: &mut Inner, stream: StreamId, fields: Vec<Field>, end_stream: bool) {
+    let head = message::response(&fields).ok().and_then(|checked| {
+        let status = http::StatusCode::from_u16(checked.status).ok()?;
+        let (mut head, ()) = http::Response::new(()).into_parts();
+        head.status = status;
+        head.version = Version::HTTP_2;
+        head.headers = header_map(fields)?;
+        Some((head, checked.content_length))
+    });
+    let Some(slot) = inner.slots.get_mut(&stream) else {
+        return;
+    };
+    match head {
+        Some((head, _)) if head.status.is_informational() => {}
+        Some((head, content_length)) if !end_stream || content_length.is_none_or(|n| n == 0) => {
+            slot.head = Some(head);
+            slot.content_left = content_length;
+            slot.ended = end_stream;
+            slot.wake();
+        }
+        _ => malformed(inner, stream),
+    }
 }
 
 /// A checked request head as http's: `None` when malformed.
@@ -574,28 +750,39 @@ fn fields(status: Option<http::StatusCode>, headers: &HeaderMap) -> Vec<Field> {
     fields
 }
 
-/// The error a stream's body ends with: its reset's reason, as the rest
-/// of the proxy reads HTTP/2 resets.
-fn stream_error(code: Option<ErrorCode>) -> h2::Error {
-    h2::Error::from(Reason::from(code.map_or(ErrorCode::CANCEL.0, |c| c.0)))
-}
-
-/// A request's body, as the client sends it; reading it gives the client
-/// its window back.
+/// A body received on a stream: a client's request, or an upstream's
+/// response. Reading it gives the peer its window back.
 #[derive(Debug)]
-pub struct RequestBody {
+pub struct RecvBody {
     shared: Arc<Shared>,
     stream: StreamId,
-    /// Moved by each frame, and told when the body ends.
+    /// A served request's: moved by each frame, and told when it ends.
     activity: Option<Arc<Activity>>,
     /// Whether the activity is told of the end as soon as it is read.
     watch_end: bool,
+    /// An upstream response's: its place on its connection.
+    slot: Option<StreamSlot>,
 }
 
-impl RequestBody {
+impl RecvBody {
+    fn new(shared: Arc<Shared>, stream: StreamId) -> Self {
+        Self {
+            shared,
+            stream,
+            activity: None,
+            watch_end: false,
+            slot: None,
+        }
+    }
+
     pub(super) fn watched(mut self, activity: Arc<Activity>, watch_end: bool) -> Self {
         self.activity = Some(activity);
         self.watch_end = watch_end;
+        self
+    }
+
+    pub(super) fn holding(mut self, slot: StreamSlot) -> Self {
+        self.slot = Some(slot);
         self
     }
 
@@ -605,14 +792,18 @@ impl RequestBody {
         }
     }
 
-    fn ended(&self) {
+    /// The body came to its end, or failed: it was not cancelled.
+    fn ended(&mut self) {
+        if let Some(slot) = &mut self.slot {
+            slot.ended();
+        }
         if let Some(activity) = &self.activity {
             activity.request_ended();
         }
     }
 }
 
-impl Body for RequestBody {
+impl Body for RecvBody {
     type Data = Bytes;
     type Error = h2::Error;
 
@@ -623,8 +814,11 @@ impl Body for RequestBody {
         let this = self.get_mut();
         let mut guard = this.shared.lock();
         let inner = &mut *guard;
+        let lost = inner.lost();
         let Some(slot) = inner.slots.get_mut(&this.stream) else {
-            return Poll::Ready(Some(Err(stream_error(None))));
+            drop(guard);
+            this.ended();
+            return Poll::Ready(Some(Err(lost.to_h2())));
         };
         if let Some(data) = slot.data.pop_front() {
             let end = slot.ended && slot.data.is_empty() && slot.trailers.is_none();
@@ -635,16 +829,13 @@ impl Body for RequestBody {
             }
             drop(guard);
             this.moved();
-            if end && this.watch_end {
+            if end && (this.watch_end || this.slot.is_some()) {
                 this.ended();
             }
             return Poll::Ready(Some(Ok(Frame::data(data))));
         }
-        if let Some(code) = slot.reset {
-            drop(guard);
-            this.ended();
-            return Poll::Ready(Some(Err(stream_error(Some(code)))));
-        }
+        // The end before a reset: a peer may reset a stream whose end it
+        // sent (RFC 9113 §8.1: NO_ERROR, to stop the other side's body).
         if slot.ended {
             let trailers = slot.trailers.take();
             drop(guard);
@@ -654,10 +845,15 @@ impl Body for RequestBody {
                 Ok(Frame::trailers(t))
             }));
         }
+        if let Some(code) = slot.reset {
+            drop(guard);
+            this.ended();
+            return Poll::Ready(Some(Err(StreamError::Reset(code).to_h2())));
+        }
         if inner.gone {
             drop(guard);
             this.ended();
-            return Poll::Ready(Some(Err(stream_error(None))));
+            return Poll::Ready(Some(Err(lost.to_h2())));
         }
         slot.reader = Some(cx.waker().clone());
         Poll::Pending
@@ -671,21 +867,27 @@ impl Body for RequestBody {
     }
 }
 
-impl Drop for RequestBody {
+impl Drop for RecvBody {
     fn drop(&mut self) {
+        // A body whose last frame ended it may never be read to its end:
+        // that is not a cancellation either.
+        if self.slot.as_ref().is_some_and(|slot| !slot.is_ended()) && self.is_end_stream() {
+            self.ended();
+        }
         self.shared.lock().drop_handle(self.stream, true);
     }
 }
 
-/// Answers one stream: its response head, then its body.
+/// What we send on one stream: a served request's response (head, then
+/// body), or a request's body to an upstream.
 #[derive(Debug)]
-pub struct Respond {
+pub struct SendHalf {
     shared: Arc<Shared>,
     stream: StreamId,
 }
 
-impl Respond {
-    /// Ready with its reason once the client reset the stream (or the
+impl SendHalf {
+    /// Ready with its reason once the peer reset the stream (or the
     /// connection ended).
     pub fn poll_reset(&mut self, cx: &mut Context<'_>) -> Poll<ErrorCode> {
         let mut inner = self.shared.lock();
@@ -703,8 +905,8 @@ impl Respond {
         }
     }
 
-    /// Resets the stream with `code`, dropping whatever of the response
-    /// still waits for the client's window.
+    /// Resets the stream with `code`, dropping whatever of ours still
+    /// waits for the peer's window.
     pub fn send_reset(&mut self, code: ErrorCode) {
         self.queue(true, |conn, stream| {
             if conn.is_open(stream) {
@@ -727,18 +929,18 @@ impl Respond {
         })
     }
 
-    /// Sends `body` as the client's window allows, then its trailers or
-    /// its end.
-    pub fn pipe<B>(self, body: B) -> ResponsePipe<B> {
-        ResponsePipe {
+    /// Sends `body` as the peer's window allows, then its trailers or its
+    /// end.
+    pub fn pipe<B>(self, body: B) -> SendPipe<B> {
+        SendPipe {
             body,
             respond: self,
             pending: None,
         }
     }
 
-    /// Once less than a stream's window of the response waits for the
-    /// client's window, queues `data` (if any): `Ready(false)` when the
+    /// Once less than a stream's window of what we send waits for the
+    /// peer's window, queues `data` (if any): `Ready(false)` when the
     /// stream is gone.
     fn poll_send(&mut self, cx: &mut Context<'_>, data: &mut Option<(Bytes, bool)>) -> Poll<bool> {
         {
@@ -784,14 +986,14 @@ impl Respond {
         }
         let sent = send(&mut inner.conn, self.stream);
         if end && let Some(slot) = inner.slots.get_mut(&self.stream) {
-            slot.response_ended = true;
+            slot.send_ended = true;
         }
         inner.output_queued();
         sent
     }
 }
 
-impl Drop for Respond {
+impl Drop for SendHalf {
     fn drop(&mut self) {
         self.shared.lock().drop_handle(self.stream, false);
     }
@@ -800,23 +1002,23 @@ impl Drop for Respond {
 pin_project_lite::pin_project! {
     /// A response body on its way to the client: as [`super::Pipe`], on a
     /// stream served here.
-    pub struct ResponsePipe<B> {
+    pub struct SendPipe<B> {
         #[pin]
         body: B,
-        respond: Respond,
+        respond: SendHalf,
         // Data read from the body and not yet queued, and whether it ends it.
         pending: Option<(Bytes, bool)>,
     }
 }
 
-impl<B> ResponsePipe<B> {
+impl<B> SendPipe<B> {
     /// Gives up on the stream: resets it with `code`.
     pub fn reset(self: Pin<&mut Self>, code: ErrorCode) {
         self.project().respond.send_reset(code);
     }
 }
 
-impl<B> Future for ResponsePipe<B>
+impl<B> Future for SendPipe<B>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
@@ -848,7 +1050,7 @@ where
                 Some(Err(err)) => {
                     let err: BoxError = err.into();
                     tracing::debug!(%err, "body failed; resetting the stream");
-                    let code = super::pipe::reset_reason(&*err);
+                    let code = reset_reason(&*err);
                     this.respond.send_reset(ErrorCode(code.into()));
                     return Poll::Ready(Piped::BodyFailed(err));
                 }
@@ -873,5 +1075,191 @@ where
                 },
             }
         }
+    }
+}
+
+/// Sends requests on an upstream connection; clones share it.
+#[derive(Debug)]
+pub struct Requester {
+    shared: Arc<Shared>,
+}
+
+impl Clone for Requester {
+    fn clone(&self) -> Self {
+        self.shared.requesters.fetch_add(1, Ordering::Relaxed);
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Requester {
+    /// Whether no new stream can go on it: closed, or the peer said GOAWAY.
+    pub fn is_closed(&self) -> bool {
+        let inner = self.shared.lock();
+        inner.gone || inner.going_away.is_some()
+    }
+
+    /// How many streams the peer lets us have open at once.
+    pub fn max_streams(&self) -> usize {
+        self.shared.lock().conn.peer_max_streams() as usize
+    }
+
+    /// Opens a stream with `head` (and ends it there with `end`), once the
+    /// peer's stream limit allows: the response to come, and the half that
+    /// sends the request's body.
+    pub async fn send_request(
+        &self,
+        head: &http::request::Parts,
+        end: bool,
+    ) -> Result<(ResponseFuture, SendHalf), StreamError> {
+        let fields = request_fields(head);
+        poll_fn(|cx| {
+            let mut guard = self.shared.lock();
+            let inner = &mut *guard;
+            if inner.gone {
+                return Poll::Ready(Err(inner.lost()));
+            }
+            if inner.going_away.is_some() {
+                return Poll::Ready(Err(StreamError::GoingAway));
+            }
+            if !inner.conn.can_open() {
+                inner.waiting_to_open.push(cx.waker().clone());
+                return Poll::Pending;
+            }
+            let Ok(stream) = inner.conn.open(&fields, end) else {
+                return Poll::Ready(Err(StreamError::GoingAway));
+            };
+            inner.slots.insert(
+                stream,
+                Slot {
+                    send_ended: end,
+                    ..Slot::default()
+                },
+            );
+            inner.output_queued();
+            let response = ResponseFuture {
+                body: Some(RecvBody::new(self.shared.clone(), stream)),
+            };
+            let send = SendHalf {
+                shared: self.shared.clone(),
+                stream,
+            };
+            Poll::Ready(Ok((response, send)))
+        })
+        .await
+    }
+}
+
+impl Drop for Requester {
+    fn drop(&mut self) {
+        // The last one gone lets an idle connection close.
+        if self.shared.requesters.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let mut inner = self.shared.lock();
+            inner.close_when_idle = true;
+            if let Some(waker) = inner.writer.take() {
+                waker.wake();
+            }
+        }
+    }
+}
+
+/// A request's fields: the pseudo-header fields from its URI, then its
+/// headers (`host` only as `:authority`).
+fn request_fields(head: &http::request::Parts) -> Vec<Field> {
+    let uri = &head.uri;
+    let mut fields = Vec::with_capacity(head.headers.len() + 4);
+    let copy = |value: &str| Bytes::copy_from_slice(value.as_bytes());
+    fields.push(Field::new(
+        Bytes::from_static(b":method"),
+        copy(head.method.as_str()),
+    ));
+    fields.push(Field::new(
+        Bytes::from_static(b":scheme"),
+        copy(uri.scheme_str().unwrap_or("http")),
+    ));
+    let authority = uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| head.headers.get(http::header::HOST)?.to_str().ok());
+    if let Some(authority) = authority {
+        fields.push(Field::new(
+            Bytes::from_static(b":authority"),
+            copy(authority),
+        ));
+    }
+    fields.push(Field::new(
+        Bytes::from_static(b":path"),
+        copy(uri.path_and_query().map_or("/", |p| p.as_str())),
+    ));
+    let mut headers = self::fields(None, &head.headers);
+    headers.retain(|field| field.name != "host");
+    fields.append(&mut headers);
+    fields
+}
+
+/// The response to a request sent with [`Requester::send_request`].
+#[derive(Debug)]
+pub struct ResponseFuture {
+    /// Its body's receiving half, handed out with the head.
+    body: Option<RecvBody>,
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<http::Response<RecvBody>, StreamError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let body = self.body.as_ref().expect("polled after it answered");
+        let head = {
+            let mut guard = body.shared.lock();
+            let inner = &mut *guard;
+            let lost = inner.lost();
+            let Some(slot) = inner.slots.get_mut(&body.stream) else {
+                return Poll::Ready(Err(lost));
+            };
+            if let Some(head) = slot.head.take() {
+                head
+            } else if let Some(code) = slot.reset {
+                return Poll::Ready(Err(StreamError::Reset(code)));
+            } else if inner.gone {
+                return Poll::Ready(Err(lost));
+            } else {
+                slot.reader = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+        };
+        let body = self.body.take().expect("checked above");
+        Poll::Ready(Ok(http::Response::from_parts(head, body)))
+    }
+}
+
+/// The reset to pass on for a body that failed: the peer's own reason when
+/// it was an HTTP/2 reset (a CANCEL stays a CANCEL), else INTERNAL_ERROR.
+fn reset_reason(err: &(dyn std::error::Error + 'static)) -> Reason {
+    let mut cause = Some(err);
+    while let Some(err) = cause {
+        if let Some(reason) = err.downcast_ref::<h2::Error>().and_then(h2::Error::reason) {
+            return reason;
+        }
+        if let Some(BodyError::Http2(err)) = err.downcast_ref::<BodyError>()
+            && let Some(reason) = err.reason()
+        {
+            return reason;
+        }
+        cause = err.source();
+    }
+    Reason::INTERNAL_ERROR
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reset_passes_on_its_reason() {
+        let err: BoxError = Box::new(BodyError::Http2(h2::Error::from(Reason::CANCEL)));
+        assert_eq!(reset_reason(&*err), Reason::CANCEL);
+        let err: BoxError = "something else".into();
+        assert_eq!(reset_reason(&*err), Reason::INTERNAL_ERROR);
     }
 }
