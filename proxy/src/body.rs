@@ -106,7 +106,7 @@ pub enum BodyError {
     #[error(transparent)]
     Http1(hyper::Error),
     #[error(transparent)]
-    Http2(h2::Error),
+    Http2(crate::http2::StreamError),
 }
 
 impl Body for Received {

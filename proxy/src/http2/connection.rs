@@ -34,7 +34,6 @@ use crate::{
 };
 use bytes::{Bytes, BytesMut};
 use foldhash::HashMap;
-use h2::Reason;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri, Version, uri};
 use http_body::{Body, Frame};
 use std::{
@@ -108,18 +107,6 @@ pub enum StreamError {
     /// The peer said GOAWAY before it could be opened.
     #[error("the peer is going away")]
     GoingAway,
-}
-
-impl StreamError {
-    /// As the rest of the proxy reads HTTP/2 failures (a reset's reason).
-    pub fn to_h2(self) -> h2::Error {
-        let code = match self {
-            StreamError::Reset(code) => code,
-            StreamError::ConnectionLost(code) => code.unwrap_or(ErrorCode::CANCEL),
-            StreamError::GoingAway => ErrorCode::REFUSED_STREAM,
-        };
-        h2::Error::from(Reason::from(code.0))
-    }
 }
 
 /// What one stream has received and not yet handed out, and who waits.
@@ -805,12 +792,12 @@ impl RecvBody {
 
 impl Body for RecvBody {
     type Data = Bytes;
-    type Error = h2::Error;
+    type Error = StreamError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, StreamError>>> {
         let this = self.get_mut();
         let mut guard = this.shared.lock();
         let inner = &mut *guard;
@@ -818,7 +805,7 @@ impl Body for RecvBody {
         let Some(slot) = inner.slots.get_mut(&this.stream) else {
             drop(guard);
             this.ended();
-            return Poll::Ready(Some(Err(lost.to_h2())));
+            return Poll::Ready(Some(Err(lost)));
         };
         if let Some(data) = slot.data.pop_front() {
             let end = slot.ended && slot.data.is_empty() && slot.trailers.is_none();
@@ -848,12 +835,12 @@ impl Body for RecvBody {
         if let Some(code) = slot.reset {
             drop(guard);
             this.ended();
-            return Poll::Ready(Some(Err(StreamError::Reset(code).to_h2())));
+            return Poll::Ready(Some(Err(StreamError::Reset(code))));
         }
         if inner.gone {
             drop(guard);
             this.ended();
-            return Poll::Ready(Some(Err(lost.to_h2())));
+            return Poll::Ready(Some(Err(lost)));
         }
         slot.reader = Some(cx.waker().clone());
         Poll::Pending
@@ -1050,8 +1037,7 @@ where
                 Some(Err(err)) => {
                     let err: BoxError = err.into();
                     tracing::debug!(%err, "body failed; resetting the stream");
-                    let code = reset_reason(&*err);
-                    this.respond.send_reset(ErrorCode(code.into()));
+                    this.respond.send_reset(reset_reason(&*err));
                     return Poll::Ready(Piped::BodyFailed(err));
                 }
                 Some(Ok(frame)) => match frame.into_data() {
@@ -1233,22 +1219,21 @@ impl Future for ResponseFuture {
     }
 }
 
-/// The reset to pass on for a body that failed: the peer's own reason when
-/// it was an HTTP/2 reset (a CANCEL stays a CANCEL), else INTERNAL_ERROR.
-fn reset_reason(err: &(dyn std::error::Error + 'static)) -> Reason {
+/// The reset to pass on for a body that failed: the peer's own code when
+/// its stream was reset (a CANCEL stays a CANCEL), else INTERNAL_ERROR.
+fn reset_reason(err: &(dyn std::error::Error + 'static)) -> ErrorCode {
     let mut cause = Some(err);
     while let Some(err) = cause {
-        if let Some(reason) = err.downcast_ref::<h2::Error>().and_then(h2::Error::reason) {
-            return reason;
-        }
-        if let Some(BodyError::Http2(err)) = err.downcast_ref::<BodyError>()
-            && let Some(reason) = err.reason()
-        {
-            return reason;
+        let stream = match err.downcast_ref::<BodyError>() {
+            Some(BodyError::Http2(err)) => Some(err),
+            _ => err.downcast_ref::<StreamError>(),
+        };
+        if let Some(StreamError::Reset(code)) = stream {
+            return *code;
         }
         cause = err.source();
     }
-    Reason::INTERNAL_ERROR
+    ErrorCode::INTERNAL_ERROR
 }
 
 #[cfg(test)]
@@ -1257,9 +1242,14 @@ mod tests {
 
     #[test]
     fn a_reset_passes_on_its_reason() {
-        let err: BoxError = Box::new(BodyError::Http2(h2::Error::from(Reason::CANCEL)));
-        assert_eq!(reset_reason(&*err), Reason::CANCEL);
+        let reset = StreamError::Reset(ErrorCode::CANCEL);
+        let err: BoxError = Box::new(BodyError::Http2(reset));
+        assert_eq!(reset_reason(&*err), ErrorCode::CANCEL);
+        let err: BoxError = Box::new(reset);
+        assert_eq!(reset_reason(&*err), ErrorCode::CANCEL);
+        let err: BoxError = Box::new(BodyError::Http2(StreamError::ConnectionLost(None)));
+        assert_eq!(reset_reason(&*err), ErrorCode::INTERNAL_ERROR);
         let err: BoxError = "something else".into();
-        assert_eq!(reset_reason(&*err), Reason::INTERNAL_ERROR);
+        assert_eq!(reset_reason(&*err), ErrorCode::INTERNAL_ERROR);
     }
 }
