@@ -701,25 +701,26 @@ fn connection_specific(name: &HeaderName) -> bool {
     )
 }
 
-/// Header fields as HPACK's, `:status` first for a response head. Their
-/// bytes are copied into one buffer: one allocation per head, not two
-/// per field.
-fn fields(status: Option<http::StatusCode>, headers: &HeaderMap) -> Vec<Field> {
+/// Header fields as HPACK's: `pseudo` first (`:status`, or a request's
+/// four), then `headers` (without `host`, which HTTP/2 carries as
+/// `:authority`). Their bytes are copied into one buffer: one allocation
+/// per block, not two per field.
+fn fields(pseudo: &[(&'static [u8], &[u8])], headers: &HeaderMap) -> Vec<Field> {
     let sendable = |name: &HeaderName, value: &HeaderValue| {
-        !connection_specific(name) && (name != http::header::TE || value == "trailers")
+        !connection_specific(name)
+            && name != http::header::HOST
+            && (name != http::header::TE || value == "trailers")
     };
-    let size: usize = headers
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len())
-        .sum();
-    let mut bytes = BytesMut::with_capacity(size + 3);
-    let mut fields = Vec::with_capacity(headers.len() + 1);
-    if let Some(status) = status {
-        bytes.extend_from_slice(status.as_str().as_bytes());
-        fields.push(Field::new(
-            Bytes::from_static(b":status"),
-            bytes.split().freeze(),
-        ));
+    let size: usize = pseudo.iter().map(|(_, value)| value.len()).sum::<usize>()
+        + headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len())
+            .sum::<usize>();
+    let mut bytes = BytesMut::with_capacity(size);
+    let mut fields = Vec::with_capacity(headers.len() + pseudo.len());
+    for (name, value) in pseudo {
+        bytes.extend_from_slice(value);
+        fields.push(Field::new(Bytes::from_static(name), bytes.split().freeze()));
     }
     for (name, value) in headers {
         if !sendable(name, value) {
@@ -910,7 +911,10 @@ impl SendHalf {
     /// Sends the response head; with `end`, the stream's end too. `false`
     /// when the stream is gone.
     pub fn send_response(&mut self, head: &http::response::Parts, end: bool) -> bool {
-        let fields = fields(Some(head.status), &head.headers);
+        let fields = fields(
+            &[(b":status", head.status.as_str().as_bytes())],
+            &head.headers,
+        );
         self.queue(end, |conn, stream| {
             conn.send_headers(stream, fields, end).is_ok()
         })
@@ -956,7 +960,7 @@ impl SendHalf {
     }
 
     fn send_trailers(&mut self, trailers: &HeaderMap) -> bool {
-        let fields = fields(None, trailers);
+        let fields = fields(&[], trailers);
         self.queue(true, |conn, stream| {
             conn.send_headers(stream, fields, true).is_ok()
         })
@@ -1154,34 +1158,24 @@ impl Drop for Requester {
 /// headers (`host` only as `:authority`).
 fn request_fields(head: &http::request::Parts) -> Vec<Field> {
     let uri = &head.uri;
-    let mut fields = Vec::with_capacity(head.headers.len() + 4);
-    let copy = |value: &str| Bytes::copy_from_slice(value.as_bytes());
-    fields.push(Field::new(
-        Bytes::from_static(b":method"),
-        copy(head.method.as_str()),
-    ));
-    fields.push(Field::new(
-        Bytes::from_static(b":scheme"),
-        copy(uri.scheme_str().unwrap_or("http")),
-    ));
     let authority = uri
         .authority()
         .map(|a| a.as_str())
         .or_else(|| head.headers.get(http::header::HOST)?.to_str().ok());
-    if let Some(authority) = authority {
-        fields.push(Field::new(
-            Bytes::from_static(b":authority"),
-            copy(authority),
-        ));
+    let method = (&b":method"[..], head.method.as_str().as_bytes());
+    let scheme = (
+        &b":scheme"[..],
+        uri.scheme_str().unwrap_or("http").as_bytes(),
+    );
+    let path = uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes();
+    let path = (&b":path"[..], path);
+    match authority {
+        Some(authority) => fields(
+            &[method, scheme, (b":authority", authority.as_bytes()), path],
+            &head.headers,
+        ),
+        None => fields(&[method, scheme, path], &head.headers),
     }
-    fields.push(Field::new(
-        Bytes::from_static(b":path"),
-        copy(uri.path_and_query().map_or("/", |p| p.as_str())),
-    ));
-    let mut headers = self::fields(None, &head.headers);
-    headers.retain(|field| field.name != "host");
-    fields.append(&mut headers);
-    fields
 }
 
 /// The response to a request sent with [`Requester::send_request`].

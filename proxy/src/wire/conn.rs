@@ -543,7 +543,9 @@ impl Connection {
         // Decoded first, whatever becomes of the stream: the table must
         // stay in step with the peer's.
         // Room for a typical head: growing from empty costs four copies.
-        let mut fields = Vec::with_capacity(16);
+        // Twelve keeps the allocation within glibc's per-thread cache
+        // (blocks up to 1 KiB), where sixteen fields' did not.
+        let mut fields = Vec::with_capacity(12);
         let decoded = self
             .decoder
             .decode(

@@ -175,18 +175,8 @@ async fn a_paced_rapid_reset_is_cut_off() {
         }
         (stream - 1) / 2
     });
-    // Until GOAWAY, or the end of the connection: closed with the
-    // attacker's frames unread, the socket may be reset before the GOAWAY
-    // is read. The refusal counted below is what tells it was the proxy's.
-    let frames = raw_h2::read_frames(&mut read, |kind, _, _| kind == 0x7).await;
-    if let Some(goaway) = frames.iter().find(|f| f.0 == 0x7) {
-        assert_eq!(&goaway.3[4..8], &0xbu32.to_be_bytes(), "ENHANCE_YOUR_CALM");
-    }
+    cut_off_for_resets(&mut read, proxy.admin).await;
     let opened = attack.await.unwrap();
-    eventually("the refusal counted", Duration::from_secs(5), || async {
-        (refused(proxy.admin, "too_many_resets").await == 1.0).then_some(())
-    })
-    .await;
 
     // What reached the endpoint is bounded, and it was not ejected.
     let sent = forwarded().await;
@@ -204,6 +194,24 @@ async fn a_paced_rapid_reset_is_cut_off() {
         0.0
     );
     proxy.shutdown().await;
+}
+
+/// Reads until the proxy's GOAWAY(ENHANCE_YOUR_CALM), or the end of the
+/// connection (closed with the attacker's frames unread, the socket may be
+/// reset before the GOAWAY is read), then waits for the refusal counted,
+/// which is what tells it was the proxy's.
+async fn cut_off_for_resets(
+    read: &mut (impl tokio::io::AsyncRead + Unpin),
+    admin: std::net::SocketAddr,
+) {
+    let frames = raw_h2::read_frames(read, |kind, _, _| kind == 0x7).await;
+    if let Some(goaway) = frames.iter().find(|f| f.0 == 0x7) {
+        assert_eq!(&goaway.3[4..8], &0xbu32.to_be_bytes(), "ENHANCE_YOUR_CALM");
+    }
+    eventually("the refusal counted", Duration::from_secs(5), || async {
+        (refused(admin, "too_many_resets").await == 1.0).then_some(())
+    })
+    .await;
 }
 
 /// The Rapid Reset of CVE-2023-44487 itself: each stream reset right
@@ -238,15 +246,8 @@ async fn an_unpaced_rapid_reset_is_cut_off() {
         }
         (stream - 1) / 2
     });
-    let frames = raw_h2::read_frames(&mut read, |kind, _, _| kind == 0x7).await;
-    if let Some(goaway) = frames.iter().find(|f| f.0 == 0x7) {
-        assert_eq!(&goaway.3[4..8], &0xbu32.to_be_bytes(), "ENHANCE_YOUR_CALM");
-    }
+    cut_off_for_resets(&mut read, proxy.admin).await;
     let opened = attack.await.unwrap();
-    eventually("the refusal counted", Duration::from_secs(5), || async {
-        (refused(proxy.admin, "too_many_resets").await == 1.0).then_some(())
-    })
-    .await;
     let (_, text) = crate::support::http_get(proxy.admin, "/metrics").await;
     let sent = crate::support::sum(
         &crate::support::parse_prometheus(&text),
