@@ -25,6 +25,7 @@
 mod budget;
 mod client;
 pub mod connection;
+pub mod fuzz;
 
 pub use client::{Client, ClientError};
 pub use connection::{Piped, RecvBody, StreamError};
