@@ -29,7 +29,6 @@ pub fn served_connection(data: &[u8]) -> usize {
     let handled = Arc::new(AtomicUsize::new(0));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
-        .start_paused(true)
         .build()
         .expect("a runtime");
     runtime.block_on(async {
