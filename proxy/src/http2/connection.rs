@@ -395,7 +395,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Driver<I> {
                 &mut self.read
             )) {
                 Ok(0) => {
-                    // The client closed its side: nothing in flight can be
+                    // The peer closed its side: nothing in flight can be
                     // answered.
                     self.shared.lock().fail_all();
                     self.done = true;
@@ -481,6 +481,13 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Driver<I> {
                         self.accepted.push_back(accepted);
                     }
                 }
+                // A response head past what we decode fails its request.
+                Event::Headers {
+                    stream,
+                    trailers: false,
+                    too_large: true,
+                    ..
+                } => malformed(inner, stream),
                 Event::Headers {
                     stream,
                     fields,

@@ -216,3 +216,30 @@ async fn after_a_goaway_new_requests_go_to_a_new_connection() {
         .unwrap();
     assert_eq!(held_status.unwrap(), 200);
 }
+
+#[tokio::test]
+async fn a_response_head_past_what_the_client_decodes_fails_its_request() {
+    let addr = server(|_request| async move {
+        let mut response = http::Response::new(ProxyBody::local("ok"));
+        // Past the client's 1 MiB, within what a connection carries.
+        let value = "a".repeat(1_200_000);
+        response
+            .headers_mut()
+            .insert("x-huge", value.parse().unwrap());
+        response
+    })
+    .await;
+    let client = Client::default();
+    let failed = client
+        .send(addr, None, request(addr, Frames(VecDeque::new())))
+        .await
+        .expect_err("no response");
+    assert!(
+        matches!(
+            failed,
+            ClientError::Request(crate::http2::StreamError::Reset(code))
+                if code == crate::wire::frame::ErrorCode::PROTOCOL_ERROR
+        ),
+        "{failed:?}"
+    );
+}
