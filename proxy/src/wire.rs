@@ -8,9 +8,10 @@
 //! [`conn::Connection`] over each socket, served or to an upstream.
 //!
 //! Left to the layer that drives a connection: `content-length` against
-//! the data that comes, and limits on what a peer can make us do cheaply
-//! and often (streams opened and reset at once, floods of empty or control
-//! frames), which the proxy keeps around it ([`crate::limits`]).
+//! the data that comes (checked by [`crate::http2::connection`]), and
+//! limits on what a peer can make us do cheaply and often (streams opened
+//! and reset at once, floods of empty or control frames), which the proxy
+//! keeps around it ([`crate::http2::serve`], [`crate::limits`]).
 
 pub mod conn;
 pub mod frame;

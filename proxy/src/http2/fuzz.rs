@@ -101,29 +101,16 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// Mostly frames, the first of them often a request's HEADERS, so that
-    /// streams get opened, fed and reset more often than by uniform bytes.
+    /// Mostly frames after a request's HEADERS, so that streams get
+    /// opened, fed and reset more often than by uniform bytes.
     fn framed() -> impl Strategy<Value = Vec<u8>> {
-        let frame = (
-            0u8..10,
-            any::<u8>(),
-            0u32..8,
-            proptest::collection::vec(any::<u8>(), 0..40),
-        )
-            .prop_map(|(kind, flags, stream, payload)| {
-                let mut out = (payload.len() as u32).to_be_bytes()[1..].to_vec();
-                out.extend([kind, flags]);
-                out.extend(stream.to_be_bytes());
-                out.extend(payload);
-                out
-            });
-        proptest::collection::vec(frame, 0..12).prop_map(|frames| {
+        crate::wire::fuzz::framed().prop_map(|frames| {
             // A POST with END_HEADERS on stream 1 (:method POST,
             // :scheme http, :path /, :authority a).
             let mut out = vec![
                 0, 0, 6, 1, 4, 0, 0, 0, 1, 0x83, 0x86, 0x84, 0x41, 0x01, b'a',
             ];
-            out.extend(frames.concat());
+            out.extend(frames);
             out
         })
     }

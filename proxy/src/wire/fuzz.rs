@@ -90,29 +90,31 @@ pub fn server_connection(data: &[u8]) {
     }
 }
 
+/// Bytes that are mostly frames, so that the tests get past the frame
+/// header more often than uniform bytes do.
+#[cfg(test)]
+pub(crate) fn framed() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+    use proptest::prelude::*;
+    let frame = (
+        0u8..10,
+        any::<u8>(),
+        0u32..8,
+        proptest::collection::vec(any::<u8>(), 0..40),
+    )
+        .prop_map(|(kind, flags, stream, payload)| {
+            let mut out = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+            out.extend([kind, flags]);
+            out.extend(stream.to_be_bytes());
+            out.extend(payload);
+            out
+        });
+    proptest::collection::vec(frame, 0..12).prop_map(|frames| frames.concat())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
-
-    /// Bytes that are mostly frames, so that the tests get past the frame
-    /// header more often than uniform bytes do.
-    fn framed() -> impl Strategy<Value = Vec<u8>> {
-        let frame = (
-            0u8..10,
-            any::<u8>(),
-            0u32..8,
-            proptest::collection::vec(any::<u8>(), 0..40),
-        )
-            .prop_map(|(kind, flags, stream, payload)| {
-                let mut out = (payload.len() as u32).to_be_bytes()[1..].to_vec();
-                out.extend([kind, flags]);
-                out.extend(stream.to_be_bytes());
-                out.extend(payload);
-                out
-            });
-        proptest::collection::vec(frame, 0..12).prop_map(|frames| frames.concat())
-    }
 
     proptest! {
         #[test]
