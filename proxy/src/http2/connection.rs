@@ -385,9 +385,6 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Driver<I> {
                 self.done = true;
                 return Poll::Ready(None);
             }
-            // Registered before reading: a stream that queues output after
-            // this wakes the task.
-            self.shared.lock().writer = Some(cx.waker().clone());
             self.read.reserve(READ_CHUNK);
             match ready!(tokio_util::io::poll_read_buf(
                 Pin::new(&mut self.io),
@@ -432,10 +429,16 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Driver<I> {
         loop {
             if self.write.is_empty() {
                 let mut inner = self.shared.lock();
-                let out = inner.conn.output();
-                if out.is_empty() {
+                if inner.conn.output().is_empty() {
+                    // Registered under the lock that found nothing to
+                    // write: a stream that queues output after this finds
+                    // the waker and wakes the task, whatever the task does
+                    // meanwhile (registered later, output queued in
+                    // between would wait for the next read).
+                    inner.writer = Some(cx.waker().clone());
                     break;
                 }
+                let out = inner.conn.output();
                 // Swapped, not split: each buffer keeps its capacity, and
                 // neither becomes shared (which would cost an allocation).
                 self.write.clear();
