@@ -68,17 +68,6 @@ pub enum ConnectionError {
     Io(#[from] std::io::Error),
 }
 
-impl ConnectionError {
-    /// The GOAWAY code we closed the connection with, for a protocol error.
-    pub fn code(&self) -> Option<ErrorCode> {
-        match self {
-            ConnectionError::Protocol(ConnError::Protocol { code, .. }) => Some(*code),
-            ConnectionError::Protocol(ConnError::Preface) => Some(ErrorCode::PROTOCOL_ERROR),
-            ConnectionError::Io(_) => None,
-        }
-    }
-}
-
 /// How a [`SendPipe`] ended.
 #[derive(Debug)]
 pub enum Piped {
@@ -254,7 +243,6 @@ impl Shared {
 /// documentation.
 #[derive(Debug)]
 pub struct Driver<I> {
-    role: Role,
     io: I,
     shared: Arc<Shared>,
     read: BytesMut,
@@ -290,7 +278,6 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Driver<I> {
             close_when_idle: false,
         };
         Self {
-            role,
             io,
             shared: Arc::new(Shared {
                 inner: Mutex::new(inner),
@@ -477,7 +464,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Driver<I> {
                     end_stream,
                     trailers: false,
                     too_large,
-                } if self.role == Role::Server => {
+                } if inner.role == Role::Server => {
                     if let Some(accepted) =
                         new_request(inner, &self.shared, stream, fields, end_stream, too_large)
                     {
@@ -1094,12 +1081,6 @@ impl Clone for Requester {
 }
 
 impl Requester {
-    /// Whether no new stream can go on it: closed, or the peer said GOAWAY.
-    pub fn is_closed(&self) -> bool {
-        let inner = self.shared.lock();
-        inner.gone || inner.going_away.is_some()
-    }
-
     /// How many streams the peer lets us have open at once.
     pub fn max_streams(&self) -> usize {
         self.shared.lock().conn.peer_max_streams() as usize
