@@ -388,7 +388,12 @@ impl Server {
                     endpoint: addr.to_string().into(),
                     tls: PeerTls::None,
                 });
-                if let Err(err) = tcp::forward(conn, addr, None, self.forward_idle_timeout).await {
+                // Boxed, like the handshake and opaque forwarding below: the
+                // connection's task is as large as its largest stage, for
+                // its whole life (issue 22: memory per idle connection).
+                let forwarding =
+                    Box::pin(tcp::forward(conn, addr, None, self.forward_idle_timeout));
+                if let Err(err) = forwarding.await {
                     tracing::debug!(%err, %addr, "forwarded connection ended with an error");
                 }
                 return;
@@ -419,7 +424,9 @@ impl Server {
         // (TLS that is not the mesh's is known: it passes through).
         let (protocol, io, peer, undetected) = match &self.tls {
             Some(mesh) if direction == Direction::Inbound && tls::looks_like_tls(&prefix) => {
-                match mesh.accept(conn, prefix).await {
+                // Boxed: the handshake's state is most of a connection
+                // task's size, kept by every connection served after it.
+                match Box::pin(mesh.accept(conn, prefix)).await {
                     Ok(tls::Accepted::Terminated(mut stream, peer)) => {
                         let Some((protocol, prefix)) = self.detect(&mut stream).await else {
                             return;
@@ -458,7 +465,9 @@ impl Server {
                 tracing::debug!(err = %err.message(), "opaque connection refused");
                 return;
             }
-            if let Err((reason, detail)) = handler.tcp(io, peer, undetected).await {
+            // Boxed, so that an HTTP connection's task is not the size of
+            // opaque forwarding.
+            if let Err((reason, detail)) = Box::pin(handler.tcp(io, peer, undetected)).await {
                 self.limits.refused(direction, reason, &detail);
             }
             return;

@@ -52,6 +52,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 /// How much is read from the socket at a time.
 const READ_CHUNK: usize = 16 * 1024;
 
+/// How much an idle connection reads at a time, into the stack: it holds
+/// no buffer of its own while it waits (one request's head and message
+/// fit).
+const IDLE_READ: usize = 4 * 1024;
+
 /// How long a draining connection with no stream open waits for its
 /// client to acknowledge the GOAWAY's PING (a client that has stopped
 /// reading never does) before it closes: a request already on its way
@@ -178,6 +183,15 @@ impl Inner {
         }
     }
 
+    /// With no stream open: the stream table and the protocol's buffers
+    /// and tables are given back.
+    fn release_memory(&mut self) {
+        if self.slots.is_empty() {
+            self.slots = HashMap::default();
+        }
+        self.conn.release_memory();
+    }
+
     /// How a stream whose connection is over failed.
     fn lost(&self) -> StreamError {
         StreamError::ConnectionLost(self.going_away)
@@ -257,6 +271,10 @@ pub struct Driver<I> {
     failed: Option<ConnError>,
     /// Draining with no stream open: how long the PING's ack is awaited.
     drain_wait: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// No stream open and nothing to write, when last looked: the
+    /// connection gave its buffers back and reads into the stack, so that
+    /// thousands of idle connections cost little memory each.
+    idle: bool,
     done: bool,
 }
 
@@ -290,6 +308,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Driver<I> {
             closing: false,
             failed: None,
             drain_wait: None,
+            idle: false,
             done: false,
         }
     }
@@ -372,12 +391,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Driver<I> {
                 self.done = true;
                 return Poll::Ready(None);
             }
-            self.read.reserve(READ_CHUNK);
-            match ready!(tokio_util::io::poll_read_buf(
-                Pin::new(&mut self.io),
-                cx,
-                &mut self.read
-            )) {
+            match ready!(self.poll_read(cx)) {
                 Ok(0) => {
                     // The peer closed its side: nothing in flight can be
                     // answered.
@@ -411,6 +425,23 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Driver<I> {
         wait.as_mut().poll(cx).is_ready()
     }
 
+    /// Reads what the peer sent into the read buffer; an idle connection
+    /// reads into the stack first and keeps only what came.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        if self.idle && self.read.is_empty() {
+            // Given back, not kept: the allocation may still be shared with
+            // bodies split off it, which keep their part alive.
+            self.read = BytesMut::new();
+            let mut stack = [0u8; IDLE_READ];
+            let mut buf = tokio::io::ReadBuf::new(&mut stack);
+            ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf))?;
+            self.read.extend_from_slice(buf.filled());
+            return Poll::Ready(Ok(buf.filled().len()));
+        }
+        self.read.reserve(READ_CHUNK);
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
+    }
+
     /// Writes what the connection queued, then flushes.
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         loop {
@@ -423,6 +454,17 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Driver<I> {
                     // meanwhile (registered later, output queued in
                     // between would wait for the next read).
                     inner.writer = Some(cx.waker().clone());
+                    self.idle = inner.slots.is_empty();
+                    if self.idle {
+                        // What the last streams grew goes back: an idle
+                        // connection holds little more than its protocol
+                        // state (allocated again by the next request).
+                        self.write = BytesMut::new();
+                        if self.accepted.is_empty() {
+                            self.accepted = VecDeque::new();
+                        }
+                        inner.release_memory();
+                    }
                     break;
                 }
                 let out = inner.conn.output();

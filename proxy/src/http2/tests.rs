@@ -243,3 +243,46 @@ async fn a_response_head_past_what_the_client_decodes_fails_its_request() {
         "{failed:?}"
     );
 }
+
+#[tokio::test]
+async fn a_connection_that_went_idle_reads_every_size_of_request_whole() {
+    // Between calls the served connection has no stream open: it gives its
+    // buffers back and reads into the stack, so each request below arrives
+    // on an idle connection, some larger than that first read.
+    let addr = server(|request: http::Request<Received>| async move {
+        http::Response::new(ProxyBody::upstream(request.into_body(), recorder()))
+    })
+    .await;
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    for size in [0, 1, 4000, 4096, 4097, 3 * 4096, 100_000] {
+        let body: Bytes = (0..size).map(|i| (i % 253) as u8).collect();
+        client = client.ready().await.unwrap();
+        let (response, mut send) = client
+            .send_request(request(addr, ()), body.is_empty())
+            .unwrap();
+        if !body.is_empty() {
+            send.reserve_capacity(body.len());
+            send.send_data(body.clone(), true).unwrap();
+        }
+        let echo = async {
+            let mut received = response.await.unwrap().into_body();
+            let mut echoed = Vec::new();
+            while let Some(data) = received.data().await {
+                let data = data.unwrap();
+                received
+                    .flow_control()
+                    .release_capacity(data.len())
+                    .unwrap();
+                echoed.extend_from_slice(&data);
+            }
+            echoed
+        };
+        let echoed = tokio::time::timeout(Duration::from_secs(10), echo)
+            .await
+            .unwrap_or_else(|_| panic!("the {size}-byte request is never answered whole"));
+        assert_eq!(echoed.len(), size, "the {size}-byte request's echo");
+        assert!(echoed == body, "the {size}-byte request comes back as sent");
+    }
+}

@@ -286,6 +286,23 @@ impl Connection {
         &mut self.out
     }
 
+    /// Gives back the output buffer, and the stream tables and queues
+    /// when they are empty (a connection with no stream open, idle).
+    pub fn release_memory(&mut self) {
+        if self.out.is_empty() {
+            self.out = BytesMut::new();
+        }
+        if self.streams.is_empty() {
+            self.streams = HashMap::default();
+        }
+        if self.events.is_empty() {
+            self.events = VecDeque::new();
+        }
+        if self.sendable.is_empty() {
+            self.sendable = VecDeque::new();
+        }
+    }
+
     /// The next thing the peer did, if any.
     pub fn event(&mut self) -> Option<Event> {
         self.events.pop_front()
