@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # A/B of mesh-proxy builds: the proxy's CPU per request and the throughput at
-# one hop, 1 connection x 100 streams, each build in turn, ROUNDS times, so
+# one hop, 1 connection x 100 streams (--streams), each build in turn, ROUNDS times, so
 # that drift is shared. For judging one change to the hot path; the suite
 # (bench/run.sh) is the comparison with other proxies.
 #
-#   bench/ab.sh [--rounds N] [--run-time 5s] [--tap] PROXY_BINARY...
-#   bench/ab.sh --h2load [--rounds N] [--requests N] [--haproxy] PROXY_BINARY...
-#   bench/ab.sh --instructions [--requests N] PROXY_BINARY...
+#   bench/ab.sh [--rounds N] [--run-time 5s] [--streams 100] [--tap] PROXY_BINARY...
+#   bench/ab.sh --h2load [--rounds N] [--requests N] [--streams 100] [--haproxy] PROXY_BINARY...
+#   bench/ab.sh --instructions [--requests N] [--streams 100] PROXY_BINARY...
 #
 # The timed rounds' load is `meshctl bench` for the run time, or with
 # --h2load N calls of h2load (default 10,000; 1 x 100, after a tenth as many
@@ -40,6 +40,7 @@ instructions=false
 h2load=false
 haproxy=false
 requests=10000
+streams=100
 while [ $# -gt 0 ]; do
   case $1 in
     --rounds) rounds=$2; shift 2 ;;
@@ -49,11 +50,12 @@ while [ $# -gt 0 ]; do
     --h2load) h2load=true; shift ;;
     --haproxy) haproxy=true; shift ;;
     --requests) requests=$2; shift 2 ;;
+    --streams) streams=$2; shift 2 ;;
     -*) echo "bench/ab.sh: unknown flag $1" >&2; exit 2 ;;
     *) break ;;
   esac
 done
-[ $# -ge 1 ] || { echo "usage: bench/ab.sh [--rounds N] [--run-time 5s | --h2load [--requests N] [--haproxy]] [--tap] PROXY_BINARY..." >&2; exit 2; }
+[ $# -ge 1 ] || { echo "usage: bench/ab.sh [--rounds N] [--run-time 5s | --h2load [--requests N] [--haproxy]] [--streams N] [--tap] PROXY_BINARY..." >&2; exit 2; }
 for proxy in "$@"; do
   [ -x "$proxy" ] || { echo "bench/ab.sh: $proxy is not an executable" >&2; exit 2; }
 done
@@ -102,11 +104,11 @@ if [ "$instructions" = true ]; then
   # StockData.Stocks/Get {id: 1} in its gRPC frame.
   printf '\x00\x00\x00\x00\x02\x08\x01' >"$scratch/get.bin"
   load() {
-    h2load -t 1 -c 1 -m 100 -n "$2" -d "$scratch/get.bin" \
+    h2load -t 1 -c 1 -m "$streams" -n "$2" -d "$scratch/get.bin" \
       -H 'content-type: application/grpc' -H 'te: trailers' \
       "http://$1/StockData.Stocks/Get" | grep '^requests:'
   }
-  echo "instructions per request, $requests calls, 1 connection x 100 streams, one hop:"
+  echo "instructions per request, $requests calls, 1 connection x $streams streams, one hop:"
   for proxy in "$@"; do
     listen=127.0.0.1:$(free_port)
     out=$scratch/callgrind.out
@@ -159,10 +161,10 @@ if [ "$h2load" = true ]; then
   printf '\x00\x00\x00\x00\x02\x08\x01' >"$scratch/get.bin"
 fi
 
-# N calls of h2load, 1 x 100, against ADDR; fails unless every call succeeded.
+# N calls of h2load, 1 x $streams, against ADDR; fails unless every call succeeded.
 h2load_calls() {
   local out
-  out=$(h2load -t 1 -c 1 -m 100 -n "$2" -d "$scratch/get.bin" \
+  out=$(h2load -t 1 -c 1 -m "$streams" -n "$2" -d "$scratch/get.bin" \
     -H 'content-type: application/grpc' -H 'te: trailers' \
     "http://$1/StockData.Stocks/Get")
   case $out in
@@ -210,7 +212,7 @@ print(f"{us:.2f} {float(sys.argv[4]):.0f}")
       continue
     fi
     # Warm up (connections, caches) outside the measured window.
-    "$bin/meshctl" bench --target "http://$listen" --streams 100 --requests 2000 --json >/dev/null
+    "$bin/meshctl" bench --target "http://$listen" --streams "$streams" --requests 2000 --json >/dev/null
     tapping=
     if [ "$variant" != "$proxy" ]; then
       curl -sN "http://$admin/tap" >/dev/null &
@@ -219,7 +221,7 @@ print(f"{us:.2f} {float(sys.argv[4]):.0f}")
       sleep 0.2
     fi
     before=$(ticks "$pid")
-    json=$("$bin/meshctl" bench --target "http://$listen" --streams 100 --duration "$run_time" --warmup 0 --json)
+    json=$("$bin/meshctl" bench --target "http://$listen" --streams "$streams" --duration "$run_time" --warmup 0 --json)
     after=$(ticks "$pid")
     if [ -n "$tapping" ]; then kill "$tapping" 2>/dev/null || true; fi
     kill "$pid"
@@ -242,9 +244,9 @@ done
 
 echo
 if [ "$h2load" = true ]; then
-  echo "medians over $rounds rounds of $requests h2load calls (1 connection × 100 streams, one hop):"
+  echo "medians over $rounds rounds of $requests h2load calls (1 connection × $streams streams, one hop):"
 else
-  echo "medians over $rounds rounds of $run_time (1 connection × 100 streams, one hop):"
+  echo "medians over $rounds rounds of $run_time (1 connection × $streams streams, one hop):"
 fi
 for variant in "${variants[@]}"; do
   python3 -c '

@@ -216,7 +216,9 @@ impl Scaling {
         while let Some(joined) = opening.join_next().await {
             held.push(joined??);
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Past the second after which an idle connection gives back what
+        // its call grew (mesh-proxy's IDLE_RELEASE).
+        tokio::time::sleep(Duration::from_millis(2000)).await;
         let open = rss().context("cannot read the proxy's memory")?;
         drop(held);
         proxy.stop(Duration::from_secs(10)).await;

@@ -246,9 +246,10 @@ async fn a_response_head_past_what_the_client_decodes_fails_its_request() {
 
 #[tokio::test]
 async fn a_connection_that_went_idle_reads_every_size_of_request_whole() {
-    // Between calls the served connection has no stream open: it gives its
-    // buffers back and reads into the stack, so each request below arrives
-    // on an idle connection, some larger than that first read.
+    // A served connection idle for a second gives its buffers back and
+    // reads into the stack: the requests sent after such a pause arrive
+    // there, some larger than that first read; the others on a connection
+    // that just went idle and keeps its buffers.
     let addr = server(|request: http::Request<Received>| async move {
         http::Response::new(ProxyBody::upstream(request.into_body(), recorder()))
     })
@@ -256,7 +257,18 @@ async fn a_connection_that_went_idle_reads_every_size_of_request_whole() {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
     tokio::spawn(connection);
-    for size in [0, 1, 4000, 4096, 4097, 3 * 4096, 100_000] {
+    for (size, pause) in [
+        (0, false),
+        (1, true),
+        (4000, false),
+        (4096, false),
+        (4097, true),
+        (3 * 4096, false),
+        (100_000, true),
+    ] {
+        if pause {
+            tokio::time::sleep(connection::IDLE_RELEASE + Duration::from_millis(200)).await;
+        }
         let body: Bytes = (0..size).map(|i| (i % 253) as u8).collect();
         client = client.ready().await.unwrap();
         let (response, mut send) = client
