@@ -189,8 +189,8 @@ impl Inner {
         }
     }
 
-    /// With no stream open: the stream table and the protocol's buffers
-    /// and tables are given back.
+    /// Gives back the stream table and the protocol's buffers and tables,
+    /// each only if empty (a connection with no stream open).
     fn release_memory(&mut self) {
         if self.slots.is_empty() {
             self.slots = HashMap::default();
@@ -472,32 +472,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Driver<I> {
                     // between would wait for the next read).
                     inner.writer = Some(cx.waker().clone());
                     let idle = inner.slots.is_empty();
-                    if idle && !self.idle {
-                        // Just became idle: the release is due later.
-                        let at = tokio::time::Instant::now() + IDLE_RELEASE;
-                        match &mut self.release_timer {
-                            Some(timer) => timer.as_mut().reset(at),
-                            None => {
-                                self.release_timer = Some(Box::pin(tokio::time::sleep_until(at)));
-                            }
-                        }
-                    }
-                    self.idle = idle;
-                    if idle
-                        && let Some(timer) = &mut self.release_timer
-                        && timer.as_mut().poll(cx).is_ready()
-                    {
-                        // What the last streams grew goes back: the
-                        // connection holds little more than its protocol
-                        // state (allocated again by the next request).
-                        self.write = BytesMut::new();
-                        if self.accepted.is_empty() {
-                            self.accepted = VecDeque::new();
-                        }
-                        inner.release_memory();
-                        self.release_timer = None;
-                        self.small_reads = true;
-                    }
+                    drop(inner);
+                    self.watch_idleness(idle, cx);
                     break;
                 }
                 let out = inner.conn.output();
@@ -513,6 +489,36 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Driver<I> {
             bytes::Buf::advance(&mut self.write, n);
         }
         Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    /// Arms the release when the connection has just become idle, and
+    /// gives back what its last streams grew once it has stayed idle for
+    /// [`IDLE_RELEASE`] (allocated again by the next request).
+    fn watch_idleness(&mut self, idle: bool, cx: &mut Context<'_>) {
+        if idle && !self.idle {
+            let at = tokio::time::Instant::now() + IDLE_RELEASE;
+            match &mut self.release_timer {
+                Some(timer) => timer.as_mut().reset(at),
+                None => self.release_timer = Some(Box::pin(tokio::time::sleep_until(at))),
+            }
+        }
+        self.idle = idle;
+        let due = idle
+            && self
+                .release_timer
+                .as_mut()
+                .is_some_and(|timer| timer.as_mut().poll(cx).is_ready());
+        if !due {
+            return;
+        }
+        self.release_timer = None;
+        self.write = BytesMut::new();
+        if self.accepted.is_empty() {
+            self.accepted = VecDeque::new();
+        }
+        // Whatever a stream opened since does not go: only what is empty.
+        self.shared.lock().release_memory();
+        self.small_reads = true;
     }
 
     /// The connection is over with `err`.
